@@ -1,0 +1,26 @@
+"""Feature services: each one IS a model's input contract, versioned with the model family.
+
+Training asks a service for its features (get_historical_features) and serving asks the same
+service online; the exported ONNX model records the service name and the ordered features.
+Change a service's features only by adding a new version (propensity_v2, ...).
+"""
+
+from feast import FeatureService
+from feature_views import challenge_attributes, member_daily, reward_attributes
+
+from training.features import member_feature_names
+
+# Consent steers business rules, never scores.
+MODEL_MEMBER_FEATURES = [n for n in member_feature_names() if n != "consent"]
+
+propensity_v1 = FeatureService(
+    name="propensity_v1",
+    features=[member_daily[MODEL_MEMBER_FEATURES], reward_attributes],
+    description="Reward propensity and uplift model: member history x reward attributes.",
+)
+
+difficulty_v1 = FeatureService(
+    name="difficulty_v1",
+    features=[member_daily[MODEL_MEMBER_FEATURES], challenge_attributes],
+    description="Challenge difficulty model: member history x challenge template attributes.",
+)

@@ -1,0 +1,103 @@
+"""Model input rows, built by the same code in training and serving.
+
+A model's input is its FeatureService's features (in the service's order) followed by a few
+derived columns that depend on the (member, item) pair. Training calls these functions on
+logged pairs; serving calls them on a member crossed with every candidate. Any difference
+between the two would be training/serving skew, so there is exactly one implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from serving.contract import CATEGORIES, CHALLENGE_KINDS, MISSING_RATE, REWARD_TYPES
+
+Columns = Mapping[str, np.ndarray]
+
+REWARD_DERIVED: tuple[str, ...] = ("treated", "type_redeem_rate", "category_share", "tier_gap")
+DIFFICULTY_DERIVED: tuple[str, ...] = ("target", "target_ratio", "kind_completion_rate")
+#: Columns the difficulty model is constrained to be monotone decreasing in.
+DIFFICULTY_DECREASING: tuple[str, ...] = ("target", "target_ratio")
+#: Reward attributes of the "no offer" control row.
+NO_OFFER = -1.0
+REWARD_ITEM_COLUMNS: tuple[str, ...] = (
+    "reward_type_code", "reward_category_code", "reward_cost", "reward_min_tier_rank")
+
+
+def _pick(cols: Columns, names: Sequence[str], index: np.ndarray, missing: float) -> np.ndarray:
+    """Per row, the column ``names[index]``; ``missing`` where index is -1."""
+    stacked = np.stack([np.asarray(cols[n], dtype=np.float32) for n in names], axis=1)
+    safe = np.clip(index, 0, len(names) - 1)
+    picked = stacked[np.arange(len(index)), safe]
+    return np.where(index >= 0, picked, np.float32(missing)).astype(np.float32)
+
+
+def reward_derived(cols: Columns, treated: np.ndarray) -> dict[str, np.ndarray]:
+    """Pair features: the member's history with this reward's type and category."""
+    type_code = np.asarray(cols["reward_type_code"]).astype(np.int64)
+    cat_code = np.asarray(cols["reward_category_code"]).astype(np.int64)
+    treated = np.asarray(treated, dtype=np.float32)
+    type_rate = _pick(cols, [f"redeem_rate_{t}" for t in REWARD_TYPES], type_code, MISSING_RATE)
+    share = _pick(cols, [f"share_{c}_90d" for c in CATEGORIES], cat_code, 0.0)
+    tier_gap = (np.asarray(cols["tier_rank"], dtype=np.float32)
+                - np.asarray(cols["reward_min_tier_rank"], dtype=np.float32))
+    off = treated == 0
+    return {
+        "treated": treated,
+        "type_redeem_rate": np.where(off, NO_OFFER, type_rate).astype(np.float32),
+        "category_share": np.where(off, NO_OFFER, share).astype(np.float32),
+        "tier_gap": np.where(off, NO_OFFER, tier_gap).astype(np.float32),
+    }
+
+
+def difficulty_derived(cols: Columns, target: np.ndarray) -> dict[str, np.ndarray]:
+    """Pair features: the target, how hard it is within the template, the member's kind record."""
+    target = np.asarray(target, dtype=np.float32)
+    lo = np.asarray(cols["challenge_min_target"], dtype=np.float32)
+    hi = np.asarray(cols["challenge_max_target"], dtype=np.float32)
+    span = np.where(hi > lo, hi - lo, np.float32(1.0))
+    kind = np.asarray(cols["challenge_kind_code"]).astype(np.int64)
+    return {
+        "target": target,
+        "target_ratio": ((target - lo) / span).astype(np.float32),
+        "kind_completion_rate": _pick(
+            cols, [f"completion_rate_{k}" for k in CHALLENGE_KINDS], kind, MISSING_RATE),
+    }
+
+
+def assemble(cols: Columns, derived: Mapping[str, np.ndarray], service_features: Sequence[str],
+             derived_names: Sequence[str]) -> np.ndarray:
+    """The float32 input matrix in model order: service features, then derived columns."""
+    parts = [np.asarray(cols[n], dtype=np.float32) for n in service_features]
+    parts += [derived[n] for n in derived_names]
+    return np.column_stack(parts).astype(np.float32, copy=False)
+
+
+def reward_matrix(cols: Columns, treated: np.ndarray, service_features: Sequence[str]) -> np.ndarray:
+    """Reward-model inputs for (member, reward) rows; treated=0 rows are the no-offer control."""
+    return assemble(cols, reward_derived(cols, treated), service_features, REWARD_DERIVED)
+
+
+def difficulty_matrix(cols: Columns, target: np.ndarray,
+                      service_features: Sequence[str]) -> np.ndarray:
+    """Difficulty-model inputs for (member, template, target) rows."""
+    return assemble(cols, difficulty_derived(cols, target), service_features, DIFFICULTY_DERIVED)
+
+
+def cross(members: Columns, items: Columns) -> dict[str, np.ndarray]:
+    """Every member crossed with every item, member-major: row i*m + j = (member i, item j).
+
+    Serving passes one member (arrays of length 1); evaluation passes thousands.
+    """
+    n = len(next(iter(members.values())))
+    m = len(next(iter(items.values())))
+    out = {name: np.repeat(np.asarray(v), m) for name, v in members.items()}
+    out.update({name: np.tile(np.asarray(v), n) for name, v in items.items()})
+    return out
+
+
+def no_offer_items(n: int = 1) -> dict[str, np.ndarray]:
+    """Reward columns of the control ("no offer") row."""
+    return {name: np.full(n, NO_OFFER, dtype=np.float32) for name in REWARD_ITEM_COLUMNS}

@@ -1,0 +1,59 @@
+"""Serving settings: one pydantic-settings class, env prefix ``REWARDS_``."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    """The project root when running from a checkout, else a per-user folder.
+
+    Resolving from the package location (never the working directory) means every command finds
+    the same data whatever folder it is started from.
+    """
+    repo_root = Path(__file__).resolve().parent.parent
+    if (repo_root / "feature_repo" / "feature_store.yaml").is_file():
+        return repo_root
+    return Path.home() / ".rewards-reco"
+
+
+class StoreSettings(BaseSettings):
+    """Where data and the Feast repo live; shared by training and serving."""
+
+    model_config = SettingsConfigDict(env_prefix="REWARDS_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    data_dir: Path | None = None
+    feature_repo: Path | None = None
+    models_dir: Path | None = None
+    feast_env: str = Field("local", description="feature_store.<env>.yaml to use; 'local' = feature_store.yaml")
+
+    @property
+    def data(self) -> Path:
+        return (self.data_dir or self.home / "data").resolve()
+
+    @property
+    def repo(self) -> Path:
+        return (self.feature_repo or self.home / "feature_repo").resolve()
+
+    @property
+    def models(self) -> Path:
+        """Local cache of exported ONNX models: <models>/<name>/<version>/model.onnx."""
+        return (self.models_dir or self.home / "models").resolve()
+
+    @property
+    def world_dir(self) -> Path:
+        return self.data / "world"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.data / "features"
+
+
+@lru_cache
+def get_store_settings() -> StoreSettings:
+    return StoreSettings()

@@ -1,0 +1,55 @@
+"""Pure ranking rules shared by training (policy evaluation) and serving (responses)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def reward_scores(proba_offer: np.ndarray, proba_control: np.ndarray) -> dict[str, np.ndarray]:
+    """Propensity, conversion and uplift from the reward model's 3-class probabilities.
+
+    Classes: no conversion, converted without redeeming, redeemed (see training.datasets).
+    ``proba_control`` is the no-offer row of the same member, broadcast against the offers.
+    """
+    p_redeem = proba_offer[:, 2]
+    p_convert = proba_offer[:, 1] + proba_offer[:, 2]
+    p_control = proba_control[:, 1] + proba_control[:, 2]
+    return {"propensity": p_redeem, "p_convert": p_convert, "p_control": p_control,
+            "uplift": p_convert - p_control}
+
+
+def expected_value(uplift: np.ndarray, p_redeem: np.ndarray, basket_value: np.ndarray,
+                   cost: np.ndarray, margin: float, cost_multiplier: float = 1.0) -> np.ndarray:
+    """Incremental profit of an offer: margin x basket x uplift - lambda x P(redeem) x cost.
+
+    The program pays the reward only when it is redeemed, so cost is weighted by propensity;
+    ``cost_multiplier`` (lambda) > 1 makes ranking thriftier when spend runs over budget.
+    """
+    return margin * basket_value * uplift - cost_multiplier * p_redeem * cost
+
+
+def basket_estimate(avg_basket_90d: np.ndarray, multiplier: float, fallback: float) -> np.ndarray:
+    """Expected spend of a converted member in the attribution window.
+
+    A conversion week holds more than one average purchase, so the member's recent average
+    basket is scaled by a multiplier fitted on training data; members with no purchases get
+    the population fallback.
+    """
+    avg = np.asarray(avg_basket_90d, dtype=np.float64)
+    return np.where(avg > 0, avg * multiplier, fallback)
+
+
+def flow_zone_choice(group: np.ndarray, target: np.ndarray, p_complete: np.ndarray,
+                     flow_zone: float = 0.7) -> np.ndarray:
+    """Index of the target per group whose completion probability is nearest the flow zone.
+
+    Ties go to the easier (lower) target: equally close, the member is likelier to finish.
+    Returns row indices into the inputs, one per distinct group, in group order.
+    """
+    if not 0.0 < flow_zone < 1.0:
+        raise ValueError(f"flow_zone must be in (0, 1), got {flow_zone}")
+    distance = np.abs(np.asarray(p_complete, dtype=np.float64) - flow_zone)
+    order = np.lexsort((target, distance, group))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = group[order][1:] != group[order][:-1]
+    return order[first]

@@ -1,0 +1,41 @@
+"""Shared fixtures: small simulated worlds, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 400-member, 28-day world: big enough for every table to be non-trivial, fast to make."""
+    from training.simulate import WorldConfig, simulate_world
+
+    out = tmp_path_factory.mktemp("tiny_world") / "world"
+    simulate_world(WorldConfig(members=400, days=28, seed=11), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_store(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A 2,000-member, 42-day world with features built and loaded into Feast (SQLite)."""
+    import json
+
+    import pandas as pd
+
+    from serving.config import StoreSettings
+    from training.feast_ops import apply_repo, materialize
+    from training.features import build_features
+    from training.simulate import WorldConfig, simulate_world
+
+    root = tmp_path_factory.mktemp("small_store")
+    settings = StoreSettings(data_dir=root / "data", models_dir=root / "models")
+    simulate_world(WorldConfig(members=2_000, days=42, seed=5), settings.world_dir, progress=False)
+    build_features(settings.world_dir, settings.features_dir, progress=False)
+    meta = json.loads((settings.world_dir / "world.json").read_text())
+    start = pd.Timestamp(meta["start"], tz="UTC")
+    apply_repo(settings)
+    materialize(settings, (start - pd.Timedelta(days=2)).to_pydatetime(),
+                (start + pd.Timedelta(days=meta["days"] + 1)).to_pydatetime())
+    return settings

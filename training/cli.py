@@ -1,0 +1,235 @@
+"""The `rewards` command. Heavy libraries are imported inside commands, so `--help` is instant."""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from serving.config import StoreSettings, get_store_settings
+
+app = typer.Typer(
+    help="rewards-reco: personalized rewards and challenges for loyalty programs.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+features_app = typer.Typer(help="Build point-in-time features and load them into Feast.",
+                           no_args_is_help=True)
+app.add_typer(features_app, name="features")
+train_app = typer.Typer(help="Train, evaluate, export and register models.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+models_app = typer.Typer(help="Inspect, promote and roll back registered models.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UserError(Exception):
+    """A problem the user can fix; printed as one line, never as a traceback."""
+
+
+def friendly(func: F) -> F:
+    """Turn expected failures into a one-line message and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (UserError, ValueError, FileNotFoundError) as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(data_dir: Path | None) -> StoreSettings:
+    settings = get_store_settings()
+    if data_dir is not None:
+        settings = settings.model_copy(update={"data_dir": data_dir})
+    return settings
+
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data folder (default: REWARDS_DATA_DIR or <project>/data)."),
+]
+
+
+@app.command()
+@friendly
+def simulate(
+    members: Annotated[int, typer.Option(min=1, help="Number of members.")] = 100_000,
+    days: Annotated[int, typer.Option(min=1, help="Days of history.")] = 90,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same world).")] = 7,
+    start: Annotated[str, typer.Option(help="First day, YYYY-MM-DD (UTC).")] = "2026-01-01",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: <data>/world).")] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Simulate a synthetic loyalty world (members, catalog, events, randomized logs, truth)."""
+    from training.simulate import WorldConfig, simulate_world
+
+    try:
+        start_day = date.fromisoformat(start)
+    except ValueError:
+        raise UserError(f"--start: expected YYYY-MM-DD, got {start!r}") from None
+    config = WorldConfig(members=members, days=days, seed=seed, start=start_day)
+    out_dir = out or _settings(data_dir).world_dir
+    t0 = time.perf_counter()
+    counts = simulate_world(config, out_dir)
+    typer.echo(json.dumps({"out": str(out_dir), "seconds": round(time.perf_counter() - t0, 1),
+                           "rows": counts}))
+
+
+@features_app.command("build")
+@friendly
+def features_build(
+    world: Annotated[Path | None, typer.Option(help="World folder (default: <data>/world).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output (default: <data>/features).")] = None,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Members per chunk.")] = 50_000,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Compute point-in-time member features and item features as parquet for Feast."""
+    from training.features import build_features
+
+    settings = _settings(data_dir)
+    world_dir = world or settings.world_dir
+    if not world_dir.is_dir():
+        raise UserError(f"--world: folder {world_dir} does not exist (run `rewards simulate`)")
+    t0 = time.perf_counter()
+    counts = build_features(world_dir, out or settings.features_dir, chunk_size=chunk_size)
+    typer.echo(json.dumps({"seconds": round(time.perf_counter() - t0, 1), "rows": counts}))
+
+
+@features_app.command("apply")
+@friendly
+def features_apply(data_dir: DataDirOpt = None) -> None:
+    """Register entities, feature views and services (like `feast apply`)."""
+    from training.feast_ops import apply_repo
+
+    typer.echo(json.dumps(apply_repo(_settings(data_dir))))
+
+
+@features_app.command("materialize")
+@friendly
+def features_materialize(
+    data_dir: DataDirOpt = None,
+    apply: Annotated[bool, typer.Option(help="Apply the repo first.")] = True,
+) -> None:
+    """Apply the repo, then load the latest features of the world into the online store."""
+    settings = _settings(data_dir)
+    _materialize(settings, apply=apply)
+
+
+def _materialize(settings: StoreSettings, apply: bool = True) -> dict[str, Any]:
+    from training.feast_ops import apply_repo, materialize
+
+    world_json = settings.world_dir / "world.json"
+    if not world_json.is_file():
+        raise UserError(f"no world at {settings.world_dir}: run `rewards simulate` first")
+    if not (settings.features_dir / "member_features.parquet").is_file():
+        raise UserError(f"no features in {settings.features_dir}: run `rewards features build`")
+    meta = json.loads(world_json.read_text())
+    import pandas as pd
+
+    start = pd.Timestamp(meta["start"], tz="UTC") - pd.Timedelta(days=2)
+    end = pd.Timestamp(meta["start"], tz="UTC") + pd.Timedelta(days=int(meta["days"]) + 1)
+    t0 = time.perf_counter()
+    if apply:
+        apply_repo(settings)
+    materialize(settings, start.to_pydatetime(), end.to_pydatetime())
+    result = {"materialized": [str(start.date()), str(end.date())],
+              "seconds": round(time.perf_counter() - t0, 1)}
+    typer.echo(json.dumps(result))
+    return result
+
+
+def _echo(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+def _train(which: str, data_dir: Path | None) -> list[dict[str, Any]]:
+    from training.config import get_train_settings
+    from training.pipeline import train_difficulty, train_reward
+
+    store, settings = _settings(data_dir), get_train_settings()
+    if not (store.features_dir / "member_features.parquet").is_file():
+        raise UserError(f"no features in {store.features_dir}: run `rewards features build` "
+                        "and `rewards features materialize` first")
+    results = []
+    for name, fn in (("reward", train_reward), ("difficulty", train_difficulty)):
+        if which in (name, "all"):
+            _echo(f"training the {name} model")
+            r = fn(store, settings, progress=_echo)
+            results.append({"model": r.name, "version": r.version, "run_id": r.run_id,
+                            "onnx": str(r.onnx_path), "seconds": r.timings,
+                            "metrics": r.metrics})
+    return results
+
+
+@train_app.command("rewards")
+@friendly
+def train_rewards(data_dir: DataDirOpt = None) -> None:
+    """Reward propensity + uplift model (registered as `reward`)."""
+    typer.echo(json.dumps(_train("reward", data_dir), indent=2))
+
+
+@train_app.command("difficulty")
+@friendly
+def train_difficulty_cmd(data_dir: DataDirOpt = None) -> None:
+    """Challenge difficulty model, monotone in the target (registered as `difficulty`)."""
+    typer.echo(json.dumps(_train("difficulty", data_dir), indent=2))
+
+
+@train_app.command("all")
+@friendly
+def train_all(data_dir: DataDirOpt = None) -> None:
+    """Both models."""
+    typer.echo(json.dumps(_train("all", data_dir), indent=2))
+
+
+@app.command()
+@friendly
+def demo(
+    members: Annotated[int, typer.Option(min=1, help="Members in the demo world.")] = 100_000,
+    days: Annotated[int, typer.Option(min=1, help="Days of history.")] = 90,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """The main job on embedded defaults: simulate -> features -> Feast -> train -> serve."""
+    from training.feast_ops import apply_repo
+    from training.features import build_features
+    from training.simulate import WorldConfig, simulate_world
+
+    settings = _settings(data_dir)
+    steps = ["simulate", "features", "feast apply + materialize"]
+    t_all = time.perf_counter()
+
+    def step(i: int, label: str) -> None:
+        typer.secho(f"[{i}/{len(steps)}] {label}", fg=typer.colors.CYAN, bold=True)
+
+    step(1, f"simulate {members:,} members x {days} days (seed {seed})")
+    counts = simulate_world(WorldConfig(members=members, days=days, seed=seed), settings.world_dir)
+    typer.echo(f"    world written to {settings.world_dir}: {counts}")
+    step(2, "build point-in-time features")
+    typer.echo(f"    {build_features(settings.world_dir, settings.features_dir)}")
+    step(3, "feast apply + materialize into the online store")
+    typer.echo(f"    {apply_repo(settings)}")
+    _materialize(settings, apply=False)
+    typer.secho(f"demo done in {time.perf_counter() - t_all:.0f} s; data under {settings.data}",
+                fg=typer.colors.GREEN)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Training settings: env prefix ``REWARDS_TRAIN_``; paths come from the shared store settings."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from serving.config import StoreSettings
+
+
+class TrainSettings(BaseSettings):
+    """Knobs of the training pipelines. Defaults are what the benchmarks and targets assume."""
+
+    model_config = SettingsConfigDict(env_prefix="REWARDS_TRAIN_", extra="ignore")
+
+    mlflow_tracking_uri: str | None = Field(
+        None, description="default: sqlite:///<data>/mlflow.db with artifacts in <data>/mlartifacts")
+    experiment: str = "rewards-reco"
+    reward_model_name: str = "reward"
+    difficulty_model_name: str = "difficulty"
+    reward_service: str = "propensity_v1"
+    difficulty_service: str = "difficulty_v1"
+    valid_share: float = Field(0.15, gt=0, lt=0.5, description="share of days for validation")
+    test_share: float = Field(0.2, gt=0, lt=0.5, description="share of days for the test period")
+    flow_zone: float = Field(0.7, gt=0, lt=1, description="target completion probability")
+    num_threads: int = Field(2, ge=1)
+    learning_rate: float = 0.05
+    num_leaves: int = 63
+    min_child_samples: int = 100
+    max_rounds: int = 2000
+    early_stopping_rounds: int = 50
+    policy_eval_members: int = Field(20_000, ge=100, description="members sampled for policy value")
+    seed: int = 7
+
+    def tracking_uri(self, store: StoreSettings) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{store.data / 'mlflow.db'}"
+
+    def artifact_root(self, store: StoreSettings) -> Path:
+        return store.data / "mlartifacts"
+
+
+@lru_cache
+def get_train_settings() -> TrainSettings:
+    return TrainSettings()

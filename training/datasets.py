@@ -1,0 +1,135 @@
+"""Training sets: logged decisions joined point-in-time with a FeatureService, split by time.
+
+The logged offers and challenge assignments are the labels; Feast supplies the features as they
+were at each decision instant. Rows whose outcome was not known by the end of the data window
+are dropped, because their label is not final.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from serving.candidates import NO_OFFER, REWARD_ITEM_COLUMNS, difficulty_matrix, reward_matrix
+from serving.config import StoreSettings
+from training.feast_ops import historical_features
+
+#: Reward-model classes: P(redeem) = p[2]; P(convert) = p[1] + p[2].
+REWARD_CLASSES = ["no_conversion", "converted_not_redeemed", "redeemed"]
+DIFFICULTY_CLASSES = ["not_completed", "completed"]
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """Half-open day boundaries: train [start, valid_from), valid [valid_from, test_from), test."""
+
+    start: pd.Timestamp
+    valid_from: pd.Timestamp
+    test_from: pd.Timestamp
+    end: pd.Timestamp
+
+    @classmethod
+    def from_world(cls, world_dir: Path, valid_share: float, test_share: float) -> TimeSplit:
+        meta = json.loads((world_dir / "world.json").read_text())
+        start = pd.Timestamp(meta["start"], tz="UTC")
+        days = int(meta["days"])
+        test_days = max(1, round(days * test_share))
+        valid_days = max(1, round(days * valid_share))
+        if test_days + valid_days >= days:
+            raise ValueError(f"world of {days} days is too short to split into train/valid/test")
+        test_from = start + pd.Timedelta(days=days - test_days)
+        return cls(start, test_from - pd.Timedelta(days=valid_days), test_from,
+                   start + pd.Timedelta(days=days))
+
+    def part(self, ts: pd.Series) -> np.ndarray:
+        """'train' | 'valid' | 'test' for each decision timestamp."""
+        return np.select([ts < self.valid_from, ts < self.test_from], ["train", "valid"], "test")
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: str(getattr(self, k).date()) for k in ("start", "valid_from", "test_from", "end")}
+
+
+@dataclass
+class Dataset:
+    """Model inputs in model order, labels, and the logged rows they came from."""
+
+    X: np.ndarray
+    y: np.ndarray
+    part: np.ndarray
+    rows: pd.DataFrame
+    service_features: list[str]
+    derived_features: list[str]
+
+    def subset(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        mask = self.part == name
+        return self.X[mask], self.y[mask]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [*self.service_features, *self.derived_features]
+
+    def fingerprint(self) -> str:
+        """Stable hash of inputs and labels: two runs on the same data log the same value."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.X).tobytes())
+        h.update(np.ascontiguousarray(self.y).tobytes())
+        h.update(json.dumps(self.input_names).encode())
+        return h.hexdigest()[:16]
+
+
+def _final_outcomes(logged: pd.DataFrame, split: TimeSplit) -> pd.DataFrame:
+    known = logged[logged["outcome_timestamp"] < split.end]
+    return known.sort_values(["event_timestamp", "member_id"], kind="stable").reset_index(drop=True)
+
+
+def reward_dataset(store: StoreSettings, world_dir: Path, split: TimeSplit,
+                   service: str, service_features: list[str]) -> Dataset:
+    """Offers (treated and holdout) with propensity_v1 features; label in REWARD_CLASSES."""
+    from serving.candidates import REWARD_DERIVED
+
+    offers = _final_outcomes(pd.read_parquet(world_dir / "offers.parquet"), split)
+    entity_df = offers[["member_id", "reward_id", "event_timestamp"]].copy()
+    joined = historical_features(store, entity_df, service)
+    joined = offers.merge(joined, on=["member_id", "reward_id", "event_timestamp"], how="left",
+                          validate="one_to_one")
+    for col in REWARD_ITEM_COLUMNS:  # holdout rows have no reward: the control-row sentinel
+        joined[col] = joined[col].fillna(NO_OFFER)
+    _require_complete(joined, service_features, service)
+    cols = {c: joined[c].to_numpy() for c in service_features}
+    treated = joined["treated"].to_numpy(dtype=np.float32)
+    X = reward_matrix(cols, treated, service_features)
+    y = np.where(joined["redeemed"] == 1, 2, np.where(joined["converted"] == 1, 1, 0))
+    return Dataset(X, y.astype(np.int64), split.part(joined["event_timestamp"]), joined,
+                   list(service_features), list(REWARD_DERIVED))
+
+
+def difficulty_dataset(store: StoreSettings, world_dir: Path, split: TimeSplit,
+                       service: str, service_features: list[str]) -> Dataset:
+    """Challenge assignments with difficulty_v1 features; label = completed."""
+    from serving.candidates import DIFFICULTY_DERIVED
+
+    asg = _final_outcomes(pd.read_parquet(world_dir / "assignments.parquet"), split)
+    entity_df = asg[["member_id", "challenge_id", "event_timestamp"]].copy()
+    joined = historical_features(store, entity_df, service)
+    joined = asg.merge(joined, on=["member_id", "challenge_id", "event_timestamp"], how="left",
+                       validate="one_to_one")
+    _require_complete(joined, service_features, service)
+    cols = {c: joined[c].to_numpy() for c in service_features}
+    X = difficulty_matrix(cols, joined["target"].to_numpy(), service_features)
+    y = joined["completed"].to_numpy(dtype=np.int64)
+    return Dataset(X, y, split.part(joined["event_timestamp"]), joined,
+                   list(service_features), list(DIFFICULTY_DERIVED))
+
+
+def _require_complete(frame: pd.DataFrame, features: list[str], service: str) -> None:
+    """A missing feature value means a broken join (TTL, absent rows): fail, never impute."""
+    missing = frame[features].isna().sum()
+    bad = missing[missing > 0]
+    if len(bad):
+        raise ValueError(f"{service}: {int(bad.sum())} missing feature values after the "
+                         f"point-in-time join, e.g. {dict(bad.head(3))}; rebuild the features")

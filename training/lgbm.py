@@ -1,0 +1,44 @@
+"""LightGBM fitting with time-based early stopping, shared by both model families."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightgbm as lgb
+import numpy as np
+
+from training.config import TrainSettings
+from training.datasets import Dataset
+
+
+def fit_classifier(data: Dataset, settings: TrainSettings, objective: str,
+                   monotone_decreasing: Sequence[str] = ()) -> lgb.LGBMClassifier:
+    """Fit on the train period, early-stop on the validation period.
+
+    ``monotone_decreasing`` names inputs whose effect must never be positive (harder targets
+    can only lower the completion probability), enforced by LightGBM's monotone constraints.
+    """
+    X_train, y_train = data.subset("train")
+    X_valid, y_valid = data.subset("valid")
+    if len(X_train) == 0 or len(X_valid) == 0:
+        raise ValueError("empty train or validation period; simulate more days")
+    params: dict[str, object] = dict(
+        objective=objective, learning_rate=settings.learning_rate, num_leaves=settings.num_leaves,
+        min_child_samples=settings.min_child_samples, n_estimators=settings.max_rounds,
+        subsample=0.8, subsample_freq=1, colsample_bytree=0.8, reg_lambda=1.0,
+        num_threads=settings.num_threads, random_state=settings.seed, verbose=-1,
+    )
+    if monotone_decreasing:
+        params["monotone_constraints"] = [
+            -1 if name in monotone_decreasing else 0 for name in data.input_names]
+        params["monotone_constraints_method"] = "advanced"
+    model = lgb.LGBMClassifier(**params)
+    model.fit(X_train, y_train, eval_set=[(X_valid, y_valid)],
+              feature_name=list(data.input_names),
+              callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False)])
+    return model
+
+
+def predict_proba(model: lgb.LGBMClassifier, X: np.ndarray) -> np.ndarray:
+    """Probabilities at the early-stopped iteration, as a float64 array."""
+    return np.asarray(model.predict_proba(X, num_iteration=model.best_iteration_), dtype=np.float64)

@@ -1,0 +1,174 @@
+"""The training pipelines: data -> model -> evaluation -> plots -> ONNX -> MLflow -> registry.
+
+One function per model family; `rewards train ...` and `make demo` call them. Each run leaves a
+registered `challenger` (the first ever also becomes `champion`) and a local ONNX copy under
+models/<name>/<version>/.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from serving.candidates import DIFFICULTY_DECREASING
+from serving.config import StoreSettings
+from serving.feature_store import open_store, service_feature_names
+from serving.model_meta import ModelMetadata
+from training import plots
+from training.config import TrainSettings
+from training.datasets import (
+    DIFFICULTY_CLASSES, REWARD_CLASSES, Dataset, TimeSplit, difficulty_dataset, reward_dataset,
+)
+from training.evaluate import (
+    Evaluation, WorldTruth, evaluate_difficulty, evaluate_reward, fit_value_params,
+)
+from training.lgbm import fit_classifier
+
+Progress = Callable[[str], None]
+PARITY_ROWS = 10_000
+
+
+@dataclass
+class TrainResult:
+    name: str
+    version: str
+    run_id: str
+    metrics: dict[str, float]
+    onnx_path: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+class _Timer:
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.timings = progress, {}
+
+    def step(self, label: str) -> _Step:
+        return _Step(self, label)
+
+
+class _Step:
+    def __init__(self, timer: _Timer, label: str) -> None:
+        self.timer, self.label = timer, label
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.timer.progress(f"  - {self.label} ...")
+
+    def __exit__(self, *exc: object) -> None:
+        dt = time.perf_counter() - self.t0
+        self.timer.timings[self.label] = round(dt, 2)
+        if exc[0] is None:
+            self.timer.progress(f"    {self.label}: {dt:.1f} s")
+
+
+def train_reward(store: StoreSettings, settings: TrainSettings,
+                 progress: Progress = _quiet) -> TrainResult:
+    """Reward propensity + uplift: one 3-class LightGBM over offers and the no-offer holdout."""
+    timer = _Timer(progress)
+    split = TimeSplit.from_world(store.world_dir, settings.valid_share, settings.test_share)
+    service = settings.reward_service
+    with timer.step("training set (Feast get_historical_features)"):
+        features = service_feature_names(open_store(store), service)
+        data = reward_dataset(store, store.world_dir, split, service, features)
+    with timer.step(f"LightGBM on {int((data.part == 'train').sum()):,} offers"):
+        model = fit_classifier(data, settings, objective="multiclass")
+    with timer.step("evaluation against the hidden truth"):
+        world = WorldTruth.load(store.world_dir)
+        value_params = fit_value_params(data, world.margin)
+        ev = evaluate_reward(model, data, split, store.features_dir, world,
+                             settings.policy_eval_members, value_params, settings.seed)
+    plot_dir = store.data / "reports" / settings.reward_model_name
+    with timer.step("plots"):
+        pngs = {
+            "calibration_propensity.png": plots.calibration_plot(
+                ev.curves["propensity_calibration"], "P(redeem) calibration, test period",
+                plot_dir / "calibration_propensity.png"),
+            "qini.png": plots.qini_plot(ev.curves["qini_model"], ev.curves["qini_oracle"],
+                                        plot_dir / "qini.png"),
+            "feature_importance.png": plots.importance_plot(
+                data.input_names, model.booster_.feature_importance("gain"),
+                "Reward model: feature importance", plot_dir / "feature_importance.png"),
+        }
+    return _publish(settings.reward_model_name, model, data, split, ev, pngs, REWARD_CLASSES,
+                    service, store, settings, timer, value_params)
+
+
+def train_difficulty(store: StoreSettings, settings: TrainSettings,
+                     progress: Progress = _quiet) -> TrainResult:
+    """Challenge difficulty: binary LightGBM, monotone decreasing in the target."""
+    timer = _Timer(progress)
+    split = TimeSplit.from_world(store.world_dir, settings.valid_share, settings.test_share)
+    service = settings.difficulty_service
+    with timer.step("training set (Feast get_historical_features)"):
+        features = service_feature_names(open_store(store), service)
+        data = difficulty_dataset(store, store.world_dir, split, service, features)
+    with timer.step(f"LightGBM (monotone in target) on {int((data.part == 'train').sum()):,} "
+                    "assignments"):
+        model = fit_classifier(data, settings, objective="binary",
+                               monotone_decreasing=DIFFICULTY_DECREASING)
+    with timer.step("evaluation against the hidden truth"):
+        world = WorldTruth.load(store.world_dir)
+        ev = evaluate_difficulty(model, data, split, store.features_dir, world,
+                                 settings.flow_zone, settings.seed)
+    plot_dir = store.data / "reports" / settings.difficulty_model_name
+    with timer.step("plots"):
+        pngs = {
+            "calibration_difficulty.png": plots.calibration_plot(
+                ev.curves["difficulty_calibration"], "P(complete) calibration, test period",
+                plot_dir / "calibration_difficulty.png"),
+            "difficulty_curves.png": plots.difficulty_curves_plot(
+                ev.curves["difficulty_grid"], settings.flow_zone,
+                plot_dir / "difficulty_curves.png"),
+            "feature_importance.png": plots.importance_plot(
+                data.input_names, model.booster_.feature_importance("gain"),
+                "Difficulty model: feature importance", plot_dir / "feature_importance.png"),
+        }
+    return _publish(settings.difficulty_model_name, model, data, split, ev, pngs,
+                    DIFFICULTY_CLASSES, service, store, settings, timer)
+
+
+def _publish(name: str, model, data: Dataset, split: TimeSplit, ev: Evaluation,  # noqa: ANN001
+             pngs: dict[str, Path], classes: list[str], service: str, store: StoreSettings,
+             settings: TrainSettings, timer: _Timer,
+             value_params: dict[str, float] | None = None) -> TrainResult:
+    """Export + parity check, MLflow run, registration, local model cache."""
+    from training import export, tracking
+
+    metrics = {k: float(v) for k, v in ev.metrics.items()}
+    meta = ModelMetadata(
+        name=name, version="unregistered", feature_service=service,
+        service_features=data.service_features, derived_features=data.derived_features,
+        classes=classes, trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        data_window=split.as_dict(), data_fingerprint=data.fingerprint(), metrics=metrics,
+        value_params=value_params or {})
+    staging = store.data / "staging" / name
+    with timer.step("ONNX export + parity check"):
+        onnx_path = export.export_onnx(model, meta, staging)
+        rng = np.random.default_rng(settings.seed)
+        rows = rng.choice(len(data.X), min(PARITY_ROWS, len(data.X)), replace=False)
+        metrics["onnx.parity_max_abs_diff"] = export.check_parity(model, onnx_path, data.X[rows])
+    with timer.step("MLflow run + registration"):
+        tracking.configure_mlflow(settings.tracking_uri(store), settings.artifact_root(store),
+                                  settings.experiment)
+        params = {k: v for k, v in model.get_params().items() if v is not None}
+        params["best_iteration"] = model.best_iteration_
+        params.update({f"split.{k}": v for k, v in split.as_dict().items()})
+        run_id = tracking.log_training_run(
+            name=name, params=params, metrics=metrics, feature_service=service,
+            data_fingerprint=meta.data_fingerprint, plots=pngs, native_model=model,
+            onnx_path=onnx_path, tags={"rows.train": str(int((data.part == "train").sum()))})
+        version = tracking.register_model(name, run_id)
+    final = meta.model_copy(update={"version": version, "mlflow_run_id": run_id})
+    out = export.export_onnx(model, final, store.models / name / version)
+    (store.data / "reports" / name / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return TrainResult(name, version, run_id, metrics, out, timer.timings)
