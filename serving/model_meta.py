@@ -18,7 +18,8 @@ METADATA_KEY = "rewards_reco"
 class ModelMetadata(BaseModel):
     """Identity and input contract of one exported model version."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # NaN metrics (e.g. an AUC on a one-class test period) must survive the JSON round trip.
+    model_config = ConfigDict(extra="ignore", frozen=True, ser_json_inf_nan="constants")
 
     name: str = Field(description="registered model name, e.g. 'reward' or 'difficulty'")
     version: str = Field(description="MLflow registered-model version")

@@ -25,7 +25,7 @@ def small_store(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     import pandas as pd
 
     from serving.config import StoreSettings
-    from training.feast_ops import apply_repo, materialize
+    from training.feast_ops import apply_repo, materialize_world
     from training.features import build_features
     from training.simulate import WorldConfig, simulate_world
 
@@ -34,8 +34,6 @@ def small_store(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     simulate_world(WorldConfig(members=2_000, days=42, seed=5), settings.world_dir, progress=False)
     build_features(settings.world_dir, settings.features_dir, progress=False)
     meta = json.loads((settings.world_dir / "world.json").read_text())
-    start = pd.Timestamp(meta["start"], tz="UTC")
     apply_repo(settings)
-    materialize(settings, (start - pd.Timedelta(days=2)).to_pydatetime(),
-                (start + pd.Timedelta(days=meta["days"] + 1)).to_pydatetime())
+    materialize_world(settings, pd.Timestamp(meta["start"], tz="UTC").to_pydatetime(), meta["days"])
     return settings

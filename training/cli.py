@@ -6,7 +6,7 @@ import functools
 import json
 import time
 from collections.abc import Callable
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -129,7 +129,7 @@ def features_materialize(
 
 
 def _materialize(settings: StoreSettings, apply: bool = True) -> dict[str, Any]:
-    from training.feast_ops import apply_repo, materialize
+    from training.feast_ops import apply_repo, materialize_world
 
     world_json = settings.world_dir / "world.json"
     if not world_json.is_file():
@@ -137,15 +137,12 @@ def _materialize(settings: StoreSettings, apply: bool = True) -> dict[str, Any]:
     if not (settings.features_dir / "member_features.parquet").is_file():
         raise UserError(f"no features in {settings.features_dir}: run `rewards features build`")
     meta = json.loads(world_json.read_text())
-    import pandas as pd
-
-    start = pd.Timestamp(meta["start"], tz="UTC") - pd.Timedelta(days=2)
-    end = pd.Timestamp(meta["start"], tz="UTC") + pd.Timedelta(days=int(meta["days"]) + 1)
+    start = datetime.fromisoformat(meta["start"]).replace(tzinfo=UTC)
     t0 = time.perf_counter()
     if apply:
         apply_repo(settings)
-    materialize(settings, start.to_pydatetime(), end.to_pydatetime())
-    result = {"materialized": [str(start.date()), str(end.date())],
+    materialize_world(settings, start, int(meta["days"]))
+    result = {"materialized_through": str(start.date() + timedelta(days=int(meta["days"]))),
               "seconds": round(time.perf_counter() - t0, 1)}
     typer.echo(json.dumps(result))
     return result

@@ -34,17 +34,24 @@ class TimeSplit:
     end: pd.Timestamp
 
     @classmethod
-    def from_world(cls, world_dir: Path, valid_share: float, test_share: float) -> TimeSplit:
+    def for_decisions(cls, world_dir: Path, decisions: pd.Series, valid_share: float,
+                      test_share: float) -> TimeSplit:
+        """Whole-day boundaries over the span of decisions whose outcome is known.
+
+        Splitting that span (not the whole world) keeps every period non-empty when outcomes
+        take long to resolve (a 14-day challenge started near the end is not yet labelled).
+        """
         meta = json.loads((world_dir / "world.json").read_text())
         start = pd.Timestamp(meta["start"], tz="UTC")
-        days = int(meta["days"])
-        test_days = max(1, round(days * test_share))
-        valid_days = max(1, round(days * valid_share))
-        if test_days + valid_days >= days:
-            raise ValueError(f"world of {days} days is too short to split into train/valid/test")
-        test_from = start + pd.Timedelta(days=days - test_days)
-        return cls(start, test_from - pd.Timedelta(days=valid_days), test_from,
-                   start + pd.Timedelta(days=days))
+        end = start + pd.Timedelta(days=int(meta["days"]))
+        span = int((decisions.max() - start) / pd.Timedelta(days=1)) + 1 if len(decisions) else 0
+        test_days = max(1, round(span * test_share))
+        valid_days = max(1, round(span * valid_share))
+        if test_days + valid_days >= span:
+            raise ValueError(f"decisions span {span} days: too short to split into "
+                             "train/valid/test; simulate more days")
+        test_from = start + pd.Timedelta(days=span - test_days)
+        return cls(start, test_from - pd.Timedelta(days=valid_days), test_from, end)
 
     def part(self, ts: pd.Series) -> np.ndarray:
         """'train' | 'valid' | 'test' for each decision timestamp."""
@@ -64,6 +71,7 @@ class Dataset:
     rows: pd.DataFrame
     service_features: list[str]
     derived_features: list[str]
+    split: TimeSplit
 
     def subset(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         mask = self.part == name
@@ -82,17 +90,20 @@ class Dataset:
         return h.hexdigest()[:16]
 
 
-def _final_outcomes(logged: pd.DataFrame, split: TimeSplit) -> pd.DataFrame:
-    known = logged[logged["outcome_timestamp"] < split.end]
+def _final_outcomes(logged: pd.DataFrame, world_dir: Path) -> pd.DataFrame:
+    meta = json.loads((world_dir / "world.json").read_text())
+    end = pd.Timestamp(meta["start"], tz="UTC") + pd.Timedelta(days=int(meta["days"]))
+    known = logged[logged["outcome_timestamp"] < end]
     return known.sort_values(["event_timestamp", "member_id"], kind="stable").reset_index(drop=True)
 
 
-def reward_dataset(store: StoreSettings, world_dir: Path, split: TimeSplit,
+def reward_dataset(store: StoreSettings, world_dir: Path, shares: tuple[float, float],
                    service: str, service_features: list[str]) -> Dataset:
     """Offers (treated and holdout) with propensity_v1 features; label in REWARD_CLASSES."""
     from serving.candidates import REWARD_DERIVED
 
-    offers = _final_outcomes(pd.read_parquet(world_dir / "offers.parquet"), split)
+    offers = _final_outcomes(pd.read_parquet(world_dir / "offers.parquet"), world_dir)
+    split = TimeSplit.for_decisions(world_dir, offers["event_timestamp"], *shares)
     entity_df = offers[["member_id", "reward_id", "event_timestamp"]].copy()
     joined = historical_features(store, entity_df, service)
     joined = offers.merge(joined, on=["member_id", "reward_id", "event_timestamp"], how="left",
@@ -105,15 +116,16 @@ def reward_dataset(store: StoreSettings, world_dir: Path, split: TimeSplit,
     X = reward_matrix(cols, treated, service_features)
     y = np.where(joined["redeemed"] == 1, 2, np.where(joined["converted"] == 1, 1, 0))
     return Dataset(X, y.astype(np.int64), split.part(joined["event_timestamp"]), joined,
-                   list(service_features), list(REWARD_DERIVED))
+                   list(service_features), list(REWARD_DERIVED), split)
 
 
-def difficulty_dataset(store: StoreSettings, world_dir: Path, split: TimeSplit,
+def difficulty_dataset(store: StoreSettings, world_dir: Path, shares: tuple[float, float],
                        service: str, service_features: list[str]) -> Dataset:
     """Challenge assignments with difficulty_v1 features; label = completed."""
     from serving.candidates import DIFFICULTY_DERIVED
 
-    asg = _final_outcomes(pd.read_parquet(world_dir / "assignments.parquet"), split)
+    asg = _final_outcomes(pd.read_parquet(world_dir / "assignments.parquet"), world_dir)
+    split = TimeSplit.for_decisions(world_dir, asg["event_timestamp"], *shares)
     entity_df = asg[["member_id", "challenge_id", "event_timestamp"]].copy()
     joined = historical_features(store, entity_df, service)
     joined = asg.merge(joined, on=["member_id", "challenge_id", "event_timestamp"], how="left",
@@ -123,7 +135,7 @@ def difficulty_dataset(store: StoreSettings, world_dir: Path, split: TimeSplit,
     X = difficulty_matrix(cols, joined["target"].to_numpy(), service_features)
     y = joined["completed"].to_numpy(dtype=np.int64)
     return Dataset(X, y, split.part(joined["event_timestamp"]), joined,
-                   list(service_features), list(DIFFICULTY_DERIVED))
+                   list(service_features), list(DIFFICULTY_DERIVED), split)
 
 
 def _require_complete(frame: pd.DataFrame, features: list[str], service: str) -> None:

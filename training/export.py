@@ -7,16 +7,16 @@ it. The model's :class:`~serving.model_meta.ModelMetadata` travels inside the fi
 (``metadata_props``) and beside it as ``metadata.json``, with a human-readable ``MODEL_CARD.md``.
 
 Exactness: LightGBM compares ``x <= threshold`` in double precision while ONNX tree ensembles
-store float32 thresholds. The converter rounds each threshold to the *nearest* float32, which
-sends an input equal to a threshold rounded up down the wrong branch. The export rounds
-thresholds *down* instead, so every float32 input takes the same path as in LightGBM and the only
-remaining difference is float32 summation of leaf values (about 1e-7).
+store float32 thresholds. The converter rounds each threshold to the *nearest* float32, so an
+input equal to a threshold that was rounded up takes the other branch than in LightGBM (a
+difference of up to the whole leaf value). The export rounds thresholds *down* instead, so every
+float32 input takes LightGBM's path and the only remaining difference is float32 summation of leaf
+values (about 1e-7).
 """
 
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import onnx
 import onnxruntime as ort
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
+from pydantic import ValidationError
 from sklearn.base import ClassifierMixin
 
 from serving.model_meta import METADATA_KEY, ModelMetadata
@@ -48,7 +49,7 @@ class ParityError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class _Float32Forest(ClassifierMixin):
+class _Float32Forest(ClassifierMixin):  # type: ignore[misc]  # sklearn ships no stubs
     """The three attributes the LightGBM converter reads, around a threshold-adjusted booster.
 
     A separate type (registered with skl2onnx) lets the converter run on a modified booster
@@ -167,14 +168,14 @@ def to_onnx(model: lightgbm.LGBMClassifier, metadata: ModelMetadata) -> onnx.Mod
     forest = _Float32Forest(
         _with_float32_thresholds(model.booster_), model.classes_, model.boosting_type
     )
-    converted = convert_sklearn(
+    converted: onnx.ModelProto = convert_sklearn(
         forest,
         name=metadata.name,
         initial_types=[(INPUT_NAME, FloatTensorType([None, model.n_features_in_]))],
         target_opset=TARGET_OPSET,
         options={id(forest): {"zipmap": False}},
     )
-    _keep_only_output(converted.graph, "probabilities", metadata.output)
+    _keep_only_output(converted.graph, "probabilities", metadata.output)  # skl2onnx's name
     return converted
 
 
@@ -182,8 +183,13 @@ def write_bundle(onnx_model: onnx.ModelProto, metadata: ModelMetadata, out_dir: 
     """Write ``model.onnx`` with ``metadata`` embedded, ``metadata.json`` and the model card.
 
     Embedding replaces any previous metadata, so the registry can re-stamp a downloaded model
-    with its version without touching the weights. Returns the ONNX path.
+    with its version without touching the weights. Metadata that would not parse back (e.g. a
+    NaN metric serialized as null) is refused here rather than by serving. Returns the ONNX path.
     """
+    try:
+        ModelMetadata.model_validate_json(metadata.to_json())
+    except ValidationError as exc:
+        raise ValueError(f"metadata would not parse back from the model file: {exc}") from exc
     stamped = onnx.ModelProto()
     stamped.CopyFrom(onnx_model)
     kept = [prop for prop in stamped.metadata_props if prop.key != METADATA_KEY]
@@ -195,9 +201,8 @@ def write_bundle(onnx_model: onnx.ModelProto, metadata: ModelMetadata, out_dir: 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / MODEL_FILE
     onnx.save_model(stamped, path)
-    (out_dir / METADATA_FILE).write_text(
-        json.dumps(metadata.model_dump(), indent=2) + "\n", encoding="utf-8"
-    )
+    (out_dir / METADATA_FILE).write_text(metadata.model_dump_json(indent=2) + "\n",
+                                         encoding="utf-8")
     (out_dir / CARD_FILE).write_text(model_card(metadata), encoding="utf-8")
     return path
 
@@ -211,7 +216,8 @@ def export_onnx(
 
 def model_card(metadata: ModelMetadata) -> str:
     """A short Markdown card: identity, data, held-out metrics and the input features in order."""
-    title = f"v{metadata.version}" if metadata.version else "(unregistered)"
+    version = metadata.version
+    title = f"v{version}" if version.isdigit() else f"({version or 'unregistered'})"
     window = ", ".join(f"{key}: {value}" for key, value in metadata.data_window.items())
     metrics = [f"| {name} | {value:.4g} |" for name, value in sorted(metadata.metrics.items())]
     n_service = len(metadata.service_features)
@@ -275,9 +281,10 @@ def check_parity(
     actual = np.asarray(session.run([output], {INPUT_NAME: rows})[0], dtype=np.float64)
 
     if hasattr(model, "feature_names_in_"):  # keep sklearn quiet about unnamed columns
-        expected = model.predict_proba(pd.DataFrame(rows, columns=model.feature_names_in_))
+        native = model.predict_proba(pd.DataFrame(rows, columns=model.feature_names_in_))
     else:
-        expected = model.predict_proba(rows)
+        native = model.predict_proba(rows)
+    expected = np.asarray(native, dtype=np.float64)
     if actual.shape != expected.shape:
         raise ParityError(f"ONNX output shape {actual.shape} != native {expected.shape}")
 

@@ -58,10 +58,25 @@ def apply_repo(settings: StoreSettings) -> dict[str, int]:
     }
 
 
-def materialize(settings: StoreSettings, start: datetime, end: datetime) -> None:
+def materialize(settings: StoreSettings, start: datetime, end: datetime,
+                feature_views: list[str] | None = None) -> None:
     """Load the latest value of every entity in [start, end] into the online store."""
     store = open_store(settings)
-    store.materialize(start_date=start, end_date=end)
+    store.materialize(start_date=start, end_date=end, feature_views=feature_views)
+
+
+def materialize_world(settings: StoreSettings, world_start: datetime, days: int) -> None:
+    """Materialize what serving needs: each member's last daily row, and the catalog.
+
+    Only the online store's latest value per entity matters, so the member view is read over
+    its final day alone instead of the whole daily history (minutes and GBs saved at 100k).
+    """
+    from datetime import timedelta
+
+    end = world_start + timedelta(days=days)
+    materialize(settings, end - timedelta(days=1), end + timedelta(seconds=1), ["member_daily"])
+    materialize(settings, world_start - timedelta(days=2), end,
+                ["reward_attributes", "challenge_attributes"])
 
 
 def historical_features(settings: StoreSettings, entity_df: pd.DataFrame,

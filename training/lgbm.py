@@ -33,12 +33,20 @@ def fit_classifier(data: Dataset, settings: TrainSettings, objective: str,
             -1 if name in monotone_decreasing else 0 for name in data.input_names]
         params["monotone_constraints_method"] = "advanced"
     model = lgb.LGBMClassifier(**params)
-    model.fit(X_train, y_train, eval_set=[(X_valid, y_valid)],
+    model.fit(X_train, y_train, eval_X=(X_valid,), eval_y=(y_valid,),
               feature_name=list(data.input_names),
               callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False)])
     return model
 
 
-def predict_proba(model: lgb.LGBMClassifier, X: np.ndarray) -> np.ndarray:
-    """Probabilities at the early-stopped iteration, as a float64 array."""
-    return np.asarray(model.predict_proba(X, num_iteration=model.best_iteration_), dtype=np.float64)
+def predict_proba(model: lgb.LGBMClassifier | lgb.Booster, X: np.ndarray) -> np.ndarray:
+    """Class probabilities (n, n_classes) at the early-stopped iteration.
+
+    Goes straight to the booster: the sklearn wrapper would re-validate column names on every
+    numpy batch, which costs time in evaluation loops and says nothing new. Accepts a bare
+    Booster too (what the MLflow native-model flavour loads back).
+    """
+    booster = getattr(model, "booster_", model)
+    raw = booster.predict(X, num_iteration=getattr(model, "best_iteration_", None))
+    raw = np.asarray(raw, dtype=np.float64)
+    return raw if raw.ndim == 2 else np.column_stack([1.0 - raw, raw])

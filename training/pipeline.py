@@ -75,13 +75,14 @@ def train_reward(store: StoreSettings, settings: TrainSettings,
                  progress: Progress = _quiet) -> TrainResult:
     """Reward propensity + uplift: one 3-class LightGBM over offers and the no-offer holdout."""
     timer = _Timer(progress)
-    split = TimeSplit.from_world(store.world_dir, settings.valid_share, settings.test_share)
     service = settings.reward_service
+    shares = (settings.valid_share, settings.test_share)
     with timer.step("training set (Feast get_historical_features)"):
         features = service_feature_names(open_store(store), service)
-        data = reward_dataset(store, store.world_dir, split, service, features)
+        data = reward_dataset(store, store.world_dir, shares, service, features)
     with timer.step(f"LightGBM on {int((data.part == 'train').sum()):,} offers"):
         model = fit_classifier(data, settings, objective="multiclass")
+    split = data.split
     with timer.step("evaluation against the hidden truth"):
         world = WorldTruth.load(store.world_dir)
         value_params = fit_value_params(data, world.margin)
@@ -107,15 +108,16 @@ def train_difficulty(store: StoreSettings, settings: TrainSettings,
                      progress: Progress = _quiet) -> TrainResult:
     """Challenge difficulty: binary LightGBM, monotone decreasing in the target."""
     timer = _Timer(progress)
-    split = TimeSplit.from_world(store.world_dir, settings.valid_share, settings.test_share)
     service = settings.difficulty_service
+    shares = (settings.valid_share, settings.test_share)
     with timer.step("training set (Feast get_historical_features)"):
         features = service_feature_names(open_store(store), service)
-        data = difficulty_dataset(store, store.world_dir, split, service, features)
+        data = difficulty_dataset(store, store.world_dir, shares, service, features)
     with timer.step(f"LightGBM (monotone in target) on {int((data.part == 'train').sum()):,} "
                     "assignments"):
         model = fit_classifier(data, settings, objective="binary",
                                monotone_decreasing=DIFFICULTY_DECREASING)
+    split = data.split
     with timer.step("evaluation against the hidden truth"):
         world = WorldTruth.load(store.world_dir)
         ev = evaluate_difficulty(model, data, split, store.features_dir, world,

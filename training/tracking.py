@@ -154,9 +154,10 @@ def log_training_run(
     """Log one training run of model ``name`` in the current experiment; return its run id.
 
     The run holds params, held-out metrics (which the promotion gate reads), lineage tags, plots
-    under ``plots/<key>.png``, the model card and metadata exported beside ``onnx_path``, the
-    native model (LightGBM text format: portable and safe to load, unlike pickle) and the ONNX
-    model. Requirements are pinned explicitly because inferring them costs seconds per model.
+    under ``plots/<key>`` (with the file's extension when the key has none), the model card and
+    metadata exported beside ``onnx_path``, the native model (LightGBM text format: portable and
+    safe to load, unlike pickle) and the ONNX model. Requirements are pinned explicitly because
+    inferring them costs seconds per model.
     """
     metadata = read_onnx_metadata(onnx_path)
     if (metadata.name, metadata.feature_service) != (name, feature_service):
@@ -179,7 +180,8 @@ def log_training_run(
         if plots:
             with tempfile.TemporaryDirectory() as staging:
                 for key, path in plots.items():
-                    shutil.copyfile(path, Path(staging) / f"{key}{path.suffix}")
+                    filename = key if Path(key).suffix else f"{key}{path.suffix}"
+                    shutil.copyfile(path, Path(staging) / filename)
                 mlflow.log_artifacts(staging, "plots")
         for sidecar in (CARD_FILE, METADATA_FILE):
             if (onnx_path.parent / sidecar).is_file():
@@ -201,7 +203,7 @@ def log_training_run(
                 f"onnxruntime=={onnxruntime.__version__}",
             ],
         )
-    return run.info.run_id
+    return str(run.info.run_id)
 
 
 # --- registry ----------------------------------------------------------------------------------
@@ -223,7 +225,7 @@ def _alias(model: RegisteredModel, alias: str) -> str | None:
 
 
 def _missing(exc: MlflowException) -> bool:
-    return exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST)
+    return bool(exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST))
 
 
 def _registered(client: MlflowClient, name: str) -> RegisteredModel:
@@ -347,7 +349,9 @@ def metric_gate(rules: Mapping[str, MetricRule]) -> Gate:
     for metric, rule in rules.items():
         direction, tolerance = (rule, 0.0) if isinstance(rule, str) else rule
         if direction not in ("higher", "lower") or not tolerance >= 0:
-            raise ValueError(f"{metric}: expected 'higher'/'lower' and a tolerance >= 0, got {rule}")
+            raise ValueError(
+                f"{metric}: expected 'higher'/'lower' and a tolerance >= 0, got {rule}"
+            )
         parsed[metric] = (direction, float(tolerance))
 
     def gate(challenger: Mapping[str, float], champion: Mapping[str, float]) -> list[str]:
@@ -386,8 +390,9 @@ def promote(
     """Move ``champion`` to the current challenger if the gate passes (or ``force`` with a reason).
 
     A refusal is a normal outcome, returned with ``promoted=False`` and the failed checks. A
-    challenger that was rolled back from and not re-registered also fails, so a routine promote
-    cannot silently reinstate a model someone pulled out of production.
+    challenger that was rolled back from also fails, so a routine promote cannot silently
+    reinstate a model someone pulled out of production. With no champion at all (its alias
+    removed by hand) there is nothing to compare with and the challenger is promoted.
     """
     if force and not reason.strip():
         raise ValueError("force=True needs a reason: forced promotions are recorded")

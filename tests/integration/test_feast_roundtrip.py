@@ -12,7 +12,7 @@ import pytest
 
 from serving.config import StoreSettings
 from serving.feature_store import open_store, service_feature_names, service_feature_refs
-from training.feast_ops import apply_repo, historical_features, materialize
+from training.feast_ops import apply_repo, historical_features, materialize_world
 from training.features import build_features, member_feature_names
 
 pytestmark = pytest.mark.integration
@@ -25,10 +25,8 @@ def store_settings(tiny_world_dir: Path, tmp_path_factory: pytest.TempPathFactor
     settings = StoreSettings(data_dir=data)
     build_features(settings.world_dir, settings.features_dir, chunk_size=150, progress=False)
     meta = json.loads((settings.world_dir / "world.json").read_text())
-    start = pd.Timestamp(meta["start"], tz="UTC")
     apply_repo(settings)
-    materialize(settings, (start - pd.Timedelta(days=2)).to_pydatetime(),
-                (start + pd.Timedelta(days=meta["days"] + 1)).to_pydatetime())
+    materialize_world(settings, pd.Timestamp(meta["start"], tz="UTC").to_pydatetime(), meta["days"])
     return settings
 
 

@@ -24,7 +24,7 @@ from training.export import check_parity, export_onnx
 
 pytestmark = pytest.mark.integration
 
-GATE = {
+GATE: dict[str, tracking.MetricRule] = {
     "propensity.auc": ("higher", 0.002),
     "ope.dr": "higher",
     "propensity.ece": ("lower", 0.005),
@@ -67,11 +67,12 @@ def _train_and_register(
     )
     out = workdir / f"export_{next(_names)}"
     onnx_path = export_onnx(model, metadata, out)
-    plot = out / "calibration.png"
+    plot = out / "plot.png"
     plot.write_bytes(b"\x89PNG\r\n\x1a\n")  # content is irrelevant to the registry
+    plots = {"calibration": plot, "importance.png": plot}  # keys with or without an extension
     run_id = tracking.log_training_run(
         name, {"n_estimators": 5}, {k.replace("_", "."): v for k, v in metrics.items()},
-        "propensity_v1", "sha256:feed", {"calibration": plot}, model, onnx_path,
+        "propensity_v1", "sha256:feed", plots, model, onnx_path,
         tags={"git_sha": "abc1234"},
     )
     return tracking.register_model(name, run_id), model
@@ -89,7 +90,7 @@ def test_run_holds_params_metrics_lineage_and_models(
 ) -> None:
     version, _ = _train_and_register(name, tmp_path, data, **_metrics(0.7))
     client = MlflowClient()
-    run = client.get_run(client.get_model_version(name, version).run_id)
+    run = client.get_run(str(client.get_model_version(name, version).run_id))
     assert run.data.params == {"n_estimators": "5"}
     assert run.data.metrics["propensity.auc"] == pytest.approx(0.7)
     assert run.data.tags["feature_service"] == "propensity_v1"
@@ -98,7 +99,7 @@ def test_run_holds_params_metrics_lineage_and_models(
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"MODEL_CARD.md", "metadata.json", "plots"} <= artifacts
     assert [a.path for a in client.list_artifacts(run.info.run_id, "plots")] == [
-        "plots/calibration.png"
+        "plots/calibration.png", "plots/importance.png"
     ]
     logged = client.search_logged_models(
         experiment_ids=[run.info.experiment_id],
@@ -266,7 +267,8 @@ def test_download_champion_writes_a_stamped_copy(
     metadata = read_onnx_metadata(path)
     run_id = MlflowClient().get_model_version(name, "1").run_id
     assert (metadata.version, metadata.mlflow_run_id) == ("1", run_id)
-    assert ModelMetadata.model_validate_json((path.parent / "metadata.json").read_text()) == metadata
+    sidecar = (path.parent / "metadata.json").read_text()
+    assert ModelMetadata.model_validate_json(sidecar) == metadata
     assert (path.parent / "MODEL_CARD.md").read_text().startswith(f"# {name} v1")
     assert check_parity(model, path, data[0]) <= 1e-5  # the weights went through untouched
     assert tracking.download_champion(name, cache) == path  # refreshing in place works too

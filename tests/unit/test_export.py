@@ -6,6 +6,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightgbm
 import numpy as np
@@ -61,8 +62,8 @@ def _fit(kind: str, seed: int = 0) -> Trained:
     rng = np.random.default_rng(seed)
     X = _features(rng, 3_000)
     signal = X[:, 0] - 0.8 * X[:, 1] + 0.1 * X[:, 3] + rng.normal(scale=0.7, size=len(X))
-    params = {"n_estimators": 60, "num_leaves": 15, "learning_rate": 0.1, "verbose": -1,
-              "num_threads": 1}
+    params: dict[str, Any] = {"n_estimators": 60, "num_leaves": 15, "learning_rate": 0.1,
+                              "verbose": -1, "num_threads": 1}
     if kind == "multiclass":
         y = np.digitize(signal, [-0.7, 0.7])
         return Trained(lightgbm.LGBMClassifier(**params).fit(X, y), _metadata(3))
@@ -250,6 +251,12 @@ def test_export_refuses_mismatched_metadata(tmp_path: Path) -> None:
         export_onnx(model, too_few, tmp_path)
     with pytest.raises(ValueError, match="classes"):
         export_onnx(model, _metadata(3), tmp_path)
+
+
+def test_export_refuses_metadata_serving_could_not_read(tmp_path: Path) -> None:
+    nan_metric = _metadata(2, metrics={"uplift.qini": float("nan")})  # JSON turns NaN into null
+    with pytest.raises(ValueError, match="would not parse back"):
+        export_onnx(_fit("binary").model, nan_metric, tmp_path)
 
 
 def test_export_refuses_zero_as_missing(tmp_path: Path) -> None:

@@ -12,24 +12,12 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-CATEGORIES: tuple[str, ...] = (
-    "fashion", "electronics", "grocery", "beauty", "home", "sports", "books", "travel",
+from serving.contract import (  # noqa: E402 - one vocabulary for simulator, features, serving
+    CATEGORIES, CHALLENGE_KINDS, EVENT_TYPES, REGIONS, REWARD_TYPES, TIERS,
 )
+
 ANY_CATEGORY = "any"
-TIERS: tuple[str, ...] = ("Bronze", "Silver", "Gold", "Platinum")
-REGIONS: tuple[str, ...] = ("north", "south", "east", "west", "central")
 PLAYER_TYPES: tuple[str, ...] = ("achiever", "explorer", "socializer", "competitor")
-REWARD_TYPES: tuple[str, ...] = (
-    "discount", "free_product", "free_shipping", "early_access", "vip_experience",
-    "charity_donation", "points_multiplier",
-)
-CHALLENGE_KINDS: tuple[str, ...] = (
-    "purchase_streak", "spend_target", "visit_count", "review", "referral",
-    "profile_completion", "explore_category", "community_mission",
-)
-EVENT_TYPES: tuple[str, ...] = (
-    "visit", "purchase", "review", "referral", "redemption", "challenge_completed",
-)
 
 # (reward_id, name, reward_type, category, cost, min_tier)
 _REWARDS: tuple[tuple[str, str, str, str, float, str], ...] = (

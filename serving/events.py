@@ -1,0 +1,626 @@
+"""Durable store of feedback events and recommendation decisions.
+
+"Nothing acknowledged is ever lost": every write method returns only after its transaction has
+committed (SQLite runs in WAL mode with ``synchronous=FULL``, so each commit fsyncs the WAL), so
+the API may acknowledge a request as soon as the call returns. Events are idempotent by
+``event_id``: a replay is reported and counted, and never overwrites the first copy.
+
+One SQL schema serves SQLite (the embedded default) and PostgreSQL (production). Times are stored
+as BIGINT microseconds since the epoch, UTC: the two engines share no timestamp type (SQLite has
+none), while integers compare, index and round-trip identically in both.
+
+Writes block on an fsync (about a millisecond or more): call them from a worker thread, not from
+the event loop. The store is thread-safe: one connection per thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Annotated, Any, Literal, Protocol, Self
+
+import pandas as pd
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+log = logging.getLogger(__name__)
+
+EventType = Literal[
+    "impression", "redemption", "challenge_completed", "purchase",
+    "consent_withdrawn", "consent_granted",
+]
+Identifier = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+]
+ItemId = Annotated[
+    str, StringConstraints(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9_.:-]+$")
+]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=32)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+PropertyValue = Annotated[str, StringConstraints(max_length=256)] | int | Finite | bool
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+class EventIn(BaseModel):
+    """A feedback event sent by a CRM automation or the app.
+
+    ``challenge_id`` is declared before ``reward_id`` on purpose: field validators see only the
+    fields before them, and whether ``reward_id`` is required depends on ``challenge_id``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: Identifier
+    event_type: EventType
+    member_id: int = Field(ge=1)
+    timestamp: AwareDatetime
+    decision_id: Identifier | None = None
+    challenge_id: ItemId | None = Field(None, validate_default=True)
+    reward_id: ItemId | None = Field(None, validate_default=True)
+    amount: float | None = Field(None, ge=0, le=1e7, allow_inf_nan=False, validate_default=True)
+    cost: float | None = Field(None, ge=0, allow_inf_nan=False)
+    properties: dict[Annotated[str, StringConstraints(min_length=1, max_length=64)],
+                     PropertyValue] | None = Field(None, max_length=20)
+
+    _timestamp_utc = field_validator("timestamp")(_utc)
+
+    @field_validator("challenge_id")
+    @classmethod
+    def _challenge_required(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and info.data.get("event_type") == "challenge_completed":
+            raise ValueError("required for challenge_completed events")
+        return value
+
+    @field_validator("reward_id")
+    @classmethod
+    def _reward_required(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Skip when challenge_id itself was invalid: its own error is the one to report.
+        if (value is None and info.data.get("event_type") in ("impression", "redemption")
+                and "challenge_id" in info.data and info.data["challenge_id"] is None):
+            raise ValueError(
+                f"required for {info.data['event_type']} events without a challenge_id")
+        return value
+
+    @field_validator("amount")
+    @classmethod
+    def _amount_required(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is None and info.data.get("event_type") == "purchase":
+            raise ValueError("required for purchase events")
+        return value
+
+
+class DecisionItem(BaseModel):
+    """One reward or challenge in a recommendation, with what is needed to learn from it later."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    item_type: Literal["reward", "challenge"]
+    item_id: ItemId
+    rank: int = Field(ge=0)
+    score: Finite
+    shown_probability: float = Field(ge=0, le=1)  # logging propensity, for off-policy evaluation
+    target: Finite | None = None
+    cost: float | None = Field(None, ge=0, allow_inf_nan=False)
+
+
+class DecisionRecord(BaseModel):
+    """A recommendation as served: who, when, which arm and models, and what was offered."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decision_id: Identifier
+    member_id: int = Field(ge=1)
+    created_at: AwareDatetime
+    channel: ShortText
+    arm: ShortText | None = None
+    experiment_id: Identifier | None = None
+    model_versions: dict[str, str] = Field(default_factory=dict)
+    items: list[DecisionItem] = Field(default_factory=list)
+    flags: dict[str, bool] = Field(default_factory=dict)
+
+    _created_at_utc = field_validator("created_at")(_utc)
+
+    @model_validator(mode="after")
+    def _items_unique(self) -> Self:
+        """An item offered twice in one decision would make cost attribution ambiguous."""
+        keys = {(item.item_type, item.item_id) for item in self.items}
+        if len(keys) != len(self.items):
+            raise ValueError("items must not repeat an (item_type, item_id) pair")
+        return self
+
+
+class EventStore(Protocol):
+    """What the service needs from the event and decision store, whatever the database."""
+
+    def add_events(self, events: Sequence[EventIn]) -> list[tuple[str, bool]]: ...
+    def replay_counts(self) -> dict[str, int]: ...
+    def log_decision(self, decision: DecisionRecord) -> None: ...
+    def log_decisions(self, decisions: Sequence[DecisionRecord]) -> None: ...
+    def recent_offers(self, member_id: int, since: datetime) -> dict[str, datetime]: ...
+    def reward_redemptions_since(self, since: datetime) -> dict[str, int]: ...
+    def spend_since(self, since: datetime) -> float: ...
+    def consent(self, member_id: int) -> bool | None: ...
+    def member_events(self, member_id: int) -> list[dict[str, Any]]: ...
+    def count_events(self) -> int: ...
+    def count_decisions(self) -> int: ...
+    def events_between(self, start: datetime, end: datetime,
+                       event_types: Sequence[str] | None = None) -> pd.DataFrame: ...
+    def decisions_between(self, start: datetime, end: datetime) -> pd.DataFrame: ...
+    def erase_member(self, member_id: int) -> dict[str, int]: ...
+    def ping(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+# Portable DDL: the same statements run on SQLite and PostgreSQL.
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS events (
+        event_id VARCHAR(64) PRIMARY KEY,
+        event_type VARCHAR(32) NOT NULL,
+        member_id BIGINT NOT NULL,
+        ts_us BIGINT NOT NULL,
+        decision_id VARCHAR(64),
+        challenge_id VARCHAR(16),
+        reward_id VARCHAR(16),
+        amount DOUBLE PRECISION,
+        cost DOUBLE PRECISION,
+        properties TEXT,
+        received_us BIGINT NOT NULL,
+        payload_sha256 CHAR(64) NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS events_member_ts ON events (member_id, ts_us)",
+    "CREATE INDEX IF NOT EXISTS events_type_ts ON events (event_type, ts_us)",
+    """CREATE TABLE IF NOT EXISTS decisions (
+        decision_id VARCHAR(64) PRIMARY KEY,
+        member_id BIGINT NOT NULL,
+        created_us BIGINT NOT NULL,
+        channel VARCHAR(32) NOT NULL,
+        arm VARCHAR(32),
+        experiment_id VARCHAR(64),
+        model_versions TEXT NOT NULL,
+        flags TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS decisions_member_ts ON decisions (member_id, created_us)",
+    "CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (created_us)",
+    # member_id and created_us are copied from the decision so that per-member lookups and
+    # erasure need no join.
+    """CREATE TABLE IF NOT EXISTS decision_items (
+        decision_id VARCHAR(64) NOT NULL,
+        item_type VARCHAR(16) NOT NULL,
+        item_id VARCHAR(16) NOT NULL,
+        member_id BIGINT NOT NULL,
+        created_us BIGINT NOT NULL,
+        item_rank INTEGER NOT NULL,
+        score DOUBLE PRECISION NOT NULL,
+        shown_probability DOUBLE PRECISION NOT NULL,
+        target DOUBLE PRECISION,
+        cost DOUBLE PRECISION,
+        PRIMARY KEY (decision_id, item_type, item_id))""",
+    "CREATE INDEX IF NOT EXISTS decision_items_member_ts ON decision_items (member_id, created_us)",
+)
+_EVENT_COLUMNS = ("event_id", "event_type", "member_id", "ts_us", "decision_id", "challenge_id",
+                  "reward_id", "amount", "cost", "properties", "received_us", "payload_sha256")
+_DECISION_COLUMNS = ("decision_id", "member_id", "created_us", "channel", "arm", "experiment_id",
+                     "model_versions", "flags")
+_ITEM_COLUMNS = ("decision_id", "item_type", "item_id", "member_id", "created_us", "item_rank",
+                 "score", "shown_probability", "target", "cost")
+#: Rows per multi-row INSERT: 500 x 12 parameters stays far below both engines' limits.
+_ROWS_PER_STATEMENT = 500
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(value: datetime) -> int:
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: pass a timezone-aware time")
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_micros(micros: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _digest(event: EventIn) -> str:
+    """Fingerprint of the payload, to tell an honest retry from a reused id with new content."""
+    return hashlib.sha256(_json(event.model_dump(mode="json")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Dialect:
+    """What differs between the engines; everything else is shared SQL."""
+
+    connect: Callable[[], Any]
+    placeholder: str
+    #: SQLite takes the write lock at BEGIN IMMEDIATE, so a second writer waits (busy_timeout)
+    #: instead of failing when a read transaction tries to upgrade.
+    begin: str
+    #: SQLite has a single writer: threads queue on a Python lock rather than in SQLite's
+    #: sleep-and-retry busy handler, which adds milliseconds of latency under contention.
+    serialize_writes: bool
+    #: Statement run before the DDL so that replicas starting together do not race on it.
+    schema_lock: str | None
+
+
+class SqlEventStore:
+    """The event store over a DB-API driver; see :func:`open_event_store`."""
+
+    def __init__(self, dialect: _Dialect) -> None:
+        self._dialect = dialect
+        self._write_lock: AbstractContextManager[Any] = (
+            threading.Lock() if dialect.serialize_writes else nullcontext())
+        self._connections: dict[threading.Thread, Any] = {}
+        self._connections_lock = threading.Lock()
+        self._closed = False
+        self._stats_lock = threading.Lock()
+        self._replayed = 0
+        self._conflicting = 0
+        with self._write() as cur:
+            if dialect.schema_lock:
+                cur.execute(dialect.schema_lock)
+            for statement in _SCHEMA:
+                cur.execute(statement)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- connections and transactions -------------------------------------------------------
+
+    def _connection(self) -> Any:
+        """This thread's connection; opened on first use, and again if the server dropped it."""
+        thread = threading.current_thread()
+        conn = self._connections.get(thread)
+        if conn is not None and not getattr(conn, "closed", False):  # psycopg marks lost ones
+            return conn
+        with self._connections_lock:
+            if self._closed:
+                raise RuntimeError("the event store is closed")
+            # Worker threads come and go (anyio retires idle ones): drop their connections.
+            for dead in [t for t in self._connections if not t.is_alive()]:
+                self._connections.pop(dead).close()
+            conn = self._connections[thread] = self._dialect.connect()
+        return conn
+
+    def _sql(self, sql: str) -> str:
+        placeholder = self._dialect.placeholder
+        return sql if placeholder == "?" else sql.replace("?", placeholder)
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        """One write transaction; it has committed when the block exits without error."""
+        conn = self._connection()
+        with self._write_lock:
+            cur = conn.cursor()
+            cur.execute(self._dialect.begin)
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                with suppress(Exception):  # the original error is the one worth raising
+                    cur.execute("ROLLBACK")
+                raise
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        cur = self._connection().cursor()
+        cur.execute(self._sql(sql), tuple(params))
+        return list(cur.fetchall())
+
+    def _insert(self, cur: Any, table: str, columns: Sequence[str], key: str,
+                rows: Sequence[Sequence[Any]]) -> set[Any]:
+        """Insert rows, skipping existing keys; returns the first key column of the rows added."""
+        added: set[Any] = set()
+        row_marks = "(" + ", ".join(["?"] * len(columns)) + ")"
+        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+            chunk = rows[start:start + _ROWS_PER_STATEMENT]
+            cur.execute(self._sql(
+                f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+                f"{', '.join([row_marks] * len(chunk))} "
+                f"ON CONFLICT ({key}) DO NOTHING RETURNING {columns[0]}"
+            ), [value for row in chunk for value in row])
+            added.update(row[0] for row in cur.fetchall())
+        return added
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def add_events(self, events: Sequence[EventIn]) -> list[tuple[str, bool]]:
+        """Store a batch in one transaction; ``(event_id, inserted)`` per event, in order.
+
+        ``inserted`` is False for a replay: an id already stored, or repeated earlier in the
+        batch. The first copy always wins; a replay whose payload differs is counted as
+        conflicting (see :meth:`replay_counts`) and logged, never written.
+        """
+        if not events:
+            return []
+        received = _micros(datetime.now(UTC))
+        digests: dict[str, str] = {}
+        rows = []
+        for event in events:
+            if event.event_id in digests:
+                continue
+            digests[event.event_id] = _digest(event)
+            rows.append((
+                event.event_id, event.event_type, event.member_id, _micros(event.timestamp),
+                event.decision_id, event.challenge_id, event.reward_id, event.amount, event.cost,
+                None if event.properties is None else _json(event.properties), received,
+                digests[event.event_id],
+            ))
+        with self._write() as cur:
+            added = self._insert(cur, "events", _EVENT_COLUMNS, "event_id", rows)
+        # Stored rows are never updated, so reading the kept payloads after commit is safe.
+        if stored := [event_id for event_id in digests if event_id not in added]:
+            marks = ", ".join(["?"] * len(stored))
+            kept = self._query(
+                f"SELECT event_id, payload_sha256 FROM events WHERE event_id IN ({marks})", stored)
+            digests.update({event_id: digest for event_id, digest in kept})
+        results: list[tuple[str, bool]] = []
+        conflicting: list[str] = []
+        seen: set[str] = set()
+        for event in events:
+            inserted = event.event_id in added and event.event_id not in seen
+            seen.add(event.event_id)
+            results.append((event.event_id, inserted))
+            if not inserted and _digest(event) != digests[event.event_id]:
+                conflicting.append(event.event_id)
+        replayed = sum(not inserted for _, inserted in results)
+        if replayed:
+            with self._stats_lock:
+                self._replayed += replayed
+                self._conflicting += len(conflicting)
+        if conflicting:
+            log.warning("replayed event ids with a different payload kept their first copy: %s",
+                        conflicting[:20])
+        return results
+
+    def replay_counts(self) -> dict[str, int]:
+        """Replays seen by this process since it opened the store, and how many conflicted."""
+        with self._stats_lock:
+            return {"replayed": self._replayed, "conflicting": self._conflicting}
+
+    def log_decision(self, decision: DecisionRecord) -> None:
+        self.log_decisions([decision])
+
+    def log_decisions(self, decisions: Sequence[DecisionRecord]) -> None:
+        """Store decisions and their items in one transaction; a decision_id seen before is kept
+        as first logged, so a retried request cannot double its offers."""
+        if not decisions:
+            return
+        unique: dict[str, DecisionRecord] = {}
+        for decision in decisions:
+            unique.setdefault(decision.decision_id, decision)  # the first copy of an id wins
+        with self._write() as cur:
+            added = self._insert(cur, "decisions", _DECISION_COLUMNS, "decision_id", [
+                (d.decision_id, d.member_id, _micros(d.created_at), d.channel, d.arm,
+                 d.experiment_id, _json(d.model_versions), _json(d.flags))
+                for d in unique.values()
+            ])
+            self._insert(cur, "decision_items", _ITEM_COLUMNS, "decision_id, item_type, item_id", [
+                (d.decision_id, i.item_type, i.item_id, d.member_id, _micros(d.created_at),
+                 i.rank, i.score, i.shown_probability, i.target, i.cost)
+                for d in unique.values() if d.decision_id in added for i in d.items
+            ])
+
+    def erase_member(self, member_id: int) -> dict[str, int]:
+        """Delete every row about a member (privacy request); rows deleted per table."""
+        counts = {}
+        with self._write() as cur:
+            for table in ("events", "decisions", "decision_items"):
+                cur.execute(self._sql(f"DELETE FROM {table} WHERE member_id = ?"), (member_id,))
+                counts[table] = cur.rowcount
+        return counts
+
+    # -- queries for the business rules (each served by an index) ---------------------------
+
+    def recent_offers(self, member_id: int, since: datetime) -> dict[str, datetime]:
+        """Item id -> last time it was offered to the member (decisions or impressions)."""
+        t = _micros(since)
+        rows = self._query(
+            """SELECT item_id, MAX(t) FROM (
+                 SELECT item_id, created_us AS t FROM decision_items
+                  WHERE member_id = ? AND created_us >= ?
+                 UNION ALL
+                 SELECT reward_id, ts_us FROM events WHERE member_id = ? AND ts_us >= ?
+                    AND event_type = 'impression' AND reward_id IS NOT NULL
+                 UNION ALL
+                 SELECT challenge_id, ts_us FROM events WHERE member_id = ? AND ts_us >= ?
+                    AND event_type = 'impression' AND challenge_id IS NOT NULL
+               ) offers GROUP BY item_id""",
+            (member_id, t) * 3)
+        return {item_id: _from_micros(last) for item_id, last in rows}
+
+    def reward_redemptions_since(self, since: datetime) -> dict[str, int]:
+        """Redemptions per reward since a time, for per-reward budget caps."""
+        rows = self._query(
+            """SELECT reward_id, COUNT(*) FROM events
+                WHERE event_type = 'redemption' AND ts_us >= ? AND reward_id IS NOT NULL
+                GROUP BY reward_id""", (_micros(since),))
+        return {reward_id: int(n) for reward_id, n in rows}
+
+    def spend_since(self, since: datetime) -> float:
+        """Cost of redemptions since a time: the event's cost, else the offering decision's."""
+        rows = self._query(
+            """SELECT COALESCE(SUM(COALESCE(e.cost, i.cost, 0)), 0) FROM events e
+                 LEFT JOIN decision_items i ON i.decision_id = e.decision_id
+                  AND i.item_type = CASE WHEN e.reward_id IS NULL THEN 'challenge' ELSE 'reward' END
+                  AND i.item_id = COALESCE(e.reward_id, e.challenge_id)
+                WHERE e.event_type = 'redemption' AND e.ts_us >= ?""", (_micros(since),))
+        return float(rows[0][0])
+
+    def consent(self, member_id: int) -> bool | None:
+        """The member's latest consent choice; None if never given. A tie means withdrawn."""
+        rows = self._query(
+            """SELECT event_type FROM events WHERE member_id = ?
+                  AND event_type IN ('consent_granted', 'consent_withdrawn')
+                ORDER BY ts_us DESC, CASE WHEN event_type = 'consent_withdrawn' THEN 0 ELSE 1 END
+                LIMIT 1""", (member_id,))
+        return None if not rows else rows[0][0] == "consent_granted"
+
+    def member_events(self, member_id: int) -> list[dict[str, Any]]:
+        """Every event of a member in time order, as EventIn fields plus ``received_at``."""
+        rows = self._query(
+            f"SELECT {', '.join(_EVENT_COLUMNS[:-1])} FROM events WHERE member_id = ? "
+            "ORDER BY ts_us, event_id", (member_id,))
+        names = ("event_id", "event_type", "member_id", "timestamp", "decision_id",
+                 "challenge_id", "reward_id", "amount", "cost", "properties", "received_at")
+        out = []
+        for row in rows:
+            record = dict(zip(names, row, strict=True))
+            record["timestamp"] = _from_micros(record["timestamp"])
+            record["received_at"] = _from_micros(record["received_at"])
+            record["properties"] = _loads(record["properties"])
+            out.append(record)
+        return out
+
+    def count_events(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM events")[0][0])
+
+    def count_decisions(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM decisions")[0][0])
+
+    # -- frames for reports and training ------------------------------------------------------
+
+    def events_between(self, start: datetime, end: datetime,
+                       event_types: Sequence[str] | None = None) -> pd.DataFrame:
+        """Events with ``start <= timestamp < end``, one row each, time in ``event_timestamp``
+        (the project's point-in-time column name)."""
+        sql = (f"SELECT {', '.join(_EVENT_COLUMNS[:-1])} FROM events "
+               "WHERE ts_us >= ? AND ts_us < ?")
+        params: list[Any] = [_micros(start), _micros(end)]
+        if event_types is not None:
+            # IN (NULL) matches nothing: an empty list selects no event.
+            sql += f" AND event_type IN ({', '.join(['?'] * len(event_types)) or 'NULL'})"
+            params += event_types
+        frame = pd.DataFrame.from_records(
+            self._query(sql + " ORDER BY ts_us, event_id", params),
+            columns=["event_id", "event_type", "member_id", "event_timestamp", "decision_id",
+                     "challenge_id", "reward_id", "amount", "cost", "properties", "received_at"])
+        frame["properties"] = frame["properties"].map(_loads)
+        return _with_times(frame, "event_timestamp", "received_at")
+
+    def decisions_between(self, start: datetime, end: datetime) -> pd.DataFrame:
+        """Decisions with ``start <= created_at < end``, one row per item.
+
+        A decision without items (e.g. a holdout) keeps one row with empty item columns, so arm
+        exposure counts stay right in experiment reports.
+        """
+        frame = pd.DataFrame.from_records(self._query(
+            """SELECT d.decision_id, d.member_id, d.created_us, d.channel, d.arm, d.experiment_id,
+                      d.model_versions, d.flags, i.item_type, i.item_id, i.item_rank, i.score,
+                      i.shown_probability, i.target, i.cost
+                 FROM decisions d LEFT JOIN decision_items i ON i.decision_id = d.decision_id
+                WHERE d.created_us >= ? AND d.created_us < ?
+                ORDER BY d.created_us, d.decision_id, i.item_rank""",
+            (_micros(start), _micros(end))),
+            columns=["decision_id", "member_id", "event_timestamp", "channel", "arm",
+                     "experiment_id", "model_versions", "flags", "item_type", "item_id", "rank",
+                     "score", "shown_probability", "target", "cost"])
+        for column in ("model_versions", "flags"):
+            frame[column] = frame[column].map(_loads)
+        return _with_times(frame, "event_timestamp")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def ping(self) -> bool:
+        """True when the database answers; for the readiness probe."""
+        try:
+            return bool(self._query("SELECT 1")[0][0] == 1)
+        except Exception:  # any driver error means "not ready"
+            log.warning("event store ping failed", exc_info=True)
+            return False
+
+    def close(self) -> None:
+        with self._connections_lock:
+            self._closed = True
+            for conn in self._connections.values():
+                conn.close()
+            self._connections.clear()
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _with_times(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    for column in columns:
+        frame[column] = pd.to_datetime(frame[column].astype("int64"), unit="us", utc=True
+                                       ).astype("datetime64[us, UTC]")
+    return frame
+
+
+def _sqlite_dialect(path: Path) -> _Dialect:
+    if sqlite3.sqlite_version_info < (3, 35):
+        raise RuntimeError(f"SQLite {sqlite3.sqlite_version} lacks RETURNING; 3.35+ is needed")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def connect() -> sqlite3.Connection:
+        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
+        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if mode != "wal":
+            conn.close()
+            raise RuntimeError(f"{path}: SQLite refused WAL mode (got {mode!r})")
+        conn.execute("PRAGMA synchronous=FULL")  # per connection: fsync the WAL at each commit
+        return conn
+
+    return _Dialect(connect=connect, placeholder="?", begin="BEGIN IMMEDIATE",
+                    serialize_writes=True, schema_lock=None)
+
+
+def _postgres_dialect(url: str) -> _Dialect:
+    for name in ("psycopg", "psycopg2"):  # imported here: only PostgreSQL users need a driver
+        try:
+            driver = importlib.import_module(name)
+            break
+        except ImportError:
+            continue
+    else:
+        raise RuntimeError("a postgresql:// event store needs psycopg 3 "
+                           "(pip install 'psycopg[binary]') or psycopg2")
+
+    def connect() -> Any:
+        conn = driver.connect(url)
+        conn.autocommit = True  # as with SQLite: reads stand alone, writes BEGIN explicitly
+        return conn
+
+    return _Dialect(connect=connect, placeholder="%s", begin="BEGIN", serialize_writes=False,
+                    schema_lock="SELECT pg_advisory_xact_lock(7215480111)")
+
+
+def open_event_store(url: str) -> EventStore:
+    """Open (creating the schema if needed) the store at ``url``.
+
+    ``sqlite:////abs/path/events.db`` (SQLAlchemy's form: three slashes, then an absolute path,
+    since a relative one would depend on the working directory) or
+    ``postgresql://user:pass@host:port/db``.
+    """
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.is_absolute():
+            raise ValueError(f"{url!r}: give an absolute path, e.g. sqlite:////data/events.db")
+        return SqlEventStore(_sqlite_dialect(path))
+    if url.startswith(("postgresql://", "postgres://")):
+        return SqlEventStore(_postgres_dialect(url))
+    raise ValueError(f"unsupported event store URL {url!r}: use sqlite:/// or postgresql://")
