@@ -30,6 +30,8 @@ class StoreSettings(BaseSettings):
     data_dir: Path | None = None
     feature_repo: Path | None = None
     models_dir: Path | None = None
+    mlflow_tracking_uri: str | None = Field(
+        None, description="default: sqlite:///<data>/mlflow.db (artifacts in <data>/mlartifacts)")
     feast_env: str = Field("local", description="feature_store.<env>.yaml to use; 'local' = feature_store.yaml")
 
     @property
@@ -39,6 +41,15 @@ class StoreSettings(BaseSettings):
     @property
     def repo(self) -> Path:
         return (self.feature_repo or self.home / "feature_repo").resolve()
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow tracking + registry URI shared by training (writes) and serving (reads)."""
+        return self.mlflow_tracking_uri or f"sqlite:///{self.data / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.data / "mlartifacts"
 
     @property
     def models(self) -> Path:

@@ -187,7 +187,9 @@ _SCHEMA = (
         properties TEXT,
         received_us BIGINT NOT NULL,
         payload_sha256 CHAR(64) NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS events_member_ts ON events (member_id, ts_us)",
+    # event_type sits in the member index so that, without table statistics, SQLite still
+    # prefers it to events_type_ts for per-member lookups (one member vs every member's events).
+    "CREATE INDEX IF NOT EXISTS events_member_type_ts ON events (member_id, event_type, ts_us)",
     "CREATE INDEX IF NOT EXISTS events_type_ts ON events (event_type, ts_us)",
     """CREATE TABLE IF NOT EXISTS decisions (
         decision_id VARCHAR(64) PRIMARY KEY,
@@ -371,10 +373,11 @@ class SqlEventStore:
         with self._write() as cur:
             added = self._insert(cur, "events", _EVENT_COLUMNS, "event_id", rows)
         # Stored rows are never updated, so reading the kept payloads after commit is safe.
-        if stored := [event_id for event_id in digests if event_id not in added]:
-            marks = ", ".join(["?"] * len(stored))
-            kept = self._query(
-                f"SELECT event_id, payload_sha256 FROM events WHERE event_id IN ({marks})", stored)
+        stored = [event_id for event_id in digests if event_id not in added]
+        for start in range(0, len(stored), _ROWS_PER_STATEMENT):
+            chunk = stored[start:start + _ROWS_PER_STATEMENT]
+            kept = self._query("SELECT event_id, payload_sha256 FROM events "
+                               f"WHERE event_id IN ({', '.join(['?'] * len(chunk))})", chunk)
             digests.update({event_id: digest for event_id, digest in kept})
         results: list[tuple[str, bool]] = []
         conflicting: list[str] = []
@@ -425,7 +428,7 @@ class SqlEventStore:
 
     def erase_member(self, member_id: int) -> dict[str, int]:
         """Delete every row about a member (privacy request); rows deleted per table."""
-        counts = {}
+        counts: dict[str, int] = {}
         with self._write() as cur:
             for table in ("events", "decisions", "decision_items"):
                 cur.execute(self._sql(f"DELETE FROM {table} WHERE member_id = ?"), (member_id,))

@@ -93,7 +93,7 @@ def simulate(
 def features_build(
     world: Annotated[Path | None, typer.Option(help="World folder (default: <data>/world).")] = None,
     out: Annotated[Path | None, typer.Option(help="Output (default: <data>/features).")] = None,
-    chunk_size: Annotated[int, typer.Option(min=1, help="Members per chunk.")] = 50_000,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Members per chunk.")] = 20_000,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Compute point-in-time member features and item features as parquet for Feast."""
@@ -190,6 +190,115 @@ def train_difficulty_cmd(data_dir: DataDirOpt = None) -> None:
 def train_all(data_dir: DataDirOpt = None) -> None:
     """Both models."""
     typer.echo(json.dumps(_train("all", data_dir), indent=2))
+
+
+@app.command()
+@friendly
+def evaluate(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    alias: Annotated[str, typer.Option(help="Which registered models: champion or challenger.")]
+    = "champion",
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Measure the registered models on the test period against the simulator's hidden truth."""
+    from training.config import get_train_settings
+    from training.pipeline import evaluate_registered
+
+    if alias not in ("champion", "challenger"):
+        raise UserError(f"--alias: expected champion or challenger, got {alias!r}")
+    result = evaluate_registered(_settings(data_dir), get_train_settings(), alias, _echo)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    for key, value in sorted(result.items()):
+        typer.echo(f"{key:<40} {value:.4f}" if isinstance(value, float) else f"{key:<40} {value}")
+
+
+def _registry(data_dir: Path | None) -> None:
+    from training import tracking
+    from training.config import get_train_settings
+
+    store, settings = _settings(data_dir), get_train_settings()
+    tracking.configure_mlflow(store.tracking_uri, store.artifact_root,
+                              settings.experiment)
+
+
+ModelName = Annotated[str, typer.Argument(help="Registered model: reward or difficulty.")]
+
+
+def _known_model(name: str) -> str:
+    from training.config import PROMOTION_GATES
+
+    if name not in PROMOTION_GATES:
+        raise UserError(f"NAME: unknown model {name!r}; expected one of {sorted(PROMOTION_GATES)}")
+    return name
+
+
+@models_app.command("list")
+@friendly
+def models_list(
+    name: Annotated[str | None, typer.Argument(help="Only this model.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Champion, challenger and the history of every alias move (who, when, why)."""
+    from training import tracking
+    from training.config import PROMOTION_GATES
+
+    _registry(data_dir)
+    names = [_known_model(name)] if name else list(PROMOTION_GATES)
+    report = {n: {"champion": tracking.champion_version(n),
+                  "challenger": tracking.challenger_version(n),
+                  "history": tracking.history(n)} for n in names}
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    for n, info in report.items():
+        typer.secho(f"{n}: champion v{info['champion']}  challenger v{info['challenger']}",
+                    bold=True)
+        for e in info["history"]:
+            forced = " (forced)" if e.get("forced") else ""
+            typer.echo(f"  {e['at']}  {e['action']:<9} v{e['version']}"
+                       f"{'  from v' + str(e['from_version']) if e.get('from_version') else ''}"
+                       f"  by {e['actor']}{forced}  {e.get('reason') or ''}")
+
+
+@models_app.command("promote")
+@friendly
+def models_promote(
+    name: ModelName,
+    force: Annotated[bool, typer.Option(help="Skip the gate (requires --reason).")] = False,
+    reason: Annotated[str, typer.Option(help="Why; recorded in the history.")] = "",
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Move `champion` to the challenger if it is not worse on held-out metrics and OPE."""
+    from training import tracking
+    from training.config import PROMOTION_GATES
+
+    _registry(data_dir)
+    result = tracking.promote(_known_model(name), PROMOTION_GATES[name], force=force,
+                              reason=reason)
+    if not result.promoted:
+        lines = "\n  ".join(result.failures)
+        raise UserError(f"{name} v{result.version} not promoted; worse than champion "
+                        f"v{result.from_version}:\n  {lines}")
+    typer.echo(json.dumps({"model": name, "champion": result.version,
+                           "previous": result.from_version, "forced": result.forced}))
+
+
+@models_app.command("rollback")
+@friendly
+def models_rollback(
+    name: ModelName,
+    reason: Annotated[str, typer.Option(help="Why; recorded in the history.")] = "",
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Point `champion` back at the previous champion."""
+    from training import tracking
+
+    _registry(data_dir)
+    event = tracking.rollback(_known_model(name), reason=reason)
+    typer.echo(json.dumps(dict(event)))
 
 
 @app.command()

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
-
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from serving.config import StoreSettings
 
 
 class TrainSettings(BaseSettings):
@@ -16,8 +13,6 @@ class TrainSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="REWARDS_TRAIN_", extra="ignore")
 
-    mlflow_tracking_uri: str | None = Field(
-        None, description="default: sqlite:///<data>/mlflow.db with artifacts in <data>/mlartifacts")
     experiment: str = "rewards-reco"
     reward_model_name: str = "reward"
     difficulty_model_name: str = "difficulty"
@@ -35,13 +30,24 @@ class TrainSettings(BaseSettings):
     policy_eval_members: int = Field(20_000, ge=100, description="members sampled for policy value")
     seed: int = 7
 
-    def tracking_uri(self, store: StoreSettings) -> str:
-        return self.mlflow_tracking_uri or f"sqlite:///{store.data / 'mlflow.db'}"
-
-    def artifact_root(self, store: StoreSettings) -> Path:
-        return store.data / "mlartifacts"
-
 
 @lru_cache
 def get_train_settings() -> TrainSettings:
     return TrainSettings()
+
+
+#: Promotion gates: a challenger may not be worse than the champion on any of these held-out
+#: metrics by more than the tolerance (absolute). Read by `rewards models promote`.
+PROMOTION_GATES: dict[str, dict[str, tuple[str, float]]] = {
+    "reward": {
+        "propensity.auc": ("higher", 0.002),
+        "propensity.ece": ("lower", 0.005),
+        "policy.value_model": ("higher", 0.05),
+        "ope.dr": ("higher", 0.25),
+    },
+    "difficulty": {
+        "difficulty.auc": ("higher", 0.002),
+        "difficulty.ece": ("lower", 0.005),
+        "difficulty.target_completion_gap": ("lower", 0.005),
+    },
+}

@@ -25,12 +25,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
-from serving.ranking import basket_estimate, flow_zone_choice
+from serving.candidates import REWARD_ITEM_COLUMNS, no_offer_items, reward_matrix
+from serving.ranking import basket_estimate, flow_zone_choice, reward_scores
 from serving.contract import TIERS
 from training import metrics
 from training.datasets import Dataset, TimeSplit
 from training.lgbm import predict_proba
-from training.scoring import RewardScores, reward_values, score_rewards, score_targets
+from training.scoring import reward_values, score_rewards, score_targets
 from training.simulate import truth
 
 OPE_MAX_ROWS = 60_000
@@ -115,31 +116,36 @@ def evaluate_reward(model: lgb.LGBMClassifier, data: Dataset, split: TimeSplit,
     ev.metrics["conversion.ece"] = metrics.expected_calibration_error(
         rows["converted"].to_numpy(), proba[:, 1] + proba[:, 2])
 
-    # Score every test row's member (features as at the decision) against the whole catalog.
+    # Qini: treated rows keep their logged reward; holdout rows get one drawn like the logger,
+    # so both arms hold exchangeable (member, reward) pairs. Two model rows per test row.
     items = pd.read_parquet(features_dir / "reward_features.parquet")
     reward_index = {r: i for i, r in enumerate(items["reward_id"])}
-    scores = score_rewards(model, rows, items, data.service_features)
     ids = rows["member_id"].to_numpy()
     tr = world.reward_response(ids)
-    eligible = tr["eligible"]
-
-    # Qini: treated rows keep their logged reward; holdout rows get one drawn like the logger.
-    logged = rows["reward_id"].map(reward_index).to_numpy()
-    drawn = _uniform_eligible(eligible, rng)
-    pair = np.where(treated, np.nan_to_num(logged, nan=-1).astype(int), drawn)
-    r_idx = np.arange(len(rows))
-    converted = rows["converted"].to_numpy()
-    model_uplift = scores.uplift[r_idx, pair]
+    logged = rows["reward_id"].map(reward_index).fillna(-1).to_numpy(dtype=int)
+    pair = np.where(treated, logged, _uniform_eligible(tr["eligible"], rng))
+    member_cols = {c: rows[c].to_numpy(np.float32) for c in data.service_features
+                   if c not in REWARD_ITEM_COLUMNS}
+    pair_cols = {**member_cols, **{c: items[c].to_numpy(np.float32)[pair]
+                                   for c in REWARD_ITEM_COLUMNS}}
+    n = len(rows)
+    offer = predict_proba(model, reward_matrix(pair_cols, np.ones(n), data.service_features))
+    control = predict_proba(model, reward_matrix({**member_cols, **no_offer_items(n)},
+                                                 np.zeros(n), data.service_features))
+    model_uplift = reward_scores(offer, control)["uplift"]
+    r_idx = np.arange(n)
     true_uplift = tr["p_convert_offer"][r_idx, pair] - tr["p_convert_control"][r_idx, pair]
+    converted = rows["converted"].to_numpy()
     t = treated.astype(float)
     ev.metrics["uplift.qini"] = metrics.qini_auc_score(converted, t, model_uplift)
     ev.metrics["uplift.oracle_qini"] = metrics.qini_auc_score(converted, t, true_uplift)
+    ev.metrics["uplift.at_30"] = metrics.uplift_at_k(converted, t, model_uplift, k=0.3)
     ev.curves["qini_model"] = metrics.qini_curve(converted, t, model_uplift)
     ev.curves["qini_oracle"] = metrics.qini_curve(converted, t, true_uplift)
 
     _policy_values(ev, model, data, split, features_dir, world, items, policy_members,
                    value_params, rng)
-    _off_policy(ev, rows, scores, tr, items, world.margin, value_params, rng)
+    _off_policy(ev, model, data, rows, items, world, value_params, rng)
     return ev
 
 
@@ -202,42 +208,45 @@ def _by_player_type(world: WorldTruth, ids: np.ndarray, model_choice: np.ndarray
     }).groupby("player_type").mean()
 
 
-def _off_policy(ev: Evaluation, rows: pd.DataFrame, scores: RewardScores, tr: dict[str, np.ndarray],
-                items: pd.DataFrame, margin: float, value_params: dict[str, float],
+def _off_policy(ev: Evaluation, model: lgb.LGBMClassifier, data: Dataset, rows: pd.DataFrame,
+                items: pd.DataFrame, world: WorldTruth, value_params: dict[str, float],
                 rng: np.random.Generator) -> None:
-    """IPS / SNIPS / DR of the model's greedy policy from the logged (randomized) decisions."""
-    n = len(rows)
-    keep = np.sort(rng.choice(n, OPE_MAX_ROWS, replace=False)) if n > OPE_MAX_ROWS else np.arange(n)
-    cost = items["reward_cost"].to_numpy(dtype=np.float64)
-    reward_index = {r: i for i, r in enumerate(items["reward_id"])}
-    basket = _basket(rows, value_params)[keep]
-    p_conv, p_red, p_ctl = scores.p_convert[keep], scores.propensity[keep], scores.p_control[keep]
-    eligible = tr["eligible"][keep]
-    q_offer = margin * basket[:, None] * p_conv - p_red * cost[None, :]
-    value_hat = q_offer - margin * basket[:, None] * p_ctl
-    choice = np.argmax(np.where(eligible, value_hat, -np.inf), axis=1)
-    r_idx = np.arange(len(keep))
+    """IPS / SNIPS / DR of the model's greedy policy from the logged (randomized) decisions.
 
-    sub = rows.iloc[keep]
-    treated = sub["treated"].to_numpy(dtype=bool)
-    logged = sub["reward_id"].map(reward_index).fillna(-1).to_numpy(dtype=int)
+    The reward is the realized profit of each decision (margin x spend - cost if redeemed); the
+    true value is the same quantity's expectation under the truth for the policy's choices.
+    """
+    if len(rows) > OPE_MAX_ROWS:
+        rows = rows.iloc[np.sort(rng.choice(len(rows), OPE_MAX_ROWS, replace=False))]
+    rows = rows.reset_index(drop=True)
+    margin, n = world.margin, len(rows)
+    scores = score_rewards(model, rows, items, data.service_features)
+    tr = world.reward_response(rows["member_id"].to_numpy())
+    cost = items["reward_cost"].to_numpy(dtype=np.float64)
+    basket = _basket(rows, value_params)
+    q_offer = margin * basket[:, None] * scores.p_convert - scores.propensity * cost[None, :]
+    q_control = margin * basket * scores.p_control[:, 0]
+    choice = np.argmax(np.where(tr["eligible"], q_offer - q_control[:, None], -np.inf), axis=1)
+    r_idx = np.arange(n)
+
+    treated = rows["treated"].to_numpy(dtype=bool)
+    reward_index = {r: i for i, r in enumerate(items["reward_id"])}
+    logged = rows["reward_id"].map(reward_index).fillna(-1).to_numpy(dtype=int)
     logged_cost = np.where(treated, cost[np.maximum(logged, 0)], 0.0)
-    realized = margin * sub["spend"].to_numpy() - sub["redeemed"].to_numpy() * logged_cost
+    realized = margin * rows["spend"].to_numpy() - rows["redeemed"].to_numpy() * logged_cost
     target_prob = (treated & (logged == choice)).astype(float)
-    q_logged = np.where(treated, q_offer[r_idx, np.maximum(logged, 0)],
-                        margin * basket * p_ctl[:, 0])
+    q_logged = np.where(treated, q_offer[r_idx, np.maximum(logged, 0)], q_control)
     q_target = q_offer[r_idx, choice]
-    prop = sub["propensity"].to_numpy()
+    prop = rows["propensity"].to_numpy()
     ips = metrics.ips(realized, prop, target_prob)
     snips = metrics.snips(realized, prop, target_prob)
     dr = metrics.doubly_robust(realized, prop, target_prob, q_logged, q_target)
-    true_value = (margin * tr["basket_value"][keep][r_idx, choice]
-                  * tr["p_convert_offer"][keep][r_idx, choice]
-                  - tr["p_redeem"][keep][r_idx, choice] * cost[choice])
+    true_value = (margin * tr["basket_value"][r_idx, choice] * tr["p_convert_offer"][r_idx, choice]
+                  - tr["p_redeem"][r_idx, choice] * cost[choice])
     ev.metrics.update({
         "ope.ips": ips.value, "ope.snips": snips.value, "ope.dr": dr.value,
         "ope.dr_ci_low": dr.ci_low, "ope.dr_ci_high": dr.ci_high,
-        "ope.true_value": float(true_value.mean()), "ope.rows": float(len(keep)),
+        "ope.true_value": float(true_value.mean()), "ope.rows": float(n),
     })
 
 

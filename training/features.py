@@ -117,7 +117,7 @@ def _last_true_before(mask: np.ndarray) -> np.ndarray:
 
 def member_feature_names() -> list[str]:
     """Column order of the member feature table (the Feast feature views declare the same)."""
-    names = ["tier_rank", "tenure_days", "consent",
+    names = ["tier_rank", "tenure_days", "observed_days", "consent",
              "days_since_last_visit", "days_since_last_purchase", "current_streak",
              "active_days_30d"]
     for w in WINDOWS:
@@ -174,6 +174,9 @@ def compute_member_features(world: World, members: pd.DataFrame | None = None) -
     day0 = np.datetime64(start.tz_convert(None).to_datetime64(), "us")
     tenure0 = (day0 - signup) / DAY
     f["tenure_days"] = tenure0[:, None] + d_axis
+    # Days of history behind the windowed counts: a member seen for 10 days cannot have 30
+    # days of visits, and the model must be able to tell "quiet" from "new to us".
+    f["observed_days"] = np.clip(np.minimum(f["tenure_days"], d_axis), 0, max(WINDOWS))
     f["consent"] = np.repeat(members["consent"].to_numpy(dtype=np.float64)[:, None],
                              days + 1, axis=1)
 
@@ -321,7 +324,7 @@ def _member_chunks(world: World, chunk_size: int) -> Iterator[World]:
                     world.rewards, world.challenges, **sliced)
 
 
-def build_features(world_dir: Path, out_dir: Path, chunk_size: int = 50_000,
+def build_features(world_dir: Path, out_dir: Path, chunk_size: int = 20_000,
                    progress: bool = True) -> dict[str, int]:
     """Write member/reward/challenge feature parquet files for Feast; returns row counts."""
     world = load_world(world_dir)

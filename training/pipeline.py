@@ -160,7 +160,7 @@ def _publish(name: str, model, data: Dataset, split: TimeSplit, ev: Evaluation, 
         rows = rng.choice(len(data.X), min(PARITY_ROWS, len(data.X)), replace=False)
         metrics["onnx.parity_max_abs_diff"] = export.check_parity(model, onnx_path, data.X[rows])
     with timer.step("MLflow run + registration"):
-        tracking.configure_mlflow(settings.tracking_uri(store), settings.artifact_root(store),
+        tracking.configure_mlflow(store.tracking_uri, store.artifact_root,
                                   settings.experiment)
         params = {k: v for k, v in model.get_params().items() if v is not None}
         params["best_iteration"] = model.best_iteration_
@@ -174,3 +174,46 @@ def _publish(name: str, model, data: Dataset, split: TimeSplit, ev: Evaluation, 
     out = export.export_onnx(model, final, store.models / name / version)
     (store.data / "reports" / name / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return TrainResult(name, version, run_id, metrics, out, timer.timings)
+
+
+def evaluate_registered(store: StoreSettings, settings: TrainSettings, alias: str = "champion",
+                        progress: Progress = _quiet) -> dict[str, object]:
+    """Re-measure the registered models (by alias) on the test period, against the truth."""
+    import mlflow.lightgbm
+    from mlflow import MlflowClient
+
+    from serving.model_meta import read_onnx_metadata
+    from training import tracking
+
+    tracking.configure_mlflow(store.tracking_uri, store.artifact_root,
+                              settings.experiment)
+    world = WorldTruth.load(store.world_dir)
+    out: dict[str, object] = {}
+    versions: dict[str, str] = {}
+    shares = (settings.valid_share, settings.test_share)
+    for name, service, build in (
+        (settings.reward_model_name, settings.reward_service, reward_dataset),
+        (settings.difficulty_model_name, settings.difficulty_service, difficulty_dataset),
+    ):
+        version = tracking.alias_version(name, alias)
+        if version is None:
+            raise ValueError(f"model {name!r} has no {alias!r}: run `rewards train all` first")
+        versions[name] = version
+        run_id = MlflowClient().get_model_version(name, version).run_id
+        progress(f"evaluating {name} v{version} ({alias})")
+        model = mlflow.lightgbm.load_model(f"runs:/{run_id}/{tracking.NATIVE_ARTIFACT}")
+        onnx_path = tracking.download_champion(name, store.models) if alias == "champion" else None
+        meta = read_onnx_metadata(onnx_path) if onnx_path else None
+        features = service_feature_names(open_store(store), service)
+        data = build(store, store.world_dir, shares, service, features)
+        if name == settings.reward_model_name:
+            params = meta.value_params if meta and meta.value_params else fit_value_params(
+                data, world.margin)
+            ev = evaluate_reward(model, data, data.split, store.features_dir, world,
+                                 settings.policy_eval_members, params, settings.seed)
+        else:
+            ev = evaluate_difficulty(model, data, data.split, store.features_dir, world,
+                                     settings.flow_zone, settings.seed)
+        out.update(ev.metrics)
+    out["models"] = versions
+    return out

@@ -285,14 +285,24 @@ def history(name: str) -> list[HistoryEvent]:
     return [event for _, event in _events(_registered(MlflowClient(), name))]
 
 
-def champion_version(name: str) -> str | None:
-    """The version serving should run, or None when there is no champion (or no such model)."""
+def alias_version(name: str, alias: str) -> str | None:
+    """The version ``alias`` points to, or None when unset (or no such model)."""
     try:
-        return _alias(MlflowClient().get_registered_model(name), CHAMPION)
+        return _alias(MlflowClient().get_registered_model(name), alias)
     except MlflowException as exc:
         if _missing(exc):
             return None
         raise
+
+
+def champion_version(name: str) -> str | None:
+    """The version serving should run, or None when there is no champion (or no such model)."""
+    return alias_version(name, CHAMPION)
+
+
+def challenger_version(name: str) -> str | None:
+    """The newest registered version, waiting for promotion (or already promoted)."""
+    return alias_version(name, CHALLENGER)
 
 
 def _logged_model_id(client: MlflowClient, run_id: str, artifact_path: str) -> str:

@@ -58,7 +58,7 @@ def test_first_models_are_registered_and_champions(trained) -> None:  # noqa: AN
     from training import tracking
 
     store, settings, reward, difficulty = trained
-    tracking.configure_mlflow(settings.tracking_uri(store), settings.artifact_root(store),
+    tracking.configure_mlflow(store.tracking_uri, store.artifact_root,
                               settings.experiment)
     assert tracking.champion_version("reward") == reward.version
     assert tracking.champion_version("difficulty") == difficulty.version

@@ -193,3 +193,13 @@ def test_item_features(world: World) -> None:
     challenges = challenge_item_features(world.challenges)
     assert challenges["challenge_kind_code"].tolist() == [0.0]
     assert np.isclose(challenges["challenge_max_target"].iloc[0], 6.0)
+
+
+def test_observed_days_counts_history_we_have(world: World) -> None:
+    late = world.members.assign(signup_date=[ts(-10), ts(-100), ts(3)])
+    f = compute_member_features(World(world.start, 7, late, world.rewards, world.challenges,
+                                      world.events, world.offers, world.assignments))
+    f = f.set_index(["member_id", f["event_timestamp"].dt.day - 1])
+    assert f.loc[(1, 5), "observed_days"] == 5  # world started 5 days ago
+    assert f.loc[(3, 5), "observed_days"] == 2  # joined on day 3
+    assert f.loc[(3, 2), "observed_days"] == 0  # not a member yet
