@@ -10,8 +10,14 @@ from feature_views import challenge_attributes, member_daily, reward_attributes
 
 from training.features import member_feature_names
 
-# Consent steers business rules, never scores.
-MODEL_MEMBER_FEATURES = [n for n in member_feature_names() if n != "consent"]
+# Consent steers business rules, never scores. Counts that only grow with time (points balance,
+# offers or challenges ever received, 90-day totals on a young history) drift between the
+# training and serving periods; the models get their per-day rates instead.
+NOT_MODEL_INPUTS = {
+    "consent", "points_balance", "offers_received", "challenges_assigned",
+    "visits_90d", "purchases_90d", "spend_90d", "reviews_90d", "referrals_90d",
+}
+MODEL_MEMBER_FEATURES = [n for n in member_feature_names() if n not in NOT_MODEL_INPUTS]
 
 propensity_v1 = FeatureService(
     name="propensity_v1",

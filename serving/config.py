@@ -68,3 +68,33 @@ class StoreSettings(BaseSettings):
 @lru_cache
 def get_store_settings() -> StoreSettings:
     return StoreSettings()
+
+
+class ServeSettings(BaseSettings):
+    """The HTTP service. Same env prefix as the rest: one place to look."""
+
+    model_config = SettingsConfigDict(env_prefix="REWARDS_", extra="ignore")
+
+    events_url: str | None = Field(None, description="default: sqlite:///<data>/events.db")
+    rules_file: Path | None = Field(None, description="default: <home>/config/rules.toml")
+    catalog_dir: Path | None = Field(None, description="default: <data>/world")
+    reward_model_name: str = "reward"
+    difficulty_model_name: str = "difficulty"
+    model_poll_seconds: float = Field(30.0, ge=0, description="0 disables polling")
+    budget_refresh_seconds: float = Field(5.0, gt=0)
+    online_timeout_ms: float = Field(200.0, gt=0)
+    seed: int | None = None
+
+    def events(self, store: StoreSettings) -> str:
+        return self.events_url or f"sqlite:///{store.data / 'events.db'}"
+
+    def rules(self, store: StoreSettings) -> Path:
+        return self.rules_file or store.home / "config" / "rules.toml"
+
+    def catalog(self, store: StoreSettings) -> Path:
+        return self.catalog_dir or store.world_dir
+
+
+@lru_cache
+def get_serve_settings() -> ServeSettings:
+    return ServeSettings()

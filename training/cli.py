@@ -303,6 +303,20 @@ def models_rollback(
 
 @app.command()
 @friendly
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Start the recommendation API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    uvicorn.run("serving.main:create_app", factory=True, host=host, port=port,
+                workers=workers, log_level="warning", access_log=False)
+
+
+@app.command()
+@friendly
 def demo(
     members: Annotated[int, typer.Option(min=1, help="Members in the demo world.")] = 100_000,
     days: Annotated[int, typer.Option(min=1, help="Days of history.")] = 90,

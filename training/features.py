@@ -29,6 +29,9 @@ from serving.contract import (
 
 DAY = np.timedelta64(1, "D")
 WINDOWS = (7, 30, 90)
+#: 90-day counts also expressed per observed day: a count over a window longer than the history
+#: we have is an underestimate, and the per-day rate stays comparable across history lengths.
+RATE_BASES = ("visits", "purchases", "spend", "reviews", "referrals")
 TS_DTYPE = "datetime64[us, UTC]"
 
 
@@ -124,6 +127,7 @@ def member_feature_names() -> list[str]:
         names += [f"visits_{w}d", f"purchases_{w}d", f"spend_{w}d"]
     names += ["avg_basket_90d", "reviews_90d", "referrals_90d", "categories_90d",
               "points_balance"]
+    names += [f"{n}_per_day_90d" for n in RATE_BASES]
     names += [f"share_{c}_90d" for c in CATEGORIES]
     names += ["offers_received", "redemption_rate", "conversion_rate_offered",
               "conversion_rate_holdout"]
@@ -198,6 +202,9 @@ def compute_member_features(world: World, members: pd.DataFrame | None = None) -
     f["avg_basket_90d"] = _ratio(f["spend_90d"], f["purchases_90d"], missing=0.0)
     f["reviews_90d"] = _window(_cumulative(daily_of(etype == "review")), 90)
     f["referrals_90d"] = _window(_cumulative(daily_of(etype == "referral")), 90)
+    observed = np.maximum(f["observed_days"], 1.0)
+    for base in RATE_BASES:
+        f[f"{base}_per_day_90d"] = f[f"{base}_90d"] / observed
     f["points_balance"] = _cumulative(daily_of(np.ones(len(ev), dtype=bool),
                                                ev["points"].to_numpy(dtype=np.float64)))
 

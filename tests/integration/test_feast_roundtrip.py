@@ -33,10 +33,12 @@ def store_settings(tiny_world_dir: Path, tmp_path_factory: pytest.TempPathFactor
 def test_services_are_the_model_contracts(store_settings: StoreSettings) -> None:
     store = open_store(store_settings)
     names = service_feature_names(store, "propensity_v1")
-    member_part = [n for n in member_feature_names() if n != "consent"]
-    assert names[: len(member_part)] == member_part  # order is the contract
-    assert names[len(member_part):] == ["reward_type_code", "reward_category_code",
-                                        "reward_cost", "reward_min_tier_rank"]
+    member_part, reward_part = names[:-4], names[-4:]
+    assert reward_part == ["reward_type_code", "reward_category_code", "reward_cost",
+                           "reward_min_tier_rank"]
+    # the service projects the view: a subset, in the view's order, without consent
+    assert member_part == [n for n in member_feature_names() if n in set(member_part)]
+    assert "consent" not in member_part and "visits_per_day_90d" in member_part
     assert "challenge_min_target" in service_feature_names(store, "difficulty_v1")
 
 

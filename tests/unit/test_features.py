@@ -203,3 +203,9 @@ def test_observed_days_counts_history_we_have(world: World) -> None:
     assert f.loc[(1, 5), "observed_days"] == 5  # world started 5 days ago
     assert f.loc[(3, 5), "observed_days"] == 2  # joined on day 3
     assert f.loc[(3, 2), "observed_days"] == 0  # not a member yet
+
+
+def test_rates_divide_by_observed_history(feats: pd.DataFrame) -> None:
+    assert at(feats, 1, 6, "visits_per_day_90d") == pytest.approx(3 / 6)
+    assert at(feats, 1, 6, "spend_per_day_90d") == pytest.approx(60 / 6)
+    assert at(feats, 1, 0, "visits_per_day_90d") == 0  # no history yet: no division by zero

@@ -1,0 +1,22 @@
+"""Feedback events: acknowledged only once durably committed; replays counted once."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from serving.api.deps import ServicesDep
+from serving.schemas import EventAck, EventsRequest, EventsResponse
+
+router = APIRouter(prefix="/v1/events", tags=["events"])
+
+
+@router.post("", response_model=EventsResponse)
+async def post_events(req: EventsRequest, services: ServicesDep) -> EventsResponse:
+    """Store impressions, redemptions, completions and purchases (idempotent by event_id)."""
+    results = await services.event_writer.write(list(req.events))
+    acks = [EventAck(event_id=eid, status="stored" if new else "duplicate")
+            for eid, new in results]
+    stored = sum(1 for a in acks if a.status == "stored")
+    services.metrics.events.labels("stored").inc(stored)
+    services.metrics.events.labels("duplicate").inc(len(acks) - stored)
+    return EventsResponse(accepted=stored, duplicates=len(acks) - stored, results=acks)

@@ -1,0 +1,176 @@
+"""Loading champion models for serving: resolve, cache, verify the contract, swap atomically.
+
+A model is only ever swapped in after it loaded, its metadata matched the FeatureService it
+names (same features, same order) and the derived columns this code builds, and it scored a
+probe row. Anything else is refused and the current model keeps serving; the refusal is kept
+for /readyz and the metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from serving.model_meta import ModelMetadata, read_onnx_metadata
+
+log = logging.getLogger("rewards.models")
+
+
+class ModelRefused(RuntimeError):
+    """A candidate model that must not serve (broken file or contract mismatch)."""
+
+
+@dataclass
+class LoadedModel:
+    """An onnxruntime session and the contract it was verified against."""
+
+    meta: ModelMetadata
+    path: Path
+    session: object
+    input_name: str
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities for a float32 batch, one onnxruntime call."""
+        (proba,) = self.session.run([self.meta.output], {self.input_name: X})  # type: ignore[attr-defined]
+        return proba
+
+
+def load_onnx(path: Path, expected_service_features: Sequence[str],
+              expected_derived: Sequence[str]) -> LoadedModel:
+    """Open and verify one ONNX file; ModelRefused says exactly what is wrong."""
+    import onnxruntime as ort
+
+    try:
+        meta = read_onnx_metadata(path)
+    except Exception as exc:  # noqa: BLE001 - any parse failure means "refuse"
+        raise ModelRefused(f"{path}: unreadable model metadata ({exc})") from exc
+    if list(meta.service_features) != list(expected_service_features):
+        raise ModelRefused(
+            f"{meta.name} v{meta.version}: inputs do not match FeatureService "
+            f"{meta.feature_service!r} (model has {len(meta.service_features)} features, "
+            f"service has {len(expected_service_features)}; first difference: "
+            f"{_first_difference(meta.service_features, expected_service_features)})")
+    if list(meta.derived_features) != list(expected_derived):
+        raise ModelRefused(f"{meta.name} v{meta.version}: derived features "
+                           f"{meta.derived_features} != {list(expected_derived)}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # two cores: oversubscription costs more than it gains
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        input_name = session.get_inputs()[0].name
+        model = LoadedModel(meta, path, session, input_name)
+        probe = model.predict(np.zeros((1, len(meta.input_names)), dtype=np.float32))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelRefused(f"{path}: onnxruntime cannot run the model ({exc})") from exc
+    if probe.shape != (1, len(meta.classes)) or not np.all(np.isfinite(probe)):
+        raise ModelRefused(f"{path}: probe output {probe.shape} is not {len(meta.classes)} "
+                           "finite probabilities")
+    return model
+
+
+def _first_difference(a: Sequence[str], b: Sequence[str]) -> str:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return f"position {i}: {x!r} vs {y!r}"
+    return f"lengths {len(a)} vs {len(b)}"
+
+
+@dataclass
+class ModelSlot:
+    """The current model of one name, plus the last refusal (for /readyz and metrics)."""
+
+    name: str
+    service: str
+    derived: Sequence[str]
+    current: LoadedModel | None = None
+    last_error: str | None = None
+    refusals: int = 0
+
+
+@dataclass
+class ChampionSource:
+    """Where champions come from: the MLflow registry alias, cached under models/."""
+
+    tracking_uri: str
+    cache_dir: Path
+
+    def champion(self, name: str) -> tuple[str, Path] | None:
+        """(version, local ONNX path) of the champion, downloading it once; None if none."""
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        try:
+            mv = client.get_model_version_by_alias(name, "champion")
+        except MlflowException:
+            return None
+        target = self.cache_dir / name / str(mv.version) / "model.onnx"
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            from mlflow.artifacts import download_artifacts
+
+            tmp = Path(download_artifacts(artifact_uri=f"models:/{name}/{mv.version}",
+                                          tracking_uri=self.tracking_uri))
+            found = next(tmp.rglob("*.onnx"), None) if tmp.is_dir() else tmp
+            if found is None:
+                raise ModelRefused(f"{name} v{mv.version}: no ONNX file in the registered model")
+            shutil.copyfile(found, target)
+        return str(mv.version), target
+
+
+@dataclass
+class ModelManager:
+    """Keeps one verified model per name and swaps in new champions without downtime."""
+
+    source: ChampionSource
+    service_features: Callable[[str], list[str]]
+    slots: dict[str, ModelSlot] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, name: str, service: str, derived: Sequence[str]) -> None:
+        self.slots[name] = ModelSlot(name, service, derived)
+
+    def get(self, name: str) -> LoadedModel | None:
+        return self.slots[name].current
+
+    def versions(self) -> dict[str, str]:
+        return {n: s.current.meta.version for n, s in self.slots.items() if s.current}
+
+    def refresh(self) -> dict[str, str]:
+        """Load any champion that changed; returns {name: outcome} for logs and the API."""
+        outcomes = {}
+        with self._lock:  # one refresh at a time; readers never wait (they read the slot)
+            for name, slot in self.slots.items():
+                outcomes[name] = self._refresh_one(slot)
+        return outcomes
+
+    def _refresh_one(self, slot: ModelSlot) -> str:
+        try:
+            found = self.source.champion(slot.name)
+        except Exception as exc:  # noqa: BLE001 - registry down: keep serving what we have
+            slot.last_error = f"registry unavailable: {exc}"
+            return "registry unavailable"
+        if found is None:
+            return "no champion"
+        version, path = found
+        if slot.current is not None and slot.current.meta.version == version:
+            return f"unchanged v{version}"
+        try:
+            model = load_onnx(path, self.service_features(slot.service), slot.derived)
+        except ModelRefused as exc:
+            slot.last_error, slot.refusals = str(exc), slot.refusals + 1
+            log.error("model refused", extra={"model": slot.name, "reason": str(exc)})
+            return f"refused v{version}"
+        if model.meta.version != version:  # exported before registration: trust the registry
+            model.meta = model.meta.model_copy(update={"version": version})
+        slot.current, slot.last_error = model, None  # atomic reference swap
+        log.info("model loaded", extra={"model": slot.name, "version": version})
+        return f"loaded v{version}"

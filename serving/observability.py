@@ -1,0 +1,94 @@
+"""Prometheus metrics, JSON logs and request ids."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from contextvars import ContextVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+request_id: ContextVar[str] = ContextVar("request_id", default="-")
+
+
+class Metrics:
+    """One registry per app, so tests can build many apps in one process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "rewards_request_seconds", "Request latency by route", ["route", "status"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry)
+        self.decisions = Counter(
+            "rewards_decisions_total", "Decisions by experiment arm and model versions",
+            ["arm", "reward_model", "difficulty_model"], registry=self.registry)
+        self.fallbacks = Counter(
+            "rewards_fallbacks_total", "Answers flagged cold_start / degraded / not personalized",
+            ["kind"], registry=self.registry)
+        self.errors = Counter("rewards_errors_total", "Unhandled errors by route", ["route"],
+                              registry=self.registry)
+        self.events = Counter("rewards_events_total", "Feedback events by outcome",
+                              ["status"], registry=self.registry)
+        self.model_refusals = Gauge("rewards_model_refusals", "Models refused since start",
+                                    ["model"], registry=self.registry)
+        self.model_version = Gauge("rewards_model_loaded", "1 for the loaded model version",
+                                   ["model", "version"], registry=self.registry)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line with the request id; extra={...} fields are merged in."""
+
+    _skip = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname,
+               "logger": record.name, "msg": record.getMessage(), "request_id": request_id.get()}
+        out.update({k: v for k, v in record.__dict__.items() if k not in self._skip})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger("rewards")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+class RequestContextMiddleware:
+    """Request id (from X-Request-ID or new), latency histogram by route template."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode()[:64]
+        rid = incoming if incoming.replace("-", "").isalnum() else uuid.uuid4().hex
+        token = request_id.set(rid)
+        status = {"code": 500}
+        t0 = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.metrics.latency.labels(path, str(status["code"])).observe(
+                time.perf_counter() - t0)
+            request_id.reset(token)

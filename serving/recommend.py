@@ -1,0 +1,299 @@
+"""From one member's features to ranked rewards and challenges.
+
+The route gathers the inputs (online features, event-store facts, models); this module turns
+them into a decision with no I/O, so every flag and rule is testable on plain values. Each
+model is called once per request on the whole candidate matrix.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from serving.candidates import (
+    REWARD_ITEM_COLUMNS, cross, difficulty_matrix, no_offer_items, reward_matrix,
+)
+from serving.contract import NEVER_DAYS, TIERS, code
+from serving.events import DecisionItem, DecisionRecord
+from serving.models import LoadedModel
+from serving.ranking import basket_estimate, expected_value, flow_zone_choice, reward_scores
+from serving.rules import Rules, novelty_factor, select_slate
+from serving.schemas import ChallengeOut, RecommendationResponse, RewardOut
+
+DEFAULT_MARGIN = 0.3
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Rewards and challenge templates: display attributes plus cached model features."""
+
+    rewards: pd.DataFrame  # reward_id, name, reward_type, category, cost, min_tier + features
+    challenges: pd.DataFrame  # challenge_id, name, kind, unit, duration_days, points + features
+    targets: pd.DataFrame  # one row per (challenge_id, allowed target) + template features
+
+    @classmethod
+    def load(cls, catalog_dir: Path, reward_features: pd.DataFrame,
+             challenge_features: pd.DataFrame) -> Catalog:
+        rewards = pd.read_parquet(catalog_dir / "rewards.parquet").merge(
+            reward_features, on="reward_id", validate="one_to_one")
+        challenges = pd.read_parquet(catalog_dir / "challenges.parquet").merge(
+            challenge_features, on="challenge_id", validate="one_to_one")
+        rows = []
+        for _, c in challenges.iterrows():
+            targets = np.arange(c["min_target"], c["max_target"] + c["target_step"] / 2,
+                                c["target_step"])
+            rows.append(pd.DataFrame({"challenge_id": c["challenge_id"], "target": targets}))
+        targets = pd.concat(rows, ignore_index=True).merge(challenges, on="challenge_id")
+        rewards["min_tier_rank"] = [code(TIERS, t) for t in rewards["min_tier"]]
+        return cls(rewards.reset_index(drop=True), challenges.reset_index(drop=True), targets)
+
+
+@dataclass
+class MemberFacts:
+    """Everything known about the member at decision time, gathered by the route."""
+
+    member_id: int
+    features: dict[str, float] | None  # None: not in the online store (cold start)
+    consent: bool
+    recent: dict[str, datetime] = field(default_factory=dict)  # item id -> last shown
+    degraded_reasons: list[str] = field(default_factory=list)
+    unknown: bool = False  # the store answered and has no row: a new member (cold start)
+
+
+@dataclass
+class Decision:
+    response: RecommendationResponse
+    record: DecisionRecord
+
+
+def cold_start_features(names: list[str], tier: str | None) -> dict[str, float]:
+    """A brand-new member of the given tier: no history, every rate 'unknown'."""
+    from serving.contract import MISSING_RATE
+
+    values = {}
+    for n in names:
+        if n.startswith(("redeem_rate_", "completion_rate_")) or n.endswith("_rate") or n in (
+                "redemption_rate", "conversion_rate_offered", "conversion_rate_holdout",
+                "challenge_completion_rate", "mean_completed_target_ratio"):
+            values[n] = MISSING_RATE
+        elif n.startswith("days_since"):
+            values[n] = NEVER_DAYS
+        else:
+            values[n] = 0.0
+    values["tier_rank"] = float(code(TIERS, tier or TIERS[0]))
+    return values
+
+
+class Recommender:
+    """Scores and ranks for one member; holds no mutable state except its random generator."""
+
+    def __init__(self, catalog: Catalog, rules: Rules, seed: int | None = None) -> None:
+        self.catalog = catalog
+        self.rules = rules
+        self.rng = np.random.default_rng(seed)
+
+    def recommend(self, facts: MemberFacts, reward_model: LoadedModel | None,
+                  difficulty_model: LoadedModel | None, *, k_rewards: int, k_challenges: int,
+                  channel: str, exclude: set[str], now: datetime, cost_multiplier: float,
+                  tier_hint: str | None = None, arm: str | None = None,
+                  experiment_id: str | None = None) -> Decision:
+        reasons = list(facts.degraded_reasons)
+        cold = facts.unknown
+        personalized = facts.consent or not self.rules.eligibility.respect_consent
+        member_names = _member_names(reward_model, difficulty_model)
+        if facts.features is None or not personalized:
+            # New member, failed read, or no consent: score a history-less member of the tier.
+            tier = tier_hint if facts.features is None else _tier_of(facts.features)
+            features = cold_start_features(member_names, tier)
+        else:
+            features = facts.features
+        history = facts.features is not None and personalized
+        tier_rank = features.get("tier_rank", 0.0)
+
+        rewards, reward_items = self._rewards(features, tier_rank, reward_model, k_rewards,
+                                              exclude, facts.recent, now, cost_multiplier,
+                                              reasons, history, personalized)
+        challenges, challenge_items = self._challenges(features, difficulty_model, k_challenges,
+                                                       exclude, facts.recent, now, reasons,
+                                                       history)
+        versions = {m.meta.name: m.meta.version for m in (reward_model, difficulty_model) if m}
+        decision_id = uuid.uuid4().hex
+        response = RecommendationResponse(
+            decision_id=decision_id, member_id=facts.member_id, rewards=rewards,
+            challenges=challenges, model_versions=versions, experiment_arm=arm,
+            personalized=history, cold_start=cold, degraded=bool(reasons),
+            degraded_reasons=reasons, cost_multiplier=round(cost_multiplier, 4))
+        record = DecisionRecord(
+            decision_id=decision_id, member_id=facts.member_id, created_at=now, channel=channel,
+            arm=arm, experiment_id=experiment_id, model_versions=versions,
+            items=reward_items + challenge_items,
+            flags={"personalized": response.personalized, "cold_start": cold,
+                   "degraded": response.degraded})
+        return Decision(response, record)
+
+    # -- rewards ------------------------------------------------------------------------------
+
+    def _rewards(self, features: dict[str, float], tier_rank: float, model: LoadedModel | None,
+                 k: int, exclude: set[str], recent: dict[str, datetime], now: datetime,
+                 lam: float, reasons: list[str], history: bool, consent: bool
+                 ) -> tuple[list[RewardOut], list[DecisionItem]]:
+        cat = self.catalog.rewards
+        ok = ~cat["reward_id"].isin(exclude).to_numpy()
+        if self.rules.eligibility.respect_min_tier:
+            ok &= cat["min_tier_rank"].to_numpy() <= tier_rank
+        cooldown = self.rules.frequency.reward_cooldown_days
+        days_since = np.array([_days(now, recent.get(r)) for r in cat["reward_id"]])
+        ok &= ~(days_since < cooldown)
+        cand = cat[ok].reset_index(drop=True)
+        if k == 0 or cand.empty:
+            return [], []
+        n = len(cand)
+        cost = cand["cost"].to_numpy(dtype=np.float64)
+        if model is not None:
+            try:
+                names = model.meta.service_features
+                member = {f: np.array([features.get(f, 0.0)], dtype=np.float32)
+                          for f in names if f not in REWARD_ITEM_COLUMNS}
+                items = {c: cand[c].to_numpy(np.float32) for c in REWARD_ITEM_COLUMNS}
+                X = np.vstack([
+                    reward_matrix(cross(member, items), np.ones(n), names),
+                    reward_matrix({**member, **no_offer_items(1)}, np.zeros(1), names),
+                ])
+                proba = model.predict(X)  # one call: every candidate + the no-offer row
+            except Exception as exc:  # noqa: BLE001 - a broken model degrades, never fails
+                reasons.append(f"reward model error: {type(exc).__name__}")
+                model = None
+        if model is None:
+            reasons.append("reward model unavailable: cheapest eligible rewards")
+            value = -cost
+            scores = {"propensity": np.full(n, np.nan), "uplift": np.full(n, np.nan)}
+        else:
+            scores = reward_scores(proba[:-1], np.repeat(proba[-1:], n, axis=0))
+            params = model.meta.value_params
+            basket = basket_estimate(np.array([features.get("avg_basket_90d", 0.0)]),
+                                     params.get("basket_multiplier", 1.0),
+                                     params.get("basket_fallback", 50.0))
+            value = expected_value(scores["uplift"], scores["propensity"], basket, cost,
+                                   params.get("margin", DEFAULT_MARGIN), lam)
+        nov = self.rules.novelty
+        ranked = value * np.where(value > 0, novelty_factor(days_since[ok], nov.window_days,
+                                                            nov.decay), 1.0)
+        slate = select_slate(ranked, cand["category"].to_numpy(), k,
+                             self.rules.diversity.max_per_category,
+                             self.rules.exploration.epsilon, self.rng)
+        out, items = [], []
+        for rank, (i, p) in enumerate(zip(slate.index, slate.probability, strict=True)):
+            row = cand.iloc[i]
+            reason = _reward_reason(scores, i, value[i], history, consent, model)
+            out.append(RewardOut(
+                reward_id=row["reward_id"], name=row["name"], type=row["reward_type"],
+                category=row["category"], propensity=_f(scores["propensity"][i]),
+                uplift=_f(scores["uplift"][i]), expected_value=_f(value[i]),
+                cost=float(row["cost"]), shown_probability=round(float(p), 6), reason=reason))
+            items.append(DecisionItem(item_type="reward", item_id=row["reward_id"], rank=rank,
+                                      score=_f(value[i]), shown_probability=float(p),
+                                      cost=float(row["cost"])))
+        return out, items
+
+    # -- challenges ---------------------------------------------------------------------------
+
+    def _challenges(self, features: dict[str, float], model: LoadedModel | None, k: int,
+                    exclude: set[str], recent: dict[str, datetime], now: datetime,
+                    reasons: list[str], history: bool
+                    ) -> tuple[list[ChallengeOut], list[DecisionItem]]:
+        grid = self.catalog.targets
+        cooldown = self.rules.frequency.challenge_cooldown_days
+        allowed = {c for c in self.catalog.challenges["challenge_id"]
+                   if c not in exclude and not _days(now, recent.get(c)) < cooldown}
+        grid = grid[grid["challenge_id"].isin(allowed)].reset_index(drop=True)
+        if k == 0 or grid.empty:
+            return [], []
+        flow = self.rules.challenges.flow_zone
+        if model is not None:
+            try:
+                names = model.meta.service_features
+                member = {f: np.array([features.get(f, 0.0)], dtype=np.float32)
+                          for f in names if not f.startswith("challenge_")}
+                items = {c: grid[c].to_numpy(np.float32) for c in names
+                         if c.startswith("challenge_")}
+                X = difficulty_matrix(cross(member, items), grid["target"].to_numpy(), names)
+                p = model.predict(X)[:, 1]  # one call: every template x allowed target
+            except Exception as exc:  # noqa: BLE001
+                reasons.append(f"difficulty model error: {type(exc).__name__}")
+                model = None
+        if model is None:
+            reasons.append("difficulty model unavailable: easiest targets")
+            p = np.full(len(grid), np.nan)
+            chosen = grid.groupby("challenge_id", sort=False)["target"].idxmin().to_numpy()
+        else:
+            group = grid["challenge_id"].to_numpy()
+            chosen = flow_zone_choice(group, grid["target"].to_numpy(), p, flow)
+        picked = grid.iloc[chosen].assign(p=p[chosen]).reset_index(drop=True)
+        days_since = np.array([_days(now, recent.get(c)) for c in picked["challenge_id"]])
+        nov = self.rules.novelty
+        # engagement value: expected points, nudged towards targets right in the flow zone
+        closeness = 1.0 - np.abs(np.nan_to_num(picked["p"].to_numpy(), nan=flow) - flow)
+        value = (closeness * picked["points"].to_numpy(dtype=np.float64)
+                 * novelty_factor(days_since, nov.window_days, nov.decay))
+        slate = select_slate(value, picked["kind"].to_numpy(), k, 1,
+                             self.rules.exploration.epsilon, self.rng)
+        out, items = [], []
+        for rank, (i, prob) in enumerate(zip(slate.index, slate.probability, strict=True)):
+            row = picked.iloc[i]
+            pc = _f(row["p"])
+            if model is None:
+                reason = "model unavailable: easiest target"
+            elif history:
+                reason = (f"target {row['target']:g} {row['unit']} puts predicted completion "
+                          f"at {pc:.0%}, nearest the {flow:.0%} flow zone")
+            else:
+                reason = f"target for a member without history ({pc:.0%} predicted completion)"
+            out.append(ChallengeOut(
+                challenge_id=row["challenge_id"], name=row["name"], kind=row["kind"],
+                target=float(row["target"]), unit=row["unit"],
+                duration_days=int(row["duration_days"]), completion_probability=pc,
+                points=int(row["points"]), shown_probability=round(float(prob), 6),
+                reason=reason))
+            items.append(DecisionItem(item_type="challenge", item_id=row["challenge_id"],
+                                      rank=rank, score=float(value[i]),
+                                      shown_probability=float(prob), target=float(row["target"])))
+        return out, items
+
+
+def _member_names(*models: LoadedModel | None) -> list[str]:
+    names: list[str] = []
+    for m in models:
+        if m is not None:
+            names += [n for n in m.meta.service_features if n not in names]
+    return names or ["tier_rank"]
+
+
+def _tier_of(features: dict[str, float] | None) -> str:
+    rank = int((features or {}).get("tier_rank", 0))
+    return TIERS[min(max(rank, 0), len(TIERS) - 1)]
+
+
+def _days(now: datetime, then: datetime | None) -> float:
+    return np.inf if then is None else (now - then).total_seconds() / 86_400
+
+
+def _f(x: float) -> float:
+    x = float(x)
+    return 0.0 if not np.isfinite(x) else round(x, 6)
+
+
+def _reward_reason(scores: dict[str, np.ndarray], i: int, value: float, history: bool,
+                   consent: bool, model: LoadedModel | None) -> str:
+    if model is None:
+        return "model unavailable: low-cost default"
+    if not consent:
+        return "non-personalized default (no personalization consent)"
+    if not history:
+        return "best expected value for a new member of this tier"
+    return (f"+{scores['uplift'][i]:.1%} purchase probability vs no offer, "
+            f"{scores['propensity'][i]:.0%} likely to redeem, expected value {value:.2f}")

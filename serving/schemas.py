@@ -1,0 +1,108 @@
+"""Request and response schemas of the HTTP API. Unknown fields are rejected everywhere."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from serving.contract import REGIONS, TIERS
+from serving.events import EventIn
+
+ItemId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,16}$")]
+Channel = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+MemberId = Annotated[int, Field(ge=1, le=9_007_199_254_740_991)]
+MAX_BATCH = 1_000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RequestContext(_Strict):
+    """What the caller knows that the feature store may not (used for cold starts)."""
+
+    tier: Literal[TIERS] | None = None  # type: ignore[valid-type]
+    region: Literal[REGIONS] | None = None  # type: ignore[valid-type]
+
+
+class RecommendationRequest(_Strict):
+    member_id: MemberId
+    channel: Channel = "app"
+    k_rewards: int = Field(3, ge=0, le=20)
+    k_challenges: int = Field(3, ge=0, le=20)
+    context: RequestContext | None = None
+    exclude: list[ItemId] = Field(default_factory=list, max_length=100,
+                                  description="reward or challenge ids never to return")
+
+
+class BatchRecommendationRequest(_Strict):
+    member_ids: list[MemberId] = Field(min_length=1, max_length=MAX_BATCH)
+    channel: Channel = "crm"
+    k_rewards: int = Field(3, ge=0, le=20)
+    k_challenges: int = Field(3, ge=0, le=20)
+    exclude: list[ItemId] = Field(default_factory=list, max_length=100)
+
+
+class RewardOut(BaseModel):
+    reward_id: str
+    name: str
+    type: str
+    category: str
+    propensity: float = Field(description="P(redeem | offer)")
+    uplift: float = Field(description="P(purchase | offer) - P(purchase | no offer)")
+    expected_value: float = Field(description="margin x basket x uplift - P(redeem) x cost")
+    cost: float
+    shown_probability: float = Field(description="probability this slot showed this reward")
+    reason: str
+
+
+class ChallengeOut(BaseModel):
+    challenge_id: str
+    name: str
+    kind: str
+    target: float
+    unit: str
+    duration_days: int
+    completion_probability: float
+    points: int
+    shown_probability: float
+    reason: str
+
+
+class RecommendationResponse(BaseModel):
+    decision_id: str
+    member_id: int
+    rewards: list[RewardOut]
+    challenges: list[ChallengeOut]
+    model_versions: dict[str, str]
+    experiment_arm: str | None = None
+    personalized: bool
+    cold_start: bool
+    degraded: bool
+    degraded_reasons: list[str] = Field(default_factory=list)
+    cost_multiplier: float = 1.0
+
+
+class BatchRecommendationResponse(BaseModel):
+    results: list[RecommendationResponse]
+
+
+class EventsRequest(_Strict):
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class EventAck(BaseModel):
+    event_id: str
+    status: Literal["stored", "duplicate"]
+
+
+class EventsResponse(BaseModel):
+    accepted: int
+    duplicates: int
+    results: list[EventAck]
+
+
+class ReloadResponse(BaseModel):
+    outcomes: dict[str, str]
+    versions: dict[str, str]

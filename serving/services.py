@@ -1,0 +1,226 @@
+"""Everything a request needs, built once in the app's lifespan and torn down after it.
+
+Every dependency that can fail (feature store, registry, event store) is opened defensively:
+a failure is recorded for /readyz and requests degrade instead of failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+
+from serving.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
+from serving.config import ServeSettings, StoreSettings
+from serving.events import DecisionRecord, EventIn, EventStore, open_event_store
+from serving.models import ChampionSource, ModelManager
+from serving.observability import Metrics
+from serving.online import MemberRow, OnlineFeatureReader
+from serving.recommend import Catalog, Decision, MemberFacts, Recommender
+from serving.rules import cost_multiplier, day_fraction, load_rules
+from serving.writer import GroupCommitter
+
+log = logging.getLogger("rewards.services")
+MEMBER_VIEW = "member_daily"
+
+
+@dataclass
+class BudgetState:
+    """Today's program spend and per-reward redemptions, refreshed in the background."""
+
+    spent_today: float = 0.0
+    redemptions_today: dict[str, int] = field(default_factory=dict)
+    refreshed_at: datetime | None = None
+
+
+@dataclass
+class Services:
+    store: StoreSettings
+    settings: ServeSettings
+    metrics: Metrics
+    events: EventStore
+    models: ModelManager
+    recommender: Recommender
+    reader: OnlineFeatureReader | None
+    event_writer: GroupCommitter[EventIn, tuple[str, bool]]
+    decision_writer: GroupCommitter[DecisionRecord, None]
+    budget: BudgetState = field(default_factory=BudgetState)
+    problems: dict[str, str] = field(default_factory=dict)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    # -- request path -------------------------------------------------------------------------
+
+    async def member_facts(self, member_id: int, now: datetime) -> MemberFacts:
+        """Online features + event-store facts; any failure degrades, never raises."""
+        reasons: list[str] = []
+        row: MemberRow | None = None
+        if self.reader is None:
+            reasons.append("online store unavailable")
+        else:
+            try:
+                row = await asyncio.wait_for(asyncio.to_thread(self.reader.read, member_id),
+                                             self.settings.online_timeout_ms / 1000)
+            except TimeoutError:
+                reasons.append("online store timeout")
+            except Exception as exc:  # noqa: BLE001
+                reasons.append(f"online store error: {type(exc).__name__}")
+        recent: dict[str, datetime] = {}
+        consent_override: bool | None = None
+        try:
+            since = now - timedelta(days=max(self.recommender.rules.novelty.window_days,
+                                             self.recommender.rules.frequency.challenge_cooldown_days))
+            recent = self.events.recent_offers(member_id, since)
+            consent_override = self.events.consent(member_id)
+        except Exception as exc:  # noqa: BLE001
+            reasons.append(f"event store error: {type(exc).__name__}")
+        features = row.values if row is not None else None
+        consent = bool(features.get("consent", 1.0)) if features else True
+        if consent_override is not None:
+            consent = consent_override
+        read_ok = not any(r.startswith("online") for r in reasons)
+        return MemberFacts(member_id, features, consent, recent, reasons,
+                           unknown=read_ok and features is None)
+
+    def cost_multiplier(self, now: datetime) -> float:
+        b = self.recommender.rules.budget
+        return cost_multiplier(self.budget.spent_today, b.daily_budget, day_fraction(now),
+                               b.lambda_gain, b.lambda_max)
+
+    def capped_rewards(self) -> set[str]:
+        caps = self.recommender.rules.budget.reward_daily_caps
+        return {r for r, cap in caps.items() if self.budget.redemptions_today.get(r, 0) >= cap}
+
+    async def decide(self, member_id: int, *, channel: str, k_rewards: int, k_challenges: int,
+                     exclude: set[str], tier_hint: str | None) -> Decision:
+        now = datetime.now(UTC)
+        facts = await self.member_facts(member_id, now)
+        decision = self.recommender.recommend(
+            facts, self.models.get(self.settings.reward_model_name),
+            self.models.get(self.settings.difficulty_model_name),
+            k_rewards=k_rewards, k_challenges=k_challenges, channel=channel,
+            exclude=exclude | self.capped_rewards(), now=now,
+            cost_multiplier=self.cost_multiplier(now), tier_hint=tier_hint)
+        self._count(decision)
+        self.decision_writer.submit([decision.record])  # group-committed, not awaited
+        return decision
+
+    def _count(self, decision: Decision) -> None:
+        r = decision.response
+        self.metrics.decisions.labels(
+            r.experiment_arm or "none", r.model_versions.get(self.settings.reward_model_name, "-"),
+            r.model_versions.get(self.settings.difficulty_model_name, "-")).inc()
+        for kind, on in (("cold_start", r.cold_start), ("degraded", r.degraded),
+                         ("not_personalized", not r.personalized)):
+            if on:
+                self.metrics.fallbacks.labels(kind).inc()
+
+    # -- background ---------------------------------------------------------------------------
+
+    def refresh_models(self) -> dict[str, str]:
+        outcomes = self.models.refresh()
+        for name, slot in self.models.slots.items():
+            self.metrics.model_refusals.labels(name).set(slot.refusals)
+            if slot.current is not None:
+                self.metrics.model_version.labels(name, slot.current.meta.version).set(1)
+        return outcomes
+
+    def refresh_budget(self) -> None:
+        start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        self.budget = BudgetState(self.events.spend_since(start),
+                                  self.events.reward_redemptions_since(start), datetime.now(UTC))
+
+    async def _every(self, seconds: float, fn: Any, label: str) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await asyncio.to_thread(fn)
+            except Exception:  # noqa: BLE001 - a background refresh must never die
+                log.exception(f"{label} refresh failed")
+
+    def start_background(self) -> None:
+        if self.settings.model_poll_seconds > 0:
+            self.tasks.append(asyncio.create_task(
+                self._every(self.settings.model_poll_seconds, self.refresh_models, "model")))
+        self.tasks.append(asyncio.create_task(
+            self._every(self.settings.budget_refresh_seconds, self.refresh_budget, "budget")))
+
+    def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        self.decision_writer.close()
+        self.event_writer.close()
+        self.events.close()
+
+
+def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metrics) -> Services:
+    """Open every dependency; record (not raise) what is unavailable."""
+    from serving.feature_store import open_store, service_feature_names
+
+    problems: dict[str, str] = {}
+    events = open_event_store(settings.events(store))
+    rules = load_rules(settings.rules(store))
+    reader: OnlineFeatureReader | None = None
+    feast_store = None
+    try:
+        feast_store = open_store(store)
+        reader = OnlineFeatureReader(feast_store, MEMBER_VIEW)
+        reward_features, challenge_features = _item_features(feast_store, settings, store)
+    except Exception as exc:  # noqa: BLE001
+        problems["feature_store"] = f"{type(exc).__name__}: {exc}"
+        reward_features = pd.read_parquet(store.features_dir / "reward_features.parquet")
+        challenge_features = pd.read_parquet(store.features_dir / "challenge_features.parquet")
+    catalog = Catalog.load(settings.catalog(store), reward_features.drop(
+        columns=["event_timestamp"], errors="ignore"), challenge_features.drop(
+        columns=["event_timestamp"], errors="ignore"))
+
+    def service_features(service: str) -> list[str]:
+        if feast_store is None:
+            raise RuntimeError("feature store unavailable: cannot verify model contract")
+        return service_feature_names(feast_store, service)
+
+    manager = ModelManager(ChampionSource(store.tracking_uri, store.models), service_features)
+    manager.add(settings.reward_model_name, "propensity_v1", REWARD_DERIVED)
+    manager.add(settings.difficulty_model_name, "difficulty_v1", DIFFICULTY_DERIVED)
+    services = Services(
+        store=store, settings=settings, metrics=metrics, events=events, models=manager,
+        recommender=Recommender(catalog, rules, settings.seed), reader=reader,
+        event_writer=GroupCommitter(events.add_events, "event-writer"),
+        decision_writer=GroupCommitter(_log_decisions(events), "decision-writer"),
+        problems=problems)
+    services.refresh_models()
+    services.refresh_budget()
+    return services
+
+
+def _log_decisions(events: EventStore):  # noqa: ANN202
+    def commit(records):  # noqa: ANN001, ANN202
+        events.log_decisions(records)
+        return [None] * len(records)
+
+    return commit
+
+
+def _item_features(feast_store: Any, settings: ServeSettings, store: StoreSettings
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Catalog item features from the online store, once: they change with the catalog only."""
+    catalog_dir = settings.catalog(store)
+    ids = pd.read_parquet(catalog_dir / "rewards.parquet")["reward_id"].tolist()
+    rewards = feast_store.get_online_features(
+        features=feast_store.get_feature_service("propensity_v1"),
+        entity_rows=[{"reward_id": r, "member_id": 0} for r in ids]).to_df()
+    cids = pd.read_parquet(catalog_dir / "challenges.parquet")["challenge_id"].tolist()
+    challenges = feast_store.get_online_features(
+        features=feast_store.get_feature_service("difficulty_v1"),
+        entity_rows=[{"challenge_id": c, "member_id": 0} for c in cids]).to_df()
+    r_cols = ["reward_id"] + [c for c in rewards.columns if c.startswith("reward_")
+                              and c != "reward_id"]
+    c_cols = ["challenge_id"] + [c for c in challenges.columns if c.startswith("challenge_")
+                                 and c != "challenge_id"]
+    out_r, out_c = rewards[r_cols], challenges[c_cols]
+    if out_r.drop(columns="reward_id").isna().any().any():
+        raise RuntimeError("reward features missing from the online store: run materialize")
+    return out_r, out_c
