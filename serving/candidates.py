@@ -16,7 +16,8 @@ from serving.contract import CATEGORIES, CHALLENGE_KINDS, MISSING_RATE, REWARD_T
 
 Columns = Mapping[str, np.ndarray]
 
-REWARD_DERIVED: tuple[str, ...] = ("treated", "type_redeem_rate", "category_share", "tier_gap")
+REWARD_DERIVED: tuple[str, ...] = (
+    "treated", "type_redeem_rate", "type_offers", "category_share", "tier_gap")
 DIFFICULTY_DERIVED: tuple[str, ...] = ("target", "target_ratio", "kind_completion_rate")
 #: Columns the difficulty model is constrained to be monotone decreasing in.
 DIFFICULTY_DECREASING: tuple[str, ...] = ("target", "target_ratio")
@@ -40,6 +41,7 @@ def reward_derived(cols: Columns, treated: np.ndarray) -> dict[str, np.ndarray]:
     cat_code = np.asarray(cols["reward_category_code"]).astype(np.int64)
     treated = np.asarray(treated, dtype=np.float32)
     type_rate = _pick(cols, [f"redeem_rate_{t}" for t in REWARD_TYPES], type_code, MISSING_RATE)
+    type_offers = _pick(cols, [f"offers_{t}" for t in REWARD_TYPES], type_code, 0.0)
     share = _pick(cols, [f"share_{c}_90d" for c in CATEGORIES], cat_code, 0.0)
     tier_gap = (np.asarray(cols["tier_rank"], dtype=np.float32)
                 - np.asarray(cols["reward_min_tier_rank"], dtype=np.float32))
@@ -47,6 +49,7 @@ def reward_derived(cols: Columns, treated: np.ndarray) -> dict[str, np.ndarray]:
     return {
         "treated": treated,
         "type_redeem_rate": np.where(off, NO_OFFER, type_rate).astype(np.float32),
+        "type_offers": np.where(off, NO_OFFER, type_offers).astype(np.float32),
         "category_share": np.where(off, NO_OFFER, share).astype(np.float32),
         "tier_gap": np.where(off, NO_OFFER, tier_gap).astype(np.float32),
     }

@@ -37,3 +37,15 @@ def small_store(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     apply_repo(settings)
     materialize_world(settings, pd.Timestamp(meta["start"], tz="UTC").to_pydatetime(), meta["days"])
     return settings
+
+
+@pytest.fixture(scope="session")
+def trained_store(small_store):  # noqa: ANN001, ANN201
+    """small_store with both models trained, registered and champion (v1)."""
+    from training.config import TrainSettings
+    from training.pipeline import train_difficulty, train_reward
+
+    settings = TrainSettings(policy_eval_members=1_000, min_child_samples=40, num_leaves=15)
+    reward = train_reward(small_store, settings)
+    difficulty = train_difficulty(small_store, settings)
+    return small_store, settings, reward, difficulty

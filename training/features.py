@@ -128,10 +128,13 @@ def member_feature_names() -> list[str]:
     names += ["avg_basket_90d", "reviews_90d", "referrals_90d", "categories_90d",
               "points_balance"]
     names += [f"{n}_per_day_90d" for n in RATE_BASES]
+    names += ["active_day_share_90d", "visits_per_active_day_90d", "repeat_active_share_90d",
+              "reviews_per_visit_90d", "referrals_per_visit_90d"]
     names += [f"share_{c}_90d" for c in CATEGORIES]
     names += ["offers_received", "redemption_rate", "conversion_rate_offered",
               "conversion_rate_holdout"]
     names += [f"redeem_rate_{t}" for t in REWARD_TYPES]
+    names += [f"offers_{t}" for t in REWARD_TYPES]
     names += ["challenges_assigned", "challenge_completion_rate", "mean_completed_target_ratio"]
     names += [f"completion_rate_{k}" for k in CHALLENGE_KINDS]
     return names
@@ -205,6 +208,17 @@ def compute_member_features(world: World, members: pd.DataFrame | None = None) -
     observed = np.maximum(f["observed_days"], 1.0)
     for base in RATE_BASES:
         f[f"{base}_per_day_90d"] = f[f"{base}_90d"] / observed
+    # Habits that tell player types apart: how regular (share of days active), how bursty
+    # (visits per active day), how streaky (active days following an active day), how social.
+    active_90 = _window(active_c, 90)
+    repeat = np.concatenate([np.zeros((n, 1), dtype=bool), active_d[:, 1:] & active_d[:, :-1]],
+                            axis=1)
+    repeat_90 = _window(_cumulative(np.concatenate([repeat, np.zeros((n, 1))], axis=1)), 90)
+    f["active_day_share_90d"] = active_90 / observed
+    f["visits_per_active_day_90d"] = _ratio(f["visits_90d"], active_90, missing=0.0)
+    f["repeat_active_share_90d"] = _ratio(repeat_90, active_90, missing=0.0)
+    f["reviews_per_visit_90d"] = _ratio(f["reviews_90d"], f["visits_90d"], missing=0.0)
+    f["referrals_per_visit_90d"] = _ratio(f["referrals_90d"], f["visits_90d"], missing=0.0)
     f["points_balance"] = _cumulative(daily_of(np.ones(len(ev), dtype=bool),
                                                ev["points"].to_numpy(dtype=np.float64)))
 
@@ -253,7 +267,8 @@ def _offer_features(world: World, rows_of, n: int, f: dict[str, np.ndarray]) -> 
         world.rewards.set_index("reward_id")["reward_type"]).fillna("").to_numpy()
     for t in REWARD_TYPES:
         m = treated & (rtype == t)
-        f[f"redeem_rate_{t}"] = _ratio(cum(m, redeemed), cum(m))
+        f[f"offers_{t}"] = cum(m)  # how much evidence stands behind the rate
+        f[f"redeem_rate_{t}"] = _ratio(cum(m, redeemed), f[f"offers_{t}"])
 
 
 def _challenge_features(world: World, rows_of, n: int, f: dict[str, np.ndarray]) -> None:

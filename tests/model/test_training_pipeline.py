@@ -15,7 +15,7 @@ from serving.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
 from serving.config import StoreSettings
 from serving.model_meta import read_onnx_metadata
 from training.config import TrainSettings
-from training.pipeline import TrainResult, train_difficulty, train_reward
+from training.pipeline import TrainResult
 
 pytestmark = [pytest.mark.model, pytest.mark.integration, pytest.mark.slow]
 
@@ -29,12 +29,9 @@ REQUIRED_KEYS = [
 
 
 @pytest.fixture(scope="module")
-def trained(small_store: StoreSettings) -> tuple[StoreSettings, TrainSettings, TrainResult,
-                                                 TrainResult]:
-    settings = TrainSettings(policy_eval_members=1_000, min_child_samples=40, num_leaves=15)
-    reward = train_reward(small_store, settings)
-    difficulty = train_difficulty(small_store, settings)
-    return small_store, settings, reward, difficulty
+def trained(trained_store) -> tuple[StoreSettings, TrainSettings, TrainResult,  # noqa: ANN001
+                                    TrainResult]:
+    return trained_store
 
 
 def test_every_evaluation_key_is_reported(trained) -> None:  # noqa: ANN001

@@ -209,3 +209,12 @@ def test_rates_divide_by_observed_history(feats: pd.DataFrame) -> None:
     assert at(feats, 1, 6, "visits_per_day_90d") == pytest.approx(3 / 6)
     assert at(feats, 1, 6, "spend_per_day_90d") == pytest.approx(60 / 6)
     assert at(feats, 1, 0, "visits_per_day_90d") == 0  # no history yet: no division by zero
+
+
+def test_habit_features(feats: pd.DataFrame) -> None:
+    # member 1, row of day 6: active on days 0, 1, 2 and 5 (visits 0-2, purchases 2 and 5)
+    assert at(feats, 1, 6, "active_day_share_90d") == pytest.approx(4 / 6)
+    assert at(feats, 1, 6, "visits_per_active_day_90d") == pytest.approx(3 / 4)
+    assert at(feats, 1, 6, "repeat_active_share_90d") == pytest.approx(2 / 4)  # days 1 and 2
+    assert at(feats, 1, 5, "reviews_per_visit_90d") == 0  # the review is on day 5
+    assert at(feats, 1, 6, "reviews_per_visit_90d") == pytest.approx(1 / 3)

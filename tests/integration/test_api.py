@@ -1,0 +1,272 @@
+"""The HTTP API against a real small world: Feast online store, MLflow registry, ONNX models,
+SQLite event store. Every route and flag, and a champion swap under traffic."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.config import ServeSettings, StoreSettings
+from serving.contract import TIERS
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def app_client(trained_store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:  # noqa: ANN001
+    from serving.main import create_app
+
+    store = trained_store[0]
+    events = tmp_path_factory.mktemp("events") / "events.db"
+    settings = ServeSettings(events_url=f"sqlite:///{events}", model_poll_seconds=0, seed=3)
+    with TestClient(create_app(store, settings)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def members(trained_store) -> pd.DataFrame:  # noqa: ANN001
+    store: StoreSettings = trained_store[0]
+    return pd.read_parquet(store.world_dir / "members.parquet")
+
+
+def services(client: TestClient):  # noqa: ANN201
+    return client.app.state.services
+
+
+def recommend(client: TestClient, **body: object) -> dict:
+    r = client.post("/v1/recommendations", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_for_decisions(client: TestClient, at_least: int) -> None:
+    deadline = time.monotonic() + 5
+    while services(client).events.count_decisions() < at_least:
+        assert time.monotonic() < deadline, "decisions were not committed"
+        time.sleep(0.02)
+
+
+def test_ready_and_healthy(app_client: TestClient) -> None:
+    assert app_client.get("/healthz").json() == {"status": "ok"}
+    ready = app_client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["models"]["reward"]["version"] == "1"
+
+
+def test_personalized_recommendation(app_client: TestClient, members: pd.DataFrame) -> None:
+    m = members[members["consent"]].iloc[0]
+    body = recommend(app_client, member_id=int(m["member_id"]), k_rewards=3, k_challenges=3)
+    assert body["personalized"] and not body["cold_start"] and not body["degraded"]
+    assert body["model_versions"] == {"reward": "1", "difficulty": "1"}
+    assert 1 <= len(body["rewards"]) <= 3 and 1 <= len(body["challenges"]) <= 3
+    catalog = services(app_client).recommender.catalog
+    rewards = catalog.rewards.set_index("reward_id")
+    tier = TIERS.index(m["tier"])
+    for r in body["rewards"]:
+        assert TIERS.index(rewards.loc[r["reward_id"], "min_tier"]) <= tier  # eligibility
+        assert 0 <= r["propensity"] <= 1 and 0 < r["shown_probability"] <= 1
+    categories = [r["category"] for r in body["rewards"]]
+    assert len(categories) == len(set(categories))  # diversity: one per category
+    allowed = catalog.targets.groupby("challenge_id")["target"].apply(set)
+    for c in body["challenges"]:
+        assert c["target"] in allowed[c["challenge_id"]]
+        assert 0 < c["completion_probability"] < 1
+
+
+def test_cold_start_member(app_client: TestClient) -> None:
+    body = recommend(app_client, member_id=987_654_321, context={"tier": "Gold"})
+    assert body["cold_start"] and not body["personalized"] and not body["degraded"]
+    assert body["rewards"] and body["challenges"]
+
+
+def test_consent_withdrawal_stops_personalization(app_client: TestClient,
+                                                  members: pd.DataFrame) -> None:
+    member_id = int(members[members["consent"]].iloc[1]["member_id"])
+    assert recommend(app_client, member_id=member_id)["personalized"]
+    event = {"event_id": f"consent-{member_id}", "event_type": "consent_withdrawn",
+             "member_id": member_id, "timestamp": datetime.now(UTC).isoformat()}
+    assert app_client.post("/v1/events", json={"events": [event]}).status_code == 200
+    body = recommend(app_client, member_id=member_id)
+    assert not body["personalized"] and not body["cold_start"]
+    assert all("consent" in r["reason"] for r in body["rewards"])
+
+
+def test_member_without_consent_in_profile(app_client: TestClient, members: pd.DataFrame) -> None:
+    no_consent = members[~members["consent"]]
+    body = recommend(app_client, member_id=int(no_consent.iloc[0]["member_id"]))
+    assert not body["personalized"]
+
+
+def test_online_store_failure_degrades(app_client: TestClient, members: pd.DataFrame) -> None:
+    svc = services(app_client)
+
+    class Broken:
+        def read(self, member_id: int) -> None:
+            raise ConnectionError("online store down")
+
+    reader, svc.reader = svc.reader, Broken()
+    try:
+        body = recommend(app_client, member_id=int(members.iloc[2]["member_id"]))
+    finally:
+        svc.reader = reader
+    assert body["degraded"] and not body["cold_start"]
+    assert any("online store" in r for r in body["degraded_reasons"])
+    assert body["rewards"]
+
+
+def test_frequency_cap_after_a_decision(app_client: TestClient, members: pd.DataFrame) -> None:
+    member_id = int(members[members["consent"]].iloc[5]["member_id"])
+    before = services(app_client).events.count_decisions()
+    first = {r["reward_id"] for r in recommend(app_client, member_id=member_id)["rewards"]}
+    wait_for_decisions(app_client, before + 1)
+    second = {r["reward_id"] for r in recommend(app_client, member_id=member_id)["rewards"]}
+    assert first and not first & second  # offered within the cooldown: not again
+
+
+def test_daily_budget_cap_excludes_a_reward(app_client: TestClient,
+                                            members: pd.DataFrame) -> None:
+    svc = services(app_client)
+    member_id = int(members[members["consent"]].iloc[7]["member_id"])
+    top = recommend(app_client, member_id=member_id, k_rewards=1)["rewards"][0]["reward_id"]
+    svc.recommender.rules.budget.reward_daily_caps[top] = 1
+    now = datetime.now(UTC).isoformat()
+    app_client.post("/v1/events", json={"events": [{
+        "event_id": f"cap-{top}", "event_type": "redemption", "member_id": 1, "reward_id": top,
+        "timestamp": now, "cost": 5.0}]})
+    svc.refresh_budget()
+    other = int(members[members["consent"]].iloc[8]["member_id"])
+    offered = {r["reward_id"] for r in recommend(app_client, member_id=other,
+                                                 k_rewards=10)["rewards"]}
+    assert top not in offered
+
+
+def test_events_are_idempotent(app_client: TestClient) -> None:
+    ev = {"event_id": "imp-1", "event_type": "impression", "member_id": 3, "reward_id": "R01",
+          "timestamp": "2026-11-23T10:00:00+00:00"}
+    first = app_client.post("/v1/events", json={"events": [ev]}).json()
+    again = app_client.post("/v1/events", json={"events": [ev, {**ev, "event_id": "imp-2"}]})
+    assert first["accepted"] == 1
+    assert again.json()["accepted"] == 1 and again.json()["duplicates"] == 1
+    stored = services(app_client).events.member_events(3)
+    assert sorted(e["event_id"] for e in stored if e["event_id"].startswith("imp-")) == [
+        "imp-1", "imp-2"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"member_id": 1, "unexpected": True}, "body.unexpected"),
+    ({"member_id": "abc"}, "body.member_id"),
+    ({"member_id": 1, "k_rewards": 99}, "body.k_rewards"),
+    ({"member_id": 0}, "body.member_id"),
+    ({"member_id": 1, "exclude": ["../etc"]}, "body.exclude.0"),
+    ({"member_id": 1, "context": {"tier": "Diamond"}}, "body.context.tier"),
+])
+def test_bad_input_names_the_field(app_client: TestClient, body: dict, field: str) -> None:
+    r = app_client.post("/v1/recommendations", json=body)
+    assert r.status_code == 422
+    assert field in [e["field"] for e in r.json()["errors"]]
+
+
+def test_oversized_and_malformed_requests(app_client: TestClient) -> None:
+    r = app_client.post("/v1/recommendations/batch", json={"member_ids": list(range(1, 1002))})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body.member_ids"
+    r = app_client.post("/v1/recommendations", content=b"{not json",
+                        headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    r = app_client.post("/v1/events", content=b"x" * (3 * 1024 * 1024),
+                        headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["errors"][0]["field"] == "body"
+
+
+def test_batch_recommendations(app_client: TestClient, members: pd.DataFrame) -> None:
+    ids = [int(i) for i in members["member_id"].iloc[20:30]]
+    r = app_client.post("/v1/recommendations/batch", json={"member_ids": ids, "k_rewards": 2})
+    assert r.status_code == 200
+    assert [x["member_id"] for x in r.json()["results"]] == ids
+
+
+def test_metrics_exposed(app_client: TestClient) -> None:
+    text = app_client.get("/metrics").text
+    assert 'rewards_request_seconds_bucket{le="0.005",route="/v1/recommendations"' in text
+    assert "rewards_decisions_total" in text and 'rewards_fallbacks_total{kind="cold_start"}' in text
+
+
+def test_training_and_serving_build_identical_rows(app_client: TestClient, trained_store,  # noqa: ANN001
+                                                   members: pd.DataFrame) -> None:
+    """Same member, same instant: the training path (Feast historical + candidate builder)
+    and the serving path (online store + the same builder) give bit-identical model rows."""
+    from serving.candidates import cross, reward_matrix
+    from serving.candidates import REWARD_ITEM_COLUMNS
+    from training.feast_ops import historical_features
+
+    store = trained_store[0]
+    svc = services(app_client)
+    model = svc.models.get("reward")
+    names = model.meta.service_features
+    member_id = int(members.iloc[11]["member_id"])
+    catalog = svc.recommender.catalog.rewards
+    reward_id = catalog["reward_id"].iloc[4]
+    meta = pd.read_json(store.world_dir / "world.json", typ="series")
+    instant = pd.Timestamp(meta["start"], tz="UTC") + pd.Timedelta(days=int(meta["days"]),
+                                                                    hours=1)
+    hist = historical_features(store, pd.DataFrame({
+        "member_id": [member_id], "reward_id": [reward_id], "event_timestamp": [instant]}),
+        "propensity_v1")
+    train_row = reward_matrix({c: hist[c].to_numpy() for c in names}, np.ones(1), names)
+
+    online = svc.reader.read(member_id).values
+    member = {f: np.array([online[f]], dtype=np.float32) for f in names
+              if f not in REWARD_ITEM_COLUMNS}
+    item = catalog[catalog["reward_id"] == reward_id]
+    items = {c: item[c].to_numpy(np.float32) for c in REWARD_ITEM_COLUMNS}
+    serve_row = reward_matrix(cross(member, items), np.ones(1), names)
+    np.testing.assert_array_equal(train_row, serve_row)
+
+
+def test_champion_swap_under_traffic(app_client: TestClient, trained_store,  # noqa: ANN001
+                                     members: pd.DataFrame) -> None:
+    """A new champion is promoted and reloaded while requests flow: none fails."""
+    from training import tracking
+    from training.pipeline import train_reward
+
+    store, settings = trained_store[0], trained_store[1]
+    new = train_reward(store, settings)  # v2, registered as challenger
+    ids = [int(i) for i in members["member_id"].iloc[:50]]
+    failures: list[int] = []
+    seen: set[str] = set()
+    stop = threading.Event()
+
+    def traffic() -> None:
+        i = 0
+        while not stop.is_set():
+            r = app_client.post("/v1/recommendations", json={"member_id": ids[i % len(ids)]})
+            if r.status_code != 200:
+                failures.append(r.status_code)
+            else:
+                seen.add(r.json()["model_versions"].get("reward", "-"))
+            i += 1
+
+    workers = [threading.Thread(target=traffic) for _ in range(3)]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(0.5)
+        tracking.configure_mlflow(store.tracking_uri, store.artifact_root, settings.experiment)
+        tracking.promote("reward", {}, force=True, reason="swap-under-traffic test")
+        reload = app_client.post("/v1/admin/reload").json()
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+        tracking.rollback("reward", reason="restore v1 after the swap test")
+        app_client.post("/v1/admin/reload")
+    assert reload["outcomes"]["reward"] == f"loaded v{new.version}"
+    assert not failures
+    assert {"1", new.version} <= seen
