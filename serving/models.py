@@ -42,7 +42,7 @@ class LoadedModel:
 
 
 def load_onnx(path: Path, expected_service_features: Sequence[str],
-              expected_derived: Sequence[str]) -> LoadedModel:
+              expected_derived: Sequence[str], threads: int = 1) -> LoadedModel:
     """Open and verify one ONNX file; ModelRefused says exactly what is wrong."""
     import onnxruntime as ort
 
@@ -60,7 +60,9 @@ def load_onnx(path: Path, expected_service_features: Sequence[str],
         raise ModelRefused(f"{meta.name} v{meta.version}: derived features "
                            f"{meta.derived_features} != {list(expected_derived)}")
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1  # two cores: oversubscription costs more than it gains
+    # Serving: one thread per session (two cores; oversubscription costs more than it gains).
+    # Batch scoring passes more.
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     try:

@@ -48,7 +48,8 @@ def flow_zone_choice(group: np.ndarray, target: np.ndarray, p_complete: np.ndarr
     """
     if not 0.0 < flow_zone < 1.0:
         raise ValueError(f"flow_zone must be in (0, 1), got {flow_zone}")
-    distance = np.abs(np.asarray(p_complete, dtype=np.float64) - flow_zone)
+    # rounded so that ties up to float noise (|0.8 - 0.7| vs |0.6 - 0.7|) go to the easier target
+    distance = np.round(np.abs(np.asarray(p_complete, dtype=np.float64) - flow_zone), 9)
     order = np.lexsort((target, distance, group))
     first = np.ones(len(order), dtype=bool)
     first[1:] = group[order][1:] != group[order][:-1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -301,6 +302,61 @@ def models_rollback(
     typer.echo(json.dumps(dict(event)))
 
 
+@app.command("score-batch")
+@friendly
+def score_batch_cmd(
+    out: Annotated[Path, typer.Option(help="Output file: .parquet or .csv.")],
+    k_rewards: Annotated[int, typer.Option(min=1, max=20, help="Rewards per member.")] = 3,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Members per onnxruntime call.")] = 2_000,
+    threads: Annotated[int, typer.Option(min=1, max=64, help="onnxruntime threads.")] = 2,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Score every member with the champion models into a file (top rewards + targets)."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from serving.batch import latest_member_features, score_batch
+    from serving.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
+    from serving.config import get_serve_settings
+    from serving.feature_store import open_store, service_feature_names
+    from serving.models import ChampionSource, load_onnx
+    from serving.recommend import Catalog
+    from serving.rules import load_rules
+
+    if out.suffix not in (".parquet", ".csv"):
+        raise UserError(f"--out: expected a .parquet or .csv file, got {out.name!r}")
+    if not out.parent.is_dir():
+        raise UserError(f"--out: folder {out.parent} does not exist")
+    store, serve_settings = _settings(data_dir), get_serve_settings()
+    feast_store = open_store(store)
+    source = ChampionSource(store.tracking_uri, store.models)
+    models = {}
+    for name, service, derived in (("reward", "propensity_v1", REWARD_DERIVED),
+                                   ("difficulty", "difficulty_v1", DIFFICULTY_DERIVED)):
+        found = source.champion(name)
+        if found is None:
+            raise UserError(f"no champion for {name!r}: run `rewards train all`")
+        models[name] = load_onnx(found[1], service_feature_names(feast_store, service), derived,
+                                 threads=threads)
+    features = store.features_dir / "member_features.parquet"
+    catalog = Catalog.load(
+        serve_settings.catalog(store),
+        pd.read_parquet(store.features_dir / "reward_features.parquet").drop(
+            columns="event_timestamp"),
+        pd.read_parquet(store.features_dir / "challenge_features.parquet").drop(
+            columns="event_timestamp"))
+    flow = load_rules(serve_settings.rules(store)).challenges.flow_zone
+    total = len(latest_member_features(features))
+    t0 = time.perf_counter()
+    with tqdm(total=total, unit="member", desc="score-batch", file=sys.stderr) as bar:
+        n = score_batch(features, catalog, models["reward"], models["difficulty"], out,
+                        k_rewards=k_rewards, flow_zone=flow, chunk_size=chunk_size,
+                        progress=bar.update)
+    dt = time.perf_counter() - t0
+    typer.echo(json.dumps({"members": n, "seconds": round(dt, 1),
+                           "members_per_second": round(n / dt), "out": str(out)}))
+
+
 @app.command()
 @friendly
 def serve(
@@ -321,30 +377,65 @@ def demo(
     members: Annotated[int, typer.Option(min=1, help="Members in the demo world.")] = 100_000,
     days: Annotated[int, typer.Option(min=1, help="Days of history.")] = 90,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    serve_after: Annotated[bool, typer.Option("--serve/--no-serve",
+                                              help="Start the API at the end.")] = True,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="API port.")] = 8000,
     data_dir: DataDirOpt = None,
 ) -> None:
     """The main job on embedded defaults: simulate -> features -> Feast -> train -> serve."""
+    from training.config import get_train_settings
     from training.feast_ops import apply_repo
     from training.features import build_features
+    from training.pipeline import train_difficulty, train_reward
     from training.simulate import WorldConfig, simulate_world
 
     settings = _settings(data_dir)
-    steps = ["simulate", "features", "feast apply + materialize"]
+    if data_dir is not None:
+        import os
+
+        os.environ["REWARDS_DATA_DIR"] = str(data_dir)  # the server process reads it too
+    total = 5 if serve_after else 4
     t_all = time.perf_counter()
 
     def step(i: int, label: str) -> None:
-        typer.secho(f"[{i}/{len(steps)}] {label}", fg=typer.colors.CYAN, bold=True)
+        typer.secho(f"[{i}/{total}] {label}", fg=typer.colors.CYAN, bold=True, err=True)
 
     step(1, f"simulate {members:,} members x {days} days (seed {seed})")
     counts = simulate_world(WorldConfig(members=members, days=days, seed=seed), settings.world_dir)
-    typer.echo(f"    world written to {settings.world_dir}: {counts}")
+    _echo(f"    world written to {settings.world_dir}: {counts}")
     step(2, "build point-in-time features")
-    typer.echo(f"    {build_features(settings.world_dir, settings.features_dir)}")
+    _echo(f"    {build_features(settings.world_dir, settings.features_dir)}")
     step(3, "feast apply + materialize into the online store")
-    typer.echo(f"    {apply_repo(settings)}")
+    _echo(f"    {apply_repo(settings)}")
     _materialize(settings, apply=False)
-    typer.secho(f"demo done in {time.perf_counter() - t_all:.0f} s; data under {settings.data}",
-                fg=typer.colors.GREEN)
+    step(4, "train, evaluate, export and register both models")
+    train_settings = get_train_settings()
+    for fn in (train_reward, train_difficulty):
+        result = fn(settings, train_settings, progress=_echo)
+        _promote_if_better(result.name)
+        _echo(f"    {result.name} v{result.version}: " + ", ".join(
+            f"{k}={v:.3f}" for k, v in result.metrics.items()
+            if k.split(".")[0] in ("propensity", "policy", "difficulty", "uplift", "ope")))
+    typer.secho(f"demo pipeline done in {time.perf_counter() - t_all:.0f} s; data under "
+                f"{settings.data}", fg=typer.colors.GREEN, err=True)
+    if serve_after:
+        step(5, f"serve on http://127.0.0.1:{port} (Ctrl-C to stop; docs at /docs)")
+        _echo(f"""    try:
+      curl -s -X POST http://127.0.0.1:{port}/v1/recommendations \\
+           -H 'content-type: application/json' -d '{{"member_id": 42, "k_rewards": 3}}'""")
+        serve(host="127.0.0.1", port=port, workers=1)
+
+
+def _promote_if_better(name: str) -> None:
+    """Demo re-runs: the new challenger becomes champion only through the gate."""
+    from training import tracking
+    from training.config import PROMOTION_GATES
+
+    if tracking.champion_version(name) == tracking.challenger_version(name):
+        return
+    result = tracking.promote(name, PROMOTION_GATES[name])
+    verdict = "promoted" if result.promoted else "kept champion v" + str(result.from_version)
+    _echo(f"    {name} challenger v{result.version}: {verdict}")
 
 
 def main() -> None:

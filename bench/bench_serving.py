@@ -1,0 +1,191 @@
+"""Serving benchmark on loopback: paced load, max-rate search, and the floor ratio.
+
+Starts `rewards serve` on 127.0.0.1 against an existing data folder (world, features, Feast,
+trained champions), drives it with wrk (Debian package, installed if missing), and measures:
+- paced load: `--rate` recommendations/s for `--seconds` (wrk connections with a fixed delay
+  between requests), p50/p99 and errors;
+- the highest concurrency whose p99 stays <= 50 ms and the throughput it gives;
+- the floor: one direct online-store read + one onnxruntime call on the same candidate matrix,
+  in-process, against the service's p50 at concurrency 1.
+Every load is bounded in time and sent only to 127.0.0.1.
+
+    REWARDS_DATA_DIR=/path/to/data .venv/bin/python bench/bench_serving.py --rate 500 --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+LUA = """
+math.randomseed(%(seed)d)
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  local id = math.random(1, %(members)d)
+  return wrk.format(nil, "/v1/recommendations", nil,
+    '{"member_id": ' .. id .. ', "k_rewards": 3, "k_challenges": 3}')
+end
+%(delay)s
+"""
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True,
+                   stdout=subprocess.DEVNULL)
+    return shutil.which("wrk") or "wrk"
+
+
+def wait_ready(port: int, timeout: float = 180.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                return json.loads(r.read())
+        except Exception:  # noqa: BLE001 - still starting
+            time.sleep(1)
+    raise RuntimeError("server did not become ready")
+
+
+def parse_wrk(text: str) -> dict[str, float]:
+    def ms(value: str) -> float:
+        num, unit = re.match(r"([\d.]+)(\w+)", value).groups()
+        return float(num) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
+
+    pct = dict(re.findall(r"^\s+(50|75|90|99)(?:\.\d+)?%\s+(\S+)", text, re.M))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    total = int(re.search(r"(\d+) requests in", text).group(1))
+    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", text))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return {"rps": rps, "requests": total, "p50_ms": ms(pct["50"]), "p90_ms": ms(pct["90"]),
+            "p99_ms": ms(pct["99"]),
+            "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}
+
+
+def run_wrk(wrk: str, port: int, connections: int, seconds: int, members: int,
+            delay_ms: float | None) -> dict[str, float]:
+    delay = f"delay = function() return {delay_ms:.3f} end" if delay_ms else ""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(LUA % {"seed": 7, "members": members, "delay": delay})
+    out = subprocess.run(
+        [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", fh.name,
+         f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=seconds + 60)
+    os.unlink(fh.name)
+    result = parse_wrk(out.stdout)
+    result.update(connections=connections, seconds=seconds)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=int, default=500)
+    parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--members", type=int, default=100_000)
+    args = parser.parse_args()
+    wrk = ensure_wrk()
+    env = {**os.environ, "REWARDS_MODEL_POLL_SECONDS": "0"}
+    with tempfile.TemporaryDirectory() as tmp:
+        env.setdefault("REWARDS_EVENTS_URL", f"sqlite:///{Path(tmp) / 'events.db'}")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "training.cli", "serve", "--port", str(args.port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            ready = wait_ready(args.port)
+            report: dict[str, object] = {"ready": ready["ready"]}
+            run_wrk(wrk, args.port, 4, 5, args.members, None)  # warm-up
+            c1 = run_wrk(wrk, args.port, 1, 10, args.members, None)
+            report["concurrency_1"] = c1
+            conns = 10
+            report["paced"] = run_wrk(wrk, args.port, conns, args.seconds, args.members,
+                                      delay_ms=1000.0 * conns / args.rate)
+            sweep = []
+            for c in (2, 4, 8, 16, 32):
+                r = run_wrk(wrk, args.port, c, 15, args.members, None)
+                sweep.append(r)
+                if r["p99_ms"] > 50:
+                    break
+            report["sweep"] = sweep
+            ok = [r for r in sweep if r["p99_ms"] <= 50 and r["errors"] == 0]
+            report["max_rps_p99_le_50ms"] = max((r["rps"] for r in ok), default=0.0)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    floor = measure_floor()
+    report["floor"] = floor
+    report["p50_over_floor"] = round(report["concurrency_1"]["p50_ms"] / floor["p50_ms"], 2)
+    print(json.dumps(report, indent=2))
+
+
+def measure_floor(iterations: int = 2000) -> dict[str, float]:
+    """One direct online-store read + one onnxruntime call per model on the same candidate
+    matrices the service builds (every reward + the no-offer row; every template x target)."""
+    import numpy as np
+    import pandas as pd
+
+    from serving.candidates import (
+        DIFFICULTY_DERIVED, REWARD_DERIVED, REWARD_ITEM_COLUMNS, cross, difficulty_matrix,
+        no_offer_items, reward_matrix,
+    )
+    from serving.config import get_serve_settings, get_store_settings
+    from serving.feature_store import open_store, service_feature_names
+    from serving.models import ChampionSource, load_onnx
+    from serving.online import OnlineFeatureReader
+    from serving.recommend import Catalog
+    from serving.services import MEMBER_VIEW
+
+    store, settings = get_store_settings(), get_serve_settings()
+    fs = open_store(store)
+    reader = OnlineFeatureReader(fs, MEMBER_VIEW)
+    source = ChampionSource(store.tracking_uri, store.models)
+    r_names = service_feature_names(fs, "propensity_v1")
+    d_names = service_feature_names(fs, "difficulty_v1")
+    reward = load_onnx(source.champion("reward")[1], r_names, REWARD_DERIVED)
+    difficulty = load_onnx(source.champion("difficulty")[1], d_names, DIFFICULTY_DERIVED)
+    catalog = Catalog.load(
+        settings.catalog(store),
+        pd.read_parquet(store.features_dir / "reward_features.parquet").drop(
+            columns="event_timestamp"),
+        pd.read_parquet(store.features_dir / "challenge_features.parquet").drop(
+            columns="event_timestamp"))
+    items = {c: catalog.rewards[c].to_numpy(np.float32) for c in REWARD_ITEM_COLUMNS}
+    grid = catalog.targets
+    d_items = {c: grid[c].to_numpy(np.float32) for c in d_names if c.startswith("challenge_")}
+    targets = grid["target"].to_numpy()
+    n = len(catalog.rewards)
+    rng = np.random.default_rng(0)
+    times = []
+    for _ in range(iterations):
+        member_id = int(rng.integers(1, 100_000))
+        t0 = time.perf_counter()
+        row = reader.read(member_id)
+        values = row.values if row else {}
+        member = {f: np.array([values.get(f, 0.0)], np.float32) for f in r_names
+                  if f not in REWARD_ITEM_COLUMNS}
+        reward.predict(np.vstack([
+            reward_matrix(cross(member, items), np.ones(n), r_names),
+            reward_matrix({**member, **no_offer_items(1)}, np.zeros(1), r_names)]))
+        d_member = {f: np.array([values.get(f, 0.0)], np.float32) for f in d_names
+                    if not f.startswith("challenge_")}
+        difficulty.predict(difficulty_matrix(cross(d_member, d_items), targets, d_names))
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"p50_ms": round(statistics.median(times), 3),
+            "p99_ms": round(float(np.percentile(times, 99)), 3),
+            "reward_rows": n + 1, "difficulty_rows": len(grid)}
+
+
+if __name__ == "__main__":
+    main()

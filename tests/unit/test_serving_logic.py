@@ -1,0 +1,170 @@
+"""Pure serving logic: candidate rows, ranking rules, business rules, group commit."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving.candidates import (
+    DIFFICULTY_DERIVED, NO_OFFER, REWARD_DERIVED, cross, difficulty_matrix, no_offer_items,
+    reward_matrix,
+)
+from serving.contract import CATEGORIES, CHALLENGE_KINDS, MISSING_RATE, REWARD_TYPES
+from serving.ranking import basket_estimate, expected_value, flow_zone_choice, reward_scores
+from serving.rules import Rules, cost_multiplier, load_rules, novelty_factor, select_slate
+from serving.writer import GroupCommitter
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def member_cols(n: int = 1) -> dict[str, np.ndarray]:
+    cols = {f"redeem_rate_{t}": np.full(n, 0.1 * i, np.float32) for i, t in enumerate(REWARD_TYPES)}
+    cols |= {f"offers_{t}": np.full(n, float(i), np.float32) for i, t in enumerate(REWARD_TYPES)}
+    cols |= {f"share_{c}_90d": np.full(n, 0.01 * i, np.float32) for i, c in enumerate(CATEGORIES)}
+    cols |= {f"completion_rate_{k}": np.full(n, 0.05 * i, np.float32)
+             for i, k in enumerate(CHALLENGE_KINDS)}
+    cols["tier_rank"] = np.full(n, 2.0, np.float32)
+    return cols
+
+
+def test_reward_rows_pick_the_members_history_for_the_rewards_type_and_category() -> None:
+    items = {"reward_type_code": np.array([2.0, 0.0], np.float32),
+             "reward_category_code": np.array([3.0, -1.0], np.float32),
+             "reward_cost": np.array([5.0, 2.0], np.float32),
+             "reward_min_tier_rank": np.array([1.0, 3.0], np.float32)}
+    names = ["tier_rank", "reward_cost"]
+    X = reward_matrix(cross(member_cols(), items), np.ones(2), names)
+    assert X.shape == (2, len(names) + len(REWARD_DERIVED))
+    derived = dict(zip(REWARD_DERIVED, X[:, len(names):].T, strict=True))
+    np.testing.assert_allclose(derived["type_redeem_rate"], [0.2, 0.0])
+    np.testing.assert_allclose(derived["type_offers"], [2.0, 0.0])
+    np.testing.assert_allclose(derived["category_share"], [0.03, 0.0])  # 'any' -> 0
+    np.testing.assert_allclose(derived["tier_gap"], [1.0, -1.0])
+
+
+def test_control_row_carries_the_no_offer_sentinel() -> None:
+    X = reward_matrix({**member_cols(), **no_offer_items(1)}, np.zeros(1), ["reward_cost"])
+    assert X[0, 0] == NO_OFFER
+    assert list(X[0, 1:]) == [0.0, NO_OFFER, NO_OFFER, NO_OFFER, NO_OFFER]
+
+
+def test_difficulty_rows() -> None:
+    items = {"challenge_min_target": np.array([2.0, 2.0], np.float32),
+             "challenge_max_target": np.array([6.0, 6.0], np.float32),
+             "challenge_kind_code": np.array([1.0, 1.0], np.float32)}
+    X = difficulty_matrix(cross(member_cols(), items), np.array([2.0, 5.0]), [])
+    np.testing.assert_allclose(X, [[2.0, 0.0, 0.05], [5.0, 0.75, 0.05]])
+    assert X.shape[1] == len(DIFFICULTY_DERIVED)
+
+
+def test_missing_kind_rate_is_the_sentinel() -> None:
+    items = {"challenge_min_target": np.array([1.0], np.float32),
+             "challenge_max_target": np.array([1.0], np.float32),  # zero span: no division
+             "challenge_kind_code": np.array([-1.0], np.float32)}
+    X = difficulty_matrix(cross(member_cols(), items), np.array([1.0]), [])
+    np.testing.assert_allclose(X, [[1.0, 0.0, MISSING_RATE]])
+
+
+def test_reward_scores_and_value() -> None:
+    offer = np.array([[0.5, 0.2, 0.3], [0.7, 0.2, 0.1]])
+    control = np.array([[0.8, 0.2, 0.0]] * 2)
+    s = reward_scores(offer, control)
+    np.testing.assert_allclose(s["uplift"], [0.3, 0.1])
+    np.testing.assert_allclose(s["propensity"], [0.3, 0.1])
+    v = expected_value(s["uplift"], s["propensity"], np.array([100.0]), np.array([10.0, 1.0]), 0.3)
+    np.testing.assert_allclose(v, [0.3 * 100 * 0.3 - 0.3 * 10, 0.3 * 100 * 0.1 - 0.1 * 1])
+    lam = expected_value(s["uplift"], s["propensity"], np.array([100.0]), np.array([10.0, 1.0]),
+                         0.3, cost_multiplier=2.0)
+    assert (lam < v).all()
+    np.testing.assert_allclose(basket_estimate(np.array([0.0, 10.0]), 1.5, 40.0), [40.0, 15.0])
+
+
+def test_flow_zone_picks_nearest_and_prefers_the_easier_tie() -> None:
+    group = np.array([1, 1, 1, 2, 2])
+    target = np.array([1.0, 2.0, 3.0, 5.0, 10.0])
+    p = np.array([0.9, 0.72, 0.5, 0.8, 0.6])  # group 2: 0.8 and 0.6 tie at 0.1 from 0.7
+    assert list(flow_zone_choice(group, target, p, 0.7)) == [1, 3]
+    with pytest.raises(ValueError, match="flow_zone"):
+        flow_zone_choice(group, target, p, 1.5)
+
+
+def test_cost_multiplier_tracks_the_budget_pace() -> None:
+    assert cost_multiplier(500.0, 1000.0, 0.5, 4.0, 10.0) == 1.0  # on pace
+    assert cost_multiplier(100.0, 1000.0, 0.5, 4.0, 10.0) == 1.0  # under pace: never below 1
+    assert cost_multiplier(750.0, 1000.0, 0.5, 4.0, 10.0) == pytest.approx(3.0)  # 50 % ahead
+    assert cost_multiplier(1e9, 1000.0, 0.5, 4.0, 10.0) == 10.0  # capped
+
+
+def test_novelty_factor() -> None:
+    f = novelty_factor(np.array([np.nan, 3.0, 45.0, np.inf]), 30.0, 0.25)
+    np.testing.assert_allclose(f, [1.0, 0.75, 1.0, 1.0])
+
+
+def test_slate_respects_category_cap_and_greedy_order() -> None:
+    value = np.array([5.0, 4.0, 3.0, 2.0])
+    category = np.array(["a", "a", "b", "c"])
+    slate = select_slate(value, category, 3, 1, 0.0, np.random.default_rng(0))
+    assert list(slate.index) == [0, 2, 3]
+    np.testing.assert_allclose(slate.probability, [1.0, 1.0, 1.0])
+
+
+def test_slate_logged_probabilities_match_exploration_frequencies() -> None:
+    """The logged probability of the first slot equals how often that item really shows."""
+    value = np.array([3.0, 2.0, 1.0, 0.5])
+    category = np.array(["a", "b", "c", "d"])
+    rng = np.random.default_rng(1)
+    eps, n = 0.2, 20_000
+    counts, logged = np.zeros(4), {}
+    for _ in range(n):
+        s = select_slate(value, category, 1, 1, eps, rng)
+        counts[s.index[0]] += 1
+        logged[int(s.index[0])] = s.probability[0]
+    expected = np.array([1 - eps + eps / 4, eps / 4, eps / 4, eps / 4])
+    np.testing.assert_allclose(counts / n, expected, atol=0.01)
+    np.testing.assert_allclose([logged[i] for i in range(4)], expected)
+
+
+def test_rules_file_is_valid_and_strict(tmp_path: Path) -> None:
+    rules = load_rules(ROOT / "config" / "rules.toml")
+    assert rules.challenges.flow_zone == 0.7 and rules.diversity.max_per_category == 1
+    bad = tmp_path / "rules.toml"
+    bad.write_text("[diversity]\nmax_per_categroy = 2\n")
+    with pytest.raises(ValueError, match="max_per_categroy"):
+        load_rules(bad)
+    assert Rules().exploration.epsilon == 0.05
+
+
+def test_group_commit_resolves_each_writer_with_its_own_results() -> None:
+    batches: list[int] = []
+
+    def commit(items: list[int]) -> list[int]:
+        batches.append(len(items))
+        return [i * 10 for i in items]
+
+    gc = GroupCommitter(commit, "test-writer")
+    results: dict[int, list[int]] = {}
+
+    def writer(k: int) -> None:
+        results[k] = gc.submit([k, k + 1000]).result(timeout=5)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    gc.close()
+    assert all(results[k] == [k * 10, (k + 1000) * 10] for k in range(50))
+    assert sum(batches) == 100
+
+
+def test_group_commit_failure_reaches_every_waiting_writer() -> None:
+    def commit(items: list[int]) -> list[int]:
+        raise OSError("disk full")
+
+    gc = GroupCommitter(commit, "failing-writer")
+    with pytest.raises(OSError, match="disk full"):
+        gc.submit([1]).result(timeout=5)
+    gc.close()
