@@ -25,8 +25,12 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit
 
+## Benchmarks (results go to BENCHMARKS.md). Pipeline and serving need `make demo`'s data first.
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/bench_simulate.py --members 100000 --days 90
+	$(BIN)/python bench/bench_features.py --members 100000 --days 90
+	$(BIN)/python bench/bench_pipeline.py
+	$(BIN)/python bench/bench_serving.py --rate 500 --seconds 60
 
 clean:
 	rm -rf data/ .pytest_cache

@@ -45,8 +45,9 @@ def _top_rewards(value: np.ndarray, eligible: np.ndarray, category: np.ndarray,
     v = np.where(eligible, value, -np.inf)
     cats = np.unique(category)
     # best reward of each category, then the k best categories
-    best_in_cat = np.stack([np.where(category == c, v, -np.inf).argmax(axis=1) for c in cats], 1)
-    best_val = np.take_along_axis(v, best_in_cat, axis=1)
+    per_cat = [np.where(category == c, v, -np.inf) for c in cats]
+    best_in_cat = np.stack([mv.argmax(axis=1) for mv in per_cat], axis=1)
+    best_val = np.stack([mv.max(axis=1) for mv in per_cat], axis=1)
     order = np.argsort(-best_val, axis=1, kind="stable")[:, :k]
     picked = np.take_along_axis(best_in_cat, order, axis=1)
     return np.where(np.take_along_axis(best_val, order, axis=1) > -np.inf, picked, -1)

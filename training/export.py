@@ -183,8 +183,8 @@ def write_bundle(onnx_model: onnx.ModelProto, metadata: ModelMetadata, out_dir: 
     """Write ``model.onnx`` with ``metadata`` embedded, ``metadata.json`` and the model card.
 
     Embedding replaces any previous metadata, so the registry can re-stamp a downloaded model
-    with its version without touching the weights. Metadata that would not parse back (e.g. a
-    NaN metric serialized as null) is refused here rather than by serving. Returns the ONNX path.
+    with its version without touching the weights. Metadata that would not parse back is refused
+    here rather than by serving. Returns the ONNX path.
     """
     try:
         ModelMetadata.model_validate_json(metadata.to_json())

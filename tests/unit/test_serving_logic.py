@@ -168,3 +168,13 @@ def test_group_commit_failure_reaches_every_waiting_writer() -> None:
     with pytest.raises(OSError, match="disk full"):
         gc.submit([1]).result(timeout=5)
     gc.close()
+
+
+def test_batch_top_rewards_per_category_and_eligibility() -> None:
+    from serving.batch import _top_rewards
+
+    value = np.array([[5.0, 4.0, 3.0, 9.0], [1.0, 2.0, 3.0, 4.0]])
+    eligible = np.array([[True, True, True, False], [True, True, False, False]])
+    category = np.array(["a", "a", "b", "c"])
+    top = _top_rewards(value, eligible, category, 3)
+    assert top.tolist() == [[0, 2, -1], [1, -1, -1]]  # one per category, ineligible skipped
