@@ -75,5 +75,5 @@ def test_historical_join_is_point_in_time(store_settings: StoreSettings) -> None
         offline, on=["member_id", "event_timestamp"], how="left")
     np.testing.assert_allclose(joined["visits_30d"].to_numpy(np.float32),
                                expected["visits_30d"].to_numpy(np.float32))
-    np.testing.assert_allclose(joined["points_balance"].to_numpy(np.float32),
-                               expected["points_balance"].to_numpy(np.float32))
+    np.testing.assert_allclose(joined["visits_per_day_90d"].to_numpy(np.float32),
+                               expected["visits_per_day_90d"].to_numpy(np.float32))
