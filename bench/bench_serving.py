@@ -132,19 +132,18 @@ def main() -> None:
 
 def measure_floor(iterations: int = 2000) -> dict[str, float]:
     """One direct online-store read + one onnxruntime call per model on the same candidate
-    matrices the service builds (every reward + the no-offer row; every template x target)."""
+    matrices the service builds (every reward + the no-offer row; every template x target),
+    built by the service's own row builders. No eligibility filtering: a slightly larger
+    matrix than most requests score, so the floor is if anything pessimistic."""
     import numpy as np
     import pandas as pd
 
-    from serving.candidates import (
-        DIFFICULTY_DERIVED, REWARD_DERIVED, REWARD_ITEM_COLUMNS, cross, difficulty_matrix,
-        no_offer_items, reward_matrix,
-    )
+    from serving.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
     from serving.config import get_serve_settings, get_store_settings
     from serving.feature_store import open_store, service_feature_names
     from serving.models import ChampionSource, load_onnx
     from serving.online import OnlineFeatureReader
-    from serving.recommend import Catalog
+    from serving.recommend import Catalog, difficulty_inputs, reward_inputs
     from serving.services import MEMBER_VIEW
 
     store, settings = get_store_settings(), get_serve_settings()
@@ -161,11 +160,6 @@ def measure_floor(iterations: int = 2000) -> dict[str, float]:
             columns="event_timestamp"),
         pd.read_parquet(store.features_dir / "challenge_features.parquet").drop(
             columns="event_timestamp"))
-    items = {c: catalog.rewards[c].to_numpy(np.float32) for c in REWARD_ITEM_COLUMNS}
-    grid = catalog.targets
-    d_items = {c: grid[c].to_numpy(np.float32) for c in d_names if c.startswith("challenge_")}
-    targets = grid["target"].to_numpy()
-    n = len(catalog.rewards)
     rng = np.random.default_rng(0)
     times = []
     for _ in range(iterations):
@@ -173,18 +167,12 @@ def measure_floor(iterations: int = 2000) -> dict[str, float]:
         t0 = time.perf_counter()
         row = reader.read(member_id)
         values = row.values if row else {}
-        member = {f: np.array([values.get(f, 0.0)], np.float32) for f in r_names
-                  if f not in REWARD_ITEM_COLUMNS}
-        reward.predict(np.vstack([
-            reward_matrix(cross(member, items), np.ones(n), r_names),
-            reward_matrix({**member, **no_offer_items(1)}, np.zeros(1), r_names)]))
-        d_member = {f: np.array([values.get(f, 0.0)], np.float32) for f in d_names
-                    if not f.startswith("challenge_")}
-        difficulty.predict(difficulty_matrix(cross(d_member, d_items), targets, d_names))
+        reward.predict(reward_inputs(values, catalog.rewards, r_names))
+        difficulty.predict(difficulty_inputs(values, catalog.targets, d_names))
         times.append((time.perf_counter() - t0) * 1000)
     return {"p50_ms": round(statistics.median(times), 3),
             "p99_ms": round(float(np.percentile(times, 99)), 3),
-            "reward_rows": n + 1, "difficulty_rows": len(grid)}
+            "reward_rows": len(catalog.rewards) + 1, "difficulty_rows": len(catalog.targets)}
 
 
 if __name__ == "__main__":

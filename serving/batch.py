@@ -18,7 +18,10 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from serving.candidates import REWARD_ITEM_COLUMNS, cross, difficulty_matrix, no_offer_items, reward_matrix
+from serving.candidates import (
+    CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, cross, difficulty_matrix, no_offer_items,
+    reward_matrix,
+)
 from serving.models import LoadedModel
 from serving.ranking import basket_estimate, expected_value, flow_zone_choice, reward_scores
 from serving.recommend import DEFAULT_MARGIN, Catalog
@@ -83,8 +86,8 @@ def score_members(members: pd.DataFrame, catalog: Catalog, reward_model: LoadedM
     g = len(grid)
     d_names = difficulty_model.meta.service_features
     d_member = {c: members[c].to_numpy(np.float32) for c in d_names
-                if not c.startswith("challenge_")}
-    d_items = {c: grid[c].to_numpy(np.float32) for c in d_names if c.startswith("challenge_")}
+                if c not in CHALLENGE_ITEM_COLUMNS}
+    d_items = {c: grid[c].to_numpy(np.float32) for c in CHALLENGE_ITEM_COLUMNS}
     Xd = difficulty_matrix(cross(d_member, d_items), np.tile(grid["target"].to_numpy(), n),
                            d_names)
     p = difficulty_model.predict(Xd)[:, 1]

@@ -25,6 +25,11 @@ DIFFICULTY_DECREASING: tuple[str, ...] = ("target", "target_ratio")
 NO_OFFER = -1.0
 REWARD_ITEM_COLUMNS: tuple[str, ...] = (
     "reward_type_code", "reward_category_code", "reward_cost", "reward_min_tier_rank")
+#: Template attributes (challenge_attributes view). Listed, not matched by prefix: the member
+#: feature challenge_completion_rate shares the prefix and must never come from the item side.
+CHALLENGE_ITEM_COLUMNS: tuple[str, ...] = (
+    "challenge_kind_code", "challenge_duration_days", "challenge_min_target",
+    "challenge_max_target", "challenge_target_step", "challenge_points")
 
 
 def _pick(cols: Columns, names: Sequence[str], index: np.ndarray, missing: float) -> np.ndarray:

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from serving.candidates import (
-    REWARD_ITEM_COLUMNS, cross, difficulty_matrix, no_offer_items, reward_matrix,
+    CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, cross, difficulty_matrix, no_offer_items,
+    reward_matrix,
 )
 from serving.contract import NEVER_DAYS, TIERS, code
 from serving.events import DecisionItem, DecisionRecord
@@ -89,6 +90,27 @@ def cold_start_features(names: list[str], tier: str | None) -> dict[str, float]:
     return values
 
 
+def reward_inputs(features: dict[str, float], rewards: pd.DataFrame,
+                  names: list[str]) -> np.ndarray:
+    """Model rows for one member x every candidate reward, then the member's no-offer row."""
+    member = {f: np.array([features.get(f, 0.0)], dtype=np.float32)
+              for f in names if f not in REWARD_ITEM_COLUMNS}
+    items = {c: rewards[c].to_numpy(np.float32) for c in REWARD_ITEM_COLUMNS}
+    return np.vstack([
+        reward_matrix(cross(member, items), np.ones(len(rewards)), names),
+        reward_matrix({**member, **no_offer_items(1)}, np.zeros(1), names),
+    ])
+
+
+def difficulty_inputs(features: dict[str, float], grid: pd.DataFrame,
+                      names: list[str]) -> np.ndarray:
+    """Model rows for one member x every (template, allowed target) in ``grid``."""
+    member = {f: np.array([features.get(f, 0.0)], dtype=np.float32)
+              for f in names if f not in CHALLENGE_ITEM_COLUMNS}
+    items = {c: grid[c].to_numpy(np.float32) for c in CHALLENGE_ITEM_COLUMNS}
+    return difficulty_matrix(cross(member, items), grid["target"].to_numpy(), names)
+
+
 class Recommender:
     """Scores and ranks for one member; holds no mutable state except its random generator."""
 
@@ -156,14 +178,7 @@ class Recommender:
         cost = cand["cost"].to_numpy(dtype=np.float64)
         if model is not None:
             try:
-                names = model.meta.service_features
-                member = {f: np.array([features.get(f, 0.0)], dtype=np.float32)
-                          for f in names if f not in REWARD_ITEM_COLUMNS}
-                items = {c: cand[c].to_numpy(np.float32) for c in REWARD_ITEM_COLUMNS}
-                X = np.vstack([
-                    reward_matrix(cross(member, items), np.ones(n), names),
-                    reward_matrix({**member, **no_offer_items(1)}, np.zeros(1), names),
-                ])
+                X = reward_inputs(features, cand, model.meta.service_features)
                 proba = model.predict(X)  # one call: every candidate + the no-offer row
             except Exception as exc:  # noqa: BLE001 - a broken model degrades, never fails
                 reasons.append(f"reward model error: {type(exc).__name__}")
@@ -216,12 +231,7 @@ class Recommender:
         flow = self.rules.challenges.flow_zone
         if model is not None:
             try:
-                names = model.meta.service_features
-                member = {f: np.array([features.get(f, 0.0)], dtype=np.float32)
-                          for f in names if not f.startswith("challenge_")}
-                items = {c: grid[c].to_numpy(np.float32) for c in names
-                         if c.startswith("challenge_")}
-                X = difficulty_matrix(cross(member, items), grid["target"].to_numpy(), names)
+                X = difficulty_inputs(features, grid, model.meta.service_features)
                 p = model.predict(X)[:, 1]  # one call: every template x allowed target
             except Exception as exc:  # noqa: BLE001
                 reasons.append(f"difficulty model error: {type(exc).__name__}")

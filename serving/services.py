@@ -14,7 +14,9 @@ from typing import Any
 
 import pandas as pd
 
-from serving.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
+from serving.candidates import (
+    CHALLENGE_ITEM_COLUMNS, DIFFICULTY_DERIVED, REWARD_DERIVED, REWARD_ITEM_COLUMNS,
+)
 from serving.config import ServeSettings, StoreSettings
 from serving.events import DecisionRecord, EventIn, EventStore, open_event_store
 from serving.models import ChampionSource, ModelManager
@@ -216,11 +218,8 @@ def _item_features(feast_store: Any, settings: ServeSettings, store: StoreSettin
     challenges = feast_store.get_online_features(
         features=feast_store.get_feature_service("difficulty_v1"),
         entity_rows=[{"challenge_id": c, "member_id": 0} for c in cids]).to_df()
-    r_cols = ["reward_id"] + [c for c in rewards.columns if c.startswith("reward_")
-                              and c != "reward_id"]
-    c_cols = ["challenge_id"] + [c for c in challenges.columns if c.startswith("challenge_")
-                                 and c != "challenge_id"]
-    out_r, out_c = rewards[r_cols], challenges[c_cols]
-    if out_r.drop(columns="reward_id").isna().any().any():
-        raise RuntimeError("reward features missing from the online store: run materialize")
+    out_r = rewards[["reward_id", *REWARD_ITEM_COLUMNS]]
+    out_c = challenges[["challenge_id", *CHALLENGE_ITEM_COLUMNS]]
+    if out_r.isna().any().any() or out_c.isna().any().any():
+        raise RuntimeError("catalog features missing from the online store: run materialize")
     return out_r, out_c

@@ -12,7 +12,10 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from serving.candidates import cross, difficulty_matrix, no_offer_items, reward_matrix
+from serving.candidates import (
+    CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, cross, difficulty_matrix, no_offer_items,
+    reward_matrix,
+)
 from serving.ranking import expected_value, reward_scores
 from training.lgbm import predict_proba
 
@@ -39,8 +42,8 @@ class RewardScores:
 def score_rewards(model: lgb.LGBMClassifier, members: pd.DataFrame, items: pd.DataFrame,
                   service_features: list[str]) -> RewardScores:
     """Score every member against every reward, plus each member's no-offer control row."""
-    member_names = [n for n in service_features if n in members.columns]
-    item_names = [n for n in service_features if n in items.columns]
+    member_names = [n for n in service_features if n not in REWARD_ITEM_COLUMNS]
+    item_names = list(REWARD_ITEM_COLUMNS)
     m = len(items)
     step = max(1, CHUNK_ROWS // (m + 1))
     out_p, out_c, out_0 = [], [], []
@@ -74,8 +77,8 @@ def score_targets(model: lgb.LGBMClassifier, members: pd.DataFrame, templates: p
                             + t["challenge_target_step"] / 2, t["challenge_target_step"])
         rows.append(pd.DataFrame({"challenge_id": t["challenge_id"], "target": targets}))
     options = pd.concat(rows, ignore_index=True).merge(templates, on="challenge_id")
-    member_names = [n for n in service_features if n in members.columns]
-    item_names = [n for n in service_features if n in options.columns]
+    member_names = [n for n in service_features if n not in CHALLENGE_ITEM_COLUMNS]
+    item_names = list(CHALLENGE_ITEM_COLUMNS)
     item_cols = _columns(options, item_names)
     targets = options["target"].to_numpy(np.float32)
     m = len(options)

@@ -199,34 +199,41 @@ def test_metrics_exposed(app_client: TestClient) -> None:
 
 def test_training_and_serving_build_identical_rows(app_client: TestClient, trained_store,  # noqa: ANN001
                                                    members: pd.DataFrame) -> None:
-    """Same member, same instant: the training path (Feast historical + candidate builder)
-    and the serving path (online store + the same builder) give bit-identical model rows."""
-    from serving.candidates import cross, reward_matrix
-    from serving.candidates import REWARD_ITEM_COLUMNS
+    """Same member, same instant: the training path (Feast historical retrieval + candidate
+    builder) and the serving path (online store + the Recommender's row builders) give
+    bit-identical model rows, for both models."""
+    from serving.candidates import difficulty_matrix, reward_matrix
+    from serving.recommend import difficulty_inputs, reward_inputs
     from training.feast_ops import historical_features
 
     store = trained_store[0]
     svc = services(app_client)
-    model = svc.models.get("reward")
-    names = model.meta.service_features
+    catalog = svc.recommender.catalog
     member_id = int(members.iloc[11]["member_id"])
-    catalog = svc.recommender.catalog.rewards
-    reward_id = catalog["reward_id"].iloc[4]
     meta = pd.read_json(store.world_dir / "world.json", typ="series")
     instant = pd.Timestamp(meta["start"], tz="UTC") + pd.Timedelta(days=int(meta["days"]),
                                                                     hours=1)
+    online = svc.reader.read(member_id).values
+
+    names = svc.models.get("reward").meta.service_features
+    reward_id = catalog.rewards["reward_id"].iloc[4]
     hist = historical_features(store, pd.DataFrame({
         "member_id": [member_id], "reward_id": [reward_id], "event_timestamp": [instant]}),
         "propensity_v1")
     train_row = reward_matrix({c: hist[c].to_numpy() for c in names}, np.ones(1), names)
+    serve_rows = reward_inputs(online, catalog.rewards, names)
+    np.testing.assert_array_equal(train_row[0], serve_rows[4])
 
-    online = svc.reader.read(member_id).values
-    member = {f: np.array([online[f]], dtype=np.float32) for f in names
-              if f not in REWARD_ITEM_COLUMNS}
-    item = catalog[catalog["reward_id"] == reward_id]
-    items = {c: item[c].to_numpy(np.float32) for c in REWARD_ITEM_COLUMNS}
-    serve_row = reward_matrix(cross(member, items), np.ones(1), names)
-    np.testing.assert_array_equal(train_row, serve_row)
+    names = svc.models.get("difficulty").meta.service_features
+    option = catalog.targets.iloc[[7]]
+    hist = historical_features(store, pd.DataFrame({
+        "member_id": [member_id], "challenge_id": option["challenge_id"].to_list(),
+        "event_timestamp": [instant]}), "difficulty_v1")
+    train_row = difficulty_matrix({c: hist[c].to_numpy() for c in names},
+                                  option["target"].to_numpy(), names)
+    serve_rows = difficulty_inputs(online, catalog.targets, names)
+    np.testing.assert_array_equal(train_row[0], serve_rows[7])
+    assert not np.isnan(serve_rows).any()
 
 
 def test_champion_swap_under_traffic(app_client: TestClient, trained_store,  # noqa: ANN001
