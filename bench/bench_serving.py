@@ -95,17 +95,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--members", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     wrk = ensure_wrk()
     env = {**os.environ, "REWARDS_MODEL_POLL_SECONDS": "0"}
     with tempfile.TemporaryDirectory() as tmp:
         env.setdefault("REWARDS_EVENTS_URL", f"sqlite:///{Path(tmp) / 'events.db'}")
         server = subprocess.Popen(
-            [sys.executable, "-m", "training.cli", "serve", "--port", str(args.port)],
+            [sys.executable, "-m", "training.cli", "serve", "--port", str(args.port),
+             "--workers", str(args.workers)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             ready = wait_ready(args.port)
-            report: dict[str, object] = {"ready": ready["ready"]}
+            report: dict[str, object] = {"ready": ready["ready"], "workers": args.workers}
             run_wrk(wrk, args.port, 4, 5, args.members, None)  # warm-up
             c1 = run_wrk(wrk, args.port, 1, 10, args.members, None)
             report["concurrency_1"] = c1
