@@ -138,7 +138,6 @@ def measure_floor(iterations: int = 2000) -> dict[str, float]:
     built by the service's own row builders. No eligibility filtering: a slightly larger
     matrix than most requests score, so the floor is if anything pessimistic."""
     import numpy as np
-    import pandas as pd
 
     from serving.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
     from serving.config import get_serve_settings, get_store_settings
@@ -156,12 +155,7 @@ def measure_floor(iterations: int = 2000) -> dict[str, float]:
     d_names = service_feature_names(fs, "difficulty_v1")
     reward = load_onnx(source.champion("reward")[1], r_names, REWARD_DERIVED)
     difficulty = load_onnx(source.champion("difficulty")[1], d_names, DIFFICULTY_DERIVED)
-    catalog = Catalog.load(
-        settings.catalog(store),
-        pd.read_parquet(store.features_dir / "reward_features.parquet").drop(
-            columns="event_timestamp"),
-        pd.read_parquet(store.features_dir / "challenge_features.parquet").drop(
-            columns="event_timestamp"))
+    catalog = Catalog.from_offline(settings.catalog(store), store.features_dir)
     rng = np.random.default_rng(0)
     times = []
     for _ in range(iterations):

@@ -61,6 +61,14 @@ class Catalog:
         rewards["min_tier_rank"] = [code(TIERS, t) for t in rewards["min_tier"]]
         return cls(rewards.reset_index(drop=True), challenges.reset_index(drop=True), targets)
 
+    @classmethod
+    def from_offline(cls, catalog_dir: Path, features_dir: Path) -> Catalog:
+        """Item features from the offline parquet (batch jobs that need no online store)."""
+        read = lambda name: pd.read_parquet(features_dir / name).drop(  # noqa: E731
+            columns="event_timestamp")
+        return cls.load(catalog_dir, read("reward_features.parquet"),
+                        read("challenge_features.parquet"))
+
 
 def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     out = {}

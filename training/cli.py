@@ -312,7 +312,6 @@ def score_batch_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Score every member with the champion models into a file (top rewards + targets)."""
-    import pandas as pd
     from tqdm.auto import tqdm
 
     from serving.batch import latest_member_features, score_batch
@@ -339,12 +338,7 @@ def score_batch_cmd(
         models[name] = load_onnx(found[1], service_feature_names(feast_store, service), derived,
                                  threads=threads)
     features = store.features_dir / "member_features.parquet"
-    catalog = Catalog.load(
-        serve_settings.catalog(store),
-        pd.read_parquet(store.features_dir / "reward_features.parquet").drop(
-            columns="event_timestamp"),
-        pd.read_parquet(store.features_dir / "challenge_features.parquet").drop(
-            columns="event_timestamp"))
+    catalog = Catalog.from_offline(serve_settings.catalog(store), store.features_dir)
     flow = load_rules(serve_settings.rules(store)).challenges.flow_zone
     total = len(latest_member_features(features))
     t0 = time.perf_counter()

@@ -12,7 +12,8 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from serving.contract import (  # noqa: E402 - one vocabulary for simulator, features, serving
+# One vocabulary for simulator, features and serving; re-exported for the simulator modules.
+from serving.contract import (  # noqa: F401
     CATEGORIES, CHALLENGE_KINDS, EVENT_TYPES, REGIONS, REWARD_TYPES, TIERS,
 )
 
