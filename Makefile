@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-unit bench clean
+.PHONY: install system-deps demo test test-unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+## Debian packages the integration tests start for real (Redis, PostgreSQL, Chromium)
+system-deps:
+	scripts/system_deps.sh
+
 ## Main job on embedded defaults: simulate -> features -> feast apply/materialize -> train -> serve
 demo: $(STAMP)
 	$(BIN)/rewards demo
 
 ## Whole test suite (unit, model and integration tiers)
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)
