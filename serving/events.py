@@ -150,6 +150,23 @@ class DecisionRecord(BaseModel):
         return self
 
 
+class ExposureRecord(BaseModel):
+    """A member's exposure to an experiment arm; only the first per experiment is kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment_id: Identifier
+    member_id: int = Field(ge=1)
+    arm: ShortText
+    exposed_at: AwareDatetime
+    decision_id: Identifier
+    channel: ShortText
+    tier: ShortText | None = None
+    uplift_score: Finite | None = None
+
+    _exposed_at_utc = field_validator("exposed_at")(_utc)
+
+
 class EventStore(Protocol):
     """What the service needs from the event and decision store, whatever the database."""
 
@@ -168,6 +185,11 @@ class EventStore(Protocol):
                        event_types: Sequence[str] | None = None) -> pd.DataFrame: ...
     def decisions_between(self, start: datetime, end: datetime) -> pd.DataFrame: ...
     def erase_member(self, member_id: int) -> dict[str, int]: ...
+    def add_experiment(self, experiment_id: str, name: str, start: datetime, end: datetime,
+                       definition: str) -> bool: ...
+    def experiments(self) -> list[str]: ...
+    def log_exposures(self, exposures: Sequence[ExposureRecord]) -> None: ...
+    def exposures(self, experiment_id: str) -> pd.DataFrame: ...
     def ping(self) -> bool: ...
     def close(self) -> None: ...
 
@@ -217,7 +239,30 @@ _SCHEMA = (
         cost DOUBLE PRECISION,
         PRIMARY KEY (decision_id, item_type, item_id))""",
     "CREATE INDEX IF NOT EXISTS decision_items_member_ts ON decision_items (member_id, created_us)",
+    # Experiments (definition as JSON, validated by serving.experiments.definition) and each
+    # member's first exposure to one: the start of its attribution window, its arm, and the
+    # model's uplift score at that moment (logged in every arm, for the report's Qini curve).
+    """CREATE TABLE IF NOT EXISTS experiments (
+        experiment_id VARCHAR(64) PRIMARY KEY,
+        name VARCHAR(80) NOT NULL,
+        start_us BIGINT NOT NULL,
+        end_us BIGINT NOT NULL,
+        definition TEXT NOT NULL,
+        created_us BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS experiment_exposures (
+        experiment_id VARCHAR(64) NOT NULL,
+        member_id BIGINT NOT NULL,
+        arm VARCHAR(32) NOT NULL,
+        exposed_us BIGINT NOT NULL,
+        decision_id VARCHAR(64) NOT NULL,
+        channel VARCHAR(32) NOT NULL,
+        tier VARCHAR(16),
+        uplift_score DOUBLE PRECISION,
+        PRIMARY KEY (experiment_id, member_id))""",
+    "CREATE INDEX IF NOT EXISTS experiment_exposures_member ON experiment_exposures (member_id)",
 )
+_EXPOSURE_COLUMNS = ("experiment_id", "member_id", "arm", "exposed_us", "decision_id", "channel",
+                     "tier", "uplift_score")
 _EVENT_COLUMNS = ("event_id", "event_type", "member_id", "ts_us", "decision_id", "challenge_id",
                   "reward_id", "amount", "cost", "properties", "received_us", "payload_sha256")
 _DECISION_COLUMNS = ("decision_id", "member_id", "created_us", "channel", "arm", "experiment_id",
@@ -430,7 +475,7 @@ class SqlEventStore:
         """Delete every row about a member (privacy request); rows deleted per table."""
         counts: dict[str, int] = {}
         with self._write() as cur:
-            for table in ("events", "decisions", "decision_items"):
+            for table in ("events", "decisions", "decision_items", "experiment_exposures"):
                 cur.execute(self._sql(f"DELETE FROM {table} WHERE member_id = ?"), (member_id,))
                 counts[table] = cur.rowcount
         return counts
@@ -543,6 +588,46 @@ class SqlEventStore:
         for column in ("model_versions", "flags"):
             frame[column] = frame[column].map(_loads)
         return _with_times(frame, "event_timestamp")
+
+    # -- experiments ---------------------------------------------------------------------------
+
+    def add_experiment(self, experiment_id: str, name: str, start: datetime, end: datetime,
+                       definition: str) -> bool:
+        """Store an experiment's definition (JSON); False if the id exists (kept unchanged)."""
+        with self._write() as cur:
+            added = self._insert(cur, "experiments", (
+                "experiment_id", "name", "start_us", "end_us", "definition", "created_us"),
+                "experiment_id", [(experiment_id, name, _micros(start), _micros(end), definition,
+                                   _micros(datetime.now(UTC)))])
+        return bool(added)
+
+    def experiments(self) -> list[str]:
+        """Every experiment's definition (JSON), oldest start first."""
+        rows = self._query("SELECT definition FROM experiments ORDER BY start_us, experiment_id")
+        return [row[0] for row in rows]
+
+    def log_exposures(self, exposures: Sequence[ExposureRecord]) -> None:
+        """Record first exposures in one transaction; a member already exposed keeps the first."""
+        if not exposures:
+            return
+        unique: dict[tuple[str, int], ExposureRecord] = {}
+        for e in exposures:
+            unique.setdefault((e.experiment_id, e.member_id), e)
+        with self._write() as cur:
+            self._insert(cur, "experiment_exposures", _EXPOSURE_COLUMNS,
+                         "experiment_id, member_id", [
+                             (e.experiment_id, e.member_id, e.arm, _micros(e.exposed_at),
+                              e.decision_id, e.channel, e.tier, e.uplift_score)
+                             for e in unique.values()])
+
+    def exposures(self, experiment_id: str) -> pd.DataFrame:
+        """One row per exposed member of an experiment; time in ``exposed_at``."""
+        frame = pd.DataFrame.from_records(self._query(
+            f"SELECT {', '.join(_EXPOSURE_COLUMNS)} FROM experiment_exposures "
+            "WHERE experiment_id = ? ORDER BY member_id", (experiment_id,)),
+            columns=[c if c != "exposed_us" else "exposed_at" for c in _EXPOSURE_COLUMNS])
+        frame["uplift_score"] = frame["uplift_score"].astype("float64")
+        return _with_times(frame, "exposed_at")
 
     # -- lifecycle ----------------------------------------------------------------------------
 

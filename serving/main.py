@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from serving.api.routes import events, ops, recommendations
+from serving.api.routes import events, experiments, ops, pages, recommendations
 from serving.config import ServeSettings, StoreSettings, get_serve_settings, get_store_settings
 from serving.observability import Metrics, RequestContextMiddleware, configure_logging
 
@@ -45,6 +45,8 @@ def create_app(store: StoreSettings | None = None, settings: ServeSettings | Non
     app.include_router(recommendations.router)
     app.include_router(events.router)
     app.include_router(ops.router)
+    app.include_router(experiments.router)
+    app.include_router(pages.router)  # HTML for people; auth attaches to this router
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
 
     @app.middleware("http")

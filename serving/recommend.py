@@ -22,10 +22,10 @@ from serving.candidates import (
     reward_matrix,
 )
 from serving.contract import NEVER_DAYS, TIERS, code
-from serving.events import DecisionItem, DecisionRecord
+from serving.events import DecisionItem, DecisionRecord, ExposureRecord
 from serving.models import LoadedModel
 from serving.ranking import basket_estimate, expected_value, flow_zone_choice, reward_scores
-from serving.rules import Rules, novelty_factor, select_slate
+from serving.rules import Rules, Slate, novelty_factor, select_slate
 from serving.schemas import ChallengeOut, RecommendationResponse, RewardOut
 
 DEFAULT_MARGIN = 0.3
@@ -94,6 +94,7 @@ class MemberFacts:
 class Decision:
     response: RecommendationResponse
     record: DecisionRecord
+    exposure: ExposureRecord | None = None  # set when the member is in an active experiment
 
 
 def cold_start_features(names: list[str], tier: str | None) -> dict[str, float]:
@@ -161,17 +162,27 @@ class Recommender:
         history = facts.features is not None and personalized
         tier_rank = features.get("tier_rank", 0.0)
 
-        rewards, reward_items = self._rewards(features, tier_rank, reward_model, k_rewards,
+        # Experiment arms (serving.experiments.definition.ARM_BEHAVIOUR): the reward model scores
+        # in every arm, so the model's uplift score is logged for holdout members too (Qini).
+        rewards, reward_items, uplift_score = self._rewards(features, tier_rank, reward_model,
+                                              max(k_rewards, 1) if arm else k_rewards,
                                               exclude, facts.recent, now, cost_multiplier,
-                                              reasons, history, personalized)
-        challenges, challenge_items = self._challenges(features, difficulty_model, k_challenges,
-                                                       exclude, facts.recent, now, reasons,
-                                                       history)
+                                              reasons, history, personalized,
+                                              random_arm=arm == "random")
+        if arm is not None:
+            rewards, reward_items = rewards[:k_rewards], reward_items[:k_rewards]
+        if arm == "holdout":
+            rewards, reward_items, challenges, challenge_items = [], [], [], []
+        else:
+            challenges, challenge_items = self._challenges(
+                features, difficulty_model, k_challenges, exclude, facts.recent, now, reasons,
+                history)
         versions = {m.meta.name: m.meta.version for m in (reward_model, difficulty_model) if m}
         decision_id = uuid.uuid4().hex
         response = RecommendationResponse(
             decision_id=decision_id, member_id=facts.member_id, rewards=rewards,
             challenges=challenges, model_versions=versions, experiment_arm=arm,
+            experiment_id=experiment_id,
             personalized=history, cold_start=cold, degraded=bool(reasons),
             degraded_reasons=reasons, cost_multiplier=round(cost_multiplier, 4))
         record = DecisionRecord(
@@ -180,14 +191,22 @@ class Recommender:
             items=reward_items + challenge_items,
             flags={"personalized": response.personalized, "cold_start": cold,
                    "degraded": response.degraded})
-        return Decision(response, record)
+        exposure = None
+        if experiment_id is not None and arm is not None:
+            exposure = ExposureRecord(
+                experiment_id=experiment_id, member_id=facts.member_id, arm=arm, exposed_at=now,
+                decision_id=decision_id, channel=channel, tier=_tier_of(features),
+                uplift_score=uplift_score)
+        return Decision(response, record, exposure)
 
     # -- rewards ------------------------------------------------------------------------------
 
     def _rewards(self, features: dict[str, float], tier_rank: float, model: LoadedModel | None,
                  k: int, exclude: set[str], recent: dict[str, datetime], now: datetime,
-                 lam: float, reasons: list[str], history: bool, consent: bool
-                 ) -> tuple[list[RewardOut], list[DecisionItem]]:
+                 lam: float, reasons: list[str], history: bool, consent: bool,
+                 random_arm: bool = False
+                 ) -> tuple[list[RewardOut], list[DecisionItem], float | None]:
+        """Ranked rewards, their log items, and the model's uplift for its first offer."""
         cat = self.catalog.reward_cols  # type: ignore[attr-defined]
         ok = np.ones(len(cat["reward_id"]), dtype=bool)
         if exclude:
@@ -198,7 +217,7 @@ class Recommender:
         ok &= ~(days_since < self.rules.frequency.reward_cooldown_days)
         idx = np.flatnonzero(ok)
         if k == 0 or len(idx) == 0:
-            return [], []
+            return [], [], None
         cand = {c: v[idx] for c, v in cat.items()}
         n = len(idx)
         cost = cand["cost"].astype(np.float64)
@@ -227,9 +246,17 @@ class Recommender:
         slate = select_slate(ranked, cand["category"], k,
                              self.rules.diversity.max_per_category,
                              self.rules.exploration.epsilon, self.rng)
+        model_uplift = None
+        if model is not None and len(slate.index):
+            # what the model expects its first offer to add: the score the Qini curve ranks by
+            model_uplift = _f(scores["uplift"][slate.index[0]])
+        if random_arm:  # uniform over eligible rewards, drawn without replacement
+            index = self.rng.permutation(n)[:k]
+            slate = Slate(index, 1.0 / (n - np.arange(len(index))))
         out, items = [], []
         for rank, (i, p) in enumerate(zip(slate.index, slate.probability, strict=True)):
-            reason = _reward_reason(scores, i, value[i], history, consent, model)
+            reason = ("random arm of an experiment: a random eligible reward" if random_arm
+                      else _reward_reason(scores, i, value[i], history, consent, model))
             out.append(RewardOut(
                 reward_id=cand["reward_id"][i], name=cand["name"][i],
                 type=cand["reward_type"][i], category=cand["category"][i],
@@ -239,7 +266,7 @@ class Recommender:
             items.append(DecisionItem(item_type="reward", item_id=cand["reward_id"][i],
                                       rank=rank, score=_f(value[i]), shown_probability=float(p),
                                       cost=float(cost[i])))
-        return out, items
+        return out, items, model_uplift
 
     # -- challenges ---------------------------------------------------------------------------
 

@@ -77,6 +77,7 @@ class RecommendationResponse(BaseModel):
     challenges: list[ChallengeOut]
     model_versions: dict[str, str]
     experiment_arm: str | None = None
+    experiment_id: str | None = None
     personalized: bool
     cold_start: bool
     degraded: bool

@@ -18,7 +18,10 @@ from serving.candidates import (
     CHALLENGE_ITEM_COLUMNS, DIFFICULTY_DERIVED, REWARD_DERIVED, REWARD_ITEM_COLUMNS,
 )
 from serving.config import ServeSettings, StoreSettings
-from serving.events import DecisionRecord, EventIn, EventStore, open_event_store
+from serving.events import (
+    DecisionRecord, EventIn, EventStore, ExposureRecord, open_event_store,
+)
+from serving.experiments.registry import ExperimentCache
 from serving.models import ChampionSource, ModelManager
 from serving.observability import Metrics
 from serving.online import MemberRow, OnlineFeatureReader
@@ -51,6 +54,8 @@ class Services:
     event_writer: GroupCommitter[EventIn, tuple[str, bool]]
     decision_writer: GroupCommitter[DecisionRecord, None]
     budget: BudgetState = field(default_factory=BudgetState)
+    experiments: ExperimentCache = field(default_factory=lambda: ExperimentCache(list))
+    exposure_writer: GroupCommitter[ExposureRecord, None] | None = None
     problems: dict[str, str] = field(default_factory=dict)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -104,14 +109,19 @@ class Services:
                      exclude: set[str], tier_hint: str | None) -> Decision:
         now = datetime.now(UTC)
         facts = await self.member_facts(member_id, now)
+        experiment = self.experiments.active(now)  # in memory: no query per request
         decision = self.recommender.recommend(
             facts, self.models.get(self.settings.reward_model_name),
             self.models.get(self.settings.difficulty_model_name),
             k_rewards=k_rewards, k_challenges=k_challenges, channel=channel,
             exclude=exclude | self.capped_rewards(), now=now,
-            cost_multiplier=self.cost_multiplier(now), tier_hint=tier_hint)
+            cost_multiplier=self.cost_multiplier(now), tier_hint=tier_hint,
+            arm=experiment.arm_of(member_id) if experiment else None,
+            experiment_id=experiment.id if experiment else None)
         self._count(decision)
         self.decision_writer.submit([decision.record])  # group-committed, not awaited
+        if decision.exposure is not None and self.exposure_writer is not None:
+            self.exposure_writer.submit([decision.exposure])
         return decision
 
     def _count(self, decision: Decision) -> None:
@@ -153,11 +163,15 @@ class Services:
                 self._every(self.settings.model_poll_seconds, self.refresh_models, "model")))
         self.tasks.append(asyncio.create_task(
             self._every(self.settings.budget_refresh_seconds, self.refresh_budget, "budget")))
+        self.tasks.append(asyncio.create_task(self._every(
+            self.settings.budget_refresh_seconds, self.experiments.refresh, "experiments")))
 
     def close(self) -> None:
         for t in self.tasks:
             t.cancel()
         self.decision_writer.close()
+        if self.exposure_writer is not None:
+            self.exposure_writer.close()
         self.event_writer.close()
         self.events.close()
 
@@ -196,15 +210,26 @@ def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metri
         recommender=Recommender(catalog, rules, settings.seed), reader=reader,
         event_writer=GroupCommitter(events.add_events, "event-writer"),
         decision_writer=GroupCommitter(_log_decisions(events), "decision-writer"),
+        experiments=ExperimentCache(events.experiments),
+        exposure_writer=GroupCommitter(_log_exposures(events), "exposure-writer"),
         problems=problems)
     services.refresh_models()
     services.refresh_budget()
+    services.experiments.refresh()
     return services
 
 
 def _log_decisions(events: EventStore):  # noqa: ANN202
     def commit(records):  # noqa: ANN001, ANN202
         events.log_decisions(records)
+        return [None] * len(records)
+
+    return commit
+
+
+def _log_exposures(events: EventStore):  # noqa: ANN202
+    def commit(records):  # noqa: ANN001, ANN202
+        events.log_exposures(records)
         return [None] * len(records)
 
     return commit

@@ -334,9 +334,11 @@ def test_events_between_is_half_open_and_filters_types(world: EventStore) -> Non
 
 def test_erase_member_removes_exactly_that_member(world: EventStore) -> None:
     before_other = world.member_events(2)
-    assert world.erase_member(1) == {"events": 4, "decisions": 1, "decision_items": 2}
+    assert world.erase_member(1) == {"events": 4, "decisions": 1, "decision_items": 2,
+                                     "experiment_exposures": 0}
     assert world.member_events(1) == [] and world.recent_offers(1, T0 - timedelta(days=1)) == {}
     assert world.member_events(2) == before_other
     assert world.count_events() == 4 and world.count_decisions() == 0
-    assert world.erase_member(1) == {"events": 0, "decisions": 0, "decision_items": 0}
+    assert world.erase_member(1) == {"events": 0, "decisions": 0, "decision_items": 0,
+                                     "experiment_exposures": 0}
     assert world.ping()

@@ -1,0 +1,76 @@
+"""Uplift experiments: define them, list them, and read their report (JSON)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from serving.api.deps import ServicesDep
+from serving.experiments.definition import Experiment, ExperimentCreate
+from serving.experiments.report import ExperimentReport
+from serving.experiments.service import (
+    ExperimentConflict, compute_report, create_experiment, get_experiment, list_experiments,
+    load_segments,
+)
+from serving.services import Services
+
+router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
+ExperimentId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class ExperimentList(BaseModel):
+    experiments: list[Experiment]
+
+
+def _not_found(experiment_id: str) -> JSONResponse:
+    return JSONResponse(status_code=404, content={"errors": [
+        {"field": "path.experiment_id", "reason": f"no experiment {experiment_id!r}"}]})
+
+
+@router.post("", response_model=Experiment, status_code=201,
+             responses={409: {"description": "period overlaps another experiment"}})
+async def create(body: ExperimentCreate, services: ServicesDep) -> Experiment | JSONResponse:
+    """Define an experiment; members are assigned to arms by a salted hash of their id."""
+    try:
+        experiment = await asyncio.to_thread(create_experiment, services.events, body,
+                                             datetime.now(UTC))
+    except ExperimentConflict as exc:
+        return JSONResponse(status_code=409, content={"errors": [
+            {"field": exc.field, "reason": exc.reason}]})
+    await asyncio.to_thread(services.experiments.refresh)  # applies from the next decision
+    return experiment
+
+
+@router.get("", response_model=ExperimentList)
+async def list_all(services: ServicesDep) -> ExperimentList:
+    return ExperimentList(experiments=await asyncio.to_thread(list_experiments, services.events))
+
+
+@router.get("/{experiment_id}", response_model=Experiment)
+async def get_one(experiment_id: ExperimentId, services: ServicesDep
+                  ) -> Experiment | JSONResponse:
+    found = await asyncio.to_thread(get_experiment, services.events, experiment_id)
+    return found if found is not None else _not_found(experiment_id)
+
+
+def service_report(services: Services, experiment: Experiment) -> ExperimentReport:
+    """The report as the service computes it (item costs from the catalog, region segments)."""
+    rewards = services.recommender.catalog.rewards
+    costs = dict(zip(rewards["reward_id"], rewards["cost"].astype(float), strict=True))
+    segments = load_segments(services.settings.catalog(services.store))
+    return compute_report(services.events, experiment, datetime.now(UTC), costs, segments)
+
+
+@router.get("/{experiment_id}/report", response_model=ExperimentReport)
+async def report(experiment_id: ExperimentId, services: ServicesDep
+                 ) -> ExperimentReport | JSONResponse:
+    """Per-arm rates with 95% CIs, uplift vs holdout and random, Qini, segments, budget."""
+    found = await asyncio.to_thread(get_experiment, services.events, experiment_id)
+    if found is None:
+        return _not_found(experiment_id)
+    return await asyncio.to_thread(service_report, services, found)
