@@ -432,6 +432,13 @@ def _promote_if_better(name: str) -> None:
     _echo(f"    {name} challenger v{result.version}: {verdict}")
 
 
+# Sub-apps in their own modules (imported last: they use the helpers above).
+from training.experiments_cli import experiments_app, uplift_app  # noqa: E402
+
+app.add_typer(experiments_app, name="experiments")
+app.add_typer(uplift_app, name="uplift")
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,261 @@
+"""`rewards experiments ...` and `rewards uplift ...`: experiments for marketers, uplift for any
+randomized dataset. Registered on the main app in training/cli.py."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from training.cli import DataDirOpt, UserError, _settings, friendly
+
+experiments_app = typer.Typer(help="Uplift experiments: define arms, run, report.",
+                              no_args_is_help=True)
+uplift_app = typer.Typer(help="Uplift modelling on any randomized dataset.", no_args_is_help=True)
+REPORTS_EXPERIMENT = "experiment-reports"  # MLflow experiment holding one run per report
+
+
+def _events(data_dir: Path | None):  # noqa: ANN202
+    from serving.config import get_serve_settings
+    from serving.events import open_event_store
+
+    return open_event_store(get_serve_settings().events(_settings(data_dir)))
+
+
+def _when(option: str, text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"{option}: expected an ISO time like 2026-12-01T00:00:00Z, "
+                        f"got {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _arms(text: str) -> list[dict[str, Any]]:
+    """``model=0.8,random=0.1,holdout=0.1`` (shares may also be percentages: model=80,...)."""
+    arms = []
+    for part in text.split(","):
+        name, _, share = part.partition("=")
+        try:
+            arms.append({"name": name.strip(), "share": float(share)})
+        except ValueError:
+            raise UserError(f"--arms: expected name=share pairs, got {part!r}") from None
+    if arms and sum(a["share"] for a in arms) > 1.5:  # percentages
+        arms = [{**a, "share": a["share"] / 100} for a in arms]
+    return arms
+
+
+@experiments_app.command("create")
+@friendly
+def create(
+    name: Annotated[str, typer.Option(help="Experiment name.")],
+    start: Annotated[str, typer.Option(help="Start, ISO time (UTC if no offset).")],
+    end: Annotated[str, typer.Option(help="End, ISO time.")],
+    arms: Annotated[str, typer.Option(help="Arms and shares.")] = "model=0.8,random=0.1,holdout=0.1",
+    primary_metric: Annotated[str, typer.Option(
+        help="redemption, challenge_completion or incremental_spend.")] = "redemption",
+    window_days: Annotated[int, typer.Option(help="Attribution window, days.")] = 7,
+    description: Annotated[str, typer.Option(help="Free text shown on the report.")] = "",
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Define an experiment (stored in the event store; a running service picks it up within
+    seconds)."""
+    from pydantic import ValidationError
+
+    from serving.experiments.definition import ExperimentCreate
+    from serving.experiments.service import create_experiment
+
+    try:
+        body = ExperimentCreate(name=name, start=_when("--start", start),
+                                end=_when("--end", end), arms=_arms(arms),
+                                primary_metric=primary_metric,  # type: ignore[arg-type]
+                                attribution_window_days=window_days, description=description)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise UserError(f"--{field.split('.')[0].replace('_', '-')}: {first['msg']}") from None
+    events = _events(data_dir)
+    try:
+        experiment = create_experiment(events, body, datetime.now(UTC))
+    finally:
+        events.close()
+    typer.echo(experiment.model_dump_json(indent=2))
+
+
+@experiments_app.command("list")
+@friendly
+def list_cmd(data_dir: DataDirOpt = None) -> None:
+    """Every experiment, oldest first (JSON)."""
+    from serving.experiments.service import list_experiments
+
+    events = _events(data_dir)
+    try:
+        found = list_experiments(events)
+    finally:
+        events.close()
+    typer.echo(json.dumps([e.model_dump(mode="json") for e in found], indent=2))
+
+
+def _segments(store: Any, serve: Any, segments: Path | None) -> Any:
+    """Region from the world's members, player type from the simulator's hidden truth when the
+    world has one (a real program has no such file), or a user's own table."""
+    import pandas as pd
+
+    from serving.experiments.service import load_segments
+    from training.uplift import read_table
+
+    if segments is not None:
+        table = read_table(segments)
+        if "member_id" not in table.columns:
+            raise UserError("--segments: the table needs a member_id column")
+        return table
+    world = serve.catalog(store)
+    table = load_segments(world)
+    traits = world / "truth" / "member_traits.parquet"
+    if table is not None and traits.is_file():
+        table = table.merge(pd.read_parquet(traits, columns=["member_id", "player_type"]),
+                            on="member_id", how="left")
+    return table
+
+
+@experiments_app.command("report")
+@friendly
+def report_cmd(
+    experiment_id: Annotated[str, typer.Argument(metavar="ID", help="Experiment id.")],
+    out: Annotated[Path, typer.Option(help="Folder for report.html, report.json, PNGs.")],
+    segments: Annotated[Path | None, typer.Option(
+        help="Optional CSV/parquet with member_id and segment columns (e.g. player_type).")]
+    = None,
+    mlflow_log: Annotated[bool, typer.Option("--mlflow/--no-mlflow",
+                                             help="Log the report as an MLflow run.")] = True,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Write the marketer's report (same HTML as GET /experiments/ID) and log it to MLflow."""
+    import pandas as pd
+
+    from serving.config import get_serve_settings
+    from serving.experiments.render import write_report
+    from serving.experiments.service import compute_report, get_experiment
+
+    store, serve = _settings(data_dir), get_serve_settings()
+    events = _events(data_dir)
+    try:
+        experiment = get_experiment(events, experiment_id)
+        if experiment is None:
+            raise UserError(f"ID: no experiment {experiment_id!r} (see `rewards experiments list`)")
+        costs = None
+        rewards_file = serve.catalog(store) / "rewards.parquet"
+        if rewards_file.is_file():
+            rewards = pd.read_parquet(rewards_file, columns=["reward_id", "cost"])
+            costs = dict(zip(rewards["reward_id"], rewards["cost"].astype(float), strict=True))
+        report = compute_report(events, experiment, datetime.now(UTC), costs,
+                                _segments(store, serve, segments))
+    finally:
+        events.close()
+    files = write_report(report, out)
+    result: dict[str, Any] = {"experiment_id": experiment_id, "members": report.members,
+                              "files": {k: str(v) for k, v in files.items()},
+                              "summary": report.summary, "warnings": report.warnings}
+    if mlflow_log:
+        result["mlflow_run_id"] = log_report_to_mlflow(store, report, out)
+    typer.echo(json.dumps(result, indent=2))
+
+
+def log_report_to_mlflow(store: Any, report: Any, out: Path) -> str:
+    """One run per report in the ``experiment-reports`` MLflow experiment: params, headline
+    metrics, and the HTML/PNG/JSON files as artifacts."""
+    import mlflow
+
+    from training import tracking
+
+    tracking.configure_mlflow(store.tracking_uri, store.artifact_root / REPORTS_EXPERIMENT,
+                              REPORTS_EXPERIMENT)
+    e = report.experiment
+    with mlflow.start_run(run_name=f"report-{e.id}") as run:
+        mlflow.set_tags({"experiment_id": e.id, "kind": "experiment-report"})
+        mlflow.log_params({"experiment_id": e.id, "name": e.name,
+                           "primary_metric": e.primary_metric,
+                           "arms": ",".join(f"{a.name}={a.share:g}" for a in e.arms),
+                           "attribution_window_days": e.attribution_window_days})
+        metrics: dict[str, float] = {"members": float(report.members),
+                                     "window_complete_share": report.window_complete_share}
+        for a in report.arms:
+            metrics[f"arm.{a.arm}.members"] = float(a.members)
+            if a.conversion_rate is not None:
+                metrics[f"arm.{a.arm}.conversion_rate"] = a.conversion_rate.value
+        for u in report.uplifts:
+            key = f"uplift.{u.treatment}_vs_{u.control}.{u.outcome}"
+            metrics.update({key: u.absolute.value, f"{key}.ci_low": u.absolute.ci_low,
+                            f"{key}.ci_high": u.absolute.ci_high, f"{key}.p_value": u.p_value})
+        if report.qini.available:
+            metrics["qini_auc"] = float(report.qini.qini_auc or 0.0)
+            metrics["uplift_auc"] = float(report.qini.uplift_auc or 0.0)
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(str(out), artifact_path="report")
+        return run.info.run_id
+
+
+@experiments_app.command("simulate-live")
+@friendly
+def simulate_live_cmd(
+    experiment_id: Annotated[str, typer.Argument(metavar="ID", help="A running experiment.")],
+    members: Annotated[int, typer.Option(min=1, help="Simulated members who visit.")] = 5_000,
+    seed: Annotated[int, typer.Option(help="Random seed of the members' answers.")] = 0,
+    api: Annotated[str | None, typer.Option(
+        help="Base URL of a running service; default: the app in-process.")] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """A live period on the simulated world: decisions through the API with the experiment's
+    arms applied, members answering per the hidden truth, outcomes posted as events."""
+    from serving.config import get_serve_settings
+    from training.live import simulate_live
+
+    store, serve = _settings(data_dir), get_serve_settings()
+    world = serve.catalog(store)
+    if not (world / "truth" / "member_traits.parquet").is_file():
+        raise UserError(f"no simulated world with hidden truth at {world}: run `rewards demo`")
+    if api is not None:
+        import httpx
+
+        with httpx.Client(base_url=api, timeout=120) as client:
+            result = simulate_live(client, world, experiment_id, members, seed)
+    else:
+        from fastapi.testclient import TestClient
+
+        from serving.main import create_app
+
+        with TestClient(create_app(store, serve)) as client:
+            result = simulate_live(client, world, experiment_id, members, seed)
+    typer.echo(json.dumps(result, indent=2))
+
+
+@uplift_app.command("evaluate")
+@friendly
+def uplift_evaluate(
+    data: Annotated[Path, typer.Option(help="Randomized dataset, .csv or .parquet.")],
+    treatment_col: Annotated[str, typer.Option(help="Column holding the group.")],
+    treated: Annotated[str, typer.Option(help="Value of the treated group.")],
+    control: Annotated[str, typer.Option(help="Value of the control group.")],
+    outcome: Annotated[str, typer.Option(help="Binary 0/1 outcome column.")],
+    features: Annotated[list[str] | None, typer.Option(
+        help="Feature column (repeat, or comma-separated); default: all other columns.")] = None,
+    predictions_out: Annotated[Path | None, typer.Option(
+        help="Write per-row out-of-fold uplift scores (.csv or .parquet).")] = None,
+    folds: Annotated[int, typer.Option(min=2, max=20, help="Cross-fitting folds.")] = 5,
+    seed: Annotated[int, typer.Option(help="Fold and model seed.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Cross-fitted T-learner (LightGBM) on any A/B dataset: Qini, uplift AUC, uplift@k, ATE."""
+    from training.uplift import evaluate_file
+
+    names = [f.strip() for part in (features or []) for f in part.split(",") if f.strip()]
+    result = evaluate_file(data, treatment_col, treated, control, outcome, names or None,
+                           predictions_out, folds, seed)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    for key, value in result.items():
+        typer.echo(f"{key:<20} {value:.6f}" if isinstance(value, float) else f"{key:<20} {value}")
