@@ -86,8 +86,8 @@ class Experiment(ExperimentCreate):
     def new(cls, body: ExperimentCreate, created_at: datetime) -> Experiment:
         slug = re.sub(r"[^a-z0-9]+", "-", body.name.lower()).strip("-")[:40] or "exp"
         exp_id = f"{slug}-{secrets.token_hex(3)}"
-        return cls(**{**body.model_dump(), "salt": body.salt or exp_id}, id=exp_id,
-                   created_at=created_at)
+        fields = body.model_dump(include=set(ExperimentCreate.model_fields))
+        return cls(**{**fields, "salt": body.salt or exp_id}, id=exp_id, created_at=created_at)
 
     def is_active(self, now: datetime) -> bool:
         return self.start <= now < self.end
