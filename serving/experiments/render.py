@@ -81,7 +81,7 @@ def _uplift_chart(uplifts: list[Uplift]) -> str:
     rows = [u for u in uplifts if u.outcome != "spend"]
     if not rows:
         return "<figure id='uplift-chart'><figcaption>Uplift: no data yet</figcaption></figure>"
-    w, row_h, left, right = 640, 34, 300, 30
+    w, row_h, left, right = 820, 34, 400, 40
     h = 40 + row_h * len(rows)
     lo = min(min(u.absolute.ci_low for u in rows), 0.0)
     hi = max(max(u.absolute.ci_high for u in rows), 0.0)
@@ -136,6 +136,11 @@ def _qini_chart(report: ExperimentReport) -> str:
              f"<text x='{(w + left) / 2}' y='{h - 8}' text-anchor='middle' font-size='12'>share "
              f"of members targeted, highest predicted uplift first</text>",
              f"<text x='14' y='{top + 10}' font-size='12'>extra buyers</text>",
+             f"<text x='{left - 6}' y='{h - bottom:.1f}' text-anchor='end' font-size='11'>"
+             f"{ymin:,.0f}</text><text x='{left - 6}' y='{top + 24}' text-anchor='end' "
+             f"font-size='11'>{ymax:,.0f}</text><text x='{left}' y='{h - bottom + 14}' "
+             f"font-size='11'>0%</text><text x='{w - 20}' y='{h - bottom + 14}' "
+             f"text-anchor='end' font-size='11'>100%</text>",
              f"<text x='{w - 20}' y='{top + 10}' text-anchor='end' font-size='11' "
              f"fill='#6b7280'>dashed: targeting at random</text>", "</svg>"]
     return (f"<figure id='qini-chart' class='chart'><figcaption>Qini curve: extra buyers gained "
@@ -172,7 +177,7 @@ def render_html(report: ExperimentReport) -> str:
         f"<tr><td>{escape(ARM_TITLE[u.treatment])} vs {escape(ARM_TITLE[u.control].lower())}"
         f"</td><td>{escape(u.label)}</td><td>{_fmt_diff(u, u.absolute.value)} <span class='ci'>"
         f"({_fmt_diff(u, u.absolute.ci_low)} to {_fmt_diff(u, u.absolute.ci_high)})</span></td>"
-        f"<td>{_rel(u)}</td><td>{u.p_value:.3g}</td><td>{_fmt_diff(u, u.mde, sign=False)}</td>"
+        f"<td>{_rel(u)}</td><td>{_p(u.p_value)}</td><td>{_fmt_diff(u, u.mde, sign=False)}</td>"
         "</tr>" for u in report.uplifts)
     seg_rows = "".join(
         f"<tr><td>{escape(s.segment)}</td><td>{escape(s.value)}</td><td>{s.n_treated:,}</td>"
@@ -238,6 +243,10 @@ comparable; everyone counts in their arm whether or not they used an offer.</li>
 def _conv_title(primary: str) -> str:
     return {"redeemed": "Redemption rate", "completed": "Challenge completion rate"}.get(
         primary, "Purchase rate")
+
+
+def _p(p: float) -> str:
+    return "&lt; 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _pts(x: float | None) -> str:
