@@ -298,8 +298,10 @@ def _sentence(treatment: str, control: str, outcome: Outcome, cmp: stats.Compari
 
 def _qini(m: pd.DataFrame, control: str | None) -> Qini:
     """Qini of the model's logged uplift score, treated = model arm, control = holdout/random."""
-    if control is None or not len(m):
+    if control is None:
         return Qini(available=False, reason="needs a model arm and a holdout or random arm")
+    if not len(m):
+        return Qini(available=False, reason="no members exposed yet")
     g = m[m["arm"].isin(["model", control]) & m["uplift_score"].notna()]
     y = g["purchased"].to_numpy(dtype=float)
     t = (g["arm"] == "model").to_numpy(dtype=float)
