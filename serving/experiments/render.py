@@ -183,7 +183,9 @@ def render_html(report: ExperimentReport) -> str:
         f"<tr><td>{escape(s.segment)}</td><td>{escape(s.value)}</td><td>{s.n_treated:,}</td>"
         f"<td>{s.n_control:,}</td><td>{_pct(s.treated_rate) if primary != 'spend' else _money(s.treated_rate)}</td>"
         f"<td>{_pct(s.control_rate) if primary != 'spend' else _money(s.control_rate)}</td>"
-        f"<td>{_seg_uplift(s.uplift, primary)}</td></tr>" for s in report.segments)
+        f"<td>{_seg_uplift(s.uplift, primary)}</td>"
+        f"{'' if primary == 'purchased' else '<td>' + _seg_uplift(s.purchase_uplift, 'purchased') + '</td>'}"
+        "</tr>" for s in report.segments)
     q = report.qini
     qini_text = ("" if not q.available else
                  f"<p>Targeting quality of the model's uplift scores over {q.n:,} members: "
@@ -226,8 +228,10 @@ experiment · {report.members:,} members · report of {report.as_of:%Y-%m-%d %H:
 <th>relative (95% CI)</th><th>p-value</th><th>smallest detectable</th></tr>{uplift_rows}</table>
 <h2>Targeting: does the model pick the right members?</h2>{_qini_chart(report)}{qini_text}
 <h2>By segment</h2><table id="segment-table"><tr><th>segment</th><th>value</th>
-<th>members (personalized)</th><th>members (comparison)</th><th>personalized</th>
-<th>comparison</th><th>difference (95% CI)</th></tr>{seg_rows}</table>
+<th>members (personalized)</th><th>members (comparison)</th>
+<th>{_measure(primary)}: personalized</th><th>{_measure(primary)}: comparison</th>
+<th>difference (95% CI)</th>
+{'' if primary == 'purchased' else '<th>purchase rate difference (95% CI)</th>'}</tr>{seg_rows}</table>
 {budget}
 <h2>How to read this page</h2><ul>
 <li><b>95% confidence interval</b>: the range the true value lies in, given the members we
@@ -247,6 +251,10 @@ def _conv_title(primary: str) -> str:
 
 def _p(p: float) -> str:
     return "&lt; 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _measure(primary: str) -> str:
+    return "spend per member" if primary == "spend" else _conv_title(primary).lower()
 
 
 def _pts(x: float | None) -> str:

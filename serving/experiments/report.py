@@ -99,9 +99,10 @@ class SegmentRow(BaseModel):
     value: str
     n_treated: int
     n_control: int
-    treated_rate: float | None
+    treated_rate: float | None  # of the primary outcome
     control_rate: float | None
-    uplift: Interval | None
+    uplift: Interval | None  # primary outcome, treated minus control
+    purchase_uplift: Interval | None  # purchase rate, treated minus control
 
 
 class BudgetView(BaseModel):
@@ -334,16 +335,23 @@ def _segments(m: pd.DataFrame, outcome: Outcome, control: str | None,
         for value, g in m.groupby(m[column].astype(str), sort=True):
             t = g.loc[g["arm"] == "model", outcome].to_numpy(dtype=float)
             c = g.loc[g["arm"] == control, outcome].to_numpy(dtype=float)
-            uplift = None
-            if t.size >= 2 and c.size >= 2:
-                ate, lo, hi, _ = stats.ate_difference_in_means(
-                    np.r_[t, c], np.r_[np.ones(t.size), np.zeros(c.size)], alpha)
-                uplift = Interval(value=ate, ci_low=lo, ci_high=hi)
             rows.append(SegmentRow(
                 segment=column, value=str(value), n_treated=int(t.size), n_control=int(c.size),
                 treated_rate=float(t.mean()) if t.size else None,
-                control_rate=float(c.mean()) if c.size else None, uplift=uplift))
+                control_rate=float(c.mean()) if c.size else None,
+                uplift=_difference(t, c, alpha),
+                purchase_uplift=_difference(
+                    g.loc[g["arm"] == "model", "purchased"].to_numpy(dtype=float),
+                    g.loc[g["arm"] == control, "purchased"].to_numpy(dtype=float), alpha)))
     return rows
+
+
+def _difference(t: np.ndarray, c: np.ndarray, alpha: float) -> Interval | None:
+    if t.size < 2 or c.size < 2:
+        return None
+    ate, low, high, _ = stats.ate_difference_in_means(
+        np.r_[t, c], np.r_[np.ones(t.size), np.zeros(c.size)], alpha)
+    return Interval(value=ate, ci_low=low, ci_high=high)
 
 
 def _budget(m: pd.DataFrame, control: str, alpha: float) -> BudgetView | None:
