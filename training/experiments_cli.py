@@ -54,7 +54,8 @@ def create(
     name: Annotated[str, typer.Option(help="Experiment name.")],
     start: Annotated[str, typer.Option(help="Start, ISO time (UTC if no offset).")],
     end: Annotated[str, typer.Option(help="End, ISO time.")],
-    arms: Annotated[str, typer.Option(help="Arms and shares.")] = "model=0.8,random=0.1,holdout=0.1",
+    arms: Annotated[str, typer.Option(help="Arms and shares (fractions or percentages).")]
+    = "model=0.8,random=0.1,holdout=0.1",
     primary_metric: Annotated[str, typer.Option(
         help="redemption, challenge_completion or incremental_spend.")] = "redemption",
     window_days: Annotated[int, typer.Option(help="Attribution window, days.")] = 7,

@@ -9,7 +9,9 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
-from serving.experiments.report import ArmSummary, ExperimentReport, Interval, Uplift
+from serving.experiments.report import (
+    ArmSummary, ExperimentReport, Interval, SegmentRow, Uplift,
+)
 
 COLORS = {"model": "#2463eb", "random": "#9333ea", "holdout": "#6b7280"}
 ARM_TITLE = {"model": "Personalized (model)", "random": "Random offer", "holdout": "No offer"}
@@ -39,7 +41,8 @@ def _bar_chart(chart_id: str, title: str, arms: list[ArmSummary], pick: str,
     rows = [(a.arm, getattr(a, pick)) for a in arms if getattr(a, pick) is not None]
     w, h, left, bottom, top = 420, 260, 60, 40, 30
     if not rows:
-        return f"<figure id='{chart_id}'><figcaption>{escape(title)}: no data yet</figcaption></figure>"
+        return (f"<figure id='{chart_id}'><figcaption>{escape(title)}: no data yet</figcaption>"
+                "</figure>")
     ymax = max(max(i.ci_high for _, i in rows), 1e-9) * 1.15
     plot_h = h - bottom - top
     bw = (w - left - 20) / len(rows)
@@ -179,13 +182,7 @@ def render_html(report: ExperimentReport) -> str:
         f"({_fmt_diff(u, u.absolute.ci_low)} to {_fmt_diff(u, u.absolute.ci_high)})</span></td>"
         f"<td>{_rel(u)}</td><td>{_p(u.p_value)}</td><td>{_fmt_diff(u, u.mde, sign=False)}</td>"
         "</tr>" for u in report.uplifts)
-    seg_rows = "".join(
-        f"<tr><td>{escape(s.segment)}</td><td>{escape(s.value)}</td><td>{s.n_treated:,}</td>"
-        f"<td>{s.n_control:,}</td><td>{_pct(s.treated_rate) if primary != 'spend' else _money(s.treated_rate)}</td>"
-        f"<td>{_pct(s.control_rate) if primary != 'spend' else _money(s.control_rate)}</td>"
-        f"<td>{_seg_uplift(s.uplift, primary)}</td>"
-        f"{'' if primary == 'purchased' else '<td>' + _seg_uplift(s.purchase_uplift, 'purchased') + '</td>'}"
-        "</tr>" for s in report.segments)
+    seg_rows = "".join(_segment_row(s, primary) for s in report.segments)
     q = report.qini
     qini_text = ("" if not q.available else
                  f"<p>Targeting quality of the model's uplift scores over {q.n:,} members: "
@@ -231,7 +228,7 @@ experiment · {report.members:,} members · report of {report.as_of:%Y-%m-%d %H:
 <th>members (personalized)</th><th>members (comparison)</th>
 <th>{_measure(primary)}: personalized</th><th>{_measure(primary)}: comparison</th>
 <th>difference (95% CI)</th>
-{'' if primary == 'purchased' else '<th>purchase rate difference (95% CI)</th>'}</tr>{seg_rows}</table>
+<th>purchase rate difference (95% CI)</th></tr>{seg_rows}</table>
 {budget}
 <h2>How to read this page</h2><ul>
 <li><b>95% confidence interval</b>: the range the true value lies in, given the members we
@@ -242,6 +239,14 @@ changed nothing; below 0.05 is the usual bar.</li>
 <li>Members are assigned to arms by a fixed random draw on their member id, so the arms are
 comparable; everyone counts in their arm whether or not they used an offer.</li></ul>
 </body></html>"""
+
+
+def _segment_row(s: SegmentRow, primary: str) -> str:
+    rate = _money if primary == "spend" else _pct
+    return (f"<tr><td>{escape(s.segment)}</td><td>{escape(s.value)}</td><td>{s.n_treated:,}</td>"
+            f"<td>{s.n_control:,}</td><td>{rate(s.treated_rate)}</td>"
+            f"<td>{rate(s.control_rate)}</td><td>{_seg_uplift(s.uplift, primary)}</td>"
+            f"<td>{_seg_uplift(s.purchase_uplift, 'purchased')}</td></tr>")
 
 
 def _conv_title(primary: str) -> str:

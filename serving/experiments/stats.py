@@ -322,7 +322,8 @@ def relative_change(treated: ArrayLike, control: ArrayLike, alpha: float = 0.05
     if t.size < 2 or c.size < 2 or t.mean() <= 0 or c.mean() <= 0:
         return None
     ratio = t.mean() / c.mean()
-    se = np.sqrt(t.var(ddof=1) / (t.size * t.mean() ** 2) + c.var(ddof=1) / (c.size * c.mean() ** 2))
+    se = np.sqrt(t.var(ddof=1) / (t.size * t.mean() ** 2)
+                 + c.var(ddof=1) / (c.size * c.mean() ** 2))
     z = _critical_value(alpha)
     return Estimate(float(ratio - 1), float(ratio * np.exp(-z * se) - 1),
                     float(ratio * np.exp(z * se) - 1))

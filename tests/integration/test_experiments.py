@@ -211,7 +211,7 @@ def test_cli_report_writes_html_pngs_and_logs_mlflow(store: StoreSettings, live:
     assert missing.exit_code == 2 and "ID" in missing.output
 
 
-# --- the page in a real browser --------------------------------------------------------------------
+# --- the page in a real browser ------------------------------------------------------------------
 
 
 def _free_port() -> int:

@@ -103,7 +103,8 @@ def test_uplift_evaluate_cli_agrees_with_reference_on_its_own_scores(ab_csv: Pat
     printed = json.loads(result.stdout)
     scores = pd.read_parquet(out)
     data = pd.read_csv(ab_csv)
-    assert printed["n_treated"] + printed["n_control"] == len(scores) == (data["grp"] != "other").sum()
+    kept = (data["grp"] != "other").sum()
+    assert printed["n_treated"] + printed["n_control"] == len(scores) == kept
     assert printed["rows_dropped"] == (data["grp"] == "other").sum()
     assert set(scores["fold"]) == set(range(5))  # every row scored out-of-fold
     # the rows written are the input rows, in order
