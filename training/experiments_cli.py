@@ -67,7 +67,7 @@ def create(
     from pydantic import ValidationError
 
     from serving.experiments.definition import ExperimentCreate
-    from serving.experiments.service import create_experiment
+    from serving.experiments.service import ExperimentConflict, create_experiment
 
     try:
         body = ExperimentCreate(name=name, start=_when("--start", start),
@@ -81,6 +81,8 @@ def create(
     events = _events(data_dir)
     try:
         experiment = create_experiment(events, body, datetime.now(UTC))
+    except ExperimentConflict as exc:
+        raise UserError(f"--start: {exc.reason}") from None
     finally:
         events.close()
     typer.echo(experiment.model_dump_json(indent=2))
