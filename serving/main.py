@@ -7,16 +7,19 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from urllib.parse import quote
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 
-from serving.api.routes import events, ops, recommendations
+from serving.api.routes import events, login, members, ops, recommendations
+from serving.auth import ApiError, LoginRequired, build_authenticator
 from serving.config import ServeSettings, StoreSettings, get_serve_settings, get_store_settings
+from serving.limits import BodyLimitMiddleware
 from serving.observability import Metrics, RequestContextMiddleware, configure_logging
 
 log = logging.getLogger("rewards.api")
-MAX_BODY_BYTES = 2 * 1024 * 1024
 
 
 def create_app(store: StoreSettings | None = None, settings: ServeSettings | None = None) -> FastAPI:
@@ -30,6 +33,8 @@ def create_app(store: StoreSettings | None = None, settings: ServeSettings | Non
         from serving.services import build_services
 
         configure_logging()
+        app.state.auth = await asyncio.to_thread(build_authenticator, settings.keys(store),
+                                                 settings)
         services = await asyncio.to_thread(build_services, store, settings, metrics)
         app.state.services = services
         services.start_background()
@@ -39,21 +44,27 @@ def create_app(store: StoreSettings | None = None, settings: ServeSettings | Non
             yield
         finally:
             services.close()
+            if app.state.auth.keys is not None:
+                app.state.auth.keys.close()
 
     app = FastAPI(title="rewards-reco", version="0.1.0", lifespan=lifespan,
                   description="Personalized rewards and challenges for loyalty programs.")
     app.include_router(recommendations.router)
     app.include_router(events.router)
+    app.include_router(members.router)
     app.include_router(ops.router)
+    app.include_router(login.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return JSONResponse(status_code=413, content={"errors": [
-                {"field": "body", "reason": f"request body over {MAX_BODY_BYTES} bytes"}]})
-        return await call_next(request)
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, headers=exc.headers, content={
+            "errors": [{"field": exc.field, "reason": exc.reason}]})
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(_: Request, exc: LoginRequired) -> RedirectResponse:
+        return RedirectResponse(f"/login?next={quote(exc.next_path, safe='')}", status_code=303)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

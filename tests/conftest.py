@@ -49,3 +49,19 @@ def trained_store(small_store):  # noqa: ANN001, ANN201
     reward = train_reward(small_store, settings)
     difficulty = train_difficulty(small_store, settings)
     return small_store, settings, reward, difficulty
+
+
+@pytest.fixture(scope="session")
+def make_api_key():  # noqa: ANN201
+    """Create an API key in the key table of ``url`` (the event store's database); returns the
+    plaintext key. Tests authenticate like clients do instead of turning auth off."""
+    from serving.keys import SCOPES, open_key_store
+
+    def make(url: str, *scopes: str, rate_limit: float | None = 1e6, name: str = "test") -> str:
+        store = open_key_store(url)
+        try:
+            return store.create(name, scopes or SCOPES, rate_limit)[1]
+        finally:
+            store.close()
+
+    return make
