@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from serving.api.deps import AdminKey, ServicesDep
@@ -42,7 +42,9 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+                       **AUTH_ERRORS})
 async def metrics(request: Request, services: ServicesDep) -> Response:
     """Prometheus exposition: open by default (no member data in it; block it at the edge),
     or behind an `admin` key with REWARDS_METRICS_REQUIRE_KEY=true."""
