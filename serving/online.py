@@ -46,11 +46,28 @@ class OnlineFeatureReader:
         key = self._entity_key(join_keys=[self._join_key],
                                entity_values=[self._value(int64_val=int(entity_id))])
         with self._lock:
-            [(ts, values)] = self._online.online_read(self._store.config, self._view, [key],
-                                                      self.feature_names)
+            try:
+                [(ts, values)] = self._online.online_read(self._store.config, self._view, [key],
+                                                          self.feature_names)
+            except Exception:
+                self._reconnect()
+                raise
         if not values:
             return None
         return MemberRow({n: _as_float(values[n]) for n in self.feature_names if n in values}, ts)
+
+    def _reconnect(self) -> None:
+        """After a failed read, drop the SQLite store's connection so the next read opens a
+        new one: a connection that saw its database file vanish or break keeps failing (it
+        caches the schema) even after the file is back. Redis clients reconnect by themselves.
+        """
+        conn = getattr(self._online, "_conn", None)
+        if type(self._online).__name__ == "SqliteOnlineStore" and conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001, S110 - it is being discarded anyway
+                pass
+            self._online._conn = None
 
     def erase(self, entity_id: int) -> int:
         """Delete the entity's row from the online store (privacy erasure); rows removed.

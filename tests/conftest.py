@@ -65,3 +65,20 @@ def make_api_key():  # noqa: ANN201
             store.close()
 
     return make
+
+
+@pytest.fixture(scope="session")
+def copy_store(trained_store):  # noqa: ANN001, ANN201
+    """A private copy of the trained small world (Feast stores, MLflow registry, model cache):
+    for tests that break, erase or re-point things the rest of the session relies on."""
+    import shutil
+
+    original = trained_store[0]
+
+    def copy(dest: Path):  # noqa: ANN202
+        shutil.copytree(original.data, dest / "data")
+        shutil.copytree(original.models, dest / "models")
+        return original.model_copy(update={"data_dir": dest / "data",
+                                           "models_dir": dest / "models"})
+
+    return copy

@@ -8,7 +8,6 @@ The app runs on a copy of the small world's data, so fuzzed erasures touch nothi
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 
@@ -29,14 +28,12 @@ CHECKS = [checks.not_a_server_error, checks.response_schema_conformance,
 
 
 @pytest.fixture(scope="module")
-def fuzz_app(trained_store, tmp_path_factory: pytest.TempPathFactory,  # noqa: ANN001
+def fuzz_app(copy_store, tmp_path_factory: pytest.TempPathFactory,  # noqa: ANN001
              make_api_key) -> Iterator[tuple[object, str]]:  # noqa: ANN001
     from serving.main import create_app
 
-    original = trained_store[0]
     root = tmp_path_factory.mktemp("fuzz")
-    shutil.copytree(original.data, root / "data")
-    store = original.model_copy(update={"data_dir": root / "data"})
+    store = copy_store(root)
     url = f"sqlite:///{root / 'events.db'}"
     key = make_api_key(url, "recommend", "events", "admin")
     app = create_app(store, ServeSettings(events_url=url, model_poll_seconds=0, seed=1))
