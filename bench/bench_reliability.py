@@ -184,22 +184,32 @@ def main() -> None:
             server = Server(data, models, events_url, args.port, args.workers)
             try:
                 wrk_run(wrk, args.port, key, 4, 5, members, None)  # warm-up
-                if "load" in want:
-                    report["load"] = wrk_run(wrk, args.port, key, conns, args.seconds, members,
-                                             args.rate)
-                if "sustainable" in want:
-                    report["sustainable"] = wrk_run(wrk, args.port, key, conns, args.seconds,
-                                                    members, args.sustainable_rate)
-                if "outage" in want:
-                    report["outage"] = outage(wrk, args, key, members, data)
-                if "promotion" in want:
-                    report["promotion"] = promotion(wrk, args, key, members, data, models)
+                scenarios = {
+                    "load": lambda: wrk_run(wrk, args.port, key, conns, args.seconds, members,
+                                            args.rate),
+                    "sustainable": lambda: wrk_run(wrk, args.port, key, conns, args.seconds,
+                                                   members, args.sustainable_rate),
+                    "outage": lambda: outage(wrk, args, key, members, data),
+                    "promotion": lambda: promotion(wrk, args, key, members, data, models),
+                }
+                for name, run in scenarios.items():
+                    if name in want:
+                        report[name] = guarded(run)
+                        print(json.dumps({name: report[name]}), file=sys.stderr, flush=True)
             finally:
                 server.stop()
         if "auth" in want:
-            report["auth_overhead"] = auth_overhead(wrk, args, key, members, data, models,
-                                                    events_url)
+            report["auth_overhead"] = guarded(lambda: auth_overhead(
+                wrk, args, key, members, data, models, events_url))
     print(json.dumps(report, indent=2))
+
+
+def guarded(run) -> object:  # noqa: ANN001
+    """One scenario's result, or its error: a failure must not lose the other results."""
+    try:
+        return run()
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def outage(wrk: str, args: argparse.Namespace, key: str, members: int,
@@ -236,7 +246,10 @@ def promotion(wrk: str, args: argparse.Namespace, key: str, members: int, data: 
     """A new champion version registered, aliased and reloaded 10 s into a 30 s run."""
     from mlflow import MlflowClient
 
+    import mlflow
+
     uri = f"sqlite:///{data / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)  # registering from a models:/ source resolves it globally
     registry = MlflowClient(tracking_uri=uri, registry_uri=uri)
     old = registry.get_model_version_by_alias("reward", "champion")
     new = registry.create_model_version("reward", source=old.source, run_id=old.run_id,
@@ -283,7 +296,7 @@ def auth_microbench(n: int = 20_000) -> dict[str, float]:
 
     with tempfile.TemporaryDirectory() as tmp:
         store = open_key_store(f"sqlite:///{Path(tmp) / 'k.db'}")
-        raw = store.create("micro", ["recommend"], rate_limit=1e9)[1]
+        raw = store.create("micro", ["recommend"], rate_limit=1e6)[1]
         auth = Authenticator(store, disabled=False, cache_ttl=60, default_rate_limit=1e9,
                              session_secret=b"x" * 32, session_ttl=60, cookie_secure=True)
 

@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -69,13 +68,18 @@ def create_app(store: StoreSettings | None = None, settings: ServeSettings | Non
         return RedirectResponse(f"/login?next={quote(exc.next_path, safe='')}", status_code=303)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         # FastAPI answers a body it cannot decode (e.g. not UTF-8) with a bare 400: make it
-        # the documented 422 naming the body. Other HTTP errors keep FastAPI's default.
+        # the documented 422 naming the body.
         if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
             return JSONResponse(status_code=422, content={"errors": [
                 {"field": "body", "reason": "body is not valid UTF-8 JSON"}]})
-        return await http_exception_handler(request, exc)
+        if exc.status_code in (204, 304):
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        # HTTPException(404, "...") from any route: the API's error shape, plus FastAPI's
+        # `detail` for callers that read it.
+        return JSONResponse(status_code=exc.status_code, headers=exc.headers, content={
+            "errors": [{"field": None, "reason": str(exc.detail)}], "detail": exc.detail})
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

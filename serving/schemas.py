@@ -127,7 +127,8 @@ class ErrorResponse(BaseModel):
     errors: list[ErrorItem]
 
 
-_ERROR_TEXT = {401: "missing or invalid API key", 403: "the key lacks the route's scope",
+_ERROR_TEXT = {400: "bad request", 401: "missing or invalid API key",
+               403: "the key lacks the route's scope", 404: "not found", 409: "conflict",
                413: "request body too large", 422: "invalid input; each error names its field",
                429: "rate limit exceeded; retry after Retry-After seconds",
                503: "a store is unavailable; retry after Retry-After seconds"}

@@ -138,6 +138,9 @@ def test_sigkill_during_event_burst_loses_no_acknowledged_event(
         server.terminate()
         server.wait(timeout=30)
     assert accepted + duplicates == BURST and duplicates == len(stored)
+    print(f"RELIABILITY sigkill: acknowledged before the kill {len(acked)}, stored {len(stored)} "
+          f"(acked and lost: {len(set(acked) - stored)}), replay after restart: {accepted} new, "
+          f"{duplicates} duplicates")
     events = open_event_store(url)
     try:
         assert events.count_events() == BURST  # each event exactly once
@@ -211,17 +214,33 @@ def test_online_store_outage_under_traffic(private_app) -> None:  # noqa: ANN001
     assert all(any("online store" in reason for reason in r[4]) for r in outage)
     after = by_phase["after"]
     assert after and all(not r[2] and r[3] for r in after), "personalization did not return"
+    print("RELIABILITY outage: " + ", ".join(
+        f"{p} {len(rs)} requests / {sum(r[2] for r in rs)} degraded / "
+        f"{sum(r[1] >= 500 for r in rs)} 5xx" for p, rs in by_phase.items()))
 
 
 def test_corrupt_or_mismatching_champion_is_refused(private_app) -> None:  # noqa: ANN001
     """A champion whose ONNX file is garbage, then one whose inputs do not match its
     FeatureService: both refused, v1 keeps serving, /readyz and /metrics show the refusals."""
+    import mlflow
+
+    client, store = private_app
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store.tracking_uri)  # a models:/ source resolves globally
+    try:
+        check_refusals(client, store)
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+
+
+def check_refusals(client: TestClient, store: StoreSettings) -> None:
+    import json
+
     import onnx
     from mlflow import MlflowClient
 
     from serving.model_meta import METADATA_KEY
 
-    client, store = private_app
     registry = MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
     v1 = registry.get_model_version_by_alias("reward", "champion")
     good = store.models / "reward" / str(v1.version) / "model.onnx"
@@ -240,8 +259,6 @@ def test_corrupt_or_mismatching_champion_is_refused(private_app) -> None:  # noq
 
     model = onnx.load(str(good))
     prop = next(p for p in model.metadata_props if p.key == METADATA_KEY)
-    import json
-
     meta = json.loads(prop.value)
     meta["service_features"] = list(reversed(meta["service_features"]))
     prop.value = json.dumps(meta)

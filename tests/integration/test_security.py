@@ -254,3 +254,38 @@ def test_metrics_can_require_an_admin_key(trained_store, tmp_path, make_api_key)
     with TestClient(create_app(trained_store[0], settings)) as client:
         assert client.get("/metrics").status_code == 401
         assert client.get("/metrics", headers=bearer(admin)).status_code == 200
+
+
+GOOD_EVENT = {"event_id": "h-1", "event_type": "purchase", "member_id": 3, "amount": 5.0,
+              "timestamp": "2026-11-01T00:00:00Z"}
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"member_id": 2**63}, "body.events.0.member_id"),
+    ({"member_id": -1}, "body.events.0.member_id"),
+    ({"event_id": "a" * 65}, "body.events.0.event_id"),
+    ({"event_id": "x'; DROP TABLE events;--"}, "body.events.0.event_id"),
+    ({"timestamp": "2026-11-01T00:00:00"}, "body.events.0.timestamp"),  # naive
+    ({"timestamp": "9999-12-31T23:59:59-23:00"}, "body.events.0.timestamp"),  # overflows UTC
+    ({"amount": 1e300}, "body.events.0.amount"),
+    ({"cost": 1e12}, "body.events.0.cost"),
+    ({"reward_id": "R" * 17}, "body.events.0.reward_id"),
+    ({"email": "a@b.c"}, "body.events.0.email"),  # unknown fields never get stored
+    ({"properties": {"k": "v" * 257}}, "body.events.0.properties.k"),
+    ({"properties": {f"k{i}": i for i in range(21)}}, "body.events.0.properties"),
+    ({"properties": {"n": 2**60}}, "body.events.0.properties.n"),
+])
+def test_event_input_is_bounded(secured, change: dict, field: str) -> None:  # noqa: ANN001
+    client, keys, _ = secured
+    r = client.post("/v1/events", json={"events": [{**GOOD_EVENT, **change}]},
+                    headers=bearer(keys["events"]))
+    assert r.status_code == 422, r.text
+    fields = [e["field"] for e in r.json()["errors"]]
+    assert any(f.startswith(field) for f in fields), fields
+
+
+def test_undecodable_body_is_a_422_naming_the_body(secured) -> None:  # noqa: ANN001
+    client, keys, _ = secured
+    r = client.post("/v1/events", content=b"\xff\xfe{", headers={
+        **bearer(keys["events"]), "content-type": "application/json"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body"
