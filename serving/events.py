@@ -55,9 +55,7 @@ ItemId = Annotated[
 ]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=32)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
-# Property integers stay within JSON's exact range (and SQLite's INTEGER when stored).
-PropertyValue = (Annotated[str, StringConstraints(max_length=256)]
-                 | Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1)] | Finite | bool)
+PropertyValue = Annotated[str, StringConstraints(max_length=256)] | int | Finite | bool
 #: Ids are pseudonymous integers; 2**53 - 1 keeps them exact in JSON and within BIGINT.
 MAX_MEMBER_ID = 9_007_199_254_740_991
 
@@ -99,6 +97,18 @@ class EventIn(BaseModel):
                      PropertyValue] | None = Field(None, max_length=20)
 
     _timestamp_utc = field_validator("timestamp")(_utc)
+
+    @field_validator("properties", mode="before")
+    @classmethod
+    def _exact_integers(cls, value: Any) -> Any:
+        """Integers beyond 2**53 lose digits in JSON clients (and would silently become floats
+        in the union below): refuse them."""
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, int) and not isinstance(item, bool) and (
+                        abs(item) > MAX_MEMBER_ID):
+                    raise ValueError(f"{key!r}: integers must be within +-(2**53 - 1)")
+        return value
 
     @field_validator("challenge_id")
     @classmethod
