@@ -31,6 +31,7 @@ LUA = """
 math.randomseed(%(seed)d)
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(key)s"
 request = function()
   local id = math.random(1, %(members)d)
   return wrk.format(nil, "/v1/recommendations", nil,
@@ -75,11 +76,14 @@ def parse_wrk(text: str) -> dict[str, float]:
             "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}
 
 
+API_KEY = ""  # created in main(): the benchmark authenticates like any client
+
+
 def run_wrk(wrk: str, port: int, connections: int, seconds: int, members: int,
             delay_ms: float | None) -> dict[str, float]:
     delay = f"delay = function() return {delay_ms:.3f} end" if delay_ms else ""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write(LUA % {"seed": 7, "members": members, "delay": delay})
+        fh.write(LUA % {"seed": 7, "members": members, "delay": delay, "key": API_KEY})
     out = subprocess.run(
         [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", fh.name,
          f"http://127.0.0.1:{port}"], capture_output=True, text=True, timeout=seconds + 60)
@@ -101,6 +105,12 @@ def main() -> None:
     env = {**os.environ, "REWARDS_MODEL_POLL_SECONDS": "0"}
     with tempfile.TemporaryDirectory() as tmp:
         env.setdefault("REWARDS_EVENTS_URL", f"sqlite:///{Path(tmp) / 'events.db'}")
+        from serving.keys import open_key_store
+
+        global API_KEY
+        keys = open_key_store(env["REWARDS_EVENTS_URL"])
+        API_KEY = keys.create("bench_serving", ["recommend"], rate_limit=1e6)[1]
+        keys.close()
         server = subprocess.Popen(
             [sys.executable, "-m", "training.cli", "serve", "--port", str(args.port),
              "--workers", str(args.workers)],

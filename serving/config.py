@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -84,9 +84,34 @@ class ServeSettings(BaseSettings):
     budget_refresh_seconds: float = Field(5.0, gt=0)
     online_timeout_ms: float = Field(200.0, gt=0)
     seed: int | None = None
+    # -- security (serving/auth.py, docs/security.md) --
+    auth_disabled: bool = Field(
+        False, description="local development only: every route open, no key needed; logged as "
+                           "a WARNING at startup and reported by /readyz")
+    auth_cache_ttl_seconds: float = Field(
+        5.0, ge=0, description="key lookups are cached this long: a revoked key stops working "
+                               "within it")
+    default_rate_limit: float = Field(100.0, gt=0,
+                                      description="requests/s per key for keys that set none")
+    keys_url: str | None = Field(None, description="API key table; default: the event store's "
+                                                   "database")
+    session_secret: SecretStr | None = Field(
+        None, description="HMAC key of login cookies; default: a random secret created once in "
+                          "the key database and shared by every process using it")
+    session_ttl_seconds: int = Field(8 * 3600, gt=0, description="login cookie lifetime")
+    session_cookie_secure: bool = Field(
+        True, description="Secure flag of the login cookie (browsers accept it on localhost)")
+    metrics_require_key: bool = Field(
+        False, description="/metrics needs an `admin` key (default: open, like /healthz)")
+    max_body_bytes: int = Field(2 * 1024 * 1024, gt=0,
+                                description="largest request body, with or without "
+                                            "Content-Length")
 
     def events(self, store: StoreSettings) -> str:
         return self.events_url or f"sqlite:///{store.data / 'events.db'}"
+
+    def keys(self, store: StoreSettings) -> str:
+        return self.keys_url or self.events(store)
 
     def rules(self, store: StoreSettings) -> Path:
         return self.rules_file or store.home / "config" / "rules.toml"

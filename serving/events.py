@@ -56,10 +56,23 @@ ItemId = Annotated[
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=32)]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 PropertyValue = Annotated[str, StringConstraints(max_length=256)] | int | Finite | bool
+#: Ids are pseudonymous integers; 2**53 - 1 keeps them exact in JSON and within BIGINT.
+MAX_MEMBER_ID = 9_007_199_254_740_991
+
+
+_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 
 def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    """In UTC, and within a sane range (an overflowing offset must be a 422, not a crash)."""
+    try:
+        out = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("timestamp out of range") from None
+    if not _EARLIEST <= out < _LATEST:
+        raise ValueError("timestamp must be between 2000-01-01 and 2100-01-01 (UTC)")
+    return out
 
 
 class EventIn(BaseModel):
@@ -73,17 +86,29 @@ class EventIn(BaseModel):
 
     event_id: Identifier
     event_type: EventType
-    member_id: int = Field(ge=1)
+    member_id: int = Field(ge=1, le=MAX_MEMBER_ID)
     timestamp: AwareDatetime
     decision_id: Identifier | None = None
     challenge_id: ItemId | None = Field(None, validate_default=True)
     reward_id: ItemId | None = Field(None, validate_default=True)
     amount: float | None = Field(None, ge=0, le=1e7, allow_inf_nan=False, validate_default=True)
-    cost: float | None = Field(None, ge=0, allow_inf_nan=False)
+    cost: float | None = Field(None, ge=0, le=1e7, allow_inf_nan=False)
     properties: dict[Annotated[str, StringConstraints(min_length=1, max_length=64)],
                      PropertyValue] | None = Field(None, max_length=20)
 
     _timestamp_utc = field_validator("timestamp")(_utc)
+
+    @field_validator("properties", mode="before")
+    @classmethod
+    def _exact_integers(cls, value: Any) -> Any:
+        """Integers beyond 2**53 lose digits in JSON clients (and would silently become floats
+        in the union below): refuse them."""
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, int) and not isinstance(item, bool) and (
+                        abs(item) > MAX_MEMBER_ID):
+                    raise ValueError(f"{key!r}: integers must be within +-(2**53 - 1)")
+        return value
 
     @field_validator("challenge_id")
     @classmethod

@@ -7,16 +7,20 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from urllib.parse import quote
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.api.routes import events, experiments, ops, pages, recommendations
+from serving.api.routes import events, experiments, login, members, ops, pages, recommendations
+from serving.auth import ApiError, LoginRequired, build_authenticator
 from serving.config import ServeSettings, StoreSettings, get_serve_settings, get_store_settings
+from serving.limits import BodyLimitMiddleware
 from serving.observability import Metrics, RequestContextMiddleware, configure_logging
 
 log = logging.getLogger("rewards.api")
-MAX_BODY_BYTES = 2 * 1024 * 1024
 
 
 def create_app(store: StoreSettings | None = None, settings: ServeSettings | None = None) -> FastAPI:
@@ -30,6 +34,8 @@ def create_app(store: StoreSettings | None = None, settings: ServeSettings | Non
         from serving.services import build_services
 
         configure_logging()
+        app.state.auth = await asyncio.to_thread(build_authenticator, settings.keys(store),
+                                                 settings)
         services = await asyncio.to_thread(build_services, store, settings, metrics)
         app.state.services = services
         services.start_background()
@@ -39,23 +45,43 @@ def create_app(store: StoreSettings | None = None, settings: ServeSettings | Non
             yield
         finally:
             services.close()
+            if app.state.auth.keys is not None:
+                app.state.auth.keys.close()
 
     app = FastAPI(title="rewards-reco", version="0.1.0", lifespan=lifespan,
                   description="Personalized rewards and challenges for loyalty programs.")
     app.include_router(recommendations.router)
     app.include_router(events.router)
+    app.include_router(members.router)
     app.include_router(ops.router)
     app.include_router(experiments.router)
     app.include_router(pages.router)  # HTML for people; auth attaches to this router
+    app.include_router(login.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # noqa: ANN001, ANN202
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return JSONResponse(status_code=413, content={"errors": [
-                {"field": "body", "reason": f"request body over {MAX_BODY_BYTES} bytes"}]})
-        return await call_next(request)
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(status_code=exc.status, headers=exc.headers, content={
+            "errors": [{"field": exc.field, "reason": exc.reason}]})
+
+    @app.exception_handler(LoginRequired)
+    async def login_required(_: Request, exc: LoginRequired) -> RedirectResponse:
+        return RedirectResponse(f"/login?next={quote(exc.next_path, safe='')}", status_code=303)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        # FastAPI answers a body it cannot decode (e.g. not UTF-8) with a bare 400: make it
+        # the documented 422 naming the body.
+        if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            return JSONResponse(status_code=422, content={"errors": [
+                {"field": "body", "reason": "body is not valid UTF-8 JSON"}]})
+        if exc.status_code in (204, 304):
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        # HTTPException(404, "...") from any route: the API's error shape, plus FastAPI's
+        # `detail` for callers that read it.
+        return JSONResponse(status_code=exc.status_code, headers=exc.headers, content={
+            "errors": [{"field": None, "reason": str(exc.detail)}], "detail": exc.detail})
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -46,11 +46,64 @@ class OnlineFeatureReader:
         key = self._entity_key(join_keys=[self._join_key],
                                entity_values=[self._value(int64_val=int(entity_id))])
         with self._lock:
-            [(ts, values)] = self._online.online_read(self._store.config, self._view, [key],
-                                                      self.feature_names)
+            try:
+                [(ts, values)] = self._online.online_read(self._store.config, self._view, [key],
+                                                          self.feature_names)
+            except Exception:
+                self._reconnect()
+                raise
         if not values:
             return None
         return MemberRow({n: _as_float(values[n]) for n in self.feature_names if n in values}, ts)
+
+    def _reconnect(self) -> None:
+        """After a failed read, drop the SQLite store's connection so the next read opens a
+        new one: a connection that saw its database file vanish or break keeps failing (it
+        caches the schema) even after the file is back. Redis clients reconnect by themselves.
+        """
+        conn = getattr(self._online, "_conn", None)
+        if type(self._online).__name__ == "SqliteOnlineStore" and conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001, S110 - it is being discarded anyway
+                pass
+            self._online._conn = None
+
+    def erase(self, entity_id: int) -> int:
+        """Delete the entity's row from the online store (privacy erasure); rows removed.
+
+        Feast has no per-entity delete (only whole tables, or every key of an entity type on
+        Redis), so this uses each store's own layout, with Feast's own key encoding:
+        SQLite keeps one row per (entity, feature) in table ``<project>_<view>``; Redis keeps
+        one hash per entity (all its views) under ``_redis_key(project, entity_key)``.
+        The next materialization writes the member back if the offline sources still hold
+        them: erasure must reach those too (docs/privacy.md).
+        """
+        config = self._store.config
+        key = self._entity_key(join_keys=[self._join_key],
+                               entity_values=[self._value(int64_val=int(entity_id))])
+        kind = type(self._online).__name__
+        version = config.entity_key_serialization_version
+        with self._lock:
+            if kind == "SqliteOnlineStore":
+                from feast.infra.key_encoding_utils import serialize_entity_key
+                from feast.infra.online_stores.sqlite import _quote_id, _table_id
+
+                conn = self._online._get_conn(config)
+                table = _table_id(config.project, self._view,
+                                  config.registry.enable_online_feature_view_versioning)
+                with conn:  # commits
+                    cur = conn.execute(
+                        f"DELETE FROM {_quote_id(table)} WHERE entity_key = ?",
+                        (serialize_entity_key(key, entity_key_serialization_version=version),))
+                return int(cur.rowcount)
+            if kind == "RedisOnlineStore":
+                from feast.infra.online_stores.helpers import _redis_key
+
+                client = self._online._get_client(config.online_store)
+                return int(client.delete(_redis_key(config.project, key,
+                                                    entity_key_serialization_version=version)))
+        raise NotImplementedError(f"erasure from a {kind} online store is not implemented")
 
 
 def _as_float(value: object) -> float:

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from serving.contract import REGIONS, TIERS
-from serving.events import EventIn
+from serving.events import MAX_MEMBER_ID, EventIn
 
 ItemId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,16}$")]
 Channel = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
-MemberId = Annotated[int, Field(ge=1, le=9_007_199_254_740_991)]
+MemberId = Annotated[int, Field(ge=1, le=MAX_MEMBER_ID)]
 MAX_BATCH = 1_000
 
 
@@ -107,3 +107,39 @@ class EventsResponse(BaseModel):
 class ReloadResponse(BaseModel):
     outcomes: dict[str, str]
     versions: dict[str, str]
+
+
+class ErasureResponse(BaseModel):
+    """What DELETE /v1/members/{id} removed, per store."""
+
+    member_id: int
+    erased: dict[str, int] = Field(description="rows deleted: events, decisions, "
+                                               "decision_items, online_features")
+
+
+class ErrorItem(BaseModel):
+    field: str | None = Field(description="the offending field, e.g. body.member_id")
+    reason: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error of the API: 401, 403, 413, 422, 429, 500."""
+
+    errors: list[ErrorItem]
+
+
+_ERROR_TEXT = {400: "bad request", 401: "missing or invalid API key",
+               403: "the key lacks the route's scope", 404: "not found", 409: "conflict",
+               413: "request body too large", 422: "invalid input; each error names its field",
+               429: "rate limit exceeded; retry after Retry-After seconds",
+               503: "a store is unavailable; retry after Retry-After seconds"}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` documenting the error body (FastAPI's default 422 schema is not the
+    one this API returns)."""
+    return {code: {"model": ErrorResponse, "description": _ERROR_TEXT[code]} for code in codes}
+
+
+#: What every route behind an API key may answer besides its success.
+AUTH_ERRORS = error_responses(401, 403, 413, 422, 429)

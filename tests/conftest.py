@@ -49,3 +49,36 @@ def trained_store(small_store):  # noqa: ANN001, ANN201
     reward = train_reward(small_store, settings)
     difficulty = train_difficulty(small_store, settings)
     return small_store, settings, reward, difficulty
+
+
+@pytest.fixture(scope="session")
+def make_api_key():  # noqa: ANN201
+    """Create an API key in the key table of ``url`` (the event store's database); returns the
+    plaintext key. Tests authenticate like clients do instead of turning auth off."""
+    from serving.keys import SCOPES, open_key_store
+
+    def make(url: str, *scopes: str, rate_limit: float | None = 1e6, name: str = "test") -> str:
+        store = open_key_store(url)
+        try:
+            return store.create(name, scopes or SCOPES, rate_limit)[1]
+        finally:
+            store.close()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def copy_store(trained_store):  # noqa: ANN001, ANN201
+    """A private copy of the trained small world (Feast stores, MLflow registry, model cache):
+    for tests that break, erase or re-point things the rest of the session relies on."""
+    import shutil
+
+    original = trained_store[0]
+
+    def copy(dest: Path):  # noqa: ANN202
+        shutil.copytree(original.data, dest / "data")
+        shutil.copytree(original.models, dest / "models")
+        return original.model_copy(update={"data_dir": dest / "data",
+                                           "models_dir": dest / "models"})
+
+    return copy

@@ -30,6 +30,10 @@ models_app = typer.Typer(help="Inspect, promote and roll back registered models.
                          no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
+keys_app = typer.Typer(help="Create, list and revoke API keys (stored hashed).",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -302,6 +306,73 @@ def models_rollback(
     typer.echo(json.dumps(dict(event)))
 
 
+def _key_store(data_dir: Path | None):  # noqa: ANN202
+    from serving.config import get_serve_settings
+    from serving.keys import open_key_store
+
+    return open_key_store(get_serve_settings().keys(_settings(data_dir)))
+
+
+@keys_app.command("create")
+@friendly
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what uses the key, e.g. 'crm-prod'.")],
+    scope: Annotated[list[str], typer.Option(
+        help="Scope to grant (repeat): recommend, events, experiments:read, "
+             "experiments:write, admin.")],
+    rate_limit: Annotated[float | None, typer.Option(
+        help="Requests per second for this key (default: REWARDS_DEFAULT_RATE_LIMIT).")] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Create a key and print it ONCE: only its hash is stored."""
+    store = _key_store(data_dir)
+    try:
+        record, raw = store.create(name, scope, rate_limit)
+    finally:
+        store.close()
+    typer.echo(json.dumps({**record.public(), "key": raw}))
+    _echo("store this key now: it cannot be shown again (only its SHA-256 is kept)")
+
+
+@keys_app.command("list")
+@friendly
+def keys_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Every key: id, name, scopes, rate limit, created, revoked (never the key itself)."""
+    store = _key_store(data_dir)
+    try:
+        keys = [k.public() for k in store.list_keys()]
+    finally:
+        store.close()
+    if as_json:
+        typer.echo(json.dumps(keys, indent=2))
+        return
+    for k in keys:
+        state = f"revoked {k['revoked_at']}" if k["revoked_at"] else "active"
+        rate = f"{k['rate_limit']:g}/s" if k["rate_limit"] else "default rate"
+        typer.echo(f"{k['key_id']}  {k['name']:<20} {','.join(k['scopes']):<40} {rate:<14} "
+                   f"created {k['created_at']}  {state}")
+
+
+@keys_app.command("revoke")
+@friendly
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id shown by `rewards keys list`.")],
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Revoke a key; servers stop accepting it within REWARDS_AUTH_CACHE_TTL_SECONDS."""
+    store = _key_store(data_dir)
+    try:
+        revoked = store.revoke(key_id)
+    finally:
+        store.close()
+    if not revoked:
+        raise UserError(f"KEY_ID: no active key {key_id!r} (see `rewards keys list`)")
+    typer.echo(json.dumps({"key_id": key_id, "revoked": True}))
+
+
 @app.command("score-batch")
 @friendly
 def score_batch_cmd(
@@ -414,10 +485,24 @@ def demo(
                 f"{settings.data}", fg=typer.colors.GREEN, err=True)
     if serve_after:
         step(5, f"serve on http://127.0.0.1:{port} (Ctrl-C to stop; docs at /docs)")
-        _echo(f"""    try:
+        key = _demo_key(data_dir)
+        _echo(f"""    a new API key for this demo (scopes recommend, events, experiments:read; shown once):
+      export REWARDS_KEY={key}
+    try:
       curl -s -X POST http://127.0.0.1:{port}/v1/recommendations \\
-           -H 'content-type: application/json' -d '{{"member_id": 42, "k_rewards": 3}}'""")
+           -H "Authorization: Bearer $REWARDS_KEY" \\
+           -H 'content-type: application/json' -d '{{"member_id": 42, "k_rewards": 3}}'
+    reports in a browser: http://127.0.0.1:{port}/login (paste the key)""")
         serve(host="127.0.0.1", port=port, workers=1)
+
+
+def _demo_key(data_dir: Path | None) -> str:
+    """A fresh key for the demo's example requests (listed, and revocable, like any other)."""
+    store = _key_store(data_dir)
+    try:
+        return store.create("demo", ["recommend", "events", "experiments:read"])[1]
+    finally:
+        store.close()
 
 
 def _promote_if_better(name: str) -> None:

@@ -209,6 +209,9 @@ def simulate_live_cmd(
     seed: Annotated[int, typer.Option(help="Random seed of the members' answers.")] = 0,
     api: Annotated[str | None, typer.Option(
         help="Base URL of a running service; default: the app in-process.")] = None,
+    api_key: Annotated[str | None, typer.Option(
+        envvar="REWARDS_API_KEY", help="Key with scopes recommend, events and experiments:read "
+        "(needed with --api; in-process a temporary key is created and revoked).")] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
     """A live period on the simulated world: decisions through the API with the experiment's
@@ -223,15 +226,28 @@ def simulate_live_cmd(
     if api is not None:
         import httpx
 
-        with httpx.Client(base_url=api, timeout=120) as client:
+        if not api_key:
+            raise UserError("--api-key: a key is needed to call a running service "
+                            "(rewards keys create --scope recommend --scope events "
+                            "--scope experiments:read)")
+        with httpx.Client(base_url=api, timeout=120,
+                          headers={"Authorization": f"Bearer {api_key}"}) as client:
             result = simulate_live(client, world, experiment_id, members, seed)
     else:
         from fastapi.testclient import TestClient
 
+        from serving.keys import open_key_store
         from serving.main import create_app
 
-        with TestClient(create_app(store, serve)) as client:
-            result = simulate_live(client, world, experiment_id, members, seed)
+        keys = open_key_store(serve.events(store))
+        record, key = keys.create("simulate-live", ["recommend", "events", "experiments:read"])
+        try:
+            with TestClient(create_app(store, serve),
+                            headers={"Authorization": f"Bearer {key}"}) as client:
+                result = simulate_live(client, world, experiment_id, members, seed)
+        finally:
+            keys.revoke(record.key_id)
+            keys.close()
     typer.echo(json.dumps(result, indent=2))
 
 

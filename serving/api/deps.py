@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from serving.auth import Principal, require_page_scope, require_scope
 from serving.services import Services
 
 
@@ -14,3 +15,13 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+# Scope guards, one per scope (serving/auth.py). JSON routes take `dependencies=[...]` or one of
+# these aliases as a parameter when they need to know the caller; HTML pages use the Page ones.
+RecommendKey = Annotated[Principal, Depends(require_scope("recommend"))]
+EventsKey = Annotated[Principal, Depends(require_scope("events"))]
+ExperimentsReadKey = Annotated[Principal, Depends(require_scope("experiments:read"))]
+ExperimentsWriteKey = Annotated[Principal, Depends(require_scope("experiments:write"))]
+AdminKey = Annotated[Principal, Depends(require_scope("admin"))]
+ExperimentsReadPage = Annotated[Principal, Depends(require_page_scope("experiments:read"))]
+ExperimentsWritePage = Annotated[Principal, Depends(require_page_scope("experiments:write"))]

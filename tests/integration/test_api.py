@@ -20,13 +20,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def app_client(trained_store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:  # noqa: ANN001
+def app_client(trained_store, tmp_path_factory: pytest.TempPathFactory,  # noqa: ANN001
+               make_api_key) -> Iterator[TestClient]:  # noqa: ANN001
     from serving.main import create_app
 
     store = trained_store[0]
     events = tmp_path_factory.mktemp("events") / "events.db"
     settings = ServeSettings(events_url=f"sqlite:///{events}", model_poll_seconds=0, seed=3)
-    with TestClient(create_app(store, settings)) as client:
+    key = make_api_key(settings.events_url, "recommend", "events", "admin")
+    with TestClient(create_app(store, settings),
+                    headers={"Authorization": f"Bearer {key}"}) as client:
         yield client
 
 

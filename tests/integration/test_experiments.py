@@ -41,10 +41,17 @@ def settings(store: StoreSettings) -> ServeSettings:
 
 
 @pytest.fixture(scope="module")
-def client(store: StoreSettings, settings: ServeSettings) -> Iterator[TestClient]:
+def client(store: StoreSettings, settings: ServeSettings, make_api_key  # noqa: ANN001
+           ) -> Iterator[TestClient]:
     from serving.main import create_app
 
-    with TestClient(create_app(store, settings)) as c:
+    key = make_api_key(settings.events_url, "recommend", "events", "experiments:read",
+                       "experiments:write")
+    with TestClient(create_app(store, settings), base_url="https://testserver",
+                    headers={"Authorization": f"Bearer {key}"}) as c:
+        # the HTML pages take a signed session cookie, never the key: sign in like a marketer
+        r = c.post("/login", data={"key": key, "next": "/"}, follow_redirects=False)
+        assert r.status_code == 303, r.text
         yield c
 
 
@@ -248,6 +255,7 @@ def server(store: StoreSettings, settings: ServeSettings, live: dict[str, Any]
 
 @pytest.mark.browser
 def test_report_page_in_headless_chromium(server: str, live: dict[str, Any],
+                                          settings: ServeSettings, make_api_key,  # noqa: ANN001
                                           tmp_path: Path) -> None:
     if not CHROMIUM.exists():
         pytest.fail("Debian's chromium is missing: `make test` installs it (scripts/"
@@ -259,8 +267,13 @@ def test_report_page_in_headless_chromium(server: str, live: dict[str, Any],
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1100, "height": 900})
-            response = page.goto(f"{server}/experiments/{exp_id}")
-            assert response is not None and response.status == 200
+            # no session yet: the page sends the marketer to the sign-in form
+            page.goto(f"{server}/experiments/{exp_id}")
+            assert "/login" in page.url
+            page.fill("#key", make_api_key(settings.events_url, "experiments:read"))
+            with page.expect_navigation():
+                page.click("button[type=submit]")
+            assert page.url == f"{server}/experiments/{exp_id}", page.url
             # the three arms, by name, in the table and as bars
             for arm in ("model", "random", "holdout"):
                 assert page.locator(f"#arms-table tr[data-arm='{arm}']").is_visible()
@@ -282,3 +295,21 @@ def test_report_page_in_headless_chromium(server: str, live: dict[str, Any],
             browser.close()
     assert SCREENSHOT.stat().st_size > 20_000
     print(f"screenshot: {SCREENSHOT}")
+
+
+def test_experiment_routes_and_page_need_their_scopes(client: TestClient, settings: ServeSettings,
+                                                      live: dict[str, Any],
+                                                      make_api_key) -> None:  # noqa: ANN001
+    exp_id = live["experiment"]["id"]
+    reader = {"Authorization": f"Bearer {make_api_key(settings.events_url, 'experiments:read')}"}
+    recommend = {"Authorization": f"Bearer {make_api_key(settings.events_url, 'recommend')}"}
+    anonymous = TestClient(client.app, base_url="https://testserver")
+    r = anonymous.get("/v1/experiments")
+    assert r.status_code == 401 and r.json()["errors"][0]["field"] == "authorization"
+    assert client.get("/v1/experiments", headers=recommend).status_code == 403
+    assert client.get(f"/v1/experiments/{exp_id}/report", headers=reader).status_code == 200
+    r = client.post("/v1/experiments", json=_body(name="Read-only tries"), headers=reader)
+    assert r.status_code == 403
+    # the page without a session redirects to the sign-in form, keeping where to come back
+    r = anonymous.get(f"/experiments/{exp_id}", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"].startswith("/login?next=")

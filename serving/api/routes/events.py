@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from serving.api.deps import ServicesDep
-from serving.schemas import EventAck, EventsRequest, EventsResponse
+from serving.auth import require_scope
+from serving.schemas import AUTH_ERRORS, EventAck, EventsRequest, EventsResponse
 
-router = APIRouter(prefix="/v1/events", tags=["events"])
+router = APIRouter(prefix="/v1/events", tags=["events"],
+                   dependencies=[Depends(require_scope("events"))], responses=AUTH_ERRORS)
 
 
 @router.post("", response_model=EventsResponse)

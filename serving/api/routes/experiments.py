@@ -6,20 +6,25 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from serving.api.deps import ServicesDep
+from serving.auth import require_scope
 from serving.experiments.definition import Experiment, ExperimentCreate
 from serving.experiments.report import ExperimentReport
 from serving.experiments.service import (
     ExperimentConflict, compute_report, create_experiment, get_experiment, list_experiments,
     load_segments,
 )
+from serving.schemas import AUTH_ERRORS, error_responses
 from serving.services import Services
 
-router = APIRouter(prefix="/v1/experiments", tags=["experiments"])
+# Scopes per route, not per router: a write-only key can still create experiments.
+router = APIRouter(prefix="/v1/experiments", tags=["experiments"], responses=AUTH_ERRORS)
+READ = [Depends(require_scope("experiments:read"))]
+WRITE = [Depends(require_scope("experiments:write"))]
 ExperimentId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 
 
@@ -32,8 +37,8 @@ def _not_found(experiment_id: str) -> JSONResponse:
         {"field": "path.experiment_id", "reason": f"no experiment {experiment_id!r}"}]})
 
 
-@router.post("", response_model=Experiment, status_code=201,
-             responses={409: {"description": "period overlaps another experiment"}})
+@router.post("", response_model=Experiment, status_code=201, dependencies=WRITE,
+             responses=error_responses(409))
 async def create(body: ExperimentCreate, services: ServicesDep) -> Experiment | JSONResponse:
     """Define an experiment; members are assigned to arms by a salted hash of their id."""
     try:
@@ -46,12 +51,13 @@ async def create(body: ExperimentCreate, services: ServicesDep) -> Experiment | 
     return experiment
 
 
-@router.get("", response_model=ExperimentList)
+@router.get("", response_model=ExperimentList, dependencies=READ)
 async def list_all(services: ServicesDep) -> ExperimentList:
     return ExperimentList(experiments=await asyncio.to_thread(list_experiments, services.events))
 
 
-@router.get("/{experiment_id}", response_model=Experiment)
+@router.get("/{experiment_id}", response_model=Experiment, dependencies=READ,
+            responses=error_responses(404))
 async def get_one(experiment_id: ExperimentId, services: ServicesDep
                   ) -> Experiment | JSONResponse:
     found = await asyncio.to_thread(get_experiment, services.events, experiment_id)
@@ -66,7 +72,8 @@ def service_report(services: Services, experiment: Experiment) -> ExperimentRepo
     return compute_report(services.events, experiment, datetime.now(UTC), costs, segments)
 
 
-@router.get("/{experiment_id}/report", response_model=ExperimentReport)
+@router.get("/{experiment_id}/report", response_model=ExperimentReport, dependencies=READ,
+            responses=error_responses(404))
 async def report(experiment_id: ExperimentId, services: ServicesDep
                  ) -> ExperimentReport | JSONResponse:
     """Per-arm rates with 95% CIs, uplift vs holdout and random, Qini, segments, budget."""

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
-from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from serving.api.deps import ServicesDep
-from serving.schemas import ReloadResponse
+from serving.api.deps import AdminKey, ServicesDep
+from serving.auth import authorize_request, get_auth
+from serving.schemas import AUTH_ERRORS, ReloadResponse
+
+log = logging.getLogger("rewards.audit")
 
 router = APIRouter(tags=["operations"])
 
@@ -21,7 +25,7 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(services: ServicesDep) -> JSONResponse:
+async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     """Models and stores loaded (readiness); 503 with the reasons otherwise."""
     models = {name: {"version": slot.current.meta.version if slot.current else None,
                      "last_error": slot.last_error, "refusals": slot.refusals}
@@ -32,18 +36,26 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         "event_store": await asyncio.to_thread(services.events.ping),
     }
     ready = all(checks.values())
-    body = {"ready": ready, "checks": checks, "models": models, "problems": services.problems}
+    body = {"ready": ready, "checks": checks, "models": models, "problems": services.problems,
+            # local development with REWARDS_AUTH_DISABLED must be visible to any probe
+            "auth": "disabled" if get_auth(request).disabled else "api_keys"}
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
-async def metrics(services: ServicesDep) -> Response:
-    """Prometheus exposition."""
+@router.get("/metrics", response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+                       **AUTH_ERRORS})
+async def metrics(request: Request, services: ServicesDep) -> Response:
+    """Prometheus exposition: open by default (no member data in it; block it at the edge),
+    or behind an `admin` key with REWARDS_METRICS_REQUIRE_KEY=true."""
+    if services.settings.metrics_require_key:
+        await authorize_request(request, "admin")
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.post("/v1/admin/reload", response_model=ReloadResponse)
-async def reload_models(services: ServicesDep) -> ReloadResponse:
+@router.post("/v1/admin/reload", response_model=ReloadResponse, responses=AUTH_ERRORS)
+async def reload_models(services: ServicesDep, principal: AdminKey) -> ReloadResponse:
     """Check the registry now and swap in changed champions (no request fails meanwhile)."""
+    log.info("model reload requested", extra={"key_id": principal.key_id})
     outcomes = await asyncio.to_thread(services.refresh_models)
     return ReloadResponse(outcomes=outcomes, versions=services.models.versions())

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
 from serving.api.deps import ServicesDep
+from serving.auth import require_scope
 from serving.schemas import (
-    BatchRecommendationRequest, BatchRecommendationResponse, RecommendationRequest,
+    AUTH_ERRORS, BatchRecommendationRequest, BatchRecommendationResponse, RecommendationRequest,
     RecommendationResponse,
 )
 
-router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"])
+router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"],
+                   dependencies=[Depends(require_scope("recommend"))], responses=AUTH_ERRORS)
 log = logging.getLogger("rewards.api")
 
 
