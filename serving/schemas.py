@@ -114,7 +114,8 @@ class ErasureResponse(BaseModel):
 
     member_id: int
     erased: dict[str, int] = Field(description="rows deleted: events, decisions, "
-                                               "decision_items, online_features")
+                                               "decision_items, experiment_exposures, "
+                                               "online_features")
 
 
 class ErrorItem(BaseModel):

@@ -35,7 +35,7 @@ def fuzz_app(copy_store, tmp_path_factory: pytest.TempPathFactory,  # noqa: ANN0
     root = tmp_path_factory.mktemp("fuzz")
     store = copy_store(root)
     url = f"sqlite:///{root / 'events.db'}"
-    key = make_api_key(url, "recommend", "events", "admin")
+    key = make_api_key(url)  # every scope: the fuzzer should reach each route's own validation
     app = create_app(store, ServeSettings(events_url=url, model_poll_seconds=0, seed=1))
     with TestClient(app):  # runs the lifespan: stores and models stay open for the fuzzer
         yield app, key

@@ -222,7 +222,7 @@ def test_erase_member_removes_events_decisions_and_online_features(secured, trai
         assert svc.events.consent(member_id) is None
         again = client.delete(f"/v1/members/{member_id}", headers=bearer(keys["admin"]))
         assert again.json()["erased"] == {"events": 0, "decisions": 0, "decision_items": 0,
-                                          "online_features": 0}
+                                          "experiment_exposures": 0, "online_features": 0}
         after = client.post(REC[0], json={"member_id": member_id}, headers=bearer(keys["admin"]))
         assert after.json()["cold_start"] and not after.json()["personalized"]
     finally:
