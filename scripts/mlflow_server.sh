@@ -48,7 +48,7 @@ case "${1:-}" in
     if ! pid_alive "$PIDFILE"; then echo "mlflow: not running"; rm -f "$PIDFILE"; exit 0; fi
     pid="$(cat "$PIDFILE")"
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
-    if ! wait_for 30 "mlflow shutdown" bash -c "! kill -0 $pid 2>/dev/null"; then
+    if ! wait_for 10 "mlflow shutdown" bash -c "! kill -0 $pid 2>/dev/null"; then
       kill -KILL -- "-$pid" 2>/dev/null || true
     fi
     rm -f "$PIDFILE"

@@ -48,7 +48,9 @@ class OnlineFeatureReader:
         with self._lock:
             [(ts, values)] = self._online.online_read(self._store.config, self._view, [key],
                                                       self.feature_names)
-        if not values:
+        # SQLite answers a missing key with nothing; Redis with every feature unset (and the
+        # epoch as timestamp): both mean "no row", i.e. a cold-start member.
+        if not values or all(v.WhichOneof("val") is None for v in values.values()):
             return None
         return MemberRow({n: _as_float(values[n]) for n in self.feature_names if n in values}, ts)
 

@@ -23,10 +23,21 @@ def app_client(trained_store, servers) -> Iterator[TestClient]:  # noqa: ANN001
     from serving.main import create_app
 
     store = trained_store[0]
+    # A generous network timeout: the shared 2-core CI machine can stall a thread for longer
+    # than the 200 ms default; timeouts themselves are tested with a broken reader.
     settings = ServeSettings(events_url=servers.database("events_api"), model_poll_seconds=0,
-                             seed=3)
+                             seed=3, online_timeout_ms=5_000)
     with TestClient(create_app(store, settings)) as client:
         yield client
+
+
+def test_redis_reader_tells_a_missing_member_from_a_known_one(app_client: TestClient) -> None:
+    """Redis answers an unknown key with every feature unset (not with nothing, as SQLite
+    does); the reader must still report no row, or the member is not treated as cold-start."""
+    reader = services(app_client).reader
+    assert reader.read(987_654_321) is None
+    known = reader.read(1)
+    assert known is not None and known.values["visits_30d"] == known.values["visits_30d"]
 
 
 def test_production_stores_are_in_use(app_client: TestClient, servers) -> None:  # noqa: ANN001
