@@ -124,8 +124,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             continue  # stopped last, after its databases are dropped
         _script(script, "stop", {"REWARDS_SERVICES_DIR": str(dirs.get(script, base))})
     if "postgres.sh" in started:
-        _script("postgres.sh", "stop", env)
-        shutil.rmtree(base / "postgres", ignore_errors=True)
+        _script("postgres.sh", "purge", env)  # stop, then delete the cluster
     else:  # a server we reused: leave it as we found it
         with psycopg.connect(f"{servers.postgres_url}/rewards", autocommit=True) as conn:
             for name in servers.databases:
