@@ -1,5 +1,8 @@
-# Service image: `rewards serve` on the embedded defaults, or production settings via env vars.
+# Service image: `rewards serve` on the embedded defaults, or the production profile via env vars
+# (REWARDS_PROFILE=production, REWARDS_REDIS_URL, REWARDS_EVENTS_URL, REWARDS_MLFLOW_TRACKING_URI;
+# see compose.yaml). The same image runs the jobs (`rewards train ...`) and `mlflow server`.
 # Build: docker build -t rewards-reco .   Run: docker run -p 8000:8000 -v $PWD/data:/app/data rewards-reco
+# Not built in CI: no Docker engine runs on the development machines.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -16,8 +19,10 @@ WORKDIR /app
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 COPY feature_repo ./feature_repo
+COPY config ./config
 COPY models ./models
-RUN mkdir -p /app/data && chown -R rewards:rewards /app
+# /mlartifacts: the artifact root when this image runs `mlflow server` (compose.yaml)
+RUN mkdir -p /app/data /mlartifacts && chown -R rewards:rewards /app /mlartifacts
 USER rewards
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s \

@@ -9,7 +9,16 @@ trained champions), drives it with wrk (Debian package, installed if missing), a
   in-process, against the service's p50 at concurrency 1.
 Every load is bounded in time and sent only to 127.0.0.1.
 
+`--profile production` serves the same data folder from the production stores: member features
+from Redis (materialize into it first), events and decisions in a fresh PostgreSQL database, on
+the servers of scripts/redis.sh and scripts/postgres.sh (started if needed). The champions come
+from the same MLflow registry in both runs (it is not on the request path).
+
     REWARDS_DATA_DIR=/path/to/data .venv/bin/python bench/bench_serving.py --rate 500 --seconds 60
+    scripts/redis.sh start && scripts/postgres.sh start && eval "$(scripts/redis.sh env)"
+    REWARDS_PROFILE=production REWARDS_MLFLOW_TRACKING_URI=sqlite:////path/to/data/mlflow.db \
+        REWARDS_DATA_DIR=/path/to/data rewards features materialize
+    REWARDS_DATA_DIR=/path/to/data .venv/bin/python bench/bench_serving.py --profile production
 """
 
 from __future__ import annotations
@@ -93,8 +102,35 @@ def run_wrk(wrk: str, port: int, connections: int, seconds: int, members: int,
     return result
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def production_env(data_dir: Path) -> dict[str, str]:
+    """Variables of the production profile on the scripts' servers; a new events database."""
+    import uuid
+
+    import psycopg
+
+    env: dict[str, str] = {}
+    for script in ("redis.sh", "postgres.sh"):
+        subprocess.run([str(REPO / "scripts" / script), "start"], check=True, timeout=300,
+                       stdout=subprocess.DEVNULL)
+        out = subprocess.run([str(REPO / "scripts" / script), "env"], check=True,
+                             capture_output=True, text=True).stdout
+        env.update(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+    base = env["REWARDS_EVENTS_URL"].rsplit("/", 1)[0]
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(env["REWARDS_EVENTS_URL"], autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return {"REWARDS_PROFILE": "production", "REWARDS_REDIS_URL": env["REWARDS_REDIS_URL"],
+            "REWARDS_EVENTS_URL": f"{base}/{name}",
+            "REWARDS_MLFLOW_TRACKING_URI": os.environ.get(
+                "REWARDS_MLFLOW_TRACKING_URI", f"sqlite:///{data_dir / 'mlflow.db'}")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=["local", "production"], default="local")
     parser.add_argument("--rate", type=int, default=500)
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--port", type=int, default=8765)
@@ -102,6 +138,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     wrk = ensure_wrk()
+    if args.profile == "production":
+        from serving.config import get_store_settings
+
+        os.environ.update(production_env(get_store_settings().data))
+        get_store_settings.cache_clear()  # the floor below reads Redis too
     env = {**os.environ, "REWARDS_MODEL_POLL_SECONDS": "0"}
     with tempfile.TemporaryDirectory() as tmp:
         env.setdefault("REWARDS_EVENTS_URL", f"sqlite:///{Path(tmp) / 'events.db'}")
@@ -117,7 +158,8 @@ def main() -> None:
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             ready = wait_ready(args.port)
-            report: dict[str, object] = {"ready": ready["ready"], "workers": args.workers}
+            report: dict[str, object] = {"ready": ready["ready"], "workers": args.workers,
+                                         "profile": args.profile}
             run_wrk(wrk, args.port, 4, 5, args.members, None)  # warm-up
             c1 = run_wrk(wrk, args.port, 1, 10, args.members, None)
             report["concurrency_1"] = c1

@@ -8,7 +8,7 @@ POST /v1/recommendations/batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,12 +118,22 @@ def score_batch(features_path: Path, catalog: Catalog, reward_model: LoadedModel
                 progress: Callable[[int], None] | None = None) -> int:
     """Score every member into ``out`` (.parquet or .csv); returns the number of members."""
     members = latest_member_features(features_path)
+    chunks = (score_members(members.iloc[lo:lo + chunk_size], catalog, reward_model,
+                            difficulty_model, k_rewards, flow_zone)
+              for lo in range(0, len(members), chunk_size))
+    write_scores(chunks, out, progress)
+    return len(members)
+
+
+def write_scores(chunks: Iterable[pd.DataFrame], out: Path,
+                 progress: Callable[[int], None] | None = None) -> None:
+    """Write scored chunks in order to ``out`` (.parquet streamed, .csv at the end), through a
+    temporary file renamed at the end so readers never see a partial file. Shared by the
+    single-process and the Dask engines, so both write byte-identical tables."""
     tmp = out.with_name(out.name + ".tmp")
     writer: pq.ParquetWriter | None = None
     frames = []
-    for lo in range(0, len(members), chunk_size):
-        chunk = score_members(members.iloc[lo:lo + chunk_size], catalog, reward_model,
-                              difficulty_model, k_rewards, flow_zone)
+    for chunk in chunks:
         if out.suffix == ".csv":
             frames.append(chunk)
         else:
@@ -137,4 +147,3 @@ def score_batch(features_path: Path, catalog: Catalog, reward_model: LoadedModel
     elif writer is not None:
         writer.close()
     tmp.replace(out)
-    return len(members)

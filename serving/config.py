@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: ``local``: embedded stores on one machine (SQLite online store, SQLite MLflow and events).
+#: ``production``: Redis online store, MLflow tracking server, PostgreSQL events; the URLs are
+#: required, so a misconfigured replica fails at start instead of writing to local files.
+Profile = Literal["local", "production"]
 
 
 def default_home() -> Path:
@@ -33,6 +39,26 @@ class StoreSettings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         None, description="default: sqlite:///<data>/mlflow.db (artifacts in <data>/mlartifacts)")
     feast_env: str = Field("local", description="feature_store.<env>.yaml to use; 'local' = feature_store.yaml")
+    profile: Profile = Field("local", description="local or production (see Profile)")
+    redis_url: str | None = Field(
+        None, description="Feast Redis connection string, e.g. 127.0.0.1:6379 (production)")
+    dask_scheduler: str | None = Field(
+        None, description="Dask scheduler address for --engine dask; default: a LocalCluster")
+
+    @model_validator(mode="after")
+    def _profile_defaults(self) -> Self:
+        """The production profile switches Feast to its Redis config and requires the server
+        URLs: switching environments is configuration only, and never silently half-done."""
+        if self.profile == "production":
+            if "feast_env" not in self.model_fields_set:
+                self.feast_env = "production"
+            missing = [f"REWARDS_{name.upper()}" for name in ("mlflow_tracking_uri", "redis_url")
+                       if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"the production profile needs {', '.join(missing)}")
+        if self.feast_env == "production" and self.redis_url is None:
+            raise ValueError("REWARDS_FEAST_ENV=production needs REWARDS_REDIS_URL")
+        return self
 
     @property
     def data(self) -> Path:
@@ -48,7 +74,11 @@ class StoreSettings(BaseSettings):
         return self.mlflow_tracking_uri or f"sqlite:///{self.data / 'mlflow.db'}"
 
     @property
-    def artifact_root(self) -> Path:
+    def artifact_root(self) -> Path | None:
+        """Where new experiments keep artifacts; None for a tracking server, which stores them
+        itself (``--artifacts-destination``) and proxies uploads and downloads."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return None
         return self.data / "mlartifacts"
 
     @property
@@ -108,6 +138,8 @@ class ServeSettings(BaseSettings):
                                             "Content-Length")
 
     def events(self, store: StoreSettings) -> str:
+        if self.events_url is None and store.profile == "production":
+            raise ValueError("the production profile needs REWARDS_EVENTS_URL (postgresql://...)")
         return self.events_url or f"sqlite:///{store.data / 'events.db'}"
 
     def keys(self, store: StoreSettings) -> str:

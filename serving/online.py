@@ -52,7 +52,9 @@ class OnlineFeatureReader:
             except Exception:
                 self._reconnect()
                 raise
-        if not values:
+        # SQLite answers a missing key with nothing; Redis with every feature unset (and the
+        # epoch as timestamp): both mean "no row", i.e. a cold-start member.
+        if not values or all(v.WhichOneof("val") is None for v in values.values()):
             return None
         return MemberRow({n: _as_float(values[n]) for n in self.feature_names if n in values}, ts)
 
@@ -70,7 +72,8 @@ class OnlineFeatureReader:
             self._online._conn = None
 
     def erase(self, entity_id: int) -> int:
-        """Delete the entity's row from the online store (privacy erasure); rows removed.
+        """Delete the entity's row from the online store (privacy erasure); feature values removed
+        (the same count on every store, so the erasure receipt does not depend on the backend).
 
         Feast has no per-entity delete (only whole tables, or every key of an entity type on
         Redis), so this uses each store's own layout, with Feast's own key encoding:
@@ -100,9 +103,13 @@ class OnlineFeatureReader:
             if kind == "RedisOnlineStore":
                 from feast.infra.online_stores.helpers import _redis_key
 
+                [(_, values)] = self._online.online_read(config, self._view, [key],
+                                                         self.feature_names)
+                stored = sum(v.WhichOneof("val") is not None for v in (values or {}).values())
                 client = self._online._get_client(config.online_store)
-                return int(client.delete(_redis_key(config.project, key,
-                                                    entity_key_serialization_version=version)))
+                redis_key = _redis_key(config.project, key,
+                                       entity_key_serialization_version=version)
+                return stored * int(client.delete(redis_key))
         raise NotImplementedError(f"erasure from a {kind} online store is not implemented")
 
 

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from serving.config import StoreSettings, get_store_settings
+from serving.config import StoreSettings
+from training.cli_common import DataDirOpt, UserError, _settings, friendly
 
 app = typer.Typer(
     help="rewards-reco: personalized rewards and challenges for loyalty programs.",
@@ -34,38 +33,20 @@ keys_app = typer.Typer(help="Create, list and revoke API keys (stored hashed).",
                        no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class UserError(Exception):
-    """A problem the user can fix; printed as one line, never as a traceback."""
-
-
-def friendly(func: F) -> F:
-    """Turn expected failures into a one-line message and exit code 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (UserError, ValueError, FileNotFoundError) as exc:
-            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(code=2) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _settings(data_dir: Path | None) -> StoreSettings:
-    settings = get_store_settings()
-    if data_dir is not None:
-        settings = settings.model_copy(update={"data_dir": data_dir})
-    return settings
-
-
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data folder (default: REWARDS_DATA_DIR or <project>/data)."),
+EngineOpt = Annotated[
+    str | None, typer.Option(help="local (one process, the default) or dask (a LocalCluster, or "
+                                  "--scheduler); training defaults to REWARDS_TRAIN_ENGINE.")]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(help="Dask scheduler address for --engine dask (default: REWARDS_DASK_SCHEDULER,"
+                      " else a 2-worker LocalCluster)."),
 ]
+
+
+def _engine(engine: str) -> str:
+    if engine not in ("local", "dask"):
+        raise UserError(f"--engine: expected local or dask, got {engine!r}")
+    return engine
 
 
 @app.command()
@@ -157,44 +138,57 @@ def _echo(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
-def _train(which: str, data_dir: Path | None) -> list[dict[str, Any]]:
+def _train(which: str, data_dir: Path | None, engine: str | None = None,
+           scheduler: str | None = None) -> list[dict[str, Any]]:
+    from contextlib import nullcontext
+
     from training.config import get_train_settings
     from training.pipeline import train_difficulty, train_reward
 
     store, settings = _settings(data_dir), get_train_settings()
+    settings = settings.model_copy(update={"engine": _engine(engine or settings.engine)})
     if not (store.features_dir / "member_features.parquet").is_file():
         raise UserError(f"no features in {store.features_dir}: run `rewards features build` "
                         "and `rewards features materialize` first")
     results = []
-    for name, fn in (("reward", train_reward), ("difficulty", train_difficulty)):
-        if which in (name, "all"):
-            _echo(f"training the {name} model")
-            r = fn(store, settings, progress=_echo)
-            results.append({"model": r.name, "version": r.version, "run_id": r.run_id,
-                            "onnx": str(r.onnx_path), "seconds": r.timings,
-                            "metrics": r.metrics})
+    cluster: Any = nullcontext(None)
+    if settings.engine == "dask":
+        from serving.cluster import dask_client
+
+        cluster = dask_client(scheduler or store.dask_scheduler)
+    with cluster as client:
+        for name, fn in (("reward", train_reward), ("difficulty", train_difficulty)):
+            if which in (name, "all"):
+                _echo(f"training the {name} model ({settings.engine} engine)")
+                r = fn(store, settings, progress=_echo, client=client)
+                results.append({"model": r.name, "version": r.version, "run_id": r.run_id,
+                                "onnx": str(r.onnx_path), "seconds": r.timings,
+                                "metrics": r.metrics})
     return results
 
 
 @train_app.command("rewards")
 @friendly
-def train_rewards(data_dir: DataDirOpt = None) -> None:
+def train_rewards(data_dir: DataDirOpt = None, engine: EngineOpt = None,
+                  scheduler: SchedulerOpt = None) -> None:
     """Reward propensity + uplift model (registered as `reward`)."""
-    typer.echo(json.dumps(_train("reward", data_dir), indent=2))
+    typer.echo(json.dumps(_train("reward", data_dir, engine, scheduler), indent=2))
 
 
 @train_app.command("difficulty")
 @friendly
-def train_difficulty_cmd(data_dir: DataDirOpt = None) -> None:
+def train_difficulty_cmd(data_dir: DataDirOpt = None, engine: EngineOpt = None,
+                         scheduler: SchedulerOpt = None) -> None:
     """Challenge difficulty model, monotone in the target (registered as `difficulty`)."""
-    typer.echo(json.dumps(_train("difficulty", data_dir), indent=2))
+    typer.echo(json.dumps(_train("difficulty", data_dir, engine, scheduler), indent=2))
 
 
 @train_app.command("all")
 @friendly
-def train_all(data_dir: DataDirOpt = None) -> None:
+def train_all(data_dir: DataDirOpt = None, engine: EngineOpt = None,
+              scheduler: SchedulerOpt = None) -> None:
     """Both models."""
-    typer.echo(json.dumps(_train("all", data_dir), indent=2))
+    typer.echo(json.dumps(_train("all", data_dir, engine, scheduler), indent=2))
 
 
 @app.command()
@@ -379,10 +373,20 @@ def score_batch_cmd(
     out: Annotated[Path, typer.Option(help="Output file: .parquet or .csv.")],
     k_rewards: Annotated[int, typer.Option(min=1, max=20, help="Rewards per member.")] = 3,
     chunk_size: Annotated[int, typer.Option(min=1, help="Members per onnxruntime call.")] = 2_000,
-    threads: Annotated[int, typer.Option(min=1, max=64, help="onnxruntime threads.")] = 2,
+    threads: Annotated[int, typer.Option(
+        min=1, max=64, help="onnxruntime threads per session. 1 (default): scores bit-identical "
+                            "across chunk sizes and engines; more: faster on one machine, sums "
+                            "reordered (~1e-7).")] = 1,
+    engine: EngineOpt = None,
+    scheduler: SchedulerOpt = None,
+    partition_size: Annotated[int, typer.Option(
+        min=1, help="Members per Dask task (--engine dask).")] = 50_000,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Score every member with the champion models into a file (top rewards + targets)."""
+    """Score every member with the champion models into a file (top rewards + targets).
+
+    --engine dask scores partitions on a Dask cluster with the same ONNX models; the file is
+    the same as the single-process one."""
     from tqdm.auto import tqdm
 
     from serving.batch import latest_member_features, score_batch
@@ -393,6 +397,7 @@ def score_batch_cmd(
     from serving.recommend import Catalog
     from serving.rules import load_rules
 
+    engine = _engine(engine or "local")
     if out.suffix not in (".parquet", ".csv"):
         raise UserError(f"--out: expected a .parquet or .csv file, got {out.name!r}")
     if not out.parent.is_dir():
@@ -414,11 +419,21 @@ def score_batch_cmd(
     total = len(latest_member_features(features))
     t0 = time.perf_counter()
     with tqdm(total=total, unit="member", desc="score-batch", file=sys.stderr) as bar:
-        n = score_batch(features, catalog, models["reward"], models["difficulty"], out,
-                        k_rewards=k_rewards, flow_zone=flow, chunk_size=chunk_size,
-                        progress=bar.update)
+        if engine == "dask":
+            from serving.batch_dask import score_batch_dask
+            from serving.cluster import dask_client
+
+            with dask_client(scheduler or store.dask_scheduler) as client:
+                n = score_batch_dask(features, catalog, models["reward"], models["difficulty"],
+                                     out, client, k_rewards=k_rewards, flow_zone=flow,
+                                     chunk_size=chunk_size, partition_size=partition_size,
+                                     threads=threads, progress=bar.update)
+        else:
+            n = score_batch(features, catalog, models["reward"], models["difficulty"], out,
+                            k_rewards=k_rewards, flow_zone=flow, chunk_size=chunk_size,
+                            progress=bar.update)
     dt = time.perf_counter() - t0
-    typer.echo(json.dumps({"members": n, "seconds": round(dt, 1),
+    typer.echo(json.dumps({"members": n, "seconds": round(dt, 1), "engine": engine,
                            "members_per_second": round(n / dt), "out": str(out)}))
 
 

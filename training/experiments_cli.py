@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from training.cli import DataDirOpt, UserError, _settings, friendly
+from training.cli_common import DataDirOpt, UserError, _settings, friendly
 
 experiments_app = typer.Typer(help="Uplift experiments: define arms, run, report.",
                               no_args_is_help=True)

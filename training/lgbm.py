@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
@@ -11,17 +12,13 @@ from training.config import TrainSettings
 from training.datasets import Dataset
 
 
-def fit_classifier(data: Dataset, settings: TrainSettings, objective: str,
-                   monotone_decreasing: Sequence[str] = ()) -> lgb.LGBMClassifier:
-    """Fit on the train period, early-stop on the validation period.
+def lgbm_params(data: Dataset, settings: TrainSettings, objective: str,
+                monotone_decreasing: Sequence[str] = ()) -> dict[str, object]:
+    """LightGBM parameters shared by the local and the Dask engine (so they fit the same model).
 
     ``monotone_decreasing`` names inputs whose effect must never be positive (harder targets
     can only lower the completion probability), enforced by LightGBM's monotone constraints.
     """
-    X_train, y_train = data.subset("train")
-    X_valid, y_valid = data.subset("valid")
-    if len(X_train) == 0 or len(X_valid) == 0:
-        raise ValueError("empty train or validation period; simulate more days")
     params: dict[str, object] = dict(
         objective=objective, learning_rate=settings.learning_rate, num_leaves=settings.num_leaves,
         min_child_samples=settings.min_child_samples, n_estimators=settings.max_rounds,
@@ -32,7 +29,26 @@ def fit_classifier(data: Dataset, settings: TrainSettings, objective: str,
         params["monotone_constraints"] = [
             -1 if name in monotone_decreasing else 0 for name in data.input_names]
         params["monotone_constraints_method"] = "advanced"
-    model = lgb.LGBMClassifier(**params)
+    return params
+
+
+def fit_classifier(data: Dataset, settings: TrainSettings, objective: str,
+                   monotone_decreasing: Sequence[str] = (),
+                   client: Any | None = None) -> lgb.LGBMClassifier:
+    """Fit on the train period, early-stop on the validation period.
+
+    ``settings.engine == "dask"`` trains with ``lightgbm.dask`` on ``client`` (a LocalCluster
+    when None) and returns the same kind of local model, so everything downstream is shared.
+    """
+    if settings.engine == "dask":
+        from training.dask_train import fit_classifier_dask
+
+        return fit_classifier_dask(data, settings, objective, monotone_decreasing, client)
+    X_train, y_train = data.subset("train")
+    X_valid, y_valid = data.subset("valid")
+    if len(X_train) == 0 or len(X_valid) == 0:
+        raise ValueError("empty train or validation period; simulate more days")
+    model = lgb.LGBMClassifier(**lgbm_params(data, settings, objective, monotone_decreasing))
     model.fit(X_train, y_train, eval_X=(X_valid,), eval_y=(y_valid,),
               feature_name=list(data.input_names),
               callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False)])

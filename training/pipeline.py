@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,8 +73,10 @@ class _Step:
 
 
 def train_reward(store: StoreSettings, settings: TrainSettings,
-                 progress: Progress = _quiet) -> TrainResult:
-    """Reward propensity + uplift: one 3-class LightGBM over offers and the no-offer holdout."""
+                 progress: Progress = _quiet, client: Any | None = None) -> TrainResult:
+    """Reward propensity + uplift: one 3-class LightGBM over offers and the no-offer holdout.
+
+    ``client``: the Dask client when ``settings.engine == "dask"`` (else a LocalCluster)."""
     timer = _Timer(progress)
     service = settings.reward_service
     shares = (settings.valid_share, settings.test_share)
@@ -81,7 +84,7 @@ def train_reward(store: StoreSettings, settings: TrainSettings,
         features = service_feature_names(open_store(store), service)
         data = reward_dataset(store, store.world_dir, shares, service, features)
     with timer.step(f"LightGBM on {int((data.part == 'train').sum()):,} offers"):
-        model = fit_classifier(data, settings, objective="multiclass")
+        model = fit_classifier(data, settings, objective="multiclass", client=client)
     split = data.split
     with timer.step("evaluation against the hidden truth"):
         world = WorldTruth.load(store.world_dir)
@@ -105,7 +108,7 @@ def train_reward(store: StoreSettings, settings: TrainSettings,
 
 
 def train_difficulty(store: StoreSettings, settings: TrainSettings,
-                     progress: Progress = _quiet) -> TrainResult:
+                     progress: Progress = _quiet, client: Any | None = None) -> TrainResult:
     """Challenge difficulty: binary LightGBM, monotone decreasing in the target."""
     timer = _Timer(progress)
     service = settings.difficulty_service
@@ -116,7 +119,7 @@ def train_difficulty(store: StoreSettings, settings: TrainSettings,
     with timer.step(f"LightGBM (monotone in target) on {int((data.part == 'train').sum()):,} "
                     "assignments"):
         model = fit_classifier(data, settings, objective="binary",
-                               monotone_decreasing=DIFFICULTY_DECREASING)
+                               monotone_decreasing=DIFFICULTY_DECREASING, client=client)
     split = data.split
     with timer.step("evaluation against the hidden truth"):
         world = WorldTruth.load(store.world_dir)
@@ -164,6 +167,7 @@ def _publish(name: str, model, data: Dataset, split: TimeSplit, ev: Evaluation, 
                                   settings.experiment)
         params = {k: v for k, v in model.get_params().items() if v is not None}
         params["best_iteration"] = model.best_iteration_
+        params["engine"] = settings.engine
         params.update({f"split.{k}": v for k, v in split.as_dict().items()})
         run_id = tracking.log_training_run(
             name=name, params=params, metrics=metrics, feature_service=service,

@@ -1,0 +1,175 @@
+"""The Dask engines against the single-machine path, on a 2-worker LocalCluster (two worker
+processes, one thread each, as a real cluster would run them: models and data are pickled).
+
+- batch scoring: identical scores, member for member (exact equality), with partitions and
+  chunks that differ from the single-process run;
+- training: ``lightgbm.dask`` reaches the same held-out quality as local LightGBM (AUC within
+  0.01), keeps the difficulty model monotone, and the whole pipeline registers a model trained
+  on Dask.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving.candidates import DIFFICULTY_DECREASING, DIFFICULTY_DERIVED, REWARD_DERIVED
+from serving.config import StoreSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.dask, pytest.mark.slow]
+AUC_TOLERANCE = 0.01
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[object]:
+    from serving.cluster import dask_client
+
+    with dask_client(n_workers=2, threads_per_worker=1, processes=True,
+                     memory_limit="2GiB") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def champions(trained_store):  # noqa: ANN001, ANN201
+    from serving.feature_store import open_store, service_feature_names
+    from serving.models import ChampionSource, load_onnx
+
+    store: StoreSettings = trained_store[0]
+    feast_store = open_store(store)
+    source = ChampionSource(store.tracking_uri, store.models)
+    models = {}
+    for name, service, derived in (("reward", "propensity_v1", REWARD_DERIVED),
+                                   ("difficulty", "difficulty_v1", DIFFICULTY_DERIVED)):
+        _, path = source.champion(name)
+        models[name] = load_onnx(path, service_feature_names(feast_store, service), derived,
+                                 threads=1)  # as `rewards score-batch` (deterministic sums)
+    return models
+
+
+def test_batch_scores_are_identical(trained_store, champions, client,  # noqa: ANN001
+                                    tmp_path: Path) -> None:
+    from serving.batch import score_batch
+    from serving.batch_dask import score_batch_dask
+    from serving.recommend import Catalog
+
+    store: StoreSettings = trained_store[0]
+    features = store.features_dir / "member_features.parquet"
+    catalog = Catalog.from_offline(store.world_dir, store.features_dir)
+    local, dask = tmp_path / "local.parquet", tmp_path / "dask.parquet"
+    n_local = score_batch(features, catalog, champions["reward"], champions["difficulty"], local,
+                          chunk_size=2_000)
+    n_dask = score_batch_dask(features, catalog, champions["reward"], champions["difficulty"],
+                              dask, client, chunk_size=97, partition_size=450)
+    assert n_local == n_dask == 2_000
+    a, b = pd.read_parquet(local), pd.read_parquet(dask)
+    assert len(a) == 2_000 and a["reward_1"].ne("").all()
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def test_batch_csv_output_and_cli_flags(trained_store, tmp_path: Path,  # noqa: ANN001
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rewards score-batch --engine dask` end to end (its own LocalCluster)."""
+    from typer.testing import CliRunner
+
+    from serving.config import get_store_settings
+    from training.cli import app
+
+    store: StoreSettings = trained_store[0]
+    out = tmp_path / "scores.csv"
+    monkeypatch.setenv("REWARDS_MODELS_DIR", str(store.models))
+    get_store_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, [
+            "score-batch", "--out", str(out), "--engine", "dask", "--partition-size", "700",
+            "--data-dir", str(store.data)])
+    finally:
+        get_store_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert '"engine": "dask"' in result.output
+    assert len(pd.read_csv(out)) == 2_000
+    bad = CliRunner().invoke(app, ["score-batch", "--out", str(out), "--engine", "spark"])
+    assert bad.exit_code == 2 and "--engine" in bad.output
+
+
+@pytest.fixture(scope="module")
+def datasets(trained_store):  # noqa: ANN001, ANN201
+    from serving.feature_store import open_store, service_feature_names
+    from training.datasets import difficulty_dataset, reward_dataset
+
+    store, settings = trained_store[0], trained_store[1]
+    shares = (settings.valid_share, settings.test_share)
+    feast_store = open_store(store)
+    reward = reward_dataset(store, store.world_dir, shares, "propensity_v1",
+                            service_feature_names(feast_store, "propensity_v1"))
+    difficulty = difficulty_dataset(store, store.world_dir, shares, "difficulty_v1",
+                                    service_feature_names(feast_store, "difficulty_v1"))
+    return settings, reward, difficulty
+
+
+def _test_auc(model, data, positive) -> float:  # noqa: ANN001
+    from training.lgbm import predict_proba
+    from training.metrics import auc
+
+    X, y = data.subset("test")
+    return auc(np.isin(y, positive), predict_proba(model, X)[:, positive].sum(axis=1))
+
+
+def test_dask_training_matches_local_quality(datasets, client) -> None:  # noqa: ANN001
+    from training.lgbm import fit_classifier
+
+    settings, reward_data, difficulty_data = datasets
+    on_dask = settings.model_copy(update={"engine": "dask"})
+    for data, objective, positive, decreasing in (
+        (reward_data, "multiclass", [2], ()),
+        (difficulty_data, "binary", [1], DIFFICULTY_DECREASING),
+    ):
+        local = fit_classifier(data, settings, objective, decreasing)
+        dask = fit_classifier(data, on_dask, objective, decreasing, client=client)
+        assert 1 <= dask.best_iteration_ <= settings.max_rounds
+        assert dask.booster_.current_iteration() == dask.best_iteration_  # cut at the best round
+        local_auc, dask_auc = _test_auc(local, data, positive), _test_auc(dask, data, positive)
+        assert local_auc > 0.6
+        assert abs(local_auc - dask_auc) <= AUC_TOLERANCE, (objective, local_auc, dask_auc)
+
+
+def test_replayed_early_stopping_matches_lightgbm(datasets) -> None:  # noqa: ANN001
+    """On a local model, replaying early stopping finds LightGBM's own best round."""
+    import lightgbm as lgb
+
+    from training.dask_train import replay_early_stopping
+    from training.lgbm import lgbm_params
+
+    settings, _, data = datasets
+    X, y = data.subset("train")
+    Xv, yv = data.subset("valid")
+    full = lgb.LGBMClassifier(**{**lgbm_params(data, settings, "binary"), "n_estimators": 150})
+    full.fit(X, y)
+    stopped = lgb.LGBMClassifier(**{**lgbm_params(data, settings, "binary"), "n_estimators": 150})
+    stopped.fit(X, y, eval_X=(Xv,), eval_y=(yv,), callbacks=[
+        lgb.early_stopping(settings.early_stopping_rounds, verbose=False)])
+    assert replay_early_stopping(full.booster_, Xv, yv,
+                                 settings.early_stopping_rounds) == stopped.best_iteration_
+
+
+def test_pipeline_trains_and_registers_on_dask(trained_store, client,  # noqa: ANN001
+                                               tmp_path: Path) -> None:
+    """`rewards train difficulty --engine dask`'s pipeline on a copy of the store (its own
+    MLflow database, so the shared registry is untouched)."""
+    from training.feast_ops import apply_repo
+    from training.pipeline import train_difficulty
+
+    store, settings = trained_store[0], trained_store[1]
+    copy = StoreSettings(data_dir=tmp_path / "data", models_dir=tmp_path / "models")
+    shutil.copytree(store.world_dir, copy.world_dir)
+    shutil.copytree(store.features_dir, copy.features_dir)
+    apply_repo(copy)
+    result = train_difficulty(copy, settings.model_copy(update={"engine": "dask"}),
+                              client=client)
+    assert result.version == "1" and result.onnx_path.is_file()
+    assert result.metrics["onnx.parity_max_abs_diff"] <= 1e-5
+    assert result.metrics["difficulty.auc"] > 0.6

@@ -1,0 +1,85 @@
+"""The event and decision store on PostgreSQL: the engine-independent tests of
+tests/unit/test_events.py (idempotency, concurrent writers on two store objects, decisions,
+known-answer rule queries, erasure) run here unchanged, and acknowledged events survive the
+writer being killed. Each test starts from an empty schema."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from _reuse import reuse
+
+from serving.events import open_event_store
+
+globals().update(reuse("unit/test_events.py", exclude=(
+    # SQLite specifics (pragmas, sqlite3 integrity check): their PostgreSQL counterparts follow
+    "test_store_runs_wal_with_full_sync", "test_acknowledged_events_survive_sigkill",
+    # pure validation, no database involved: running it twice adds nothing
+    "test_validation_errors_name_the_field", "test_naive_timestamp_error_says_why",
+    "test_valid_events_are_normalised_to_utc", "test_decision_record_rejects_an_item_offered_twice",
+    "test_open_rejects_relative_or_unknown_urls",
+)))
+CHILD, REPO, T0 = globals()["CHILD"], globals()["REPO"], globals()["T0"]
+pytestmark = [pytest.mark.integration, pytest.mark.production]
+
+
+@pytest.fixture(scope="module")
+def database(servers) -> str:  # noqa: ANN001
+    return servers.database("events")
+
+
+@pytest.fixture
+def url(database: str) -> Iterator[str]:
+    """The module's database with an empty public schema (whatever tables the store creates)."""
+    import psycopg
+
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+    yield database
+
+
+def test_postgres_dialect_is_used(url: str) -> None:
+    store = open_event_store(url)
+    try:
+        conn = store._connection()  # type: ignore[attr-defined]
+        assert conn.info.server_version >= 150000
+        # commits wait for the WAL flush: acknowledged means on disk
+        assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+        assert conn.execute("SHOW fsync").fetchone()[0] == "on"
+    finally:
+        store.close()
+
+
+def test_acknowledged_events_survive_sigkill_on_postgres(url: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, url], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    assert proc.stdout is not None
+    watchdog = threading.Timer(30.0, proc.kill)  # bounds the test if the child stalls
+    watchdog.start()
+    acked: list[str] = []
+    try:
+        while len(acked) < 50 and (line := proc.stdout.readline()):
+            acked.append(line.strip())
+        os.kill(proc.pid, signal.SIGKILL)
+        rest = proc.stdout.read()
+    finally:
+        watchdog.cancel()
+        proc.wait()
+    acked += [line.strip() for line in rest.splitlines(keepends=True) if line.endswith("\n")]
+    assert len(acked) >= 50, "the child acknowledged too few events before the deadline"
+    assert proc.returncode == -signal.SIGKILL
+
+    reopened = open_event_store(url)
+    stored = set(reopened.events_between(T0 - timedelta(days=3650),
+                                         datetime.now(UTC) + timedelta(days=1))["event_id"])
+    reopened.close()
+    assert set(acked) <= stored

@@ -1,0 +1,98 @@
+"""LightGBM on Dask (`rewards train ... --engine dask`): ``lightgbm.dask.DaskLGBMClassifier``
+over the training rows spread across the workers, with the local engine's parameters.
+
+LightGBM's Dask interface has no early stopping (each worker would judge its own slice of the
+validation set and could stop at a different round), so the cluster trains up to ``max_rounds``
+and early stopping is replayed here on the whole validation period: the validation loss after
+every round, the same patience as the local engine, and the booster cut at the best round.
+The result is a plain ``LGBMClassifier``; evaluation, ONNX export and registration do not know
+which engine fitted it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+
+from training.config import TrainSettings
+from training.datasets import Dataset
+from training.lgbm import lgbm_params
+
+
+def fit_classifier_dask(data: Dataset, settings: TrainSettings, objective: str,
+                        monotone_decreasing: Sequence[str] = (),
+                        client: Any | None = None) -> lgb.LGBMClassifier:
+    """Fit on the cluster behind ``client`` (a 2-worker LocalCluster when None)."""
+    if client is None:
+        from serving.cluster import dask_client
+
+        with dask_client() as local_client:
+            return fit_classifier_dask(data, settings, objective, monotone_decreasing,
+                                       local_client)
+    import dask.array as da
+    from distributed import wait
+    from lightgbm.dask import DaskLGBMClassifier
+
+    from serving.cluster import worker_threads
+
+    X_train, y_train = data.subset("train")
+    X_valid, y_valid = data.subset("valid")
+    if len(X_train) == 0 or len(X_valid) == 0:
+        raise ValueError("empty train or validation period; simulate more days")
+    workers = list(client.nthreads())
+    params = lgbm_params(data, settings, objective, monotone_decreasing)
+    params["num_threads"] = worker_threads(client)  # per worker: no oversubscription
+    # One chunk per worker, placed explicitly so that every worker trains on a share.
+    rows = math.ceil(len(X_train) / len(workers))
+    X_parts, y_parts = [], []
+    for i, worker in enumerate(workers):
+        lo, hi = i * rows, min((i + 1) * rows, len(X_train))
+        if lo >= hi:
+            continue
+        xf, yf = client.scatter([X_train[lo:hi], y_train[lo:hi]], workers=[worker])
+        X_parts.append(da.from_delayed(xf, shape=(hi - lo, X_train.shape[1]),
+                                       dtype=X_train.dtype))
+        y_parts.append(da.from_delayed(yf, shape=(hi - lo,), dtype=y_train.dtype))
+        wait([xf, yf])
+    model = DaskLGBMClassifier(client=client, **params)
+    model.fit(da.concatenate(X_parts), da.concatenate(y_parts),
+              feature_name=list(data.input_names))
+    local = model.to_local()
+    best = replay_early_stopping(local.booster_, X_valid, y_valid,
+                                 settings.early_stopping_rounds)
+    local._Booster = lgb.Booster(model_str=local.booster_.model_to_string(num_iteration=best))
+    local._best_iteration = best
+    return local
+
+
+def replay_early_stopping(booster: lgb.Booster, X_valid: np.ndarray, y_valid: np.ndarray,
+                          patience: int) -> int:
+    """The round LightGBM's early stopping would keep: the first minimum of the validation
+    log-loss not improved on within ``patience`` rounds (1-based, like ``best_iteration_``)."""
+    n_rounds = booster.current_iteration()
+    raw = np.zeros((len(X_valid), booster.num_model_per_iteration()))
+    y = np.asarray(y_valid).astype(int)
+    best_loss, best_round = math.inf, 1
+    for i in range(n_rounds):
+        step = booster.predict(X_valid, start_iteration=i, num_iteration=1, raw_score=True)
+        raw += np.asarray(step).reshape(len(X_valid), -1)
+        loss = _log_loss(raw, y)
+        if loss < best_loss:
+            best_loss, best_round = loss, i + 1
+        elif i + 1 - best_round >= patience:
+            break
+    return best_round
+
+
+def _log_loss(raw: np.ndarray, y: np.ndarray) -> float:
+    """Mean negative log-likelihood from raw scores (binary: one column; multiclass: k)."""
+    if raw.shape[1] == 1:
+        z = raw[:, 0]
+        return float(np.mean(np.logaddexp(0.0, z) - y * z))
+    shifted = raw - raw.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=1))
+    return float(np.mean(log_norm - shifted[np.arange(len(y)), y]))
