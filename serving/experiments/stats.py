@@ -274,7 +274,11 @@ def proportion_ci(successes: int, n: int, alpha: float = 0.05) -> Estimate:
     rate = successes / n
     center = (rate + z2 / (2 * n)) / (1 + z2 / n)
     half_width = np.sqrt(z2 * (rate * (1 - rate) / n + z2 / (4 * n**2))) / (1 + z2 / n)
-    return Estimate(float(rate), float(center - half_width), float(center + half_width))
+    # In exact arithmetic the interval contains the rate and stays in [0, 1]; in floating point
+    # a zero rate can give a lower bound of +1e-18, which plots as a negative error bar.
+    low = min(rate, max(0.0, float(center - half_width)))
+    high = max(rate, min(1.0, float(center + half_width)))
+    return Estimate(float(rate), low, high)
 
 
 def mean_ci(values: ArrayLike, alpha: float = 0.05) -> Estimate:

@@ -58,7 +58,9 @@ def test_outcomes_count_only_inside_each_members_window() -> None:
 
 
 def _world(seed: int, n: int, effect: float) -> tuple[Experiment, pd.DataFrame, pd.DataFrame]:
-    exp = _experiment()
+    # A fixed salt: the arms (hence the whole draw) are the same on every run. The default salt
+    # is the experiment's random id, which made the draws, and these tests, differ per run.
+    exp = _experiment(salt=f"unit-world-{seed}")
     rng = np.random.default_rng(seed)
     ids = np.arange(1, n + 1)
     arms = np.array([exp.arm_of(int(i)) for i in ids])
@@ -91,14 +93,15 @@ def test_report_measures_a_known_effect() -> None:
     # test_experiment_stats (one draw's 95% CI misses 1 time in 20 by design)
     assert buy.significant and buy.warning is None
     assert "percentage points more often" in buy.sentence and "95% CI" in buy.sentence
-    assert report.qini.available and report.qini.qini_auc > 0.1
+    # Over 20 salts the Qini coefficient of this world ranged 0.093-0.151 (a random ranking: ~0)
+    assert report.qini.available and report.qini.qini_auc > 0.05
     assert {s.segment for s in report.segments} == {"tier", "channel"}
     assert report.budget is not None and report.budget.incremental_cost_per_member > 0
     assert report.window_complete_share == 1.0 and not report.warnings
 
 
 def test_small_sample_warns_and_shows_the_detectable_effect() -> None:
-    exp, exposures, events = _world(1, 300, effect=0.0)
+    exp, exposures, events = _world(1, 200, effect=0.0)  # arms of ~100 / 40 / 60 members
     report = build_report(exp, exposures, events, T0 + timedelta(days=3))
     assert any("Too few members" in w for w in report.warnings)
     assert any("window is still open" in w for w in report.warnings)

@@ -85,3 +85,14 @@ def test_comparison_fields_are_consistent() -> None:
     assert (cmp.n_treated, cmp.n_control) == (6, 6)
     assert stats.relative_change(t, np.zeros(6)) is None  # ratio to 0 is meaningless
     assert stats.minimum_detectable_effect(0.5, 0, 10) == float("inf")
+
+
+@pytest.mark.parametrize("n", [1, 7, 90, 1234, 10**6])
+def test_wilson_interval_holds_the_rate_and_stays_in_the_unit_interval(n: int) -> None:
+    """All-or-nothing counts: the bounds must be exactly 0 and 1, never 1e-18 past them (a
+    report's error bar is rate - low, which matplotlib refuses when negative)."""
+    none, every = stats.proportion_ci(0, n), stats.proportion_ci(n, n)
+    assert none.value == none.ci_low == 0.0 and 0.0 < none.ci_high < 1.0
+    assert every.value == every.ci_high == 1.0 and 0.0 < every.ci_low < 1.0
+    mid = stats.proportion_ci(n // 2, n)
+    assert 0.0 <= mid.ci_low <= mid.value <= mid.ci_high <= 1.0
