@@ -198,11 +198,16 @@ class Authenticator:
         return Principal(key.key_id, key.name, key.scopes, key.rate_limit)
 
 
+async def get_auth_dep(request: Request) -> Authenticator:
+    """As a dependency: async, so FastAPI calls it inline instead of in its thread pool."""
+    return get_auth(request)
+
+
 def get_auth(request: Request) -> Authenticator:
     return request.app.state.auth  # type: ignore[no-any-return]
 
 
-AuthDep = Annotated[Authenticator, Depends(get_auth)]
+AuthDep = Annotated[Authenticator, Depends(get_auth_dep)]
 # Declared as security schemes so the OpenAPI document (and /docs) shows how to authenticate.
 _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer rk_...`")
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,

@@ -34,9 +34,13 @@ CHALLENGE_ITEM_COLUMNS: tuple[str, ...] = (
 
 def _pick(cols: Columns, names: Sequence[str], index: np.ndarray, missing: float) -> np.ndarray:
     """Per row, the column ``names[index]``; ``missing`` where index is -1."""
-    stacked = np.stack([np.asarray(cols[n], dtype=np.float32) for n in names], axis=1)
+    values = [np.asarray(cols[n], dtype=np.float32) for n in names]
     safe = np.clip(index, 0, len(names) - 1)
-    picked = stacked[np.arange(len(index)), safe]
+    if all(v.ndim == 0 for v in values):  # one member's scalars (the request path): a lookup
+        picked = np.array(values, dtype=np.float32)[safe]
+    else:
+        stacked = np.stack(values, axis=1)
+        picked = stacked[np.arange(len(index)), safe]
     return np.where(index >= 0, picked, np.float32(missing)).astype(np.float32)
 
 
@@ -77,12 +81,24 @@ def difficulty_derived(cols: Columns, target: np.ndarray) -> dict[str, np.ndarra
 
 def assemble(cols: Columns, derived: Mapping[str, np.ndarray], service_features: Sequence[str],
              derived_names: Sequence[str]) -> np.ndarray:
-    """The float32 input matrix in model order: service features, then derived columns."""
+    """The float32 input matrix in model order: service features, then derived columns.
+
+    A column is an array with one value per row, or a scalar (0-d) shared by every row: the
+    request path passes one member's features as scalars next to the candidates' arrays, which
+    gives the same matrix as crossing them without materializing a column per feature."""
     names = [*service_features, *derived_names]
     rows = len(next(iter(derived.values())))
     X = np.empty((rows, len(names)), dtype=np.float32)
+    scalar_at, scalars = [], []
     for j, name in enumerate(service_features):
-        X[:, j] = cols[name]
+        value = cols[name]
+        if isinstance(value, np.ndarray) and value.ndim:
+            X[:, j] = value
+        else:  # one member's feature, the same on every row
+            scalar_at.append(j)
+            scalars.append(value)
+    if scalar_at:  # one broadcast assignment instead of one per member feature
+        X[:, scalar_at] = np.asarray(scalars, dtype=np.float32)
     for j, name in enumerate(derived_names, start=len(service_features)):
         X[:, j] = derived[name]
     return X

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -40,6 +40,17 @@ class OnlineFeatureReader:
         self._join_key = join_key
         self.feature_names = [f.name for f in self._view.features]
         self._lock = threading.Lock()  # the SQLite store shares one connection across threads
+        self._sqlite_sql: str | None = None
+        if type(self._online).__name__ == "SqliteOnlineStore":
+            from feast.infra.online_stores.sqlite import _quote_id, _table_id
+
+            config = store.config
+            table = _table_id(config.project, self._view,
+                              config.registry.enable_online_feature_view_versioning)
+            # CAST: the raw epoch, not a datetime per row (Feast's connection parses declared
+            # timestamp columns, ~80 conversions per member for one value we need once)
+            self._sqlite_sql = (f"SELECT feature_name, value, CAST(event_ts AS INTEGER) "
+                                f"FROM {_quote_id(table)} WHERE entity_key = ?")
 
     def read(self, entity_id: int) -> MemberRow | None:
         """The entity's features, or None if the online store has no row for it."""
@@ -47,8 +58,11 @@ class OnlineFeatureReader:
                                entity_values=[self._value(int64_val=int(entity_id))])
         with self._lock:
             try:
-                [(ts, values)] = self._online.online_read(self._store.config, self._view, [key],
-                                                          self.feature_names)
+                if self._sqlite_sql is not None:
+                    ts, values = self._read_sqlite(key)
+                else:
+                    [(ts, values)] = self._online.online_read(self._store.config, self._view,
+                                                              [key], self.feature_names)
             except Exception:
                 self._reconnect()
                 raise
@@ -57,6 +71,29 @@ class OnlineFeatureReader:
         if not values or all(v.WhichOneof("val") is None for v in values.values()):
             return None
         return MemberRow({n: _as_float(values[n]) for n in self.feature_names if n in values}, ts)
+
+    def _read_sqlite(self, key: object) -> tuple[datetime | None, dict[str, object] | None]:
+        """What ``SqliteOnlineStore.online_read`` returns for one key, read with one plain
+        query: the same rows of the same table on Feast's own connection, the same protobuf
+        values and the same timestamp convention (Feast's ``convert_timestamp`` + UTC), about
+        half the time (BENCHMARKS.md). tests/integration/test_feast_roundtrip.py compares the
+        two on every member of the test world."""
+        from feast.infra.key_encoding_utils import serialize_entity_key
+
+        config = self._store.config
+        conn = self._online._get_conn(config)
+        entity = serialize_entity_key(
+            key, entity_key_serialization_version=config.entity_key_serialization_version)
+        rows = conn.execute(self._sqlite_sql, (entity,)).fetchall()
+        if not rows:
+            return None, None
+        values = {}
+        for name, blob, _ in rows:
+            value = self._value()
+            value.ParseFromString(blob)
+            values[name] = value
+        ts = datetime.fromtimestamp(int(rows[-1][2])).replace(tzinfo=UTC)
+        return ts, values
 
     def _reconnect(self) -> None:
         """After a failed read, drop the SQLite store's connection so the next read opens a

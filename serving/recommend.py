@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from serving.candidates import (
-    CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, cross, difficulty_matrix, no_offer_items,
+    CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, difficulty_matrix, no_offer_items,
     reward_matrix,
 )
 from serving.contract import NEVER_DAYS, TIERS, code
@@ -118,22 +118,21 @@ def cold_start_features(names: list[str], tier: str | None) -> dict[str, float]:
 def reward_inputs(features: dict[str, float], rewards: Mapping[str, Any],
                   names: list[str]) -> np.ndarray:
     """Model rows for one member x every candidate reward, then the member's no-offer row."""
-    member = {f: np.array([features.get(f, 0.0)], dtype=np.float32)
-              for f in names if f not in REWARD_ITEM_COLUMNS}
+    member = {f: features.get(f, 0.0) for f in names if f not in REWARD_ITEM_COLUMNS}
     items = {c: np.asarray(rewards[c], dtype=np.float32) for c in REWARD_ITEM_COLUMNS}
-    return np.vstack([
-        reward_matrix(cross(member, items), np.ones(len(items[REWARD_ITEM_COLUMNS[0]])), names),
-        reward_matrix({**member, **no_offer_items(1)}, np.zeros(1), names),
-    ])
+    m = len(items[REWARD_ITEM_COLUMNS[0]])
+    # the member's values are scalars broadcast over the candidates: the same rows as
+    # reward_matrix(cross(...)) (tests/unit/test_candidates.py), without a column per feature
+    both = {c: np.append(items[c], no_offer_items(1)[c]) for c in REWARD_ITEM_COLUMNS}
+    return reward_matrix({**member, **both}, np.append(np.ones(m), 0.0), names)
 
 
 def difficulty_inputs(features: dict[str, float], grid: Mapping[str, Any],
                       names: list[str]) -> np.ndarray:
     """Model rows for one member x every (template, allowed target) in ``grid``."""
-    member = {f: np.array([features.get(f, 0.0)], dtype=np.float32)
-              for f in names if f not in CHALLENGE_ITEM_COLUMNS}
+    member = {f: features.get(f, 0.0) for f in names if f not in CHALLENGE_ITEM_COLUMNS}
     items = {c: np.asarray(grid[c], dtype=np.float32) for c in CHALLENGE_ITEM_COLUMNS}
-    return difficulty_matrix(cross(member, items), np.asarray(grid["target"]), names)
+    return difficulty_matrix({**member, **items}, np.asarray(grid["target"]), names)
 
 
 class Recommender:

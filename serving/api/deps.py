@@ -10,8 +10,10 @@ from serving.auth import Principal, require_page_scope, require_scope
 from serving.services import Services
 
 
-def get_services(request: Request) -> Services:
-    return request.app.state.services
+async def get_services(request: Request) -> Services:
+    # async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread hop
+    # per request that costs more than the lookup
+    return request.app.state.services  # type: ignore[no-any-return]
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

@@ -77,3 +77,29 @@ def test_historical_join_is_point_in_time(store_settings: StoreSettings) -> None
                                expected["visits_30d"].to_numpy(np.float32))
     np.testing.assert_allclose(joined["visits_per_day_90d"].to_numpy(np.float32),
                                expected["visits_per_day_90d"].to_numpy(np.float32))
+
+
+def test_serving_reader_returns_what_feast_returns(store_settings: StoreSettings) -> None:
+    """The request path reads the SQLite online store with one plain query (serving/online.py);
+    for every member (and an unknown one) it must give exactly Feast's online_read answer:
+    the same protobuf values for the same features, the same timestamp."""
+    from serving.online import OnlineFeatureReader, _as_float
+    from serving.services import MEMBER_VIEW
+
+    store = open_store(store_settings)
+    reader = OnlineFeatureReader(store, MEMBER_VIEW)
+    assert reader._sqlite_sql is not None  # the direct path is the one under test
+    members = pd.read_parquet(store_settings.world_dir / "members.parquet")["member_id"]
+    for member_id in [*members.astype(int), 10**9]:
+        key = reader._entity_key(join_keys=["member_id"],
+                                 entity_values=[reader._value(int64_val=member_id)])
+        [(feast_ts, feast_values)] = reader._online.online_read(store.config, reader._view, [key])
+        ts, values = reader._read_sqlite(key)
+        assert ts == feast_ts
+        assert (values is None) == (feast_values is None)
+        if values is not None:
+            assert values == feast_values  # protobuf equality, feature by feature
+            row = reader.read(member_id)
+            assert row is not None and row.event_timestamp == feast_ts
+            assert row.values == {n: _as_float(feast_values[n]) for n in reader.feature_names}
+    assert reader.read(10**9) is None

@@ -68,6 +68,41 @@ def test_missing_kind_rate_is_the_sentinel() -> None:
     np.testing.assert_allclose(X, [[1.0, 0.0, MISSING_RATE]])
 
 
+def test_request_path_rows_equal_the_crossed_rows_bit_for_bit() -> None:
+    """reward_inputs/difficulty_inputs pass the member as scalars broadcast over the candidates;
+    the matrices must equal crossing member columns with the items (the training path)."""
+    from serving.candidates import CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS
+    from serving.recommend import difficulty_inputs, reward_inputs
+
+    rng = np.random.default_rng(5)
+    features = {k: float(v[0]) + float(rng.normal()) for k, v in member_cols().items()}
+    features["tier_rank"] = 2.0
+    rewards = {"reward_type_code": rng.integers(-1, len(REWARD_TYPES), 30).astype(np.float32),
+               "reward_category_code": rng.integers(-1, len(CATEGORIES), 30).astype(np.float32),
+               "reward_cost": rng.uniform(1, 20, 30).astype(np.float32),
+               "reward_min_tier_rank": rng.integers(0, 4, 30).astype(np.float32)}
+    names = [*features, "reward_cost", "reward_type_code"]
+    one = {k: np.array([v], np.float32) for k, v in features.items()}
+    expected = np.vstack([reward_matrix(cross(one, rewards), np.ones(30), names),
+                          reward_matrix({**one, **no_offer_items(1)}, np.zeros(1), names)])
+    got = reward_inputs(features, rewards, names)
+    assert got.dtype == np.float32 and got.tobytes() == expected.tobytes()
+
+    lo = rng.integers(1, 4, 40).astype(np.float32)
+    grid = {"challenge_kind_code": rng.integers(-1, len(CHALLENGE_KINDS), 40).astype(np.float32),
+            "challenge_duration_days": np.full(40, 7, np.float32),
+            "challenge_min_target": lo, "challenge_max_target": lo + rng.integers(0, 5, 40),
+            "challenge_target_step": np.ones(40, np.float32),
+            "challenge_points": np.full(40, 50, np.float32)}
+    grid["target"] = grid["challenge_min_target"] + 1
+    names = [*features, *CHALLENGE_ITEM_COLUMNS[:3]]
+    items = {c: grid[c] for c in CHALLENGE_ITEM_COLUMNS}
+    expected = difficulty_matrix(cross(one, items), grid["target"], names)
+    got = difficulty_inputs(features, grid, names)
+    assert got.tobytes() == expected.tobytes()
+    assert not set(REWARD_ITEM_COLUMNS) & set(features)
+
+
 def test_reward_scores_and_value() -> None:
     offer = np.array([[0.5, 0.2, 0.3], [0.7, 0.2, 0.1]])
     control = np.array([[0.8, 0.2, 0.0]] * 2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
 from serving.api.deps import ServicesDep
 from serving.auth import require_scope
@@ -18,19 +18,26 @@ router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"],
 log = logging.getLogger("rewards.api")
 
 
+def _json(model: RecommendationResponse | BatchRecommendationResponse) -> Response:
+    """The response built by the service is already a validated model: serialize it once.
+    Returned as a model, FastAPI would dump it, validate the dump against response_model and
+    serialize it again on every request. The route keeps response_model for the OpenAPI schema
+    (and the fuzz tests check the answers against it)."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
 @router.post("", response_model=RecommendationResponse)
-async def recommend(req: RecommendationRequest, services: ServicesDep) -> RecommendationResponse:
+async def recommend(req: RecommendationRequest, services: ServicesDep) -> Response:
     """Ranked rewards (by incremental value) and challenges (personal flow-zone targets)."""
     decision = await services.decide(
         req.member_id, channel=req.channel, k_rewards=req.k_rewards,
         k_challenges=req.k_challenges, exclude=set(req.exclude),
         tier_hint=req.context.tier if req.context else None)
-    return decision.response
+    return _json(decision.response)
 
 
 @router.post("/batch", response_model=BatchRecommendationResponse)
-async def recommend_batch(req: BatchRecommendationRequest,
-                          services: ServicesDep) -> BatchRecommendationResponse:
+async def recommend_batch(req: BatchRecommendationRequest, services: ServicesDep) -> Response:
     """Up to 1,000 members in one call (CRM campaigns); each answer is logged as a decision."""
     results = []
     for member_id in req.member_ids:
@@ -38,4 +45,4 @@ async def recommend_batch(req: BatchRecommendationRequest,
             member_id, channel=req.channel, k_rewards=req.k_rewards,
             k_challenges=req.k_challenges, exclude=set(req.exclude), tier_hint=None)
         results.append(decision.response)
-    return BatchRecommendationResponse(results=results)
+    return _json(BatchRecommendationResponse(results=results))
