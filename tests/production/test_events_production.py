@@ -5,13 +5,7 @@ writer being killed. Each test starts from an empty schema."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 
 import pytest
 from _reuse import reuse
@@ -26,7 +20,7 @@ globals().update(reuse("unit/test_events.py", exclude=(
     "test_valid_events_are_normalised_to_utc", "test_decision_record_rejects_an_item_offered_twice",
     "test_open_rejects_relative_or_unknown_urls",
 )))
-CHILD, REPO, T0 = globals()["CHILD"], globals()["REPO"], globals()["T0"]
+kill_writer_and_check = globals()["kill_writer_and_check"]
 pytestmark = [pytest.mark.integration, pytest.mark.production]
 
 
@@ -59,27 +53,4 @@ def test_postgres_dialect_is_used(url: str) -> None:
 
 
 def test_acknowledged_events_survive_sigkill_on_postgres(url: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, url], stdout=subprocess.PIPE,
-                            text=True, env=env)
-    assert proc.stdout is not None
-    watchdog = threading.Timer(30.0, proc.kill)  # bounds the test if the child stalls
-    watchdog.start()
-    acked: list[str] = []
-    try:
-        while len(acked) < 50 and (line := proc.stdout.readline()):
-            acked.append(line.strip())
-        os.kill(proc.pid, signal.SIGKILL)
-        rest = proc.stdout.read()
-    finally:
-        watchdog.cancel()
-        proc.wait()
-    acked += [line.strip() for line in rest.splitlines(keepends=True) if line.endswith("\n")]
-    assert len(acked) >= 50, "the child acknowledged too few events before the deadline"
-    assert proc.returncode == -signal.SIGKILL
-
-    reopened = open_event_store(url)
-    stored = set(reopened.events_between(T0 - timedelta(days=3650),
-                                         datetime.now(UTC) + timedelta(days=1))["event_id"])
-    reopened.close()
-    assert set(acked) <= stored
+    kill_writer_and_check(url, stall_seconds=30.0)

@@ -201,12 +201,15 @@ for i in range(1_000_000):
 """
 
 
-def test_acknowledged_events_survive_sigkill(url: str) -> None:
+def kill_writer_and_check(url: str, stall_seconds: float) -> None:
+    """SIGKILL a process that acknowledges each event after add_events returned, mid-way
+    through its write loop; every acknowledged event must be in the store after reopening.
+    Shared with tests/production/test_events_production.py (PostgreSQL)."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", CHILD, url], stdout=subprocess.PIPE,
                             text=True, env=env)
     assert proc.stdout is not None
-    watchdog = threading.Timer(5.0, proc.kill)  # bounds the test if the child stalls
+    watchdog = threading.Timer(stall_seconds, proc.kill)  # bounds the test if the child stalls
     watchdog.start()
     acked: list[str] = []
     try:
@@ -226,6 +229,10 @@ def test_acknowledged_events_survive_sigkill(url: str) -> None:
                                          datetime.now(UTC) + timedelta(days=1))["event_id"])
     reopened.close()
     assert set(acked) <= stored
+
+
+def test_acknowledged_events_survive_sigkill(url: str) -> None:
+    kill_writer_and_check(url, stall_seconds=5.0)
     with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
