@@ -333,6 +333,10 @@ class _Dialect:
     #: Statement run before the DDL so that replicas starting together do not race on it.
     schema_lock: str | None
 
+    def sql(self, sql: str) -> str:
+        """Statements are written with ``?`` placeholders; PostgreSQL's driver wants ``%s``."""
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
 
 class SqlEventStore:
     """The event store over a DB-API driver; see :func:`open_event_store`."""
@@ -378,8 +382,7 @@ class SqlEventStore:
         return conn
 
     def _sql(self, sql: str) -> str:
-        placeholder = self._dialect.placeholder
-        return sql if placeholder == "?" else sql.replace("?", placeholder)
+        return self._dialect.sql(sql)
 
     @contextmanager
     def _write(self) -> Iterator[Any]:
@@ -729,11 +732,16 @@ def open_event_store(url: str) -> EventStore:
     since a relative one would depend on the working directory) or
     ``postgresql://user:pass@host:port/db``.
     """
+    return SqlEventStore(dialect_for(url, "event store"))
+
+
+def dialect_for(url: str, what: str) -> _Dialect:
+    """The engine behind a store URL (the event store's and the key store's forms)."""
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         if not path.is_absolute():
             raise ValueError(f"{url!r}: give an absolute path, e.g. sqlite:////data/events.db")
-        return SqlEventStore(_sqlite_dialect(path))
+        return _sqlite_dialect(path)
     if url.startswith(("postgresql://", "postgres://")):
-        return SqlEventStore(_postgres_dialect(url))
-    raise ValueError(f"unsupported event store URL {url!r}: use sqlite:/// or postgresql://")
+        return _postgres_dialect(url)
+    raise ValueError(f"unsupported {what} URL {url!r}: use sqlite:/// or postgresql://")

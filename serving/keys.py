@@ -22,10 +22,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from serving.events import _Dialect, _postgres_dialect, _sqlite_dialect
+from serving.events import _Dialect, dialect_for
 
 #: Every scope a key may hold; routes ask for exactly one.
 SCOPES: tuple[str, ...] = ("recommend", "events", "experiments:read", "experiments:write",
@@ -134,8 +133,7 @@ class KeyStore:
         return self._conn.cursor()
 
     def _sql(self, sql: str) -> str:
-        return sql if self._dialect.placeholder == "?" else sql.replace(
-            "?", self._dialect.placeholder)
+        return self._dialect.sql(sql)
 
     @contextmanager
     def _transaction(self) -> Iterator[Any]:
@@ -222,11 +220,4 @@ class KeyStore:
 
 def open_key_store(url: str) -> KeyStore:
     """The key table in the database at ``url`` (the event store's URL forms)."""
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.is_absolute():
-            raise ValueError(f"{url!r}: give an absolute path, e.g. sqlite:////data/events.db")
-        return KeyStore(_sqlite_dialect(path))
-    if url.startswith(("postgresql://", "postgres://")):
-        return KeyStore(_postgres_dialect(url))
-    raise ValueError(f"unsupported key store URL {url!r}: use sqlite:/// or postgresql://")
+    return KeyStore(dialect_for(url, "key store"))
