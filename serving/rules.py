@@ -111,13 +111,12 @@ def select_slate(value: np.ndarray, category: np.ndarray, k: int, max_per_catego
     (1 - eps) x [it is the best] + eps / n_remaining, which is what off-policy evaluation needs.
     """
     remaining = np.ones(len(value), dtype=bool)
-    per_cat: dict[object, int] = {}
+    _, cat_code = np.unique(np.asarray(category), return_inverse=True)
+    per_cat = np.zeros(int(cat_code.max(initial=-1)) + 1, dtype=np.int64)
     chosen: list[int] = []
     probs: list[float] = []
     while len(chosen) < k:
-        allowed = remaining & np.array([per_cat.get(c, 0) < max_per_category for c in category],
-                                       dtype=bool)
-        candidates = np.flatnonzero(allowed)
+        candidates = np.flatnonzero(remaining & (per_cat[cat_code] < max_per_category))
         if len(candidates) == 0:
             break
         best = int(candidates[np.argmax(value[candidates])])
@@ -125,5 +124,5 @@ def select_slate(value: np.ndarray, category: np.ndarray, k: int, max_per_catego
         probs.append((1.0 - epsilon) * (pick == best) + epsilon / len(candidates))
         chosen.append(pick)
         remaining[pick] = False
-        per_cat[category[pick]] = per_cat.get(category[pick], 0) + 1
+        per_cat[cat_code[pick]] += 1
     return Slate(np.array(chosen, dtype=np.int64), np.array(probs, dtype=np.float64))

@@ -162,6 +162,35 @@ def test_slate_logged_probabilities_match_exploration_frequencies() -> None:
     np.testing.assert_allclose([logged[i] for i in range(4)], expected)
 
 
+def test_slate_with_caps_above_one_and_exploration_draws_as_specified() -> None:
+    """Against the rule written out slot by slot: same picks, same logged probabilities, same
+    random draws, with categories repeated and caps of 1 and 2."""
+    def spec(value, category, k, cap, eps, rng):  # noqa: ANN001, ANN202
+        taken: list[int] = []
+        probs: list[float] = []
+        while len(taken) < k:
+            cands = [i for i in range(len(value)) if i not in taken
+                     and sum(category[j] == category[i] for j in taken) < cap]
+            if not cands:
+                break
+            best = max(cands, key=lambda i: (value[i], -i))
+            pick = best if rng.random() >= eps else int(rng.choice(np.array(cands)))
+            probs.append((1 - eps) * (pick == best) + eps / len(cands))
+            taken.append(pick)
+        return taken, probs
+
+    gen = np.random.default_rng(11)
+    for trial in range(300):
+        n = int(gen.integers(1, 12))
+        value = gen.normal(size=n)
+        category = gen.choice(np.array(["food", "beauty", "travel"]), n)
+        k, cap, eps = int(gen.integers(0, 5)), int(gen.integers(1, 3)), [0.0, 0.3][trial % 2]
+        got = select_slate(value, category, k, cap, eps, np.random.default_rng(trial))
+        want, want_p = spec(value, category, k, cap, eps, np.random.default_rng(trial))
+        assert list(got.index) == want
+        np.testing.assert_allclose(got.probability, want_p)
+
+
 def test_rules_file_is_valid_and_strict(tmp_path: Path) -> None:
     rules = load_rules(ROOT / "config" / "rules.toml")
     assert rules.challenges.flow_zone == 0.7 and rules.diversity.max_per_category == 1
