@@ -113,6 +113,9 @@ class ServeSettings(BaseSettings):
     model_poll_seconds: float = Field(30.0, ge=0, description="0 disables polling")
     budget_refresh_seconds: float = Field(5.0, gt=0)
     online_timeout_ms: float = Field(200.0, gt=0)
+    decision_log_linger_ms: float = Field(
+        10.0, ge=0, le=1000, description="decision and exposure logs (not awaited by requests) "
+                                         "are committed in batches gathered over this window")
     seed: int | None = None
     # -- security (serving/auth.py, docs/security.md) --
     auth_disabled: bool = Field(

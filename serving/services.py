@@ -209,9 +209,11 @@ def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metri
         store=store, settings=settings, metrics=metrics, events=events, models=manager,
         recommender=Recommender(catalog, rules, settings.seed), reader=reader,
         event_writer=GroupCommitter(events.add_events, "event-writer"),
-        decision_writer=GroupCommitter(_log_decisions(events), "decision-writer"),
+        decision_writer=GroupCommitter(_log_decisions(events), "decision-writer",
+                                       linger_seconds=settings.decision_log_linger_ms / 1000),
         experiments=ExperimentCache(events.experiments),
-        exposure_writer=GroupCommitter(_log_exposures(events), "exposure-writer"),
+        exposure_writer=GroupCommitter(_log_exposures(events), "exposure-writer",
+                                       linger_seconds=settings.decision_log_linger_ms / 1000),
         problems=problems)
     services.refresh_models()
     services.refresh_budget()

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Generic, TypeVar
@@ -26,10 +27,16 @@ class GroupCommitter(Generic[T, R]):
     """Batches items into calls of ``commit(items) -> results`` (one result per item)."""
 
     def __init__(self, commit: Callable[[Sequence[T]], Sequence[R]], name: str,
-                 max_batch: int = 500) -> None:
+                 max_batch: int = 500, linger_seconds: float = 0.0) -> None:
+        """``linger_seconds``: after the first item arrives, wait this long for more before
+        committing. Only for writes nobody awaits (decision logs): it turns a commit per
+        request into one per window under load (a batch of one costs ~0.6 ms of CPU, a batch
+        of 100 ~0.13 ms per item), at the price of that window's items on a crash. Awaited
+        writes (events) keep 0: their latency is the caller's."""
         self._commit = commit
         self._queue: queue.Queue[tuple[list[T], Future[list[R]]] | None] = queue.Queue()
         self._max_batch = max_batch
+        self._linger = linger_seconds
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -56,9 +63,11 @@ class GroupCommitter(Generic[T, R]):
                 break
             batch = [first]
             size = len(first[0])
+            deadline = time.monotonic() + self._linger
             while size < self._max_batch:
                 try:
-                    nxt = self._queue.get_nowait()
+                    wait = deadline - time.monotonic()
+                    nxt = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:

@@ -224,6 +224,18 @@ def test_group_commit_resolves_each_writer_with_its_own_results() -> None:
     assert sum(batches) == 100
 
 
+def test_group_commit_linger_gathers_a_window_into_one_commit_and_close_flushes() -> None:
+    batches: list[list[int]] = []
+    gc = GroupCommitter(lambda items: batches.append(list(items)) or list(items), "linger",
+                        linger_seconds=0.3)
+    futures = [gc.submit([k]) for k in range(5)]  # all well inside one 0.3 s window
+    assert [f.result(timeout=5) for f in futures] == [[k] for k in range(5)]
+    assert batches == [[0, 1, 2, 3, 4]]
+    last = gc.submit([9])
+    gc.close()  # stopping commits what is queued instead of dropping it
+    assert last.result(timeout=1) == [9] and batches[-1] == [9]
+
+
 def test_group_commit_failure_reaches_every_waiting_writer() -> None:
     def commit(items: list[int]) -> list[int]:
         raise OSError("disk full")
