@@ -5,6 +5,7 @@ server's registry); the tests below check that the production stores are the one
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -115,3 +116,48 @@ def test_erasure_reaches_redis_and_postgres(app_client: TestClient, trained_stor
         reader._online.online_write_batch(config, reader._view, [(key, saved, ts, None)], None)
         raw.close()
     assert reader.read(member_id) is not None
+
+
+def test_redis_that_hangs_degrades_answers_then_recovers(trained_store, servers,  # noqa: ANN001
+                                                        make_api_key) -> None:  # noqa: ANN001
+    """Redis stops answering (CLIENT PAUSE: connections stay open, replies wait): each request
+    gives up after REWARDS_ONLINE_TIMEOUT_MS with a 200 flagged degraded, not a hang or a 5xx;
+    when Redis answers again, so does personalization, without a restart."""
+    import redis
+
+    from serving.main import create_app
+
+    settings = ServeSettings(events_url=servers.database("events_hang"), model_poll_seconds=0,
+                             seed=3, online_timeout_ms=150)
+    key = make_api_key(settings.events_url, "recommend")
+    host, port = servers.redis_url.split(":")
+    raw = redis.Redis(host=host, port=int(port))
+    body = {"member_id": 3, "k_rewards": 2, "k_challenges": 2}
+    with TestClient(create_app(trained_store[0], settings),
+                    headers={"Authorization": f"Bearer {key}"}) as client:
+        before = client.post("/v1/recommendations", json=body).json()
+        assert before["personalized"] and not before["degraded"]
+        raw.execute_command("CLIENT", "PAUSE", "2000", "ALL")
+        try:
+            answers, started = [], time.monotonic()
+            for member_id in (3, 4, 5):
+                t0 = time.monotonic()
+                r = client.post("/v1/recommendations", json={**body, "member_id": member_id})
+                answers.append((r.status_code, r.json(), time.monotonic() - t0))
+            assert time.monotonic() - started < 1.8, "the answers came before Redis was back"
+        finally:
+            raw.execute_command("CLIENT", "UNPAUSE")
+        for status, answer, seconds in answers:
+            assert status == 200 and answer["degraded"] and not answer["personalized"]
+            assert "online store timeout" in answer["degraded_reasons"]
+            assert answer["rewards"] and seconds < 1.0  # a default answer, within the timeout
+        deadline = time.monotonic() + 10
+        while True:  # the reader's stuck call returns once Redis answers again
+            after = client.post("/v1/recommendations", json=body).json()
+            if not after["degraded"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert after["personalized"] and not after["degraded"]
+        metrics = client.get("/metrics").text
+        assert 'rewards_fallbacks_total{kind="degraded"}' in metrics
+    raw.close()
