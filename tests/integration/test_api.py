@@ -50,10 +50,11 @@ def recommend(client: TestClient, **body: object) -> dict:
 
 
 def wait_for_decisions(client: TestClient, at_least: int) -> None:
-    deadline = time.monotonic() + 5
-    while services(client).events.count_decisions() < at_least:
-        assert time.monotonic() < deadline, "decisions were not committed"
-        time.sleep(0.02)
+    """Until every decision served so far is committed: an empty write queued behind them
+    resolves after their commit (the writer commits in queue order). Counting rows alone could
+    be satisfied by an earlier test's decision still in the writer's window."""
+    services(client).decision_writer.submit([]).result(timeout=5)
+    assert services(client).events.count_decisions() >= at_least
 
 
 def test_ready_and_healthy(app_client: TestClient) -> None:
