@@ -13,6 +13,7 @@ Cluster start-up is timed apart from the work. Wall times on a shared machine: r
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import sys
@@ -22,6 +23,30 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+
+def _log(step: str, t0: float) -> None:
+    """One progress line on stderr: wall clock, seconds since t0, current and peak RSS, load."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines()
+                  if line.startswith(("VmRSS", "VmHWM")))
+    print(f"{time.strftime('%H:%M:%S', time.gmtime())} +{time.perf_counter() - t0:7.1f}s {step}: "
+          f"rss {status['VmRSS'].strip()}, peak {status['VmHWM'].strip()}, "
+          f"load {Path('/proc/loadavg').read_text().split()[0]}", file=sys.stderr, flush=True)
+
+
+def _release_memory() -> None:
+    """Return freed memory to the OS (Python, Arrow's pool, glibc's heap) before the next step,
+    so that the retrieval's transient gigabytes are not still held while the models fit."""
+    import ctypes
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
 
 
 def champions(threads: int) -> dict[str, object]:
@@ -87,10 +112,19 @@ def bench_train(client: object) -> dict[str, object]:
         ("reward", reward_dataset, "propensity_v1", "multiclass", [2], ()),
         ("difficulty", difficulty_dataset, "difficulty_v1", "binary", [1], DIFFICULTY_DECREASING),
     ):
+        start = time.perf_counter()
+        _log(f"{name}: building the training set", start)
         data = build(store, store.world_dir, shares, service,
                      service_feature_names(feast_store, service))
+        # The fit reads X, y and part only: drop the joined Feast frame (every feature column
+        # again, plus the logged columns) so that it does not sit beside the models.
+        data.rows = data.rows.iloc[:0]
+        _release_memory()
         X_test, y_test = data.subset("test")
-        row: dict[str, object] = {"train_rows": int((data.part == "train").sum())}
+        row: dict[str, object] = {"train_rows": int((data.part == "train").sum()),
+                                  "dataset_s": round(time.perf_counter() - start, 1)}
+        _log(f"{name}: training set built ({row['train_rows']} train rows, "
+             f"X {data.X.shape} {data.X.dtype})", start)
         for engine in ("local", "dask"):
             t0 = time.perf_counter()
             model = fit_classifier(data, settings.model_copy(update={"engine": engine}),
@@ -99,7 +133,13 @@ def bench_train(client: object) -> dict[str, object]:
             row[f"{engine}_best_iteration"] = int(model.best_iteration_)
             proba = predict_proba(model, X_test)[:, positive].sum(axis=1)
             row[f"{engine}_test_auc"] = round(auc(np.isin(y_test, positive), proba), 4)
+            del model, proba
+            _release_memory()
+            _log(f"{name}: {engine} fit done {row}", start)
         out[name] = row
+        print(json.dumps({name: row}), file=sys.stderr, flush=True)
+        del data, X_test, y_test  # free this model's training set before building the next
+        _release_memory()
     return out
 
 
