@@ -13,6 +13,7 @@ Cluster start-up is timed apart from the work. Wall times on a shared machine: r
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import sys
@@ -22,6 +23,30 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+
+def _log(step: str, t0: float) -> None:
+    """One progress line on stderr: wall clock, seconds since t0, current and peak RSS, load."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines()
+                  if line.startswith(("VmRSS", "VmHWM")))
+    print(f"{time.strftime('%H:%M:%S', time.gmtime())} +{time.perf_counter() - t0:7.1f}s {step}: "
+          f"rss {status['VmRSS'].strip()}, peak {status['VmHWM'].strip()}, "
+          f"load {Path('/proc/loadavg').read_text().split()[0]}", file=sys.stderr, flush=True)
+
+
+def _release_memory() -> None:
+    """Return freed memory to the OS (Python, Arrow's pool, glibc's heap) before the next step,
+    so that the retrieval's transient gigabytes are not still held while the models fit."""
+    import ctypes
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
 
 
 def champions(threads: int) -> dict[str, object]:
@@ -70,28 +95,79 @@ def bench_score(client: object, workers: int) -> dict[str, object]:
     return out
 
 
-def bench_train(client: object) -> dict[str, object]:
-    from serving.candidates import DIFFICULTY_DECREASING
+def _build_dataset(name: str, spill: str | None) -> object:
+    """One model's training set; with ``spill`` (a folder), its arrays go to .npy files there
+    and come back without them, so that a child process can build it and exit."""
     from serving.config import get_store_settings
     from serving.feature_store import open_store, service_feature_names
     from training.config import get_train_settings
     from training.datasets import difficulty_dataset, reward_dataset
+
+    store, settings = get_store_settings(), get_train_settings()
+    build, service = {"reward": (reward_dataset, "propensity_v1"),
+                      "difficulty": (difficulty_dataset, "difficulty_v1")}[name]
+    data = build(store, store.world_dir, (settings.valid_share, settings.test_share), service,
+                 service_feature_names(open_store(store), service))
+    # The fit reads X, y and part only: drop the joined Feast frame (every feature column
+    # again, plus the logged columns) so that it does not sit beside the models.
+    data.rows = data.rows.iloc[:0]
+    if spill is None:
+        return data
+    for field in ("X", "y", "part"):
+        np.save(Path(spill) / f"{name}_{field}.npy", getattr(data, field))
+        setattr(data, field, None)
+    return data
+
+
+def _load_dataset(name: str, in_child: bool) -> object:
+    """Build in this process, or in a child process whose heap (the retrieval's Python strings
+    and frames, ~8 GiB still held after the build at 1M members) is returned when it exits."""
+    if not in_child:
+        return _build_dataset(name, None)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from serving.config import get_store_settings
+
+    spill = Path(tempfile.mkdtemp(dir=get_store_settings().data, prefix="bench_dataset_"))
+    try:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            data = pool.submit(_build_dataset, name, str(spill)).result()
+        for field in ("X", "y", "part"):
+            setattr(data, field, np.load(spill / f"{name}_{field}.npy"))
+    finally:
+        for f in spill.glob("*.npy"):
+            f.unlink()
+        spill.rmdir()
+    return data
+
+
+def bench_train(client: object, models: tuple[str, ...] = ("reward", "difficulty"),
+                engines: tuple[str, ...] = ("local", "dask"),
+                build_in_child: bool = False) -> dict[str, object]:
+    from serving.candidates import DIFFICULTY_DECREASING
+    from training.config import get_train_settings
     from training.lgbm import fit_classifier, predict_proba
     from training.metrics import auc
 
-    store, settings = get_store_settings(), get_train_settings()
-    shares = (settings.valid_share, settings.test_share)
-    feast_store = open_store(store)
+    settings = get_train_settings()
     out: dict[str, object] = {}
-    for name, build, service, objective, positive, decreasing in (
-        ("reward", reward_dataset, "propensity_v1", "multiclass", [2], ()),
-        ("difficulty", difficulty_dataset, "difficulty_v1", "binary", [1], DIFFICULTY_DECREASING),
+    for name, objective, positive, decreasing in (
+        ("reward", "multiclass", [2], ()),
+        ("difficulty", "binary", [1], DIFFICULTY_DECREASING),
     ):
-        data = build(store, store.world_dir, shares, service,
-                     service_feature_names(feast_store, service))
+        if name not in models:
+            continue
+        start = time.perf_counter()
+        _log(f"{name}: building the training set", start)
+        data = _load_dataset(name, build_in_child)
+        _release_memory()
         X_test, y_test = data.subset("test")
-        row: dict[str, object] = {"train_rows": int((data.part == "train").sum())}
-        for engine in ("local", "dask"):
+        row: dict[str, object] = {"train_rows": int((data.part == "train").sum()),
+                                  "dataset_s": round(time.perf_counter() - start, 1)}
+        _log(f"{name}: training set built ({row['train_rows']} train rows, "
+             f"X {data.X.shape} {data.X.dtype})", start)
+        for engine in engines:
             t0 = time.perf_counter()
             model = fit_classifier(data, settings.model_copy(update={"engine": engine}),
                                    objective, decreasing, client=client)
@@ -99,7 +175,13 @@ def bench_train(client: object) -> dict[str, object]:
             row[f"{engine}_best_iteration"] = int(model.best_iteration_)
             proba = predict_proba(model, X_test)[:, positive].sum(axis=1)
             row[f"{engine}_test_auc"] = round(auc(np.isin(y_test, positive), proba), 4)
+            del model, proba
+            _release_memory()
+            _log(f"{name}: {engine} fit done {row}", start)
         out[name] = row
+        print(json.dumps({name: row}), file=sys.stderr, flush=True)
+        del data, X_test, y_test  # free this model's training set before building the next
+        _release_memory()
     return out
 
 
@@ -108,6 +190,10 @@ def main() -> None:
     parser.add_argument("--what", default="score,train")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--scheduler", default=None, help="default: a LocalCluster")
+    parser.add_argument("--models", default="reward,difficulty", help="train: models to fit")
+    parser.add_argument("--engines", default="local,dask", help="train: engines to compare")
+    parser.add_argument("--build-in-child", action="store_true",
+                        help="train: build each training set in a child process (less memory)")
     args = parser.parse_args()
     from serving.cluster import dask_client
 
@@ -119,8 +205,12 @@ def main() -> None:
             report["score_batch"] = bench_score(client, args.workers)
             print(json.dumps(report, indent=2), file=sys.stderr)
         if "train" in args.what:
-            report["train"] = bench_train(client)
+            report["train"] = bench_train(client, tuple(args.models.split(",")),
+                                          tuple(args.engines.split(",")), args.build_in_child)
     report["client_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if args.build_in_child:
+        report["dataset_child_peak_rss_mib"] = round(
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     print(json.dumps(report, indent=2))
 
 

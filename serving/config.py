@@ -44,6 +44,9 @@ class StoreSettings(BaseSettings):
         None, description="Feast Redis connection string, e.g. 127.0.0.1:6379 (production)")
     dask_scheduler: str | None = Field(
         None, description="Dask scheduler address for --engine dask; default: a LocalCluster")
+    duckdb_memory_limit: str | None = Field(
+        None, description="cap on the DuckDB offline store's memory for training-set retrieval, "
+        "e.g. '6GB' (spills to <data>/duckdb_tmp beyond it); default: DuckDB's own, 80% of RAM")
 
     @model_validator(mode="after")
     def _profile_defaults(self) -> Self:

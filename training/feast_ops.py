@@ -83,5 +83,27 @@ def historical_features(settings: StoreSettings, entity_df: pd.DataFrame,
                         service_name: str) -> pd.DataFrame:
     """Point-in-time join of ``entity_df`` (keys + event_timestamp) with a FeatureService."""
     store = open_store(settings)
+    if settings.duckdb_memory_limit:
+        _bound_duckdb(settings.duckdb_memory_limit, settings.data / "duckdb_tmp")
     service = store.get_feature_service(service_name)
     return store.get_historical_features(entity_df=entity_df, features=service).to_df()
+
+
+def _bound_duckdb(memory_limit: str, spill_dir: Path) -> None:
+    """Cap the DuckDB connection that Feast's DuckDB offline store runs on (ibis's default
+    backend), spilling to ``spill_dir`` beyond the cap.
+
+    Uncapped, DuckDB may take 80 % of the machine's RAM: the point-in-time join of 11.9 M offers
+    against 91 M member-day rows (1 M members) peaked the process at 19.5 GiB.
+    """
+    import ibis
+
+    con = ibis.get_backend()
+    if getattr(con, "name", None) != "duckdb":
+        return
+    con.raw_sql(f"SET memory_limit = '{memory_limit}'")
+    # DuckDB refuses to switch (or re-set) the spill folder once something spilled there.
+    current = con.raw_sql("SELECT current_setting('temp_directory')").fetchone()[0]
+    if current != str(spill_dir):
+        spill_dir.mkdir(parents=True, exist_ok=True)
+        con.raw_sql(f"SET temp_directory = '{spill_dir}'")
