@@ -118,14 +118,11 @@ def difficulty_matrix(cols: Columns, target: np.ndarray,
 def cross(members: Columns, items: Columns) -> dict[str, np.ndarray]:
     """Every member crossed with every item, member-major: row i*m + j = (member i, item j).
 
-    Serving passes one member (arrays of length 1); evaluation passes thousands.
+    Evaluation and batch scoring pass chunks of members; the request path does not cross at
+    all: it passes one member's values as scalars, which ``assemble`` broadcasts.
     """
     n = len(next(iter(members.values())))
     m = len(next(iter(items.values())))
-    if n == 1:  # the request path: np.full is ~10x cheaper than repeat/broadcast_to per column
-        out = {name: np.full(m, np.asarray(v).item()) for name, v in members.items()}
-        out.update({name: np.asarray(v) for name, v in items.items()})
-        return out
     out = {name: np.repeat(np.asarray(v), m) for name, v in members.items()}
     out.update({name: np.tile(np.asarray(v), n) for name, v in items.items()})
     return out

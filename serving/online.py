@@ -40,22 +40,34 @@ class OnlineFeatureReader:
         self._join_key = join_key
         self.feature_names = [f.name for f in self._view.features]
         self._lock = threading.Lock()  # the SQLite store shares one connection across threads
-        self._sqlite_sql: str | None = None
+        self._sqlite_table: str | None = None  # quoted table name when the store is SQLite
         if type(self._online).__name__ == "SqliteOnlineStore":
             from feast.infra.online_stores.sqlite import _quote_id, _table_id
 
             config = store.config
-            table = _table_id(config.project, self._view,
-                              config.registry.enable_online_feature_view_versioning)
-            # CAST: the raw epoch, not a datetime per row (Feast's connection parses declared
-            # timestamp columns, ~80 conversions per member for one value we need once)
-            self._sqlite_sql = (f"SELECT feature_name, value, CAST(event_ts AS INTEGER) "
-                                f"FROM {_quote_id(table)} WHERE entity_key = ?")
+            self._sqlite_table = _quote_id(_table_id(
+                config.project, self._view, config.registry.enable_online_feature_view_versioning))
+        # CAST: the raw epoch, not a datetime per row (Feast's connection parses declared
+        # timestamp columns, ~80 conversions per member for one value we need once)
+        self._sqlite_sql = None if self._sqlite_table is None else (
+            f"SELECT feature_name, value, CAST(event_ts AS INTEGER) "
+            f"FROM {self._sqlite_table} WHERE entity_key = ?")
+
+    def _key(self, entity_id: int) -> object:
+        return self._entity_key(join_keys=[self._join_key],
+                                entity_values=[self._value(int64_val=int(entity_id))])
+
+    def _serialized(self, key: object) -> bytes:
+        """The entity key as Feast stores it (SQLite's ``entity_key`` column)."""
+        from feast.infra.key_encoding_utils import serialize_entity_key
+
+        version = self._store.config.entity_key_serialization_version
+        return serialize_entity_key(  # type: ignore[no-any-return]
+            key, entity_key_serialization_version=version)
 
     def read(self, entity_id: int) -> MemberRow | None:
         """The entity's features, or None if the online store has no row for it."""
-        key = self._entity_key(join_keys=[self._join_key],
-                               entity_values=[self._value(int64_val=int(entity_id))])
+        key = self._key(entity_id)
         with self._lock:
             try:
                 if self._sqlite_sql is not None:
@@ -68,7 +80,7 @@ class OnlineFeatureReader:
                 raise
         # SQLite answers a missing key with nothing; Redis with every feature unset (and the
         # epoch as timestamp): both mean "no row", i.e. a cold-start member.
-        if not values or all(v.WhichOneof("val") is None for v in values.values()):
+        if not _stored(values):
             return None
         return MemberRow({n: _as_float(values[n]) for n in self.feature_names if n in values}, ts)
 
@@ -78,13 +90,8 @@ class OnlineFeatureReader:
         values and the same timestamp convention (Feast's ``convert_timestamp`` + UTC), about
         half the time (BENCHMARKS.md). tests/integration/test_feast_roundtrip.py compares the
         two on every member of the test world."""
-        from feast.infra.key_encoding_utils import serialize_entity_key
-
-        config = self._store.config
-        conn = self._online._get_conn(config)
-        entity = serialize_entity_key(
-            key, entity_key_serialization_version=config.entity_key_serialization_version)
-        rows = conn.execute(self._sqlite_sql, (entity,)).fetchall()
+        conn = self._online._get_conn(self._store.config)
+        rows = conn.execute(self._sqlite_sql, (self._serialized(key),)).fetchall()
         if not rows:
             return None, None
         values = {}
@@ -101,7 +108,7 @@ class OnlineFeatureReader:
         caches the schema) even after the file is back. Redis clients reconnect by themselves.
         """
         conn = getattr(self._online, "_conn", None)
-        if type(self._online).__name__ == "SqliteOnlineStore" and conn is not None:
+        if self._sqlite_table is not None and conn is not None:
             try:
                 conn.close()
             except Exception:  # noqa: BLE001, S110 - it is being discarded anyway
@@ -120,34 +127,34 @@ class OnlineFeatureReader:
         them: erasure must reach those too (docs/privacy.md).
         """
         config = self._store.config
-        key = self._entity_key(join_keys=[self._join_key],
-                               entity_values=[self._value(int64_val=int(entity_id))])
+        key = self._key(entity_id)
         kind = type(self._online).__name__
-        version = config.entity_key_serialization_version
         with self._lock:
-            if kind == "SqliteOnlineStore":
-                from feast.infra.key_encoding_utils import serialize_entity_key
-                from feast.infra.online_stores.sqlite import _quote_id, _table_id
-
+            if self._sqlite_table is not None:
                 conn = self._online._get_conn(config)
-                table = _table_id(config.project, self._view,
-                                  config.registry.enable_online_feature_view_versioning)
                 with conn:  # commits
-                    cur = conn.execute(
-                        f"DELETE FROM {_quote_id(table)} WHERE entity_key = ?",
-                        (serialize_entity_key(key, entity_key_serialization_version=version),))
+                    cur = conn.execute(f"DELETE FROM {self._sqlite_table} WHERE entity_key = ?",
+                                       (self._serialized(key),))
                 return int(cur.rowcount)
             if kind == "RedisOnlineStore":
                 from feast.infra.online_stores.helpers import _redis_key
 
                 [(_, values)] = self._online.online_read(config, self._view, [key],
                                                          self.feature_names)
-                stored = sum(v.WhichOneof("val") is not None for v in (values or {}).values())
                 client = self._online._get_client(config.online_store)
                 redis_key = _redis_key(config.project, key,
-                                       entity_key_serialization_version=version)
-                return stored * int(client.delete(redis_key))
+                                       entity_key_serialization_version=(
+                                           config.entity_key_serialization_version))
+                return _stored(values) * int(client.delete(redis_key))
         raise NotImplementedError(f"erasure from a {kind} online store is not implemented")
+
+
+def _stored(values: dict[str, object] | None) -> int:
+    """How many features hold a value. SQLite answers a missing key with nothing; Redis with
+    every feature unset: both count 0."""
+    present = (v.WhichOneof("val") is not None  # type: ignore[attr-defined]
+               for v in (values or {}).values())
+    return sum(present)
 
 
 def _as_float(value: object) -> float:

@@ -122,8 +122,9 @@ def reward_inputs(features: dict[str, float], rewards: Mapping[str, Any],
     items = {c: np.asarray(rewards[c], dtype=np.float32) for c in REWARD_ITEM_COLUMNS}
     m = len(items[REWARD_ITEM_COLUMNS[0]])
     # the member's values are scalars broadcast over the candidates: the same rows as
-    # reward_matrix(cross(...)) (tests/unit/test_candidates.py), without a column per feature
-    both = {c: np.append(items[c], no_offer_items(1)[c]) for c in REWARD_ITEM_COLUMNS}
+    # reward_matrix(cross(...)) (tests/unit/test_serving_logic.py), without a column per feature
+    control = no_offer_items(1)
+    both = {c: np.append(items[c], control[c]) for c in REWARD_ITEM_COLUMNS}
     return reward_matrix({**member, **both}, np.append(np.ones(m), 0.0), names)
 
 
