@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from machine_memory import MachineMemory
 
 
 def _log(step: str, t0: float) -> None:
@@ -47,6 +48,11 @@ def _release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:  # not glibc
         pass
+
+
+def worker_peak_rss_mib(client: object) -> dict[str, int]:
+    """Each worker process's peak RSS (the LightGBM fit and its copies of the data)."""
+    return client.run(lambda: round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
 def champions(threads: int) -> dict[str, object]:
@@ -194,12 +200,16 @@ def main() -> None:
     parser.add_argument("--engines", default="local,dask", help="train: engines to compare")
     parser.add_argument("--build-in-child", action="store_true",
                         help="train: build each training set in a child process (less memory)")
+    parser.add_argument("--worker-memory", default="auto",
+                        help="LocalCluster memory limit per worker (default: an equal share)")
     args = parser.parse_args()
     from serving.cluster import dask_client
 
     report: dict[str, object] = {}
+    machine = MachineMemory()
     t0 = time.perf_counter()
-    with dask_client(args.scheduler, n_workers=args.workers, threads_per_worker=1) as client:
+    with dask_client(args.scheduler, n_workers=args.workers, threads_per_worker=1,
+                     memory_limit=args.worker_memory) as client:
         report["cluster_start_s"] = round(time.perf_counter() - t0, 1)
         if "score" in args.what:
             report["score_batch"] = bench_score(client, args.workers)
@@ -207,6 +217,8 @@ def main() -> None:
         if "train" in args.what:
             report["train"] = bench_train(client, tuple(args.models.split(",")),
                                           tuple(args.engines.split(",")), args.build_in_child)
+        report["worker_peak_rss_mib"] = worker_peak_rss_mib(client)
+    report["machine_peak_used_gib"] = machine.stop()
     report["client_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if args.build_in_child:
         report["dataset_child_peak_rss_mib"] = round(

@@ -14,6 +14,8 @@ import resource
 import sys
 import time
 
+from machine_memory import MachineMemory
+
 from serving.config import get_store_settings
 from training.config import get_train_settings
 from training.pipeline import train_difficulty, train_reward
@@ -21,6 +23,7 @@ from training.pipeline import train_difficulty, train_reward
 
 def main() -> None:
     store, settings = get_store_settings(), get_train_settings()
+    machine = MachineMemory()
     t0 = time.perf_counter()
     out = {}
     for fn in (train_reward, train_difficulty):
@@ -29,6 +32,7 @@ def main() -> None:
                             "metrics": result.metrics}
     out["total_seconds"] = round(time.perf_counter() - t0, 1)
     out["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    out["machine_peak_used_gib"] = machine.stop()
     print(json.dumps(out, indent=2))
 
 
