@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,33 @@ def copy_store(trained_store):  # noqa: ANN001, ANN201
                                            "models_dir": dest / "models"})
 
     return copy
+
+
+@contextmanager
+def _loop_in_threads(step: Callable[[int], None], threads: int = 3) -> Iterator[None]:
+    """Call ``step(0)``, ``step(1)``, ... in each of ``threads`` threads until the block exits;
+    the threads are joined before the block's exit completes."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        i = 0
+        while not stop.is_set():
+            step(i)
+            i += 1
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+
+
+@pytest.fixture(scope="session")
+def request_traffic():  # noqa: ANN201
+    """Background request traffic for the under-traffic tests (reload, outage): a context
+    manager running a test's one-request function in a loop on 3 threads."""
+    return _loop_in_threads

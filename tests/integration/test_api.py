@@ -3,7 +3,6 @@ SQLite event store. Every route and flag, and a champion swap under traffic."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -241,7 +240,7 @@ def test_training_and_serving_build_identical_rows(app_client: TestClient, train
 
 
 def test_champion_swap_under_traffic(app_client: TestClient, trained_store,  # noqa: ANN001
-                                     members: pd.DataFrame) -> None:
+                                     members: pd.DataFrame, request_traffic) -> None:  # noqa: ANN001
     """A new champion is promoted and reloaded while requests flow: none fails."""
     from training import tracking
     from training.pipeline import train_reward
@@ -251,31 +250,23 @@ def test_champion_swap_under_traffic(app_client: TestClient, trained_store,  # n
     ids = [int(i) for i in members["member_id"].iloc[:50]]
     failures: list[int] = []
     seen: set[str] = set()
-    stop = threading.Event()
 
-    def traffic() -> None:
-        i = 0
-        while not stop.is_set():
-            r = app_client.post("/v1/recommendations", json={"member_id": ids[i % len(ids)]})
-            if r.status_code != 200:
-                failures.append(r.status_code)
-            else:
-                seen.add(r.json()["model_versions"].get("reward", "-"))
-            i += 1
+    def one_request(i: int) -> None:
+        r = app_client.post("/v1/recommendations", json={"member_id": ids[i % len(ids)]})
+        if r.status_code != 200:
+            failures.append(r.status_code)
+        else:
+            seen.add(r.json()["model_versions"].get("reward", "-"))
 
-    workers = [threading.Thread(target=traffic) for _ in range(3)]
-    for w in workers:
-        w.start()
     try:
-        time.sleep(0.5)
-        tracking.configure_mlflow(store.tracking_uri, store.artifact_root, settings.experiment)
-        tracking.promote("reward", {}, force=True, reason="swap-under-traffic test")
-        reload = app_client.post("/v1/admin/reload").json()
-        time.sleep(0.5)
+        with request_traffic(one_request):
+            time.sleep(0.5)
+            tracking.configure_mlflow(store.tracking_uri, store.artifact_root,
+                                      settings.experiment)
+            tracking.promote("reward", {}, force=True, reason="swap-under-traffic test")
+            reload = app_client.post("/v1/admin/reload").json()
+            time.sleep(0.5)
     finally:
-        stop.set()
-        for w in workers:
-            w.join()
         tracking.rollback("reward", reason="restore v1 after the swap test")
         app_client.post("/v1/admin/reload")
     assert reload["outcomes"]["reward"] == f"loaded v{new.version}"

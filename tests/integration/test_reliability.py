@@ -162,7 +162,7 @@ def private_app(copy_store, make_api_key,  # noqa: ANN001
         yield client, store
 
 
-def test_online_store_outage_under_traffic(private_app) -> None:  # noqa: ANN001
+def test_online_store_outage_under_traffic(private_app, request_traffic) -> None:  # noqa: ANN001
     """The SQLite online store's file is emptied mid-traffic, then restored: no request fails,
     answers during the outage are flagged degraded, and personalization comes back."""
     client, store = private_app
@@ -172,39 +172,30 @@ def test_online_store_outage_under_traffic(private_app) -> None:  # noqa: ANN001
     saved = db.read_bytes()
     results: list[tuple[str, int, bool, bool, list[str]]] = []
     phase = ["before"]
-    stop = threading.Event()
 
-    def traffic() -> None:
-        i = 0
-        while not stop.is_set():
-            current = phase[0]
-            r = client.post("/v1/recommendations", json={"member_id": ids[i % len(ids)]})
-            body = r.json() if r.status_code == 200 else {}
-            if phase[0] != current:  # straddled a switch: it belongs to no phase
-                current = "switch"
-            results.append((current, r.status_code, body.get("degraded", False),
-                            body.get("personalized", False), body.get("degraded_reasons", [])))
-            i += 1
+    def one_request(i: int) -> None:
+        current = phase[0]
+        r = client.post("/v1/recommendations", json={"member_id": ids[i % len(ids)]})
+        body = r.json() if r.status_code == 200 else {}
+        if phase[0] != current:  # straddled a switch: it belongs to no phase
+            current = "switch"
+        results.append((current, r.status_code, body.get("degraded", False),
+                        body.get("personalized", False), body.get("degraded_reasons", [])))
 
-    workers = [threading.Thread(target=traffic) for _ in range(3)]
-    for w in workers:
-        w.start()
     try:
-        time.sleep(1.0)
-        with db.open("r+b") as fh:  # the store is gone: an empty file where it was
-            fh.truncate(0)
-        phase[0] = "outage"
-        time.sleep(1.5)
-        phase[0] = "restoring"
-        with db.open("r+b") as fh:
-            fh.write(saved)
-        time.sleep(0.3)
-        phase[0] = "after"
-        time.sleep(1.0)
+        with request_traffic(one_request):
+            time.sleep(1.0)
+            with db.open("r+b") as fh:  # the store is gone: an empty file where it was
+                fh.truncate(0)
+            phase[0] = "outage"
+            time.sleep(1.5)
+            phase[0] = "restoring"
+            with db.open("r+b") as fh:
+                fh.write(saved)
+            time.sleep(0.3)
+            phase[0] = "after"
+            time.sleep(1.0)
     finally:
-        stop.set()
-        for w in workers:
-            w.join()
         db.write_bytes(saved)
     by_phase = {p: [r for r in results if r[0] == p] for p in ("before", "outage", "after")}
     assert all(code == 200 for _, code, *_ in results), {c for _, c, *_ in results}
