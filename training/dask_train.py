@@ -65,26 +65,22 @@ def fit_classifier_dask(data: Dataset, settings: TrainSettings, objective: str,
               feature_name=list(data.input_names))
     local = model.to_local()
     best = replay_early_stopping(local.booster_, X_valid, y_valid,
-                                 settings.early_stopping_rounds, settings.num_threads)
+                                 settings.early_stopping_rounds)
     local._Booster = lgb.Booster(model_str=local.booster_.model_to_string(num_iteration=best))
     local._best_iteration = best
     return local
 
 
 def replay_early_stopping(booster: lgb.Booster, X_valid: np.ndarray, y_valid: np.ndarray,
-                          patience: int, num_threads: int = 0) -> int:
+                          patience: int) -> int:
     """The round LightGBM's early stopping would keep: the first minimum of the validation
-    log-loss not improved on within ``patience`` rounds (1-based, like ``best_iteration_``).
-
-    Runs in the client with ``num_threads`` (0: LightGBM's default): the booster carries the
-    workers' one thread, which made this replay single-threaded (~15 min at 1M members)."""
+    log-loss not improved on within ``patience`` rounds (1-based, like ``best_iteration_``)."""
     n_rounds = booster.current_iteration()
     raw = np.zeros((len(X_valid), booster.num_model_per_iteration()))
     y = np.asarray(y_valid).astype(int)
     best_loss, best_round = math.inf, 1
     for i in range(n_rounds):
-        step = booster.predict(X_valid, start_iteration=i, num_iteration=1, raw_score=True,
-                               num_threads=num_threads)
+        step = booster.predict(X_valid, start_iteration=i, num_iteration=1, raw_score=True)
         raw += np.asarray(step).reshape(len(X_valid), -1)
         loss = _log_loss(raw, y)
         if loss < best_loss:
