@@ -110,8 +110,8 @@ def _build_dataset(name: str, spill: str | None) -> object:
     from training.datasets import difficulty_dataset, reward_dataset
 
     store, settings = get_store_settings(), get_train_settings()
-    build, service = {"reward": (reward_dataset, "propensity_v1"),
-                      "difficulty": (difficulty_dataset, "difficulty_v1")}[name]
+    build, service = {"reward": (reward_dataset, settings.reward_service),
+                      "difficulty": (difficulty_dataset, settings.difficulty_service)}[name]
     data = build(store, store.world_dir, (settings.valid_share, settings.test_share), service,
                  service_feature_names(open_store(store), service))
     # The fit reads X, y and part only: drop the joined Feast frame (every feature column

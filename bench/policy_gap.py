@@ -36,7 +36,13 @@ from serving.feature_store import open_store, service_feature_names
 from serving.ranking import reward_scores
 from training.config import get_train_settings
 from training.datasets import Dataset, reward_dataset
-from training.evaluate import WorldTruth, _basket, fit_value_params, member_snapshot
+from training.evaluate import (
+    WorldTruth,
+    _basket,
+    fit_value_params,
+    policy_members,
+    policy_value,
+)
 from training.lgbm import lgbm_params, predict_proba
 from training.metrics import auc
 from training.scoring import _columns, score_rewards
@@ -97,26 +103,23 @@ def _with(extra: Extra, X: np.ndarray, names: list[str], ids: np.ndarray) -> np.
 
 
 class PolicyBench:
-    """The evaluation's policy-value setup: 20,000 test-period members, every reward."""
+    """The evaluation's policy-value setup (same members, same rule), every reward."""
 
     def __init__(self, data: Dataset, store, seed: int) -> None:  # noqa: ANN001
         self.world = WorldTruth.load(store.world_dir)
         self.value_params = fit_value_params(data, self.world.margin)
-        rng = np.random.default_rng(seed)
-        snap = member_snapshot(store.features_dir, data.split.test_from)
-        self.snap = snap.iloc[np.sort(rng.choice(len(snap), min(20_000, len(snap)),
-                                                 replace=False))]
+        self.snap = policy_members(store.features_dir, data.split.test_from,
+                                   get_train_settings().policy_eval_members,
+                                   np.random.default_rng(seed))
         self.ids = self.snap["member_id"].to_numpy()
         self.items = pd.read_parquet(store.features_dir / "reward_features.parquet")
         self.truth = self.world.reward_response(self.ids)
         self.cost = self.items["reward_cost"].to_numpy(np.float64)
         self.basket = _basket(self.snap, self.value_params)[:, None]
-        self.blocked = np.where(self.truth["eligible"], 0.0, -np.inf)
         self.oracle = self.value(self.truth["incremental_value"])
 
     def value(self, estimate: np.ndarray) -> float:
-        choice = np.argmax(estimate + self.blocked, axis=1)
-        return float(self.truth["incremental_value"][np.arange(len(self.ids)), choice].mean())
+        return policy_value(estimate, self.truth["incremental_value"], self.truth["eligible"])
 
     def estimate(self, uplift: np.ndarray, p_redeem: np.ndarray,
                  basket: np.ndarray | None = None) -> np.ndarray:

@@ -45,7 +45,8 @@ class StoreSettings(BaseSettings):
     dask_scheduler: str | None = Field(
         None, description="Dask scheduler address for --engine dask; default: a LocalCluster")
     duckdb_memory_limit: str | None = Field(
-        None, pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", description="cap on the DuckDB offline store's memory for training-set retrieval, "
+        None, pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
+        description="cap on the DuckDB offline store's memory for training-set retrieval, "
         "e.g. '6GB' (spills to <data>/duckdb_tmp beyond it); default: DuckDB's own, 80% of RAM")
 
     @model_validator(mode="after")

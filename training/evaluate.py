@@ -171,12 +171,26 @@ def _basket(members: pd.DataFrame, params: dict[str, float]) -> np.ndarray:
                            params["basket_fallback"])
 
 
+def policy_members(features_dir: Path, at: pd.Timestamp, n_members: int,
+                   rng: np.random.Generator) -> pd.DataFrame:
+    """The members whose policy values are measured: a random ``n_members`` of the snapshot
+    at ``at`` (all of them when fewer), in member order."""
+    snapshot = member_snapshot(features_dir, at)
+    if len(snapshot) > n_members:
+        snapshot = snapshot.iloc[np.sort(rng.choice(len(snapshot), n_members, replace=False))]
+    return snapshot
+
+
+def policy_value(score: np.ndarray, true_value: np.ndarray, eligible: np.ndarray) -> float:
+    """Mean true incremental value of each member's top eligible reward by ``score``."""
+    choice = np.argmax(np.where(eligible, score, -np.inf), axis=1)
+    return float(true_value[np.arange(len(true_value)), choice].mean())
+
+
 def _policy_values(ev: Evaluation, model: lgb.LGBMClassifier, data: Dataset, split: TimeSplit,
                    features_dir: Path, world: WorldTruth, items: pd.DataFrame, n_members: int,
                    value_params: dict[str, float], rng: np.random.Generator) -> None:
-    snapshot = member_snapshot(features_dir, split.test_from)
-    if len(snapshot) > n_members:
-        snapshot = snapshot.iloc[np.sort(rng.choice(len(snapshot), n_members, replace=False))]
+    snapshot = policy_members(features_dir, split.test_from, n_members, rng)
     ids = snapshot["member_id"].to_numpy()
     scores = score_rewards(model, snapshot, items, data.service_features)
     tr = world.reward_response(ids)
@@ -185,13 +199,10 @@ def _policy_values(ev: Evaluation, model: lgb.LGBMClassifier, data: Dataset, spl
     value_hat = reward_values(scores, _basket(snapshot, value_params), cost, world.margin)
     true_value = tr["incremental_value"]
     neg = np.where(eligible, 0.0, -np.inf)
-
-    def value_of(choice: np.ndarray) -> float:
-        return float(true_value[np.arange(len(ids)), choice].mean())
-
-    ev.metrics["policy.value_model"] = value_of(np.argmax(value_hat + neg, axis=1))
-    ev.metrics["policy.value_propensity_only"] = value_of(np.argmax(scores.propensity + neg, axis=1))
-    ev.metrics["policy.value_oracle"] = value_of(np.argmax(true_value + neg, axis=1))
+    ev.metrics["policy.value_model"] = policy_value(value_hat, true_value, eligible)
+    ev.metrics["policy.value_propensity_only"] = policy_value(scores.propensity, true_value,
+                                                              eligible)
+    ev.metrics["policy.value_oracle"] = policy_value(true_value, true_value, eligible)
     ev.metrics["policy.value_random"] = float(
         (np.where(eligible, true_value, 0).sum(axis=1) / eligible.sum(axis=1)).mean())
     ev.metrics["policy.members"] = float(len(ids))
