@@ -124,10 +124,13 @@ class Server:
              "--workers", str(workers)], env=env, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 240
+        seen: set[int] = set()  # every worker ready, not just the first (serving/workers.py)
         while time.monotonic() < deadline:
             try:
-                get_json(port, "/readyz")
-                return
+                seen.add(get_json(port, "/readyz").get("worker_pid", 0))
+                if len(seen) >= workers:
+                    return
+                time.sleep(0.2)
             except Exception:  # noqa: BLE001 - still starting
                 time.sleep(1)
         self.stop()

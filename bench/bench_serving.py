@@ -49,6 +49,49 @@ end
 %(delay)s
 """
 
+# Constant-rate (open-loop) pacing for wrk, which has none of its own: the wrk thread keeps a
+# schedule of send slots every 1000/rate ms and each connection, before each request, waits for
+# the next free slot (wrk's delay() hook; LuaJIT's FFI reads the monotonic clock). Closed-loop
+# pacing (a fixed delay after each answer) sends fewer requests than asked whenever latency is
+# not zero, which is what the earlier `paced` figures did. A request whose slot has already
+# passed (every connection was busy) goes out at once and is counted as late with its lateness:
+# wrk times requests from their sending, so lateness is what the latency figures would miss.
+PACED = """
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } rr_timespec;
+int clock_gettime(int clk_id, rr_timespec *tp);
+]]
+local ts = ffi.new("rr_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local period, next_slot = %(period_ms).6f, nil
+late, max_late = 0, 0
+delay = function()
+  local t = now_ms()
+  if next_slot == nil then next_slot = t end
+  local slot = next_slot
+  next_slot = next_slot + period
+  local wait = slot - t
+  if wait < -1 then
+    late = late + 1
+    if -wait > max_late then max_late = -wait end
+  end
+  if wait < 0 then return 0 end
+  return wait
+end
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+done = function(summary, latency, requests)
+  for _, thread in ipairs(threads) do
+    io.write(string.format("late_sends %%d max_late_ms %%.1f\\n", thread:get("late"),
+                           thread:get("max_late")))
+  end
+end
+"""
+
 
 def ensure_wrk() -> str:
     found = shutil.which("wrk")
@@ -59,15 +102,24 @@ def ensure_wrk() -> str:
     return shutil.which("wrk") or "wrk"
 
 
-def wait_ready(port: int, timeout: float = 180.0) -> dict:
+def wait_ready(port: int, workers: int = 1, timeout: float = 240.0) -> dict:
+    """The /readyz answer once ``workers`` different worker processes have answered it ready.
+
+    Each worker starts listening only when its stores and models are loaded, so connections
+    opened before every worker is up would all land on the first ones and stay there."""
     deadline = time.monotonic() + timeout
+    seen: set[int] = set()
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-                return json.loads(r.read())
+                body = json.loads(r.read())
+            seen.add(body.get("worker_pid", 0))
+            if len(seen) >= workers:
+                return body
+            time.sleep(0.2)
         except Exception:  # noqa: BLE001 - still starting
             time.sleep(1)
-    raise RuntimeError("server did not become ready")
+    raise RuntimeError(f"{workers - len(seen)} of {workers} workers did not become ready")
 
 
 def parse_wrk(text: str) -> dict[str, float]:
@@ -89,8 +141,10 @@ API_KEY = ""  # created in main(): the benchmark authenticates like any client
 
 
 def run_wrk(wrk: str, port: int, connections: int, seconds: int, members: int,
-            delay_ms: float | None) -> dict[str, float]:
-    delay = f"delay = function() return {delay_ms:.3f} end" if delay_ms else ""
+            rate: float | None) -> dict[str, float]:
+    """Closed loop (each connection sends as soon as it has its answer), or ``rate``
+    requests/s in total on a constant schedule (PACED)."""
+    delay = PACED % {"period_ms": 1000.0 / rate} if rate else ""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(LUA % {"seed": 7, "members": members, "delay": delay, "key": API_KEY})
     out = subprocess.run(
@@ -99,6 +153,10 @@ def run_wrk(wrk: str, port: int, connections: int, seconds: int, members: int,
     os.unlink(fh.name)
     result = parse_wrk(out.stdout)
     result.update(connections=connections, seconds=seconds)
+    late = re.search(r"late_sends (\d+) max_late_ms ([\d.]+)", out.stdout)
+    if rate:
+        result.update(target_rps=rate, late_sends=int(late.group(1)),
+                      max_late_ms=float(late.group(2)))
     return result
 
 
@@ -149,6 +207,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--members", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--connections", type=int, default=64,
+                        help="connections of the paced run (enough to keep the schedule)")
     args = parser.parse_args()
     wrk = ensure_wrk()
     if args.profile == "production":
@@ -177,15 +237,14 @@ def main() -> None:
              "--workers", str(args.workers)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            ready = wait_ready(args.port)
+            ready = wait_ready(args.port, args.workers)
             report: dict[str, object] = {"ready": ready["ready"], "workers": args.workers,
                                          "profile": args.profile, "page_cache_warm_s": warmed}
             run_wrk(wrk, args.port, 4, 5, args.members, None)  # warm-up
             c1 = run_wrk(wrk, args.port, 1, 10, args.members, None)
             report["concurrency_1"] = c1
-            conns = 10
-            report["paced"] = run_wrk(wrk, args.port, conns, args.seconds, args.members,
-                                      delay_ms=1000.0 * conns / args.rate)
+            report["paced"] = run_wrk(wrk, args.port, args.connections, args.seconds,
+                                      args.members, rate=args.rate)
             sweep = []
             for c in (2, 4, 8, 16, 32):
                 r = run_wrk(wrk, args.port, c, 15, args.members, None)

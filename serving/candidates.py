@@ -8,7 +8,7 @@ between the two would be training/serving skew, so there is exactly one implemen
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -131,3 +131,57 @@ def cross(members: Columns, items: Columns) -> dict[str, np.ndarray]:
 def no_offer_items(n: int = 1) -> dict[str, np.ndarray]:
     """Reward columns of the control ("no offer") row."""
     return {name: np.full(n, NO_OFFER, dtype=np.float32) for name in REWARD_ITEM_COLUMNS}
+
+
+class MemberRows:
+    """One model's candidate matrix for a fixed item set, with the member's values left open.
+
+    The request path builds the same matrix for every member: only the member's values change.
+    Every entry of ``build``'s output is an item constant plus at most one member feature (the
+    member's own columns; derived picks such as the redeem rate of the reward's type; shifts
+    such as tier_rank - min tier), so the matrix is ``base`` plus the member's values scattered
+    into fixed places. This class finds those places by probing ``build`` (the reference
+    builder above, via serving.recommend's reward_inputs/difficulty_inputs) with unit members,
+    checks the result against ``build`` on random members, and then assembles a request's
+    matrix with one copy and one scatter: ~20 us instead of ~200 us of small numpy calls.
+    If ``build`` ever stops having that shape (a derived column that multiplies two member
+    features, say), construction raises instead of returning different rows.
+    """
+
+    def __init__(self, build: Callable[[dict[str, float]], np.ndarray],
+                 member_names: Sequence[str], checks: int = 8, seed: int = 0) -> None:
+        self.member_names = list(member_names)
+        zero = dict.fromkeys(self.member_names, 0.0)
+        base = build(zero)
+        source = np.full(base.shape, -1, dtype=np.int64)
+        for k, name in enumerate(self.member_names):
+            changed = build({**zero, name: 1.0}) != base
+            if (source[changed] >= 0).any():
+                raise ValueError(f"an input depends on {name!r} and another member feature")
+            source[changed] = k
+        self.base = base
+        # a column that copies one member feature on every row is a broadcast assignment; the
+        # rest (derived picks and shifts) a scatter-add at flat positions
+        whole = [j for j in range(base.shape[1]) if source[0, j] >= 0
+                 and (source[:, j] == source[0, j]).all() and not base[:, j].any()]
+        self._broadcast_cols = np.array(whole, dtype=np.int64)
+        self._broadcast_source = source[0, whole]
+        scattered = source.copy()
+        scattered[:, whole] = -1
+        self._flat = np.flatnonzero(scattered >= 0)
+        self._flat_source = scattered.ravel()[self._flat]
+        rng = np.random.default_rng(seed)
+        for _ in range(checks):  # shifts and copies only: verified, not assumed
+            values = rng.normal(0.0, 3.0, len(self.member_names)).astype(np.float32)
+            values[rng.random(len(values)) < 0.1] = np.nan
+            member = dict(zip(self.member_names, values.tolist(), strict=True))
+            if not np.array_equal(self.matrix(member), build(member), equal_nan=True):
+                raise ValueError("the candidate builder is not a member shift of its items")
+
+    def matrix(self, features: Mapping[str, float], rows: np.ndarray | None = None) -> np.ndarray:
+        """The model input for one member, optionally only some candidate ``rows`` (in order)."""
+        member = np.array([features.get(n, 0.0) for n in self.member_names], dtype=np.float32)
+        X = self.base.copy()
+        X[:, self._broadcast_cols] = member[self._broadcast_source]
+        X.ravel()[self._flat] += member[self._flat_source]  # ravel of a fresh copy: a view
+        return X if rows is None else X[rows]

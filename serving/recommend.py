@@ -7,6 +7,7 @@ model is called once per request on the whole candidate matrix.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from serving.candidates import (
-    CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, difficulty_matrix, no_offer_items,
+    CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, MemberRows, difficulty_matrix, no_offer_items,
     reward_matrix,
 )
 from serving.contract import NEVER_DAYS, TIERS, code
@@ -44,6 +45,15 @@ class Catalog:
         # and a request would make hundreds of them.
         object.__setattr__(self, "reward_cols", _columns(self.rewards))
         object.__setattr__(self, "target_cols", _columns(self.targets))
+        # integer codes for the per-request rules (category caps, one target per template,
+        # one challenge per kind): sorting strings on every request costs more than the rules
+        for name, frame, column in (("reward_category_index", self.rewards, "category"),
+                                    ("target_template_index", self.targets, "challenge_id"),
+                                    ("target_kind_index", self.targets, "kind")):
+            codes = np.unique(frame[column].to_numpy(), return_inverse=True)[1]
+            object.__setattr__(self, name, codes.astype(np.int64))
+        object.__setattr__(self, "template_ids", self.challenges["challenge_id"].tolist())
+        object.__setattr__(self, "reward_cost", self.rewards["cost"].to_numpy(np.float64))
 
     @classmethod
     def load(cls, catalog_dir: Path, reward_features: pd.DataFrame,
@@ -143,6 +153,24 @@ class Recommender:
         self.catalog = catalog
         self.rules = rules
         self.rng = np.random.default_rng(seed)
+        self._rows: dict[tuple[str, tuple[str, ...]], MemberRows] = {}
+
+    def member_rows(self, kind: str, service_features: list[str]) -> MemberRows:
+        """The compiled candidate matrix of a model over the whole catalog (built on first use
+        per feature list, i.e. once per model contract): every reward then the no-offer row,
+        or every template x allowed target. Requests pick their eligible rows from it."""
+        key = (kind, tuple(service_features))
+        rows = self._rows.get(key)
+        if rows is None:
+            if kind == "reward":
+                cols, items = self.catalog.reward_cols, REWARD_ITEM_COLUMNS  # type: ignore[attr-defined]
+                build = lambda m: reward_inputs(m, cols, service_features)  # noqa: E731
+            else:
+                cols, items = self.catalog.target_cols, CHALLENGE_ITEM_COLUMNS  # type: ignore[attr-defined]
+                build = lambda m: difficulty_inputs(m, cols, service_features)  # noqa: E731
+            rows = MemberRows(build, [f for f in service_features if f not in items])
+            self._rows[key] = rows
+        return rows
 
     def recommend(self, facts: MemberFacts, reward_model: LoadedModel | None,
                   difficulty_model: LoadedModel | None, *, k_rewards: int, k_challenges: int,
@@ -152,11 +180,10 @@ class Recommender:
         reasons = list(facts.degraded_reasons)
         cold = facts.unknown
         personalized = facts.consent or not self.rules.eligibility.respect_consent
-        member_names = _member_names(reward_model, difficulty_model)
         if facts.features is None or not personalized:
             # New member, failed read, or no consent: score a history-less member of the tier.
             tier = tier_hint if facts.features is None else _tier_of(facts.features)
-            features = cold_start_features(member_names, tier)
+            features = cold_start_features(_member_names(reward_model, difficulty_model), tier)
         else:
             features = facts.features
         history = facts.features is not None and personalized
@@ -207,23 +234,26 @@ class Recommender:
                  random_arm: bool = False
                  ) -> tuple[list[RewardOut], list[DecisionItem], float | None]:
         """Ranked rewards, their log items, and the model's uplift for its first offer."""
-        cat = self.catalog.reward_cols  # type: ignore[attr-defined]
+        catalog = self.catalog
+        cat = catalog.reward_cols  # type: ignore[attr-defined]
         ok = np.ones(len(cat["reward_id"]), dtype=bool)
         if exclude:
             ok &= ~np.isin(cat["reward_id"], list(exclude))
         if self.rules.eligibility.respect_min_tier:
             ok &= cat["min_tier_rank"] <= tier_rank
         days_since = _days_since(cat["reward_id"], recent, now)
-        ok &= ~(days_since < self.rules.frequency.reward_cooldown_days)
-        idx = np.flatnonzero(ok)
+        if recent:  # never shown (no recent offers): nothing is in a cooldown
+            ok &= ~(days_since < self.rules.frequency.reward_cooldown_days)
+        idx = np.flatnonzero(ok)  # the eligible rewards; i below indexes into idx
         if k == 0 or len(idx) == 0:
             return [], [], None
-        cand = {c: v[idx] for c, v in cat.items()}
         n = len(idx)
-        cost = cand["cost"].astype(np.float64)
+        cost = catalog.reward_cost[idx]  # type: ignore[attr-defined]
         if model is not None:
             try:
-                X = reward_inputs(features, cand, model.meta.service_features)
+                # the eligible rewards' rows, then the no-offer row (last in the compiled matrix)
+                X = self.member_rows("reward", model.meta.service_features).matrix(
+                    features, np.append(idx, len(ok)))
                 proba = model.predict(X)  # one call: every candidate + the no-offer row
             except Exception as exc:  # noqa: BLE001 - a broken model degrades, never fails
                 reasons.append(f"reward model error: {type(exc).__name__}")
@@ -233,17 +263,19 @@ class Recommender:
             value = -cost
             scores = {"propensity": np.full(n, np.nan), "uplift": np.full(n, np.nan)}
         else:
-            scores = reward_scores(proba[:-1], np.repeat(proba[-1:], n, axis=0))
+            scores = reward_scores(proba[:-1], proba[-1:])
             params = model.meta.value_params
             basket = basket_estimate(np.array([features.get("avg_basket_90d", 0.0)]),
                                      params.get("basket_multiplier", 1.0),
                                      params.get("basket_fallback", 50.0))
             value = expected_value(scores["uplift"], scores["propensity"], basket, cost,
                                    params.get("margin", DEFAULT_MARGIN), lam)
-        nov = self.rules.novelty
-        ranked = value * np.where(value > 0, novelty_factor(days_since[idx], nov.window_days,
-                                                            nov.decay), 1.0)
-        slate = select_slate(ranked, cand["category"], k,
+        ranked = value
+        if recent:  # novelty decay applies only to items shown before
+            nov = self.rules.novelty
+            ranked = value * np.where(value > 0, novelty_factor(days_since[idx], nov.window_days,
+                                                                nov.decay), 1.0)
+        slate = select_slate(ranked, catalog.reward_category_index[idx], k,  # type: ignore[attr-defined]
                              self.rules.diversity.max_per_category,
                              self.rules.exploration.epsilon, self.rng)
         model_uplift = None
@@ -254,18 +286,20 @@ class Recommender:
             index = self.rng.permutation(n)[:k]
             slate = Slate(index, 1.0 / (n - np.arange(len(index))))
         out, items = [], []
-        for rank, (i, p) in enumerate(zip(slate.index, slate.probability, strict=True)):
+        for rank, (i, p) in enumerate(zip(slate.index.tolist(), slate.probability.tolist(),
+                                          strict=True)):
+            j = int(idx[i])
+            reward_id, item_value, item_cost = cat["reward_id"][j], _f(value[i]), float(cost[i])
             reason = ("random arm of an experiment: a random eligible reward" if random_arm
                       else _reward_reason(scores, i, value[i], history, consent, model))
-            out.append(RewardOut(
-                reward_id=cand["reward_id"][i], name=cand["name"][i],
-                type=cand["reward_type"][i], category=cand["category"][i],
-                propensity=_f(scores["propensity"][i]), uplift=_f(scores["uplift"][i]),
-                expected_value=_f(value[i]), cost=float(cost[i]),
-                shown_probability=round(float(p), 6), reason=reason))
-            items.append(DecisionItem(item_type="reward", item_id=cand["reward_id"][i],
-                                      rank=rank, score=_f(value[i]), shown_probability=float(p),
-                                      cost=float(cost[i])))
+            # built from typed values above: RewardOut's validation would only repeat it
+            out.append(RewardOut.model_construct(
+                reward_id=reward_id, name=cat["name"][j], type=cat["reward_type"][j],
+                category=cat["category"][j], propensity=_f(scores["propensity"][i]),
+                uplift=_f(scores["uplift"][i]), expected_value=item_value, cost=item_cost,
+                shown_probability=round(p, 6), reason=reason))
+            items.append(DecisionItem(item_type="reward", item_id=reward_id, rank=rank,
+                                      score=item_value, shown_probability=p, cost=item_cost))
         return out, items, model_uplift
 
     # -- challenges ---------------------------------------------------------------------------
@@ -274,61 +308,66 @@ class Recommender:
                     exclude: set[str], recent: dict[str, datetime], now: datetime,
                     reasons: list[str], history: bool
                     ) -> tuple[list[ChallengeOut], list[DecisionItem]]:
-        cols = self.catalog.target_cols  # type: ignore[attr-defined]
+        catalog = self.catalog
+        cols = catalog.target_cols  # type: ignore[attr-defined]
         cooldown = self.rules.frequency.challenge_cooldown_days
-        templates = self.catalog.challenges["challenge_id"].to_numpy()
-        blocked = [c for c in templates
-                   if c in exclude or _days(now, recent.get(c)) < cooldown]
-        mask = ~np.isin(cols["challenge_id"], blocked) if blocked else slice(None)
-        grid = {c: v[mask] for c, v in cols.items()}
-        if k == 0 or len(grid["challenge_id"]) == 0:
+        blocked = [c for c in catalog.template_ids  # type: ignore[attr-defined]
+                   if c in exclude or _days(now, recent.get(c)) < cooldown
+                   ] if exclude or recent else []
+        # rows: the allowed (template, target) pairs, as indices into the catalog's grid
+        rows = np.flatnonzero(~np.isin(cols["challenge_id"], blocked)) if blocked else None
+        if k == 0 or (rows is not None and len(rows) == 0):
             return [], []
+        grid = slice(None) if rows is None else rows
+        template, target = catalog.target_template_index[grid], cols["target"][grid]  # type: ignore[attr-defined]
         flow = self.rules.challenges.flow_zone
         if model is not None:
             try:
-                X = difficulty_inputs(features, grid, model.meta.service_features)
+                X = self.member_rows("difficulty", model.meta.service_features).matrix(
+                    features, rows)
                 p = model.predict(X)[:, 1]  # one call: every template x allowed target
             except Exception as exc:  # noqa: BLE001
                 reasons.append(f"difficulty model error: {type(exc).__name__}")
                 model = None
         if model is None:
             reasons.append("difficulty model unavailable: easiest targets")
-            p = np.full(len(grid["target"]), np.nan)
+            p = np.full(len(target), np.nan)
             # the easiest target of each template (targets ascend within a template)
-            chosen = flow_zone_choice(grid["challenge_id"], grid["target"],
-                                      1.0 - 1e-9 * grid["target"].astype(np.float64), 0.999999)
+            chosen = flow_zone_choice(template, target,
+                                      1.0 - 1e-9 * target.astype(np.float64), 0.999999)
         else:
-            chosen = flow_zone_choice(grid["challenge_id"], grid["target"], p, flow)
-        picked = {c: v[chosen] for c, v in grid.items()}
-        picked["p"] = p[chosen]
-        days_since = _days_since(picked["challenge_id"], recent, now)
-        nov = self.rules.novelty
+            chosen = flow_zone_choice(template, target, p, flow)
+        picked = chosen if rows is None else rows[chosen]  # one row per template, in the grid
+        picked_p = p[chosen]
         # engagement value: expected points, nudged towards targets right in the flow zone
-        closeness = 1.0 - np.abs(np.nan_to_num(picked["p"], nan=flow) - flow)
-        value = (closeness * picked["points"].astype(np.float64)
-                 * novelty_factor(days_since, nov.window_days, nov.decay))
-        slate = select_slate(value, picked["kind"], k, 1,
+        closeness = 1.0 - np.abs(np.where(np.isnan(picked_p), flow, picked_p) - flow)
+        value = closeness * cols["points"][picked].astype(np.float64)
+        if recent:  # novelty decay applies only to templates shown before
+            nov = self.rules.novelty
+            value = value * novelty_factor(_days_since(cols["challenge_id"][picked], recent, now),
+                                           nov.window_days, nov.decay)
+        slate = select_slate(value, catalog.target_kind_index[picked], k, 1,  # type: ignore[attr-defined]
                              self.rules.exploration.epsilon, self.rng)
         out, items = [], []
-        for rank, (i, prob) in enumerate(zip(slate.index, slate.probability, strict=True)):
-            row = {c: v[i] for c, v in picked.items()}
-            pc = _f(row["p"])
+        for rank, (i, prob) in enumerate(zip(slate.index.tolist(), slate.probability.tolist(),
+                                             strict=True)):
+            j = int(picked[i])
+            pc, row_target = _f(picked_p[i]), float(cols["target"][j])
             if model is None:
                 reason = "model unavailable: easiest target"
             elif history:
-                reason = (f"target {row['target']:g} {row['unit']} puts predicted completion "
+                reason = (f"target {row_target:g} {cols['unit'][j]} puts predicted completion "
                           f"at {pc:.0%}, nearest the {flow:.0%} flow zone")
             else:
                 reason = f"target for a member without history ({pc:.0%} predicted completion)"
-            out.append(ChallengeOut(
-                challenge_id=row["challenge_id"], name=row["name"], kind=row["kind"],
-                target=float(row["target"]), unit=row["unit"],
-                duration_days=int(row["duration_days"]), completion_probability=pc,
-                points=int(row["points"]), shown_probability=round(float(prob), 6),
-                reason=reason))
-            items.append(DecisionItem(item_type="challenge", item_id=row["challenge_id"],
-                                      rank=rank, score=float(value[i]),
-                                      shown_probability=float(prob), target=float(row["target"])))
+            out.append(ChallengeOut.model_construct(
+                challenge_id=cols["challenge_id"][j], name=cols["name"][j], kind=cols["kind"][j],
+                target=row_target, unit=cols["unit"][j],
+                duration_days=int(cols["duration_days"][j]), completion_probability=pc,
+                points=int(cols["points"][j]), shown_probability=round(prob, 6), reason=reason))
+            items.append(DecisionItem(item_type="challenge", item_id=cols["challenge_id"][j],
+                                      rank=rank, score=float(value[i]), shown_probability=prob,
+                                      target=row_target))
         return out, items
 
 
@@ -358,7 +397,7 @@ def _days(now: datetime, then: datetime | None) -> float:
 
 def _f(x: float) -> float:
     x = float(x)
-    return 0.0 if not np.isfinite(x) else round(x, 6)
+    return round(x, 6) if math.isfinite(x) else 0.0
 
 
 def _reward_reason(scores: dict[str, np.ndarray], i: int, value: float, history: bool,

@@ -110,19 +110,39 @@ def select_slate(value: np.ndarray, category: np.ndarray, k: int, max_per_catego
     uniformly drawn remaining item; the logged probability of the shown item is
     (1 - eps) x [it is the best] + eps / n_remaining, which is what off-policy evaluation needs.
     """
-    remaining = np.ones(len(value), dtype=bool)
-    _, cat_code = np.unique(np.asarray(category), return_inverse=True)
-    per_cat = np.zeros(int(cat_code.max(initial=-1)) + 1, dtype=np.int64)
+    # Plain Python over a pre-sorted order: slates are a few items out of a few dozen, where
+    # numpy's per-call overhead (the earlier vectorized loop) cost more than the work itself.
+    # The random draws are the same as before: one rng.random() per slot, and rng.choice over
+    # the slot's candidates (in index order) when exploring.
+    category = np.asarray(category)
+    if category.dtype.kind not in "iu" or (len(category) and category.min() < 0):
+        category = np.unique(category, return_inverse=True)[1]
+    cat_code = category.tolist()
+    # best first; equal values by index (argmax's first maximum); NaN scores rank last
+    order = np.argsort(-np.asarray(value, dtype=np.float64), kind="stable").tolist()
+    left_in: dict[int, int] = {}  # remaining items per category
+    for c in cat_code:
+        left_in[c] = left_in.get(c, 0) + 1
+    per_cat: dict[int, int] = {}
+    remaining = [True] * len(cat_code)
     chosen: list[int] = []
     probs: list[float] = []
     while len(chosen) < k:
-        candidates = np.flatnonzero(remaining & (per_cat[cat_code] < max_per_category))
-        if len(candidates) == 0:
+        n_candidates = sum(n for c, n in left_in.items() if per_cat.get(c, 0) < max_per_category)
+        if n_candidates == 0:
             break
-        best = int(candidates[np.argmax(value[candidates])])
-        pick = best if rng.random() >= epsilon else int(rng.choice(candidates))
-        probs.append((1.0 - epsilon) * (pick == best) + epsilon / len(candidates))
+        best = next(i for i in order
+                    if remaining[i] and per_cat.get(cat_code[i], 0) < max_per_category)
+        if rng.random() >= epsilon:
+            pick = best
+        else:
+            candidates = [i for i, r in enumerate(remaining)
+                          if r and per_cat.get(cat_code[i], 0) < max_per_category]
+            pick = int(rng.choice(np.array(candidates, dtype=np.int64)))
+        probs.append((1.0 - epsilon) * (pick == best) + epsilon / n_candidates)
         chosen.append(pick)
         remaining[pick] = False
-        per_cat[cat_code[pick]] += 1
+        c = cat_code[pick]
+        per_cat[c] = per_cat.get(c, 0) + 1
+        left_in[c] -= 1
     return Slate(np.array(chosen, dtype=np.int64), np.array(probs, dtype=np.float64))

@@ -442,13 +442,13 @@ def score_batch_cmd(
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
-    workers: Annotated[int, typer.Option(min=1, max=64, help="uvicorn worker processes.")] = 1,
+    workers: Annotated[int, typer.Option(
+        min=1, max=64, help="Worker processes, each on its own SO_REUSEPORT socket.")] = 1,
 ) -> None:
     """Start the recommendation API (OpenAPI docs at /docs)."""
-    import uvicorn
+    from serving.workers import serve as run
 
-    uvicorn.run("serving.main:create_app", factory=True, host=host, port=port,
-                workers=workers, log_level="warning", access_log=False)
+    run(host, port, workers)
 
 
 @app.command()

@@ -80,9 +80,10 @@ def test_historical_join_is_point_in_time(store_settings: StoreSettings) -> None
 
 
 def test_serving_reader_returns_what_feast_returns(store_settings: StoreSettings) -> None:
-    """The request path reads the SQLite online store with one plain query (serving/online.py);
-    for every member (and an unknown one) it must give exactly Feast's online_read answer:
-    the same protobuf values for the same features, the same timestamp."""
+    """The request path reads the SQLite online store with one plain query and decodes Float32
+    values from their bytes (serving/online.py); for every member (and an unknown one) it must
+    give exactly Feast's online_read answer: the same values for the same features, the same
+    timestamp."""
     from serving.online import OnlineFeatureReader, _as_float
     from serving.services import MEMBER_VIEW
 
@@ -94,12 +95,14 @@ def test_serving_reader_returns_what_feast_returns(store_settings: StoreSettings
         key = reader._entity_key(join_keys=["member_id"],
                                  entity_values=[reader._value(int64_val=member_id)])
         [(feast_ts, feast_values)] = reader._online.online_read(store.config, reader._view, [key])
-        ts, values = reader._read_sqlite(key)
-        assert ts == feast_ts
-        assert (values is None) == (feast_values is None)
-        if values is not None:
-            assert values == feast_values  # protobuf equality, feature by feature
-            row = reader.read(member_id)
-            assert row is not None and row.event_timestamp == feast_ts
-            assert row.values == {n: _as_float(feast_values[n]) for n in reader.feature_names}
+        row = reader._read_sqlite(key)
+        assert (row is None) == (feast_values is None)
+        if row is not None:
+            assert row.event_timestamp == feast_ts
+            expected = {n: _as_float(feast_values[n]) for n in reader.feature_names}
+            assert list(row.values) == list(expected)  # the same features, in view order
+            # bit for bit (NaN included): the bytes decoder against protobuf's parser
+            assert (np.array(list(row.values.values()), np.float64).tobytes()
+                    == np.array(list(expected.values()), np.float64).tobytes())
+            assert reader.read(member_id) == row
     assert reader.read(10**9) is None

@@ -103,6 +103,58 @@ def test_request_path_rows_equal_the_crossed_rows_bit_for_bit() -> None:
     assert not set(REWARD_ITEM_COLUMNS) & set(features)
 
 
+def test_compiled_member_rows_equal_the_builders_rows() -> None:
+    """MemberRows (the request path) gives the reference builders' matrices for any member,
+    whole or for a subset of candidate rows, NaN included; a builder that is not a member
+    shift of its items is refused at construction, never compiled into different rows."""
+    from serving.candidates import CHALLENGE_ITEM_COLUMNS, MemberRows
+    from serving.recommend import difficulty_inputs, reward_inputs
+
+    rng = np.random.default_rng(11)
+    member_names = [*member_cols(), "visits_30d"]
+    rewards = {"reward_type_code": rng.integers(-1, len(REWARD_TYPES), 30).astype(np.float32),
+               "reward_category_code": rng.integers(-1, len(CATEGORIES), 30).astype(np.float32),
+               "reward_cost": rng.uniform(1, 20, 30).astype(np.float32),
+               "reward_min_tier_rank": rng.integers(0, 4, 30).astype(np.float32)}
+    r_names = [*member_names, "reward_cost", "reward_type_code", "reward_min_tier_rank"]
+    lo = rng.integers(1, 4, 40).astype(np.float32)
+    grid = {"challenge_kind_code": rng.integers(-1, len(CHALLENGE_KINDS), 40).astype(np.float32),
+            "challenge_duration_days": np.full(40, 7, np.float32),
+            "challenge_min_target": lo, "challenge_max_target": lo + rng.integers(0, 5, 40),
+            "challenge_target_step": np.ones(40, np.float32),
+            "challenge_points": np.full(40, 50, np.float32), "target": lo + 1}
+    d_names = [*member_names, *CHALLENGE_ITEM_COLUMNS]
+    compiled = [(MemberRows(lambda m: reward_inputs(m, rewards, r_names), member_names),
+                 lambda m: reward_inputs(m, rewards, r_names), 31),
+                (MemberRows(lambda m: difficulty_inputs(m, grid, d_names), member_names),
+                 lambda m: difficulty_inputs(m, grid, d_names), 40)]
+    for rows, build, n in compiled:
+        for _ in range(50):
+            member = {k: float(v) for k, v in zip(
+                member_names, rng.normal(0, 5, len(member_names)).astype(np.float32),
+                strict=True)}
+            member["tier_rank"] = float(rng.integers(0, 4))
+            member[member_names[int(rng.integers(len(member_names)))]] = float("nan")
+            expected = build(member)
+            assert np.array_equal(rows.matrix(member), expected, equal_nan=True)
+            subset = np.sort(rng.choice(n, size=int(rng.integers(1, n)), replace=False))
+            assert np.array_equal(rows.matrix(member, subset), expected[subset], equal_nan=True)
+        # a member without some features: the builders' 0.0 default
+        assert np.array_equal(rows.matrix({}), build({}), equal_nan=True)
+
+    def product(m: dict[str, float]) -> np.ndarray:  # depends on two member features at once
+        return np.array([[m["a"] * m["b"], m["a"]]], dtype=np.float32)
+
+    with pytest.raises(ValueError, match="not a member shift"):
+        MemberRows(product, ["a", "b"])
+
+    def doubled(m: dict[str, float]) -> np.ndarray:  # a scale, not a shift
+        return np.array([[2.0 * m["a"]]], dtype=np.float32)
+
+    with pytest.raises(ValueError, match="not a member shift"):
+        MemberRows(doubled, ["a"])
+
+
 def test_reward_scores_and_value() -> None:
     offer = np.array([[0.5, 0.2, 0.3], [0.7, 0.2, 0.1]])
     control = np.array([[0.8, 0.2, 0.0]] * 2)

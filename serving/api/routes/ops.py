@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -38,7 +39,8 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     ready = all(checks.values())
     body = {"ready": ready, "checks": checks, "models": models, "problems": services.problems,
             # local development with REWARDS_AUTH_DISABLED must be visible to any probe
-            "auth": "disabled" if get_auth(request).disabled else "api_keys"}
+            "auth": "disabled" if get_auth(request).disabled else "api_keys",
+            "worker_pid": os.getpid()}  # which worker answered (`rewards serve --workers N`)
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

@@ -1,0 +1,97 @@
+"""`rewards serve --workers N`: N uvicorn processes, each listening on its own SO_REUSEPORT socket.
+
+uvicorn's own ``--workers`` share one listening socket, and whichever process wakes first
+accepts a whole burst of new connections. Keep-alive clients (a CRM's connection pool, the
+benchmark's load generator) then stay pinned to it: 64 connections split 50/14 between two
+workers, one queued for 100+ ms while the other idled (BENCHMARKS.md, "Serving"). With
+SO_REUSEPORT each worker has its own socket and the kernel spreads connections over them by a
+hash of the client address, so each worker gets an even share in expectation.
+
+The supervisor restarts a worker that dies, stops them all on SIGTERM/SIGINT, and each worker
+is told by the kernel (PR_SET_PDEATHSIG) to stop if the supervisor itself is killed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing as mp
+import signal
+import socket
+import sys
+import time
+from multiprocessing.process import BaseProcess
+
+log = logging.getLogger("rewards.serve")
+APP = "serving.main:create_app"
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound with SO_REUSEPORT (shared by the workers), not yet listening.
+
+    uvicorn starts listening on it only once the app's startup (stores, models) has finished:
+    a listening socket would take its share of new connections while the worker still loads,
+    and leave them waiting for seconds."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _stop_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent dies (no orphaned workers on a SIGKILL)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _worker(host: str, port: int, log_level: str) -> None:
+    import uvicorn
+
+    _stop_with_parent()
+    sock = reuseport_socket(host, port)
+    config = uvicorn.Config(APP, factory=True, log_level=log_level, access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def serve(host: str, port: int, workers: int, log_level: str = "warning") -> None:
+    """Run the API in ``workers`` processes until SIGTERM/SIGINT."""
+    import uvicorn
+
+    if workers == 1:
+        uvicorn.run(APP, factory=True, host=host, port=port, log_level=log_level,
+                    access_log=False)
+        return
+    reuseport_socket(host, port).close()  # fail here, once, if the port is taken
+    ctx = mp.get_context("spawn")
+    stopping = False
+
+    def start() -> BaseProcess:
+        proc = ctx.Process(target=_worker, args=(host, port, log_level), daemon=False)
+        proc.start()
+        return proc
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    procs = [start() for _ in range(workers)]
+    while not stopping:
+        time.sleep(0.5)
+        for i, proc in enumerate(procs):
+            if not proc.is_alive() and not stopping:
+                log.error("worker exited; restarting it",
+                          extra={"pid": proc.pid, "exitcode": proc.exitcode})
+                procs[i] = start()
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()  # SIGTERM: uvicorn finishes in-flight requests, runs shutdown
+    deadline = time.monotonic() + 30
+    for proc in procs:
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()

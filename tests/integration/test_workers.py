@@ -1,0 +1,113 @@
+"""`rewards serve --workers 2`: real processes on one port (serving/workers.py).
+
+Each worker listens on its own SO_REUSEPORT socket, only once its stores and models are loaded;
+both answer on the one port; SIGTERM to the supervisor stops them, and so does a SIGKILL
+(the kernel tells orphaned workers to stop).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (Linux /proc)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def children(pid: int) -> set[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return {int(p) for p in out.split()}
+
+
+def start(store, events_url: str, port: int, log: Path) -> subprocess.Popen:  # noqa: ANN001
+    env = {**os.environ, "REWARDS_DATA_DIR": str(store.data),
+           "REWARDS_MODELS_DIR": str(store.models), "REWARDS_EVENTS_URL": events_url,
+           "REWARDS_MODEL_POLL_SECONDS": "0"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "training.cli", "serve", "--port", str(port), "--workers", "2"],
+        env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+
+def ready_pids(port: int, want: int, proc: subprocess.Popen, log: Path) -> set[int]:
+    """Distinct worker pids answering /readyz (a new connection each time) until ``want``."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + 240
+    while len(seen) < want and time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            r = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5)
+            if r.status_code == 200:
+                seen.add(r.json()["worker_pid"])
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    assert len(seen) == want, log.read_text()[-3000:]
+    return seen
+
+
+def wait_gone(pids: set[int], timeout: float = 40) -> set[int]:
+    deadline = time.monotonic() + timeout
+    alive = set(pids)
+    while alive and time.monotonic() < deadline:
+        alive = {p for p in alive if running(p)}
+        time.sleep(0.2)
+    return alive
+
+
+def test_two_workers_share_the_port_and_stop_with_the_supervisor(
+        copy_store, make_api_key, tmp_path: Path) -> None:  # noqa: ANN001
+    store = copy_store(tmp_path)
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    key = make_api_key(url, "recommend")
+    port, log = free_port(), tmp_path / "server.log"
+    server = start(store, url, port, log)
+    try:
+        pids = ready_pids(port, 2, server, log)
+        assert pids <= children(server.pid)  # the supervisor's own worker processes
+        # connections spread over both workers, and each one answers recommendations
+        answered: set[int] = set()
+        for _ in range(40):
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+                r = client.post("/v1/recommendations", json={"member_id": 5},
+                                headers={"Authorization": f"Bearer {key}"})
+                assert r.status_code == 200, r.text
+                assert set(r.json()["model_versions"]) == {"reward", "difficulty"}
+                answered.add(client.get("/readyz").json()["worker_pid"])
+        assert answered == pids
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+        assert not wait_gone(pids), "workers outlived the supervisor's SIGTERM"
+    finally:
+        if server.poll() is None:
+            server.kill()
+
+    # a supervisor killed outright leaves no orphaned workers behind (PR_SET_PDEATHSIG)
+    server = start(store, url, port, log)
+    try:
+        pids = ready_pids(port, 2, server, log)
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=30)
+        assert not wait_gone(pids), "workers outlived a SIGKILLed supervisor"
+    finally:
+        if server.poll() is None:
+            server.kill()
