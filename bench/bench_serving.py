@@ -265,9 +265,9 @@ def main() -> None:
 
 def measure_floor(iterations: int = 2000) -> dict[str, float]:
     """One direct online-store read + one onnxruntime call per model on the same candidate
-    matrices the service builds (every reward + the no-offer row; every template x target),
-    built by the service's own row builders. No eligibility filtering: a slightly larger
-    matrix than most requests score, so the floor is if anything pessimistic."""
+    matrices the service scores (every reward + the no-offer row; every template x target),
+    assembled the way the request path assembles them (the Recommender's compiled MemberRows,
+    ~30 us). No eligibility filtering: a slightly larger matrix than most requests score."""
     import numpy as np
 
     from serving.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
@@ -275,7 +275,8 @@ def measure_floor(iterations: int = 2000) -> dict[str, float]:
     from serving.feature_store import open_store, service_feature_names
     from serving.models import ChampionSource, load_onnx
     from serving.online import OnlineFeatureReader
-    from serving.recommend import Catalog, difficulty_inputs, reward_inputs
+    from serving.recommend import Catalog, Recommender
+    from serving.rules import load_rules
     from serving.services import MEMBER_VIEW
 
     store, settings = get_store_settings(), get_serve_settings()
@@ -287,6 +288,9 @@ def measure_floor(iterations: int = 2000) -> dict[str, float]:
     reward = load_onnx(source.champion("reward")[1], r_names, REWARD_DERIVED)
     difficulty = load_onnx(source.champion("difficulty")[1], d_names, DIFFICULTY_DERIVED)
     catalog = Catalog.from_offline(settings.catalog(store), store.features_dir)
+    recommender = Recommender(catalog, load_rules(settings.rules(store)))
+    reward_rows = recommender.member_rows("reward", r_names)
+    difficulty_rows = recommender.member_rows("difficulty", d_names)
     rng = np.random.default_rng(0)
     times = []
     for _ in range(iterations):
@@ -294,14 +298,13 @@ def measure_floor(iterations: int = 2000) -> dict[str, float]:
         t0 = time.perf_counter()
         row = reader.read(member_id)
         values = row.values if row else {}
-        # the numpy column views the request path uses (not the DataFrames: slower lookups)
-        reward.predict(reward_inputs(values, catalog.reward_cols, r_names))
-        difficulty.predict(difficulty_inputs(values, catalog.target_cols, d_names))
+        reward.predict(reward_rows.matrix(values))
+        difficulty.predict(difficulty_rows.matrix(values))
         times.append((time.perf_counter() - t0) * 1000)
     return {"p50_ms": round(statistics.median(times), 3),
             "p99_ms": round(float(np.percentile(times, 99)), 3),
-            "reward_rows": len(catalog.reward_cols["reward_id"]) + 1,
-            "difficulty_rows": len(catalog.target_cols["challenge_id"])}
+            "reward_rows": reward_rows.base.shape[0],
+            "difficulty_rows": difficulty_rows.base.shape[0]}
 
 
 if __name__ == "__main__":
