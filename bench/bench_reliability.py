@@ -5,7 +5,7 @@ Runs the real server (`rewards serve`) on a private copy of a data folder made b
 response in wrk's Lua hooks: 2xx / 4xx / 5xx / socket errors, answers flagged `degraded`, and the
 reward model version in each answer. Scenarios, each bounded in time:
 
-1. load: `--rate` recommendations/s (paced wrk connections) for `--seconds`;
+1. load: `--rate` recommendations/s (a constant-rate wrk schedule) for `--seconds`;
 2. the same at `--sustainable-rate`, a rate this machine holds;
 3. online store killed mid-load: 3 phases (clean / SQLite online store file emptied, then
    restored / clean) — zero 5xx, degraded answers only while it is gone, recovery after;
@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import ensure_wrk, parse_wrk  # noqa: E402
+from bench_serving import PACED, ensure_wrk, parse_wrk  # noqa: E402
 
 LUA = r"""
 math.randomseed(%(seed)d)
@@ -82,7 +82,7 @@ end
 def wrk_run(wrk: str, port: int, key: str, connections: int, seconds: float, members: int,
             rate: float | None) -> dict[str, object]:
     """One wrk run; paced to ``rate`` requests/s in all when given, else closed loop."""
-    delay = (f"delay = function() return {1000.0 * connections / rate:.3f} end" if rate else "")
+    delay = PACED % {"period_ms": 1000.0 / rate} if rate else ""  # a constant-rate schedule
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(LUA % {"seed": int(time.time()), "members": members, "delay": delay,
                         "key": key})
@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--connections", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--only", nargs="*", default=None,
                         help="scenarios to run: load sustainable outage promotion auth")
     args = parser.parse_args()

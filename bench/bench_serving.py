@@ -82,11 +82,13 @@ delay = function()
   if wait < 0 then return 0 end
   return wait
 end
+"""
+PACED_REPORT = """
 local threads = {}
 setup = function(thread) table.insert(threads, thread) end
 done = function(summary, latency, requests)
   for _, thread in ipairs(threads) do
-    io.write(string.format("late_sends %%d max_late_ms %%.1f\\n", thread:get("late"),
+    io.write(string.format("late_sends %d max_late_ms %.1f\\n", thread:get("late"),
                            thread:get("max_late")))
   end
 end
@@ -144,7 +146,7 @@ def run_wrk(wrk: str, port: int, connections: int, seconds: int, members: int,
             rate: float | None) -> dict[str, float]:
     """Closed loop (each connection sends as soon as it has its answer), or ``rate``
     requests/s in total on a constant schedule (PACED)."""
-    delay = PACED % {"period_ms": 1000.0 / rate} if rate else ""
+    delay = PACED % {"period_ms": 1000.0 / rate} + PACED_REPORT if rate else ""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(LUA % {"seed": 7, "members": members, "delay": delay, "key": API_KEY})
     out = subprocess.run(

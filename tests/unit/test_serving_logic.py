@@ -198,6 +198,16 @@ def test_slate_respects_category_cap_and_greedy_order() -> None:
     np.testing.assert_allclose(slate.probability, [1.0, 1.0, 1.0])
 
 
+def test_slate_ties_go_to_the_first_item_nan_ranks_last_and_codes_equal_labels() -> None:
+    value = np.array([np.nan, 2.0, 3.0, 3.0, 1.0])
+    labels = np.array(["x", "y", "z", "y", "w"])
+    slate = select_slate(value, labels, 5, 1, 0.0, np.random.default_rng(0))
+    assert list(slate.index) == [2, 3, 4, 0]  # 3.0 tie -> index 2 first; y capped; NaN last
+    codes = np.unique(labels, return_inverse=True)[1]  # integer codes: the same slate
+    same = select_slate(value, codes, 5, 1, 0.0, np.random.default_rng(0))
+    assert list(same.index) == list(slate.index)
+
+
 def test_slate_logged_probabilities_match_exploration_frequencies() -> None:
     """The logged probability of the first slot equals how often that item really shows."""
     value = np.array([3.0, 2.0, 1.0, 0.5])
