@@ -31,7 +31,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serving import PACED, ensure_wrk, parse_wrk  # noqa: E402
+from bench_serving import PACED, ensure_wrk, parse_wrk, wait_ready  # noqa: E402
 
 LUA = r"""
 math.randomseed(%(seed)d)
@@ -123,18 +123,11 @@ class Server:
             [sys.executable, "-m", "training.cli", "serve", "--port", str(port),
              "--workers", str(workers)], env=env, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 240
-        seen: set[int] = set()  # every worker ready, not just the first (serving/workers.py)
-        while time.monotonic() < deadline:
-            try:
-                seen.add(get_json(port, "/readyz").get("worker_pid", 0))
-                if len(seen) >= workers:
-                    return
-                time.sleep(0.2)
-            except Exception:  # noqa: BLE001 - still starting
-                time.sleep(1)
-        self.stop()
-        raise RuntimeError("server did not become ready")
+        try:
+            wait_ready(port, workers, timeout=240)  # every worker, not just the first
+        except RuntimeError:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         self.proc.terminate()

@@ -143,7 +143,8 @@ class MemberRows:
     into fixed places. This class finds those places by probing ``build`` (the reference
     builder above, via serving.recommend's reward_inputs/difficulty_inputs) with unit members,
     checks the result against ``build`` on random members, and then assembles a request's
-    matrix with one copy and one scatter: ~20 us instead of ~200 us of small numpy calls.
+    matrix with one copy, one broadcast (columns that are a member feature on every row) and
+    one scatter (the derived entries): ~35 us instead of ~220 us of small numpy calls.
     If ``build`` ever stops having that shape (a derived column that multiplies two member
     features, say), construction raises instead of returning different rows.
     """

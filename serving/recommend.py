@@ -53,7 +53,6 @@ class Catalog:
             codes = np.unique(frame[column].to_numpy(), return_inverse=True)[1]
             object.__setattr__(self, name, codes.astype(np.int64))
         object.__setattr__(self, "template_ids", self.challenges["challenge_id"].tolist())
-        object.__setattr__(self, "reward_cost", self.rewards["cost"].to_numpy(np.float64))
 
     @classmethod
     def load(cls, catalog_dir: Path, reward_features: pd.DataFrame,
@@ -248,7 +247,7 @@ class Recommender:
         if k == 0 or len(idx) == 0:
             return [], [], None
         n = len(idx)
-        cost = catalog.reward_cost[idx]  # type: ignore[attr-defined]
+        cost = cat["cost"][idx].astype(np.float64)
         if model is not None:
             try:
                 # the eligible rewards' rows, then the no-offer row (last in the compiled matrix)
