@@ -12,8 +12,10 @@ Routes declare what they need as FastAPI dependencies:
 
 Keys are looked up once and cached in memory for ``auth_cache_ttl_seconds`` (default 5 s), so a
 cached request costs one SHA-256 and a dict lookup; a revoked key stops working within that TTL
-in every process. Rate limits are token buckets in this process's memory: with N replicas a key
-gets up to N times its rate (put a shared limiter in the gateway if that matters).
+in every process. Rate limits are token buckets shared by the workers of one server
+(``rewards serve --workers N``, see ``serving.worker_group``), in memory for a single process. They
+are not shared between servers: with N replicas a key gets up to N times its rate (put a shared
+limiter in the gateway if that matters).
 
 Only the key id (public) is ever logged, never the key.
 """
@@ -36,8 +38,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
+from serving import worker_group
 from serving.config import ServeSettings
 from serving.keys import SCOPES, ApiKey, KeyStore, matches, open_key_store, parse_key_id
+from serving.worker_group import WorkerGroup
 
 log = logging.getLogger("rewards.auth")
 SESSION_COOKIE = "rewards_session"
@@ -103,7 +107,8 @@ class Authenticator:
 
     def __init__(self, keys: KeyStore | None, *, disabled: bool, cache_ttl: float,
                  default_rate_limit: float, session_secret: bytes,
-                 session_ttl: int, cookie_secure: bool) -> None:
+                 session_ttl: int, cookie_secure: bool,
+                 buckets: TokenBuckets | WorkerGroup | None = None) -> None:
         if keys is None and not disabled:
             raise ValueError("a key store is required unless auth is disabled")
         self.keys = keys
@@ -114,7 +119,7 @@ class Authenticator:
         self.cookie_secure = cookie_secure
         self._secret = session_secret
         self._cache: OrderedDict[str, tuple[float, ApiKey | None]] = OrderedDict()
-        self.buckets = TokenBuckets()
+        self.buckets = TokenBuckets() if buckets is None else buckets
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -289,7 +294,8 @@ def build_authenticator(keys_url: str, settings: ServeSettings) -> Authenticator
     common = {"cache_ttl": settings.auth_cache_ttl_seconds,
               "default_rate_limit": settings.default_rate_limit,
               "session_ttl": settings.session_ttl_seconds,
-              "cookie_secure": settings.session_cookie_secure}
+              "cookie_secure": settings.session_cookie_secure,
+              "buckets": worker_group.current()}  # None: this process's own buckets
     if settings.auth_disabled:
         log.warning("AUTHENTICATION IS DISABLED (REWARDS_AUTH_DISABLED=true): every route is "
                     "open to anyone who can reach this port. Local development only.")

@@ -107,6 +107,8 @@ class EventsResponse(BaseModel):
 class ReloadResponse(BaseModel):
     outcomes: dict[str, str]
     versions: dict[str, str]
+    workers_reloaded: int = Field(1, description="workers that applied this reload")
+    workers: int = Field(1, description="live workers of this server")
 
 
 class ErasureResponse(BaseModel):

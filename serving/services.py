@@ -17,6 +17,7 @@ import pandas as pd
 from serving.candidates import (
     CHALLENGE_ITEM_COLUMNS, DIFFICULTY_DERIVED, REWARD_DERIVED, REWARD_ITEM_COLUMNS,
 )
+from serving import worker_group
 from serving.config import ServeSettings, StoreSettings
 from serving.events import (
     DecisionRecord, EventIn, EventStore, ExposureRecord, open_event_store,
@@ -27,6 +28,7 @@ from serving.observability import Metrics
 from serving.online import MemberRow, OnlineFeatureReader
 from serving.recommend import Catalog, Decision, MemberFacts, Recommender
 from serving.rules import cost_multiplier, day_fraction, load_rules
+from serving.worker_group import HEARTBEAT_SECONDS, WorkerGroup
 from serving.writer import GroupCommitter
 
 log = logging.getLogger("rewards.services")
@@ -58,6 +60,8 @@ class Services:
     exposure_writer: GroupCommitter[ExposureRecord, None] | None = None
     problems: dict[str, str] = field(default_factory=dict)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    #: the other workers of `rewards serve --workers N` (None: this process serves alone)
+    group: WorkerGroup | None = None
 
     # -- request path -------------------------------------------------------------------------
 
@@ -157,7 +161,41 @@ class Services:
             except Exception:  # noqa: BLE001 - a background refresh must never die
                 log.exception(f"{label} refresh failed")
 
+    async def reload_everywhere(self, timeout: float = 30.0) -> tuple[dict[str, str], int, int]:
+        """Reload here now, then have every other live worker reload before answering.
+
+        Returns this worker's outcomes and (workers that applied the reload, live workers).
+        """
+        outcomes = await asyncio.to_thread(self.refresh_models)
+        if self.group is None:
+            return outcomes, 1, 1
+        generation = self.group.request_reload()
+        self.group.mark_seen(generation)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            live = self.group.live_workers()
+            done = sum(seen >= generation for _, seen in live)
+            if done == len(live) or asyncio.get_running_loop().time() >= deadline:
+                return outcomes, done, len(live)
+            await asyncio.sleep(0.05)
+
+    async def _follow_group(self, group: WorkerGroup) -> None:
+        """Heartbeat, and apply reloads that another worker was asked for."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                group.heartbeat()
+                generation = group.generation()
+                if generation > group.seen():
+                    await asyncio.to_thread(self.refresh_models)
+                    group.mark_seen(generation)
+            except Exception:  # noqa: BLE001 - a background task must never die
+                log.exception("worker group follow failed")
+
     def start_background(self) -> None:
+        if self.group is not None:
+            self.group.join()
+            self.tasks.append(asyncio.create_task(self._follow_group(self.group)))
         if self.settings.model_poll_seconds > 0:
             self.tasks.append(asyncio.create_task(
                 self._every(self.settings.model_poll_seconds, self.refresh_models, "model")))
@@ -214,7 +252,7 @@ def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metri
         experiments=ExperimentCache(events.experiments),
         exposure_writer=GroupCommitter(_log_exposures(events), "exposure-writer",
                                        linger_seconds=settings.decision_log_linger_ms / 1000),
-        problems=problems)
+        problems=problems, group=worker_group.current())
     services.refresh_models()
     services.refresh_budget()
     services.experiments.refresh()

@@ -7,8 +7,10 @@ workers, one queued for 100+ ms while the other idled (BENCHMARKS.md, "Serving")
 SO_REUSEPORT each worker has its own socket and the kernel spreads connections over them by a
 hash of the client address, so each worker gets an even share in expectation.
 
-The supervisor restarts a worker that dies, stops them all on SIGTERM/SIGINT, and each worker
-is told by the kernel (PR_SET_PDEATHSIG) to stop if the supervisor itself is killed.
+The supervisor restarts a worker that dies (after a growing pause when it keeps dying within
+seconds of its start, so a broken deployment does not spin), stops them all on SIGTERM/SIGINT,
+and each worker is told by the kernel (PR_SET_PDEATHSIG) to stop if the supervisor itself is
+killed. The workers share rate limits and model reloads through ``serving.worker_group``.
 """
 
 from __future__ import annotations
@@ -16,14 +18,22 @@ from __future__ import annotations
 import ctypes
 import logging
 import multiprocessing as mp
+import os
 import signal
 import socket
 import sys
 import time
 from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from serving import worker_group
 
 log = logging.getLogger("rewards.serve")
 APP = "serving.main:create_app"
+#: A worker that dies within this many seconds of its start is restarted after a pause that
+#: doubles each time (1, 2, 4 ... up to ``MAX_BACKOFF`` seconds); one that lived longer at once.
+QUICK_DEATH_SECONDS = 10.0
+MAX_BACKOFF = 30.0
 
 
 def reuseport_socket(host: str, port: int) -> socket.socket:
@@ -40,6 +50,14 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def restart_pause(previous: float, lived: float) -> float:
+    """Seconds to wait before restarting a worker that lived ``lived`` seconds: none after a
+    normal life, else double the previous pause (at least 1 s, at most ``MAX_BACKOFF``)."""
+    if lived >= QUICK_DEATH_SECONDS:
+        return 0.0
+    return min(MAX_BACKOFF, max(1.0, 2 * previous))
+
+
 def _stop_with_parent() -> None:
     """Linux: SIGTERM this process when its parent dies (no orphaned workers on a SIGKILL)."""
     if sys.platform.startswith("linux"):
@@ -47,10 +65,11 @@ def _stop_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _worker(host: str, port: int, log_level: str) -> None:
+def _worker(host: str, port: int, log_level: str, group_path: str, index: int) -> None:
     import uvicorn
 
     _stop_with_parent()
+    worker_group.attach(Path(group_path), index)  # before the app exists: it reads the group
     sock = reuseport_socket(host, port)
     config = uvicorn.Config(APP, factory=True, log_level=log_level, access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
@@ -66,11 +85,17 @@ def serve(host: str, port: int, workers: int, log_level: str = "warning") -> Non
         return
     reuseport_socket(host, port).close()  # fail here, once, if the port is taken
     ctx = mp.get_context("spawn")
+    group_fd, group_path = worker_group.create_file(workers)
     stopping = False
+    started = [0.0] * workers
+    backoff = [0.0] * workers
+    restart_at: list[float | None] = [None] * workers
 
-    def start() -> BaseProcess:
-        proc = ctx.Process(target=_worker, args=(host, port, log_level), daemon=False)
+    def start(i: int) -> BaseProcess:
+        proc = ctx.Process(target=_worker, args=(host, port, log_level, str(group_path), i),
+                           daemon=False)
         proc.start()
+        started[i] = time.monotonic()
         return proc
 
     def stop(*_: object) -> None:
@@ -79,14 +104,29 @@ def serve(host: str, port: int, workers: int, log_level: str = "warning") -> Non
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    procs = [start() for _ in range(workers)]
-    while not stopping:
-        time.sleep(0.5)
-        for i, proc in enumerate(procs):
-            if not proc.is_alive() and not stopping:
-                log.error("worker exited; restarting it",
-                          extra={"pid": proc.pid, "exitcode": proc.exitcode})
-                procs[i] = start()
+    procs = [start(i) for i in range(workers)]
+    try:
+        while not stopping:
+            time.sleep(0.2)
+            now = time.monotonic()
+            for i, proc in enumerate(procs):
+                if stopping or proc.is_alive():
+                    continue
+                if restart_at[i] is None:
+                    backoff[i] = restart_pause(backoff[i], lived=now - started[i])
+                    restart_at[i] = now + backoff[i]
+                    log.error("worker exited; restarting it", extra={
+                        "pid": proc.pid, "exitcode": proc.exitcode,
+                        "restart_in_seconds": backoff[i]})
+                if now >= restart_at[i]:
+                    restart_at[i] = None
+                    procs[i] = start(i)
+        _stop_all(procs)
+    finally:
+        os.close(group_fd)
+
+
+def _stop_all(procs: list[BaseProcess]) -> None:
     for proc in procs:
         if proc.is_alive():
             proc.terminate()  # SIGTERM: uvicorn finishes in-flight requests, runs shutdown

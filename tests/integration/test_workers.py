@@ -1,8 +1,9 @@
 """`rewards serve --workers 2`: real processes on one port (serving/workers.py).
 
 Each worker listens on its own SO_REUSEPORT socket, only once its stores and models are loaded;
-both answer on the one port; SIGTERM to the supervisor stops them, and so does a SIGKILL
-(the kernel tells orphaned workers to stop).
+both answer on the one port; they share each key's rate limit and apply a reload together;
+SIGTERM to the supervisor stops them, and so does a SIGKILL (the kernel tells orphaned workers
+to stop).
 """
 
 from __future__ import annotations
@@ -68,6 +69,54 @@ def wait_gone(pids: set[int], timeout: float = 40) -> set[int]:
     return alive
 
 
+def client_get(port: int, path: str) -> dict:
+    return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10).json()
+
+
+def check_shared_rate_limit(port: int, key: str, pids: set[int]) -> None:
+    """A key limited to 0.2 requests/s (a burst of 1) gets one request through in total, not
+    one per worker, while its requests land on both workers."""
+    answered, codes = set(), []
+    began = time.monotonic()
+    for _ in range(30):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            r = client.post("/v1/recommendations", json={"member_id": 5},
+                            headers={"Authorization": f"Bearer {key}"})
+            codes.append(r.status_code)
+            if r.status_code == 429:
+                assert int(r.headers["Retry-After"]) >= 1
+            answered.add(client.get("/readyz").json()["worker_pid"])
+    elapsed = time.monotonic() - began
+    assert answered == pids
+    assert set(codes) <= {200, 429}
+    assert 1 <= codes.count(200) <= 1 + int(elapsed * 0.2), (codes, elapsed)
+
+
+def check_reload_reaches_every_worker(port: int, key: str, store, pids: set[int]) -> None:  # noqa: ANN001
+    """POST /v1/admin/reload reaches one worker; it answers once both run the new champion
+    (model polling is off here, so only the reload can have told the other one)."""
+    from mlflow import MlflowClient
+
+    registry = MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
+    old = registry.get_model_version_by_alias("reward", "champion")
+    new = registry.create_model_version("reward", source=old.source, run_id=old.run_id)
+    target = store.models / "reward" / str(new.version) / "model.onnx"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes((store.models / "reward" / str(old.version) / "model.onnx").read_bytes())
+    registry.set_registered_model_alias("reward", "champion", new.version)
+    r = httpx.post(f"http://127.0.0.1:{port}/v1/admin/reload", timeout=60,
+                   headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["outcomes"]["reward"] == f"loaded v{new.version}"
+    assert (body["workers_reloaded"], body["workers"]) == (2, 2)
+    versions: dict[int, str] = {}
+    for _ in range(40):
+        ready = client_get(port, "/readyz")
+        versions[ready["worker_pid"]] = ready["models"]["reward"]["version"]
+    assert set(versions) == pids and set(versions.values()) == {str(new.version)}
+
+
 def test_two_workers_share_the_port_and_stop_with_the_supervisor(
         copy_store, make_api_key, tmp_path: Path) -> None:  # noqa: ANN001
     store = copy_store(tmp_path)
@@ -88,6 +137,9 @@ def test_two_workers_share_the_port_and_stop_with_the_supervisor(
                 assert set(r.json()["model_versions"]) == {"reward", "difficulty"}
                 answered.add(client.get("/readyz").json()["worker_pid"])
         assert answered == pids
+        assert client_get(port, "/readyz")["workers"] == 2
+        check_shared_rate_limit(port, make_api_key(url, "recommend", rate_limit=0.2), pids)
+        check_reload_reaches_every_worker(port, make_api_key(url, "admin"), store, pids)
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=60) == 0
         assert not wait_gone(pids), "workers outlived the supervisor's SIGTERM"

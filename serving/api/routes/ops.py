@@ -40,7 +40,8 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     body = {"ready": ready, "checks": checks, "models": models, "problems": services.problems,
             # local development with REWARDS_AUTH_DISABLED must be visible to any probe
             "auth": "disabled" if get_auth(request).disabled else "api_keys",
-            "worker_pid": os.getpid()}  # which worker answered (`rewards serve --workers N`)
+            "worker_pid": os.getpid(),  # which worker answered (`rewards serve --workers N`)
+            "workers": len(services.group.live_workers()) if services.group else 1}
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
@@ -57,7 +58,11 @@ async def metrics(request: Request, services: ServicesDep) -> Response:
 
 @router.post("/v1/admin/reload", response_model=ReloadResponse, responses=AUTH_ERRORS)
 async def reload_models(services: ServicesDep, principal: AdminKey) -> ReloadResponse:
-    """Check the registry now and swap in changed champions (no request fails meanwhile)."""
+    """Check the registry now and swap in changed champions (no request fails meanwhile).
+
+    With `rewards serve --workers N`, answers once every live worker has reloaded (up to 30 s):
+    `workers_reloaded` of `workers`."""
     log.info("model reload requested", extra={"key_id": principal.key_id})
-    outcomes = await asyncio.to_thread(services.refresh_models)
-    return ReloadResponse(outcomes=outcomes, versions=services.models.versions())
+    outcomes, done, live = await services.reload_everywhere()
+    return ReloadResponse(outcomes=outcomes, versions=services.models.versions(),
+                          workers_reloaded=done, workers=live)

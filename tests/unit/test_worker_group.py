@@ -1,0 +1,135 @@
+"""The state `rewards serve --workers N` shares between its workers (serving/worker_group.py).
+
+Two handles on one file stand in for two workers: they must see one bucket per key and one
+reload counter. A real multi-process check is in tests/integration/test_workers.py.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from serving import worker_group
+from serving.auth import TokenBuckets
+from serving.worker_group import BUCKETS, PROBES, STALE_AFTER, WorkerGroup, key_hash
+from serving.workers import MAX_BACKOFF, QUICK_DEATH_SECONDS, restart_pause
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[WorkerGroup, WorkerGroup]]:
+    fd, path = worker_group.create_file(2)
+    a, b = WorkerGroup(path, 0), WorkerGroup(path, 1)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+        os.close(fd)
+
+
+def test_the_file_is_unlinked_and_reached_through_proc() -> None:
+    fd, path = worker_group.create_file(3)
+    try:
+        assert str(path) == f"/proc/{os.getpid()}/fd/{fd}"
+        assert os.fstat(fd).st_nlink == 0  # nothing to clean up, however the supervisor ends
+        group = WorkerGroup(path, 2)
+        assert group.workers == 3 and group.generation() == 0
+        group.close()
+        with pytest.raises(ValueError, match="worker slot 3"):
+            WorkerGroup(path, 3)
+    finally:
+        os.close(fd)
+
+
+def test_shared_bucket_matches_the_in_process_one(pair) -> None:  # noqa: ANN001
+    """Same answers as TokenBuckets for any sequence, whichever worker takes the token."""
+    a, b = pair
+    local = TokenBuckets()
+    rng = np.random.default_rng(3)
+    now = 100.0
+    for _ in range(400):
+        now += float(rng.exponential(0.3))
+        key = f"k{rng.integers(3)}"
+        rate = {"k0": 2.0, "k1": 0.5, "k2": 10.0}[key]
+        worker = a if rng.random() < 0.5 else b
+        assert worker.take(key, rate, now=now) == pytest.approx(local.take(key, rate, now=now))
+
+
+def test_two_workers_share_one_budget_per_key(pair) -> None:  # noqa: ANN001
+    a, b = pair
+    answers = [(a if i % 2 else b).take("key", 5.0, now=0.0) for i in range(10)]
+    assert sum(w == 0.0 for w in answers) == 5  # not 5 per worker
+    assert a.take("key", 5.0, now=0.2) == 0.0  # one token refilled after 0.2 s at 5/s
+    assert b.take("key", 5.0, now=0.2) == pytest.approx(0.2)
+    assert b.take("another", 5.0, now=0.2) == 0.0
+
+
+def test_crowded_slots_reuse_the_least_recently_used(pair) -> None:  # noqa: ANN001
+    a, _ = pair
+    start = key_hash("anchor") % BUCKETS
+    crowd = [k for k in (f"c{i}" for i in range(200_000))
+             if (key_hash(k) - start) % BUCKETS < PROBES][:PROBES]
+    assert len(crowd) == PROBES
+    a.take("anchor", 1.0, now=0.0)  # empty bucket, oldest
+    for t, k in enumerate(crowd, start=1):
+        a.take(k, 1.0, now=float(t))
+    # every probed slot is in use: one of them was reused, so some key restarts full
+    fresh = [k for k in ["anchor", *crowd] if a.take(k, 1.0, now=9.0) == 0.0]
+    assert fresh  # never an error or a lost request, at worst a fresh bucket
+    assert key_hash("anchor") == key_hash("anchor") != key_hash("anchor2")
+
+
+def test_reload_generation_and_live_workers(pair) -> None:  # noqa: ANN001
+    a, b = pair
+    assert a.live_workers() == []  # nobody joined yet
+    a.join()
+    b.join()
+    assert {seen for _, seen in a.live_workers()} == {0}
+    generation = a.request_reload()
+    assert generation == 1 and b.generation() == 1
+    a.mark_seen(generation)
+    assert sorted(seen for _, seen in b.live_workers()) == [0, 1]
+    b.mark_seen(b.generation())
+    assert b.seen() == 1
+    later = time.monotonic() + STALE_AFTER + 1
+    assert b.live_workers(now=later) == []  # silent for longer than STALE_AFTER: not waited for
+    assert len(a.live_workers(now=time.monotonic() + STALE_AFTER / 2)) == 2
+
+
+def _take_many(path: str, n: int, go: mp.Event, out: mp.Queue) -> None:
+    group = WorkerGroup(path, 1)
+    go.wait(60)
+    out.put(sum(group.take("shared", 20_000.0, now=5.0) == 0.0 for _ in range(n)))
+
+
+def test_processes_do_not_race_on_a_bucket(pair) -> None:  # noqa: ANN001
+    """Two processes draining one bucket at the same instant (no refill) get exactly its burst
+    between them: no update is lost under the file lock."""
+    a, _ = pair
+    ctx = mp.get_context("spawn")
+    out: mp.Queue = ctx.Queue()
+    go = ctx.Event()
+    procs = [ctx.Process(target=_take_many, args=(str(a.path), 15_000, go, out))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    go.set()  # both start draining together
+    granted = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert sum(granted) == 20_000  # burst = one second's worth at 20,000/s
+
+
+def test_restart_pause_backs_off_only_for_quick_deaths() -> None:
+    assert restart_pause(0.0, lived=QUICK_DEATH_SECONDS + 1) == 0.0
+    pauses, pause = [], 0.0
+    for _ in range(8):
+        pause = restart_pause(pause, lived=0.5)
+        pauses.append(pause)
+    assert pauses[:4] == [1.0, 2.0, 4.0, 8.0] and pauses[-1] == MAX_BACKOFF
+    assert restart_pause(MAX_BACKOFF, lived=3600) == 0.0  # a long life resets it
