@@ -487,14 +487,15 @@ class SqlEventStore:
         unique: dict[str, DecisionRecord] = {}
         for decision in decisions:
             unique.setdefault(decision.decision_id, decision)  # the first copy of an id wins
+        created = {d.decision_id: _micros(d.created_at) for d in unique.values()}
         with self._write() as cur:
             added = self._insert(cur, "decisions", _DECISION_COLUMNS, "decision_id", [
-                (d.decision_id, d.member_id, _micros(d.created_at), d.channel, d.arm,
+                (d.decision_id, d.member_id, created[d.decision_id], d.channel, d.arm,
                  d.experiment_id, _json(d.model_versions), _json(d.flags))
                 for d in unique.values()
             ])
             self._insert(cur, "decision_items", _ITEM_COLUMNS, "decision_id, item_type, item_id", [
-                (d.decision_id, i.item_type, i.item_id, d.member_id, _micros(d.created_at),
+                (d.decision_id, i.item_type, i.item_id, d.member_id, created[d.decision_id],
                  i.rank, i.score, i.shown_probability, i.target, i.cost)
                 for d in unique.values() if d.decision_id in added for i in d.items
             ])

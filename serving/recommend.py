@@ -8,7 +8,8 @@ model is called once per request on the whole candidate matrix.
 from __future__ import annotations
 
 import math
-import uuid
+import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,20 @@ from serving.rules import Rules, Slate, novelty_factor, select_slate
 from serving.schemas import ChallengeOut, RecommendationResponse, RewardOut
 
 DEFAULT_MARGIN = 0.3
+
+
+def new_decision_id() -> str:
+    """A UUIDv7 (RFC 9562) as 32 hex digits: 48 bits of Unix milliseconds, then random bits.
+
+    Same shape as the ``uuid4().hex`` ids used before, but ids of one millisecond sort together,
+    so the decision log's primary-key index grows at its end instead of splitting pages at
+    random: logging a decision costs about a third less CPU (measured on SQLite, BENCHMARKS.md).
+    """
+    rand = int.from_bytes(os.urandom(10), "big")  # 80 random bits: 12 for rand_a, 62 for rand_b
+    rand_a, rand_b = (rand >> 62) & 0xFFF, rand & ((1 << 62) - 1)
+    value = ((time.time_ns() // 1_000_000) << 80) | (0x7 << 76) | (rand_a << 64) \
+        | (0b10 << 62) | rand_b
+    return f"{value:032x}"
 
 
 @dataclass(frozen=True)
@@ -204,7 +219,7 @@ class Recommender:
                 features, difficulty_model, k_challenges, exclude, facts.recent, now, reasons,
                 history)
         versions = {m.meta.name: m.meta.version for m in (reward_model, difficulty_model) if m}
-        decision_id = uuid.uuid4().hex
+        decision_id = new_decision_id()
         response = RecommendationResponse(
             decision_id=decision_id, member_id=facts.member_id, rewards=rewards,
             challenges=challenges, model_versions=versions, experiment_arm=arm,

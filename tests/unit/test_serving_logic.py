@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -316,3 +317,18 @@ def test_batch_top_rewards_per_category_and_eligibility() -> None:
     category = np.array(["a", "a", "b", "c"])
     top = _top_rewards(value, eligible, category, 3)
     assert top.tolist() == [[0, 2, -1], [1, -1, -1]]  # one per category, ineligible skipped
+
+
+def test_decision_ids_are_uuid7_and_sort_by_time() -> None:
+    import uuid
+
+    from serving.recommend import new_decision_id
+
+    first = new_decision_id()
+    time.sleep(0.002)
+    later = [new_decision_id() for _ in range(200)]
+    assert len(set(later)) == 200 and all(len(i) == 32 for i in later)
+    u = uuid.UUID(first)
+    assert (u.version, u.variant) == (7, uuid.RFC_4122)
+    assert abs((u.int >> 80) - time.time() * 1000) < 5_000  # its leading 48 bits: Unix ms now
+    assert all(first < i for i in later)  # a later millisecond sorts after
