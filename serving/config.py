@@ -120,6 +120,9 @@ class ServeSettings(BaseSettings):
     decision_log_linger_ms: float = Field(
         10.0, ge=0, le=1000, description="decision and exposure logs (not awaited by requests) "
                                          "are committed in batches gathered over this window")
+    fast_recommend_path: bool = Field(
+        True, description="answer well-formed POST /v1/recommendations without FastAPI's "
+                          "per-request machinery (serving/api/fast_path.py)")
     seed: int | None = None
     # -- security (serving/auth.py, docs/security.md) --
     auth_disabled: bool = Field(

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving.api.fast_path import FastPathState, FastRecommendPath
 from serving.api.routes import events, experiments, login, members, ops, pages, recommendations
 from serving.auth import ApiError, LoginRequired, build_authenticator
 from serving.config import ServeSettings, StoreSettings, get_serve_settings, get_store_settings
@@ -57,6 +58,8 @@ def create_app(store: StoreSettings | None = None, settings: ServeSettings | Non
     app.include_router(experiments.router)
     app.include_router(pages.router)  # HTML for people; auth attaches to this router
     app.include_router(login.router)
+    app.state.fast_path = FastPathState(enabled=settings.fast_recommend_path)
+    app.add_middleware(FastRecommendPath, state=app.state.fast_path)  # innermost of the three
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
 

@@ -272,3 +272,62 @@ def test_champion_swap_under_traffic(app_client: TestClient, trained_store,  # n
     assert reload["outcomes"]["reward"] == f"loaded v{new.version}"
     assert not failures
     assert {"1", new.version} <= seen
+
+
+def test_fast_path_answers_like_the_route(app_client: TestClient, members: pd.DataFrame,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Well-formed requests are answered by serving/api/fast_path.py with exactly the route's
+    answer; anything else (bad body, bad key, another content type) goes to the route."""
+    svc = services(app_client)
+    state = app_client.app.state.fast_path
+    # the answers must not depend on the order they were asked in: no frequency caps/novelty
+    monkeypatch.setattr(svc.events, "recent_offers", lambda member_id, since: {})
+    ids = [int(m) for m in members["member_id"].iloc[:12]]
+    bodies: list[dict] = [{"member_id": m} for m in ids] + [
+        {"member_id": ids[0], "channel": "email", "k_rewards": 1, "k_challenges": 5,
+         "exclude": ["C01", "R02"], "context": {"tier": "Gold"}},
+        {"member_id": 10**9, "context": {"tier": "Silver"}},  # cold start
+    ]
+
+    def ask(enabled: bool) -> list[tuple[int, str, dict]]:
+        state.enabled = enabled
+        svc.recommender.rng = np.random.default_rng(11)  # same exploration draws
+        out = []
+        for body in bodies:
+            r = app_client.post("/v1/recommendations", json=body)
+            answer = r.json()
+            assert answer.pop("decision_id")
+            out.append((r.status_code, r.headers["content-type"], answer))
+        return out
+
+    try:
+        answered = state.answered
+        fast = ask(True)
+        assert state.answered == answered + len(bodies)
+        slow = ask(False)
+        assert state.answered == answered + len(bodies)  # the route answered these
+        assert fast == slow
+        assert {code for code, _, _ in fast} == {200}
+
+        state.enabled = True
+        answered = state.answered
+        post = app_client.post
+        refused = [
+            post("/v1/recommendations", json={"member_id": 0}),
+            post("/v1/recommendations", json={"member_id": 5, "surprise": 1}),
+            post("/v1/recommendations", content=b"{not json",
+                 headers={"content-type": "application/json"}),
+            post("/v1/recommendations", json={"member_id": 5},
+                 headers={"Authorization": "Bearer rr_nope.nope"}),
+            post("/v1/recommendations", content=b'{"member_id": 5}',
+                 headers={"content-type": "text/plain"}),
+        ]
+        assert state.answered == answered
+        codes = [r.status_code for r in refused]
+        assert codes[:4] == [422, 422, 422, 401]
+        assert refused[0].json()["errors"][0]["field"] == "body.member_id"
+        # the latency histogram labels fast answers with the route's path, as the router does
+        metrics = app_client.get("/metrics").text
+        assert 'rewards_request_seconds_count{route="/v1/recommendations",status="200"}' in metrics
+    finally:
+        state.enabled = True
