@@ -2,12 +2,11 @@
 
 The route in ``serving/api/routes/recommendations.py`` stays the definition: OpenAPI, errors,
 every other case. For a well-formed JSON request with a valid key, FastAPI's dependency solving,
-routing and response handling cost about 0.3-0.5 ms of a ~1.9 ms answer (BENCHMARKS.md,
-serving), more than the rules and the online read together. This middleware runs the same steps
-(the same body validation, ``authorize_request`` and ``Services.decide``, the same
-serialization) directly, and hands anything else to the app unchanged (the request body
-replayed): a body that does not validate, a missing or wrong key, a rate-limited one, a
-non-JSON content type. So errors always come from the route, and a request is charged to the
+routing and response handling cost about 0.3 ms of a ~1.85 ms answer in-process
+(BENCHMARKS.md, serving). This middleware runs the same steps (the same body validation,
+``authorize_request``, the route's own ``answer()`` and serialization) directly, and hands
+anything else to the app unchanged (the request body replayed): a body that does not validate,
+a missing or wrong key, a rate-limited one, a non-JSON content type. So errors always come from the route, and a request is charged to the
 key's rate limit once, except when the key is already over it.
 
 It sits inside ``RequestContextMiddleware`` and ``BodyLimitMiddleware``: request ids, the
@@ -18,18 +17,17 @@ as before. ``app.state.fast_path`` switches it (``enabled``) and counts what it 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.api.routes.recommendations import answer
 from serving.auth import ApiError, authorize_request
 from serving.schemas import RecommendationRequest
 
 PATH = "/v1/recommendations"
-log = logging.getLogger("rewards.api")
 
 
 @dataclass
@@ -90,12 +88,8 @@ class FastRecommendPath:
             await authorize_request(request, "recommend")
         except ApiError:
             return False
-        services = request.app.state.services
-        decision = await services.decide(
-            req.member_id, channel=req.channel, k_rewards=req.k_rewards,
-            k_challenges=req.k_challenges, exclude=set(req.exclude),
-            tier_hint=req.context.tier if req.context else None)
-        payload = decision.response.model_dump_json().encode()
+        response = await answer(req, request.app.state.services)
+        payload = response.model_dump_json().encode()  # as the route's _json()
         scope["route"] = _Route  # the latency histogram's label, as the router would set it
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-length", str(len(payload)).encode()),

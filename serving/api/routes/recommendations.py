@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Response
 
 from serving.api.deps import ServicesDep
 from serving.auth import require_scope
+from serving.services import Services
 from serving.schemas import (
     AUTH_ERRORS, BatchRecommendationRequest, BatchRecommendationResponse, RecommendationRequest,
     RecommendationResponse,
@@ -26,14 +27,19 @@ def _json(model: RecommendationResponse | BatchRecommendationResponse) -> Respon
     return Response(model.model_dump_json(), media_type="application/json")
 
 
-@router.post("", response_model=RecommendationResponse)
-async def recommend(req: RecommendationRequest, services: ServicesDep) -> Response:
-    """Ranked rewards (by incremental value) and challenges (personal flow-zone targets)."""
+async def answer(req: RecommendationRequest, services: Services) -> RecommendationResponse:
+    """One member's answer: what this route and its fast path (serving/api/fast_path.py) run."""
     decision = await services.decide(
         req.member_id, channel=req.channel, k_rewards=req.k_rewards,
         k_challenges=req.k_challenges, exclude=set(req.exclude),
         tier_hint=req.context.tier if req.context else None)
-    return _json(decision.response)
+    return decision.response
+
+
+@router.post("", response_model=RecommendationResponse)
+async def recommend(req: RecommendationRequest, services: ServicesDep) -> Response:
+    """Ranked rewards (by incremental value) and challenges (personal flow-zone targets)."""
+    return _json(await answer(req, services))
 
 
 @router.post("/batch", response_model=BatchRecommendationResponse)
