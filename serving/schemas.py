@@ -107,7 +107,8 @@ class EventsResponse(BaseModel):
 class ReloadResponse(BaseModel):
     outcomes: dict[str, str]
     versions: dict[str, str]
-    workers_reloaded: int = Field(1, description="workers that applied this reload")
+    workers_reloaded: int = Field(
+        1, description="workers that checked the registry for this reload (outcomes: this one)")
     workers: int = Field(1, description="live workers of this server")
 
 

@@ -62,6 +62,8 @@ class Services:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     #: the other workers of `rewards serve --workers N` (None: this process serves alone)
     group: WorkerGroup | None = None
+    #: the group's reload generation read before the first models were loaded
+    loaded_generation: int = 0
 
     # -- request path -------------------------------------------------------------------------
 
@@ -179,12 +181,17 @@ class Services:
                 return outcomes, done, len(live)
             await asyncio.sleep(0.05)
 
+    async def _heartbeat(self, group: WorkerGroup) -> None:
+        """Its own task, so that a worker busy reloading still counts as alive."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            group.heartbeat()
+
     async def _follow_group(self, group: WorkerGroup) -> None:
-        """Heartbeat, and apply reloads that another worker was asked for."""
+        """Apply reloads that another worker was asked for."""
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             try:
-                group.heartbeat()
                 generation = group.generation()
                 if generation > group.seen():
                     await asyncio.to_thread(self.refresh_models)
@@ -194,7 +201,8 @@ class Services:
 
     def start_background(self) -> None:
         if self.group is not None:
-            self.group.join()
+            self.group.join(self.loaded_generation)
+            self.tasks.append(asyncio.create_task(self._heartbeat(self.group)))
             self.tasks.append(asyncio.create_task(self._follow_group(self.group)))
         if self.settings.model_poll_seconds > 0:
             self.tasks.append(asyncio.create_task(
@@ -207,6 +215,8 @@ class Services:
     def close(self) -> None:
         for t in self.tasks:
             t.cancel()
+        if self.group is not None:
+            self.group.leave()
         self.decision_writer.close()
         if self.exposure_writer is not None:
             self.exposure_writer.close()
@@ -253,6 +263,8 @@ def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metri
         exposure_writer=GroupCommitter(_log_exposures(events), "exposure-writer",
                                        linger_seconds=settings.decision_log_linger_ms / 1000),
         problems=problems, group=worker_group.current())
+    if services.group is not None:  # before loading: a reload asked for meanwhile still counts
+        services.loaded_generation = services.group.generation()
     services.refresh_models()
     services.refresh_budget()
     services.experiments.refresh()

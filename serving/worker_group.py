@@ -46,6 +46,8 @@ PROBES = 8
 #: Workers write a heartbeat this often; one silent for ``STALE_AFTER`` seconds is not waited for.
 HEARTBEAT_SECONDS = 0.25
 STALE_AFTER = 5.0
+#: Longest wait for the lock (held for microseconds by a running peer).
+LOCK_WAIT = 0.05
 
 
 def _size(workers: int) -> int:
@@ -83,6 +85,8 @@ class WorkerGroup:
             raise ValueError(f"worker slot {index} outside 0..{self.workers - 1}")
         self._buckets_at = HEADER.size + self.workers * WORKER.size
         self._hashes: dict[str, int] = {}
+        self._locked = False
+        self.lock_timeouts = 0  # updates made without the lock (see __enter__)
 
     def close(self) -> None:
         self._map.close()
@@ -91,11 +95,25 @@ class WorkerGroup:
     # -- locking -------------------------------------------------------------------------------
 
     def __enter__(self) -> WorkerGroup:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        return self
+        """Take the lock, waiting at most ``LOCK_WAIT`` seconds: a peer stopped while holding
+        it (SIGSTOP, a frozen cgroup) must not hang every worker's event loop. Past that, the
+        update goes ahead unlocked: at worst one token is spent twice."""
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._locked = True
+                return self
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    self._locked = False
+                    self.lock_timeouts += 1
+                    return self
+                time.sleep(0.0002)
 
     def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        if self._locked:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     # -- workers and reloads -------------------------------------------------------------------
 
@@ -105,14 +123,25 @@ class WorkerGroup:
     def generation(self) -> int:
         return HEADER.unpack_from(self._map, 0)[0]
 
-    def join(self) -> None:
-        """Claim this worker's slot: a fresh worker loads the current champions at startup, so
-        it has already applied every reload requested so far."""
-        self.mark_seen(self.generation())
-
-    def mark_seen(self, generation: int) -> None:
+    def join(self, generation: int) -> None:
+        """Claim this worker's slot once it serves. ``generation`` is the one read *before* it
+        loaded its champions: a reload asked for during the load is still applied after."""
         WORKER.pack_into(self._map, self._slot_at(self.index), os.getpid(), generation,
                          time.monotonic())
+
+    def leave(self) -> None:
+        """Free the slot at shutdown, so that reloads do not wait for a worker that is gone."""
+        WORKER.pack_into(self._map, self._slot_at(self.index), 0, 0, 0.0)
+
+    def mark_seen(self, generation: int) -> None:
+        """This worker has applied every reload up to ``generation`` (never moves back)."""
+        pid, seen, _ = WORKER.unpack_from(self._map, self._slot_at(self.index))
+        WORKER.pack_into(self._map, self._slot_at(self.index), os.getpid(),
+                         max(seen, generation), time.monotonic())
+
+    def slot(self, i: int) -> tuple[int, int, float]:
+        """(pid, generation seen, last beat) of worker ``i``; pid 0 = not serving."""
+        return WORKER.unpack_from(self._map, self._slot_at(i))
 
     def heartbeat(self) -> None:
         pid, seen, _ = WORKER.unpack_from(self._map, self._slot_at(self.index))
@@ -133,8 +162,8 @@ class WorkerGroup:
         now = time.monotonic() if now is None else now
         out = []
         for i in range(self.workers):
-            pid, seen, beat = WORKER.unpack_from(self._map, self._slot_at(i))
-            if pid and now - beat <= STALE_AFTER:
+            pid, seen, beat = self.slot(i)
+            if pid and now - beat <= STALE_AFTER and _alive(pid):
                 out.append((pid, seen))
         return out
 
@@ -177,6 +206,17 @@ class WorkerGroup:
             if last < oldest:
                 oldest_at, oldest = at, last
         return oldest_at
+
+
+def _alive(pid: int) -> bool:
+    """A worker killed outright frees no slot: do not wait for its heartbeat to go stale."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 _current: WorkerGroup | None = None

@@ -30,8 +30,9 @@ from serving import worker_group
 
 log = logging.getLogger("rewards.serve")
 APP = "serving.main:create_app"
-#: A worker that dies within this many seconds of its start is restarted after a pause that
-#: doubles each time (1, 2, 4 ... up to ``MAX_BACKOFF`` seconds); one that lived longer at once.
+#: A worker that dies before serving, or within this many seconds of starting to serve, is
+#: restarted after a pause that doubles each time (1, 2, 4 ... up to ``MAX_BACKOFF`` seconds);
+#: one that served longer at once.
 QUICK_DEATH_SECONDS = 10.0
 MAX_BACKOFF = 30.0
 
@@ -51,8 +52,9 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
 
 
 def restart_pause(previous: float, lived: float) -> float:
-    """Seconds to wait before restarting a worker that lived ``lived`` seconds: none after a
-    normal life, else double the previous pause (at least 1 s, at most ``MAX_BACKOFF``)."""
+    """Seconds to wait before restarting a worker that served for ``lived`` seconds (0 if it
+    never got to serve): none after a normal life, else double the previous pause (at least
+    1 s, at most ``MAX_BACKOFF``)."""
     if lived >= QUICK_DEATH_SECONDS:
         return 0.0
     return min(MAX_BACKOFF, max(1.0, 2 * previous))
@@ -86,8 +88,9 @@ def serve(host: str, port: int, workers: int, log_level: str = "warning") -> Non
     reuseport_socket(host, port).close()  # fail here, once, if the port is taken
     ctx = mp.get_context("spawn")
     group_fd, group_path = worker_group.create_file(workers)
+    watch = worker_group.WorkerGroup(group_path, 0)  # read-only use: which workers serve
     stopping = False
-    started = [0.0] * workers
+    ready_at: list[float | None] = [None] * workers  # when each worker started serving
     backoff = [0.0] * workers
     restart_at: list[float | None] = [None] * workers
 
@@ -95,7 +98,7 @@ def serve(host: str, port: int, workers: int, log_level: str = "warning") -> Non
         proc = ctx.Process(target=_worker, args=(host, port, log_level, str(group_path), i),
                            daemon=False)
         proc.start()
-        started[i] = time.monotonic()
+        ready_at[i] = None
         return proc
 
     def stop(*_: object) -> None:
@@ -110,10 +113,16 @@ def serve(host: str, port: int, workers: int, log_level: str = "warning") -> Non
             time.sleep(0.2)
             now = time.monotonic()
             for i, proc in enumerate(procs):
-                if stopping or proc.is_alive():
+                if stopping:
+                    break
+                if proc.is_alive():
+                    if ready_at[i] is None and watch.slot(i)[0] == proc.pid:
+                        ready_at[i] = now  # it loaded its models and joined the group
                     continue
                 if restart_at[i] is None:
-                    backoff[i] = restart_pause(backoff[i], lived=now - started[i])
+                    # a worker that never got to serve, or died soon after, backs off
+                    served = 0.0 if ready_at[i] is None else now - ready_at[i]
+                    backoff[i] = restart_pause(backoff[i], lived=served)
                     restart_at[i] = now + backoff[i]
                     log.error("worker exited; restarting it", extra={
                         "pid": proc.pid, "exitcode": proc.exitcode,
@@ -123,6 +132,7 @@ def serve(host: str, port: int, workers: int, log_level: str = "warning") -> Non
                     procs[i] = start(i)
         _stop_all(procs)
     finally:
+        watch.close()
         os.close(group_fd)
 
 

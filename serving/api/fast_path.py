@@ -1,13 +1,14 @@
 """`POST /v1/recommendations` answered without FastAPI's per-request machinery, when all is well.
 
 The route in ``serving/api/routes/recommendations.py`` stays the definition: OpenAPI, errors,
-every other case. For a well-formed JSON request with a valid key, FastAPI's dependency solving,
-routing and response handling cost about 0.3 ms of a ~1.85 ms answer in-process
-(BENCHMARKS.md, serving). This middleware runs the same steps (the same body validation,
-``authorize_request``, the route's own ``answer()`` and serialization) directly, and hands
-anything else to the app unchanged (the request body replayed): a body that does not validate,
-a missing or wrong key, a rate-limited one, a non-JSON content type. So errors always come from the route, and a request is charged to the
-key's rate limit once, except when the key is already over it.
+every other case. For a well-formed JSON request, FastAPI's dependency solving, routing and
+response handling cost about 0.3 ms of a ~1.85 ms answer in-process (BENCHMARKS.md, serving).
+This middleware runs the same steps directly: the same body validation (JSON, then the model in
+Python mode), ``authorize_request``, the route's own ``answer()`` and serialization; an auth
+error (401/403/429/503) is rendered by the app's own ``ApiError`` handler, as the route would
+(its auth also runs before body errors are reported). A body that does not validate, or another
+content type, goes to the route unchanged (the body replayed), so validation errors have one
+source. Auth runs at most once per request, so a key is charged once.
 
 It sits inside ``RequestContextMiddleware`` and ``BodyLimitMiddleware``: request ids, the
 latency histogram (labelled with the route's path, as the router would) and body limits apply
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,7 +33,8 @@ PATH = "/v1/recommendations"
 @dataclass
 class FastPathState:
     enabled: bool = True
-    answered: int = 0  # requests answered here (the rest went to the route)
+    answered: int = 0  # recommendations answered here
+    refused: int = 0  # auth errors (401/403/429/503) answered here, as the route renders them
 
 
 class _Route:
@@ -61,7 +62,6 @@ class FastRecommendPath:
                 break
         body = b"".join(chunks)
         if await self._answer(scope, body, send):
-            self.state.answered += 1
             return
         replayed: Message | None = {"type": "http.request", "body": body, "more_body": False}
 
@@ -75,24 +75,34 @@ class FastRecommendPath:
         await self.app(scope, replay, send)
 
     async def _answer(self, scope: Scope, body: bytes, send: Send) -> bool:
-        """Answer a request the route would answer with 200; False (nothing sent) otherwise."""
+        """Answer as the route would; False (nothing sent) to leave the request to the route."""
         request = Request(scope)
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return False
         try:
             # as FastAPI does it: JSON to Python objects, then the model in Python mode
             req = RecommendationRequest.model_validate(json.loads(body))
-        except (ValueError, ValidationError):  # JSONDecodeError and UnicodeDecodeError too
-            return False
+        except Exception:  # noqa: BLE001 - not only ValueError: deep nesting is a RecursionError
+            return False  # the route answers it (422, naming the field)
+        scope["route"] = _Route  # the metrics' route label, as the router would set it
         try:
             await authorize_request(request, "recommend")
-        except ApiError:
-            return False
+        except ApiError as exc:
+            # the app's own handler, as the route would render it: the body was valid, so the
+            # route would have failed at the same step (its auth runs before body errors)
+            handler = request.app.exception_handlers[ApiError]
+            await (await handler(request, exc))(scope, _no_body, send)
+            self.state.refused += 1
+            return True
         response = await answer(req, request.app.state.services)
         payload = response.model_dump_json().encode()  # as the route's _json()
-        scope["route"] = _Route  # the latency histogram's label, as the router would set it
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-length", str(len(payload)).encode()),
             (b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": payload})
+        self.state.answered += 1
         return True
+
+
+async def _no_body() -> Message:
+    return {"type": "http.disconnect"}

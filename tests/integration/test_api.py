@@ -275,7 +275,8 @@ def test_champion_swap_under_traffic(app_client: TestClient, trained_store,  # n
 
 
 def test_fast_path_answers_like_the_route(app_client: TestClient, members: pd.DataFrame,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          make_api_key) -> None:  # noqa: ANN001
     """Well-formed requests are answered by serving/api/fast_path.py with exactly the route's
     answer; anything else (bad body, bad key, another content type) goes to the route."""
     svc = services(app_client)
@@ -300,34 +301,61 @@ def test_fast_path_answers_like_the_route(app_client: TestClient, members: pd.Da
             out.append((r.status_code, r.headers["content-type"], answer))
         return out
 
+    def served_count() -> float:
+        line = next((ln for ln in app_client.get("/metrics").text.splitlines() if ln.startswith(
+            'rewards_request_seconds_count{route="/v1/recommendations",status="200"}')), "x 0")
+        return float(line.split()[-1])
+
     try:
-        answered = state.answered
+        answered, counted = state.answered, served_count()
         fast = ask(True)
         assert state.answered == answered + len(bodies)
+        # the latency histogram labels fast answers with the route's path, as the router does
+        assert served_count() == counted + len(bodies)
         slow = ask(False)
         assert state.answered == answered + len(bodies)  # the route answered these
         assert fast == slow
         assert {code for code, _, _ in fast} == {200}
 
+        # invalid bodies and other content types go to the route: errors have one source
         state.enabled = True
-        answered = state.answered
+        answered, refused = state.answered, state.refused
         post = app_client.post
-        refused = [
+        to_route = [
             post("/v1/recommendations", json={"member_id": 0}),
             post("/v1/recommendations", json={"member_id": 5, "surprise": 1}),
             post("/v1/recommendations", content=b"{not json",
                  headers={"content-type": "application/json"}),
-            post("/v1/recommendations", json={"member_id": 5},
-                 headers={"Authorization": "Bearer rr_nope.nope"}),
+            post("/v1/recommendations", content=b"[" * 5000,  # RecursionError in json.loads
+                 headers={"content-type": "application/json"}),
             post("/v1/recommendations", content=b'{"member_id": 5}',
                  headers={"content-type": "text/plain"}),
         ]
-        assert state.answered == answered
-        codes = [r.status_code for r in refused]
-        assert codes[:4] == [422, 422, 422, 401]
-        assert refused[0].json()["errors"][0]["field"] == "body.member_id"
-        # the latency histogram labels fast answers with the route's path, as the router does
-        metrics = app_client.get("/metrics").text
-        assert 'rewards_request_seconds_count{route="/v1/recommendations",status="200"}' in metrics
+        assert (state.answered, state.refused) == (answered, refused)
+        assert [r.status_code for r in to_route] == [422] * 5
+        assert to_route[0].json()["errors"][0]["field"] == "body.member_id"
+
+        # auth errors on a valid body are rendered here exactly as the route renders them
+        limited = make_api_key(svc.settings.events_url, "recommend", rate_limit=0.01)
+        no_scope = make_api_key(svc.settings.events_url, "events")
+        cases = [("Bearer rr_nope.nope", 401), (f"Bearer {no_scope}", 403),
+                 (f"Bearer {limited}", 200), (f"Bearer {limited}", 429)]
+        for enabled in (True, False):
+            state.enabled = enabled
+            if not enabled:  # a fresh key for the route's run: the first one is spent
+                limited = make_api_key(svc.settings.events_url, "recommend", rate_limit=0.01)
+                cases[2:] = [(f"Bearer {limited}", 200), (f"Bearer {limited}", 429)]
+            seen = []
+            for header, code in cases:
+                r = post("/v1/recommendations", json={"member_id": ids[1]},
+                         headers={"Authorization": header})
+                assert r.status_code == code, r.text
+                if code != 200:
+                    seen.append((r.json(), {k: r.headers.get(k) for k in (
+                        "content-type", "www-authenticate", "retry-after")}))
+            if enabled:
+                fast_errors = seen
+                assert state.refused == refused + 3
+        assert fast_errors == seen
     finally:
         state.enabled = True
