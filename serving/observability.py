@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from contextvars import ContextVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
+#: Set by `rewards serve --workers N` for its workers: where their samples are combined.
+WORKERS_METRICS_DIR = "REWARDS_WORKERS_METRICS_DIR"
 
 
 class Metrics:
@@ -33,10 +38,31 @@ class Metrics:
                               registry=self.registry)
         self.events = Counter("rewards_events_total", "Feedback events by outcome",
                               ["status"], registry=self.registry)
+        # With `rewards serve --workers N` every worker writes its samples to files that any
+        # worker sums at scrape time (see exposition()); a gauge there needs a rule to combine
+        # the workers' values: the highest among live workers (every worker refuses the same
+        # bad model; a version is loaded if some worker serves it).
         self.model_refusals = Gauge("rewards_model_refusals", "Models refused since start",
-                                    ["model"], registry=self.registry)
-        self.model_version = Gauge("rewards_model_loaded", "1 for the loaded model version",
-                                   ["model", "version"], registry=self.registry)
+                                    ["model"], registry=self.registry,
+                                    multiprocess_mode="livemax")
+        self.model_version = Gauge("rewards_model_loaded",
+                                   "1 for the loaded model version, 0 for one loaded before",
+                                   ["model", "version"], registry=self.registry,
+                                   multiprocess_mode="livemax")
+
+    def exposition(self) -> bytes:
+        """The text for /metrics: this app's registry, or with several workers all of them
+        combined, so a scrape that lands on any worker sees the whole server.
+
+        ``serving.workers`` names the folder in ``WORKERS_METRICS_DIR`` (and in
+        PROMETHEUS_MULTIPROC_DIR, where prometheus_client keeps the samples). The latter alone
+        cannot be the signal: importing Feast sets it in every process (feast/metrics.py)."""
+        folder = os.environ.get(WORKERS_METRICS_DIR)
+        if folder:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=folder)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
 
 
 class JsonFormatter(logging.Formatter):

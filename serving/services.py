@@ -64,6 +64,8 @@ class Services:
     group: WorkerGroup | None = None
     #: the group's reload generation read before the first models were loaded
     loaded_generation: int = 0
+    #: the model versions last reported as loaded in the metrics
+    reported_versions: dict[str, str] = field(default_factory=dict)
 
     # -- request path -------------------------------------------------------------------------
 
@@ -147,7 +149,12 @@ class Services:
         for name, slot in self.models.slots.items():
             self.metrics.model_refusals.labels(name).set(slot.refusals)
             if slot.current is not None:
-                self.metrics.model_version.labels(name, slot.current.meta.version).set(1)
+                version = slot.current.meta.version
+                before = self.reported_versions.get(name)
+                if before is not None and before != version:
+                    self.metrics.model_version.labels(name, before).set(0)
+                self.metrics.model_version.labels(name, version).set(1)
+                self.reported_versions[name] = version
         return outcomes
 
     def refresh_budget(self) -> None:

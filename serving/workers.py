@@ -19,14 +19,17 @@ import ctypes
 import logging
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from serving import worker_group
+from serving.observability import WORKERS_METRICS_DIR
 
 log = logging.getLogger("rewards.serve")
 APP = "serving.main:create_app"
@@ -88,6 +91,11 @@ def serve(host: str, port: int, workers: int, log_level: str = "warning") -> Non
     reuseport_socket(host, port).close()  # fail here, once, if the port is taken
     ctx = mp.get_context("spawn")
     group_fd, group_path = worker_group.create_file(workers)
+    # Prometheus samples of every worker, combined at scrape time (serving.observability);
+    # set before the workers start, which read it when they import prometheus_client.
+    metrics_dir = tempfile.mkdtemp(prefix="rewards-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    os.environ[WORKERS_METRICS_DIR] = metrics_dir
     watch = worker_group.WorkerGroup(group_path, 0)  # read-only use: which workers serve
     stopping = False
     ready_at: list[float | None] = [None] * workers  # when each worker started serving
@@ -120,6 +128,9 @@ def serve(host: str, port: int, workers: int, log_level: str = "warning") -> Non
                         ready_at[i] = now  # it loaded its models and joined the group
                     continue
                 if restart_at[i] is None:
+                    from prometheus_client import multiprocess
+
+                    multiprocess.mark_process_dead(proc.pid, metrics_dir)  # its live gauges
                     # a worker that never got to serve, or died soon after, backs off
                     served = 0.0 if ready_at[i] is None else now - ready_at[i]
                     backoff[i] = restart_pause(backoff[i], lived=served)
@@ -134,6 +145,7 @@ def serve(host: str, port: int, workers: int, log_level: str = "warning") -> Non
     finally:
         watch.close()
         os.close(group_fd)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _stop_all(procs: list[BaseProcess]) -> None:

@@ -272,6 +272,10 @@ def test_champion_swap_under_traffic(app_client: TestClient, trained_store,  # n
     assert reload["outcomes"]["reward"] == f"loaded v{new.version}"
     assert not failures
     assert {"1", new.version} <= seen
+    # rolled back: the gauge says which version is loaded now, not every one loaded since start
+    metrics = app_client.get("/metrics").text
+    assert 'rewards_model_loaded{model="reward",version="1"} 1.0' in metrics
+    assert f'rewards_model_loaded{{model="reward",version="{new.version}"}} 0.0' in metrics
 
 
 def test_fast_path_answers_like_the_route(app_client: TestClient, members: pd.DataFrame,

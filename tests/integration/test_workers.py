@@ -92,6 +92,22 @@ def check_shared_rate_limit(port: int, key: str, pids: set[int]) -> None:
     assert codes.count(200) == 1 + int(elapsed * 0.01), (codes, elapsed)
 
 
+def metric_samples(text: str, name: str) -> dict[str, float]:
+    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+            if line.startswith(name + "{")}
+
+
+def check_metrics_cover_every_worker(port: int, decisions: int, pids: set[int]) -> None:
+    """Whichever worker answers the scrape, /metrics counts the whole server's decisions."""
+    answered: set[int] = set()
+    for _ in range(20):
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            counted = metric_samples(client.get("/metrics").text, "rewards_decisions_total")
+            assert sum(counted.values()) == decisions, counted
+            answered.add(client.get("/readyz").json()["worker_pid"])
+    assert answered == pids
+
+
 def check_reload_reaches_every_worker(port: int, key: str, store, pids: set[int]) -> None:  # noqa: ANN001
     """POST /v1/admin/reload reaches one worker; it answers once both run the new champion
     (model polling is off here, so only the reload can have told the other one)."""
@@ -115,6 +131,10 @@ def check_reload_reaches_every_worker(port: int, key: str, store, pids: set[int]
         ready = client_get(port, "/readyz")
         versions[ready["worker_pid"]] = ready["models"]["reward"]["version"]
     assert set(versions) == pids and set(versions.values()) == {str(new.version)}
+    loaded = metric_samples(httpx.get(f"http://127.0.0.1:{port}/metrics").text,
+                            "rewards_model_loaded")
+    assert loaded[f'rewards_model_loaded{{model="reward",version="{new.version}"}}'] == 1.0
+    assert loaded[f'rewards_model_loaded{{model="reward",version="{old.version}"}}'] == 0.0
 
 
 def test_two_workers_share_the_port_and_stop_with_the_supervisor(
@@ -139,6 +159,7 @@ def test_two_workers_share_the_port_and_stop_with_the_supervisor(
         assert answered == pids
         assert client_get(port, "/readyz")["workers"] == 2
         check_shared_rate_limit(port, make_api_key(url, "recommend", rate_limit=0.01), pids)
+        check_metrics_cover_every_worker(port, decisions=41, pids=pids)
         check_reload_reaches_every_worker(port, make_api_key(url, "admin"), store, pids)
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=60) == 0

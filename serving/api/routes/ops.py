@@ -8,7 +8,7 @@ import os
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from serving.api.deps import AdminKey, ServicesDep
 from serving.auth import authorize_request, get_auth
@@ -53,7 +53,7 @@ async def metrics(request: Request, services: ServicesDep) -> Response:
     or behind an `admin` key with REWARDS_METRICS_REQUIRE_KEY=true."""
     if services.settings.metrics_require_key:
         await authorize_request(request, "admin")
-    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(services.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.post("/v1/admin/reload", response_model=ReloadResponse, responses=AUTH_ERRORS)
