@@ -41,7 +41,6 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from serving import worker_group
 from serving.config import ServeSettings
 from serving.keys import SCOPES, ApiKey, KeyStore, matches, open_key_store, parse_key_id
-from serving.worker_group import WorkerGroup
 
 log = logging.getLogger("rewards.auth")
 SESSION_COOKIE = "rewards_session"
@@ -108,7 +107,7 @@ class Authenticator:
     def __init__(self, keys: KeyStore | None, *, disabled: bool, cache_ttl: float,
                  default_rate_limit: float, session_secret: bytes,
                  session_ttl: int, cookie_secure: bool,
-                 buckets: TokenBuckets | WorkerGroup | None = None) -> None:
+                 buckets: TokenBuckets | worker_group.WorkerGroup | None = None) -> None:
         if keys is None and not disabled:
             raise ValueError("a key store is required unless auth is disabled")
         self.keys = keys

@@ -9,8 +9,7 @@ Two facts must hold for the server as a whole, not per process:
 
 The supervisor creates one small file on a memory filesystem (``/dev/shm`` where there is one)
 and hands its path and a slot number to every worker it starts, restarts included (Linux only,
-like ``serving.workers``). Each worker
-maps the file. Writes that must not interleave (bucket updates, the reload counter) hold an
+like ``serving.workers``). Each worker maps the file. Writes that must not interleave (bucket updates, the reload counter) hold an
 ``flock`` on it: the kernel releases that lock when its holder dies, so a worker killed with
 SIGKILL in the middle of an update cannot wedge the others (a semaphore would stay taken).
 
@@ -211,11 +210,11 @@ class WorkerGroup:
 def _alive(pid: int) -> bool:
     """A worker killed outright frees no slot: do not wait for its heartbeat to go stale."""
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # no signal sent: only whether the process exists
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # it exists, under another user
     return True
 
 

@@ -28,6 +28,8 @@ import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from prometheus_client import multiprocess
+
 from serving import worker_group
 from serving.observability import WORKERS_METRICS_DIR
 
@@ -128,8 +130,6 @@ def serve(host: str, port: int, workers: int, log_level: str = "warning") -> Non
                         ready_at[i] = now  # it loaded its models and joined the group
                     continue
                 if restart_at[i] is None:
-                    from prometheus_client import multiprocess
-
                     multiprocess.mark_process_dead(proc.pid, metrics_dir)  # its live gauges
                     # a worker that never got to serve, or died soon after, backs off
                     served = 0.0 if ready_at[i] is None else now - ready_at[i]

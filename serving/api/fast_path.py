@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.api.routes.recommendations import answer
+from serving.api.routes.recommendations import answer, json_response
 from serving.auth import ApiError, authorize_request
 from serving.schemas import RecommendationRequest
 
@@ -94,12 +94,8 @@ class FastRecommendPath:
             await (await handler(request, exc))(scope, _no_body, send)
             self.state.refused += 1
             return True
-        response = await answer(req, request.app.state.services)
-        payload = response.model_dump_json().encode()  # as the route's _json()
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-length", str(len(payload)).encode()),
-            (b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": payload})
+        response = json_response(await answer(req, request.app.state.services))
+        await response(scope, _no_body, send)  # the route's own serialization and headers
         self.state.answered += 1
         return True
 

@@ -19,7 +19,7 @@ router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"],
 log = logging.getLogger("rewards.api")
 
 
-def _json(model: RecommendationResponse | BatchRecommendationResponse) -> Response:
+def json_response(model: RecommendationResponse | BatchRecommendationResponse) -> Response:
     """The response built by the service is already a validated model: serialize it once.
     Returned as a model, FastAPI would dump it, validate the dump against response_model and
     serialize it again on every request. The route keeps response_model for the OpenAPI schema
@@ -39,7 +39,7 @@ async def answer(req: RecommendationRequest, services: Services) -> Recommendati
 @router.post("", response_model=RecommendationResponse)
 async def recommend(req: RecommendationRequest, services: ServicesDep) -> Response:
     """Ranked rewards (by incremental value) and challenges (personal flow-zone targets)."""
-    return _json(await answer(req, services))
+    return json_response(await answer(req, services))
 
 
 @router.post("/batch", response_model=BatchRecommendationResponse)
@@ -51,4 +51,4 @@ async def recommend_batch(req: BatchRecommendationRequest, services: ServicesDep
             member_id, channel=req.channel, k_rewards=req.k_rewards,
             k_challenges=req.k_challenges, exclude=set(req.exclude), tier_hint=None)
         results.append(decision.response)
-    return _json(BatchRecommendationResponse(results=results))
+    return json_response(BatchRecommendationResponse(results=results))
