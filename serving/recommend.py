@@ -7,17 +7,20 @@ model is called once per request on the whole candidate matrix.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
 from serving.candidates import (
     CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, MemberRows, difficulty_matrix, no_offer_items,
@@ -31,6 +34,11 @@ from serving.rules import Rules, Slate, novelty_factor, select_slate
 from serving.schemas import ChallengeOut, RecommendationResponse, RewardOut
 
 DEFAULT_MARGIN = 0.3
+log = logging.getLogger("rewards.recommend")
+#: random bits of decision ids: seeded from the OS once per process (and again in a forked
+#: child), so ids stay unique across workers without a system call per request
+_ids = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 
 def new_decision_id() -> str:
@@ -40,7 +48,7 @@ def new_decision_id() -> str:
     so the decision log's primary-key index grows at its end instead of splitting pages at
     random: logging a decision costs about a third less CPU (measured on SQLite, BENCHMARKS.md).
     """
-    rand = int.from_bytes(os.urandom(10), "big")  # 80 random bits: 12 for rand_a, 62 for rand_b
+    rand = _ids.getrandbits(80)  # 80 random bits: 12 for rand_a, 62 for rand_b
     rand_a, rand_b = (rand >> 62) & 0xFFF, rand & ((1 << 62) - 1)
     value = ((time.time_ns() // 1_000_000) << 80) | (0x7 << 76) | (rand_a << 64) \
         | (0b10 << 62) | rand_b
@@ -306,8 +314,7 @@ class Recommender:
             reward_id, item_value, item_cost = cat["reward_id"][j], _f(value[i]), float(cost[i])
             reason = ("random arm of an experiment: a random eligible reward" if random_arm
                       else _reward_reason(scores, i, value[i], history, consent, model))
-            # built from typed values above: RewardOut's validation would only repeat it
-            out.append(RewardOut.model_construct(
+            out.append(_item_out(RewardOut,
                 reward_id=reward_id, name=cat["name"][j], type=cat["reward_type"][j],
                 category=cat["category"][j], propensity=_f(scores["propensity"][i]),
                 uplift=_f(scores["uplift"][i]), expected_value=item_value, cost=item_cost,
@@ -374,7 +381,7 @@ class Recommender:
                           f"at {pc:.0%}, nearest the {flow:.0%} flow zone")
             else:
                 reason = f"target for a member without history ({pc:.0%} predicted completion)"
-            out.append(ChallengeOut.model_construct(
+            out.append(_item_out(ChallengeOut,
                 challenge_id=cols["challenge_id"][j], name=cols["name"][j], kind=cols["kind"][j],
                 target=row_target, unit=cols["unit"][j],
                 duration_days=int(cols["duration_days"][j]), completion_probability=pc,
@@ -383,6 +390,20 @@ class Recommender:
                                       rank=rank, score=float(value[i]), shown_probability=prob,
                                       target=row_target))
         return out, items
+
+
+_Out = TypeVar("_Out", RewardOut, ChallengeOut)
+
+
+def _item_out(cls: type[_Out], **fields: Any) -> _Out:
+    """A validated response item; should a value ever break the schema, the item unchecked
+    (and a warning), never a failed answer. Validation is also the faster of the two here:
+    pydantic-core's constructor takes ~2 us, ``model_construct``'s Python loop ~4.4 us."""
+    try:
+        return cls(**fields)
+    except ValidationError as exc:
+        log.warning("response item outside its schema", extra={"error": str(exc)[:500]})
+        return cls.model_construct(**fields)
 
 
 def _member_names(*models: LoadedModel | None) -> list[str]:

@@ -66,6 +66,7 @@ class Services:
     loaded_generation: int = 0
     #: the model versions last reported as loaded in the metrics
     reported_versions: dict[str, str] = field(default_factory=dict)
+    _decision_counters: dict[tuple[str, str, str], Any] = field(default_factory=dict)
 
     # -- request path -------------------------------------------------------------------------
 
@@ -134,9 +135,13 @@ class Services:
 
     def _count(self, decision: Decision) -> None:
         r = decision.response
-        self.metrics.decisions.labels(
-            r.experiment_arm or "none", r.model_versions.get(self.settings.reward_model_name, "-"),
-            r.model_versions.get(self.settings.difficulty_model_name, "-")).inc()
+        labels = (r.experiment_arm or "none",
+                  r.model_versions.get(self.settings.reward_model_name, "-"),
+                  r.model_versions.get(self.settings.difficulty_model_name, "-"))
+        child = self._decision_counters.get(labels)
+        if child is None:  # labels() takes a lock and builds the key: once per combination
+            child = self._decision_counters[labels] = self.metrics.decisions.labels(*labels)
+        child.inc()
         for kind, on in (("cold_start", r.cold_start), ("degraded", r.degraded),
                          ("not_personalized", not r.personalized)):
             if on:

@@ -63,11 +63,14 @@ class GroupCommitter(Generic[T, R]):
                 break
             batch = [first]
             size = len(first[0])
-            deadline = time.monotonic() + self._linger
+            if self._linger > 0:
+                # Sleep through the window, then take what queued: waiting on the queue instead
+                # would wake this thread at every submit, and each wake-up takes the GIL from
+                # the request that submitted.
+                time.sleep(self._linger)
             while size < self._max_batch:
                 try:
-                    wait = deadline - time.monotonic()
-                    nxt = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                    nxt = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import os
 import time
 from pathlib import Path
 
@@ -247,7 +248,7 @@ def test_slate_with_caps_above_one_and_exploration_draws_as_specified() -> None:
         n = int(gen.integers(1, 12))
         value = gen.normal(size=n)
         category = gen.choice(np.array(["food", "beauty", "travel"]), n)
-        k, cap, eps = int(gen.integers(0, 5)), int(gen.integers(1, 3)), [0.0, 0.3][trial % 2]
+        k, cap, eps = int(gen.integers(0, 5)), int(gen.integers(0, 3)), [0.0, 0.3][trial % 2]
         got = select_slate(value, category, k, cap, eps, np.random.default_rng(trial))
         want, want_p = spec(value, category, k, cap, eps, np.random.default_rng(trial))
         assert list(got.index) == want
@@ -332,3 +333,40 @@ def test_decision_ids_are_uuid7_and_sort_by_time() -> None:
     assert (u.version, u.variant) == (7, uuid.RFC_4122)
     assert abs((u.int >> 80) - time.time() * 1000) < 5_000  # its leading 48 bits: Unix ms now
     assert all(first < i for i in later)  # a later millisecond sorts after
+
+
+def test_decision_ids_stay_unique_in_a_forked_worker() -> None:
+    """The ids' random bits come from a per-process generator: a forked child must reseed it,
+    or parent and child would draw the same bits (and, within one millisecond, the same ids)."""
+    from serving.recommend import new_decision_id
+
+    low = (1 << 74) - 1  # the random bits of a UUIDv7 (12 + 62), below version and variant
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, then leave without running pytest's teardown
+        os.close(read)
+        os.write(write, ",".join(new_decision_id() for _ in range(50)).encode())
+        os._exit(0)
+    os.close(write)
+    ours = [new_decision_id() for _ in range(50)]
+    with os.fdopen(read) as pipe:
+        theirs = pipe.read().split(",")
+    os.waitpid(pid, 0)
+    assert len(theirs) == 50
+    ours_bits = {int(i, 16) & low for i in ours}
+    assert not ours_bits & {int(i, 16) & low for i in theirs}
+
+
+def test_response_items_are_validated_and_never_fail_the_answer(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from serving.recommend import _item_out
+    from serving.schemas import RewardOut
+
+    fields = dict(reward_id="R01", name="Free coffee", type="voucher", category="food",
+                  propensity=0.4, uplift=0.1, expected_value=1.5, cost=2.0,
+                  shown_probability=0.95, reason="because")
+    assert _item_out(RewardOut, **fields) == RewardOut(**fields)
+    with caplog.at_level("WARNING", logger="rewards.recommend"):
+        odd = _item_out(RewardOut, **{**fields, "cost": "n/a"})  # breaks the schema
+    assert odd.cost == "n/a" and odd.reward_id == "R01"  # answered as built, not a 500
+    assert "outside its schema" in caplog.text
