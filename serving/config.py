@@ -120,6 +120,9 @@ class ServeSettings(BaseSettings):
     decision_log_linger_ms: float = Field(
         10.0, ge=0, le=1000, description="decision and exposure logs (not awaited by requests) "
                                          "are committed in batches gathered over this window")
+    opentelemetry: bool = Field(
+        False, description="FastAPI's native OpenTelemetry spans, metrics and logs (providers "
+                            "configured by the deployment, e.g. opentelemetry-instrument)")
     fast_recommend_path: bool = Field(
         True, description="answer well-formed POST /v1/recommendations without FastAPI's "
                           "per-request machinery (serving/api/fast_path.py)")

@@ -203,6 +203,8 @@ class EventStore(Protocol):
     def reward_redemptions_since(self, since: datetime) -> dict[str, int]: ...
     def spend_since(self, since: datetime) -> float: ...
     def consent(self, member_id: int) -> bool | None: ...
+    def member_context(self, member_id: int, since: datetime
+                       ) -> tuple[dict[str, datetime], bool | None]: ...
     def member_events(self, member_id: int) -> list[dict[str, Any]]: ...
     def count_events(self) -> int: ...
     def count_decisions(self) -> int: ...
@@ -218,6 +220,23 @@ class EventStore(Protocol):
     def ping(self) -> bool: ...
     def close(self) -> None: ...
 
+
+# The member's offers since a time (parameters: member, since; three times) and latest consent
+# choice (parameter: member), shared by the single queries and member_context's combined one.
+_RECENT_OFFERS_UNION = """
+    SELECT item_id, created_us AS t FROM decision_items WHERE member_id = ? AND created_us >= ?
+    UNION ALL
+    SELECT reward_id, ts_us FROM events WHERE member_id = ? AND ts_us >= ?
+       AND event_type = 'impression' AND reward_id IS NOT NULL
+    UNION ALL
+    SELECT challenge_id, ts_us FROM events WHERE member_id = ? AND ts_us >= ?
+       AND event_type = 'impression' AND challenge_id IS NOT NULL"""
+_RECENT_OFFERS = f"SELECT item_id, MAX(t) FROM ({_RECENT_OFFERS_UNION}) offers GROUP BY item_id"
+_LATEST_CONSENT = """
+    SELECT event_type FROM events WHERE member_id = ?
+       AND event_type IN ('consent_granted', 'consent_withdrawn')
+     ORDER BY ts_us DESC, CASE WHEN event_type = 'consent_withdrawn' THEN 0 ELSE 1 END
+     LIMIT 1"""
 
 # Portable DDL: the same statements run on SQLite and PostgreSQL.
 _SCHEMA = (
@@ -513,20 +532,20 @@ class SqlEventStore:
 
     def recent_offers(self, member_id: int, since: datetime) -> dict[str, datetime]:
         """Item id -> last time it was offered to the member (decisions or impressions)."""
-        t = _micros(since)
-        rows = self._query(
-            """SELECT item_id, MAX(t) FROM (
-                 SELECT item_id, created_us AS t FROM decision_items
-                  WHERE member_id = ? AND created_us >= ?
-                 UNION ALL
-                 SELECT reward_id, ts_us FROM events WHERE member_id = ? AND ts_us >= ?
-                    AND event_type = 'impression' AND reward_id IS NOT NULL
-                 UNION ALL
-                 SELECT challenge_id, ts_us FROM events WHERE member_id = ? AND ts_us >= ?
-                    AND event_type = 'impression' AND challenge_id IS NOT NULL
-               ) offers GROUP BY item_id""",
-            (member_id, t) * 3)
+        rows = self._query(_RECENT_OFFERS, (member_id, _micros(since)) * 3)
         return {item_id: _from_micros(last) for item_id, last in rows}
+
+    def member_context(self, member_id: int, since: datetime
+                       ) -> tuple[dict[str, datetime], bool | None]:
+        """``recent_offers`` and ``consent`` in one round trip: every recommendation needs
+        both, and a query costs more in its execution overhead than in its rows."""
+        rows = self._query(
+            f"SELECT 'o', item_id, MAX(t) FROM ({_RECENT_OFFERS_UNION}) offers GROUP BY item_id "
+            f"UNION ALL SELECT 'c', event_type, NULL FROM ({_LATEST_CONSENT}) latest",
+            (member_id, _micros(since)) * 3 + (member_id,))
+        recent = {item: _from_micros(last) for kind, item, last in rows if kind == "o"}
+        consent = next((item == "consent_granted" for kind, item, _ in rows if kind == "c"), None)
+        return recent, consent
 
     def reward_redemptions_since(self, since: datetime) -> dict[str, int]:
         """Redemptions per reward since a time, for per-reward budget caps."""
@@ -548,11 +567,7 @@ class SqlEventStore:
 
     def consent(self, member_id: int) -> bool | None:
         """The member's latest consent choice; None if never given. A tie means withdrawn."""
-        rows = self._query(
-            """SELECT event_type FROM events WHERE member_id = ?
-                  AND event_type IN ('consent_granted', 'consent_withdrawn')
-                ORDER BY ts_us DESC, CASE WHEN event_type = 'consent_withdrawn' THEN 0 ELSE 1 END
-                LIMIT 1""", (member_id,))
+        rows = self._query(_LATEST_CONSENT, (member_id,))
         return None if not rows else rows[0][0] == "consent_granted"
 
     def member_events(self, member_id: int) -> list[dict[str, Any]]:

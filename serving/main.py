@@ -49,8 +49,13 @@ def create_app(store: StoreSettings | None = None, settings: ServeSettings | Non
             if app.state.auth.keys is not None:
                 app.state.auth.keys.close()
 
+    # FastAPI's native OpenTelemetry asks the global providers on every request whether it is
+    # on (~5 us, more with cold caches); the service reports through Prometheus, so it is off
+    # unless REWARDS_OPENTELEMETRY turns it on for a deployment that configures providers.
+    otel = settings.opentelemetry
     app = FastAPI(title="rewards-reco", version="0.1.0", lifespan=lifespan,
-                  description="Personalized rewards and challenges for loyalty programs.")
+                  description="Personalized rewards and challenges for loyalty programs.",
+                  telemetry={"tracing": otel, "metrics": otel, "logs": otel})
     app.include_router(recommendations.router)
     app.include_router(events.router)
     app.include_router(members.router)

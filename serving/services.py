@@ -93,8 +93,7 @@ class Services:
         try:
             since = now - timedelta(days=max(self.recommender.rules.novelty.window_days,
                                              self.recommender.rules.frequency.challenge_cooldown_days))
-            recent = self.events.recent_offers(member_id, since)
-            consent_override = self.events.consent(member_id)
+            recent, consent_override = self.events.member_context(member_id, since)
         except Exception as exc:  # noqa: BLE001
             reasons.append(f"event store error: {type(exc).__name__}")
         features = row.values if row is not None else None

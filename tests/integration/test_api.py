@@ -286,7 +286,8 @@ def test_fast_path_answers_like_the_route(app_client: TestClient, members: pd.Da
     svc = services(app_client)
     state = app_client.app.state.fast_path
     # the answers must not depend on the order they were asked in: no frequency caps/novelty
-    monkeypatch.setattr(svc.events, "recent_offers", lambda member_id, since: {})
+    monkeypatch.setattr(svc.events, "member_context",
+                        lambda member_id, since: ({}, svc.events.consent(member_id)))
     ids = [int(m) for m in members["member_id"].iloc[:12]]
     bodies: list[dict] = [{"member_id": m} for m in ids] + [
         {"member_id": ids[0], "channel": "email", "k_rewards": 1, "k_challenges": 5,
@@ -363,3 +364,25 @@ def test_fast_path_answers_like_the_route(app_client: TestClient, members: pd.Da
         assert fast_errors == seen
     finally:
         state.enabled = True
+
+
+def test_fastapi_opentelemetry_is_off_unless_asked(trained_store, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+                                                   tmp_path) -> None:  # noqa: ANN001
+    """FastAPI's native telemetry asks OpenTelemetry's global providers on every request; the
+    service reports through Prometheus, so by default no request pays for that check."""
+    import opentelemetry.trace
+
+    from serving.main import create_app
+
+    calls = []
+    real = opentelemetry.trace.get_tracer_provider
+    monkeypatch.setattr(opentelemetry.trace, "get_tracer_provider",
+                        lambda: calls.append(1) or real())
+    for enabled, expect_calls in ((False, False), (True, True)):
+        calls.clear()
+        settings = ServeSettings(events_url=f"sqlite:///{tmp_path / 'events.db'}",
+                                 opentelemetry=enabled)
+        client = TestClient(create_app(trained_store[0], settings))  # no lifespan: /healthz only
+        for _ in range(3):
+            assert client.get("/healthz").status_code == 200
+        assert bool(calls) is expect_calls

@@ -301,6 +301,23 @@ def test_recent_offers(world: EventStore) -> None:
     assert world.recent_offers(4, T0 - h) == {}
 
 
+def test_member_context_is_recent_offers_and_consent_in_one_query(world: EventStore) -> None:
+    h = timedelta(hours=1)
+    world.add_events([
+        event("c1", "consent_granted", member_id=1, timestamp=T0),
+        event("c2", "consent_withdrawn", member_id=1, timestamp=T0 + h),
+        event("c3", "consent_granted", member_id=2, timestamp=T0 - h),
+    ])
+    for member in (1, 2, 3, 4):
+        for since in (T0 - h, T0 + 90 * timedelta(minutes=1), T0 + 10 * h):
+            assert world.member_context(member, since) == (
+                world.recent_offers(member, since), world.consent(member))
+    assert world.member_context(1, T0 - h) == (
+        {"R01": T0 + 2 * h, "R02": T0 + h, "C01": T0}, False)
+    assert world.member_context(2, T0 - h) == ({"R09": T0}, True)
+    assert world.member_context(4, T0 - h) == ({}, None)
+
+
 def test_redemptions_and_spend(world: EventStore) -> None:
     assert world.reward_redemptions_since(T0) == {"R01": 1, "R02": 1, "R03": 1}
     assert world.reward_redemptions_since(T0 - timedelta(days=2)) == {"R01": 2, "R02": 1, "R03": 1}
