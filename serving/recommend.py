@@ -287,7 +287,8 @@ class Recommender:
         else:
             scores = reward_scores(proba[:-1], proba[-1:])
             params = model.meta.value_params
-            basket = basket_estimate(np.array([features.get("avg_basket_90d", 0.0)]),
+            # a float64 0-d array, not a Python float: NumPy would compute in float32 with it
+            basket = basket_estimate(features.get("avg_basket_90d", 0.0),
                                      params.get("basket_multiplier", 1.0),
                                      params.get("basket_fallback", 50.0))
             value = expected_value(scores["uplift"], scores["propensity"], basket, cost,

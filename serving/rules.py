@@ -116,7 +116,7 @@ def select_slate(value: np.ndarray, category: np.ndarray, k: int, max_per_catego
     # The random draws are the same as before: one rng.random() per slot, and rng.choice over
     # the slot's candidates (in index order) when exploring.
     category = np.asarray(category)
-    if category.dtype.kind not in "iu" or (len(category) and category.min() < 0):
+    if category.dtype.kind not in "iu":  # labels: integer codes (any integers will do)
         category = np.unique(category, return_inverse=True)[1]
     cat_code = category.tolist()
     # best first; equal values by index (argmax's first maximum); NaN scores rank last

@@ -253,6 +253,9 @@ def test_slate_with_caps_above_one_and_exploration_draws_as_specified() -> None:
         want, want_p = spec(value, category, k, cap, eps, np.random.default_rng(trial))
         assert list(got.index) == want
         np.testing.assert_allclose(got.probability, want_p)
+        codes = np.unique(category, return_inverse=True)[1] - 5  # any integers, negative too
+        coded = select_slate(value, codes, k, cap, eps, np.random.default_rng(trial))
+        assert list(coded.index) == want
 
 
 def test_rules_file_is_valid_and_strict(tmp_path: Path) -> None:
