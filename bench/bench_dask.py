@@ -4,10 +4,16 @@
   vs a Dask LocalCluster of `--workers` worker processes x 1 thread, and whether the Dask file
   equals the single-process one (1 thread, exact comparison);
 - `train`: LightGBM fit of both models on the same training sets, local engine vs `lightgbm.dask`
-  (the early stopping replay included), with each model's held-out AUC.
+  (the early stopping replay included), with each model's held-out AUC;
+- `runtime`: `rewards score-batch` of every member with `--runtime onnx` vs `--runtime compiled`
+  (lleaves), one process and on the Dask cluster, the variants interleaved in `--rounds` rounds
+  (order reversed every other round) with the load average around each run; the cold compile
+  time of each model; and whether the outputs agree (compiled vs onnx within 1e-5 but for
+  near ties, compiled engines and thread counts exactly).
 Cluster start-up is timed apart from the work. Wall times on a shared machine: run twice.
 
     REWARDS_DATA_DIR=/path/to/data .venv/bin/python bench/bench_dask.py --what score,train
+    REWARDS_DATA_DIR=/path/to/data .venv/bin/python bench/bench_dask.py --what runtime
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +105,96 @@ def bench_score(client: object, workers: int) -> dict[str, object]:
         out["members"] = n
         out["dask_equals_single_process_1_thread"] = bool(
             pd.read_parquet(files[1]).equals(pd.read_parquet(dask_file)))
+    return out
+
+
+def _load1() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+RUNTIME_VARIANTS = ("onnx", "compiled", "compiled-2-threads", "compiled-dask", "onnx-dask")
+
+
+def bench_runtime(client: object, workers: int, rounds: int = 2,
+                  variants: tuple[str, ...] = RUNTIME_VARIANTS) -> dict[str, object]:
+    """Members/s of score-batch per runtime and engine, interleaved, and the outputs' agreement.
+
+    Each run is the whole `score_batch`/`score_batch_dask` call (reading the latest features,
+    the parity check, scoring, writing parquet), as `rewards score-batch` times it; reading the
+    features is timed apart once per round since every variant pays it. Compiling is timed
+    cold, into a fresh cache folder, which the runs then use (Dask workers too: same machine).
+    """
+    from serving.batch import compare_scores, latest_member_features, score_batch, value_scale
+    from serving.batch_dask import score_batch_dask
+    from serving.compiled import compile_native
+    from serving.config import get_serve_settings, get_store_settings
+    from serving.models import ChampionSource
+    from serving.recommend import Catalog
+    from serving.rules import load_rules
+
+    store, serve = get_store_settings(), get_serve_settings()
+    features = store.features_dir / "member_features.parquet"
+    catalog = Catalog.from_offline(serve.catalog(store), store.features_dir)
+    flow = load_rules(serve.rules(store)).challenges.flow_zone
+    source = ChampionSource(store.tracking_uri, store.models)
+    onnx = champions(1)
+    out: dict[str, object] = {"load_avg_start": Path("/proc/loadavg").read_text().split()[:3]}
+    with tempfile.TemporaryDirectory() as tmp:
+        compiled, two = {}, {}
+        for name, model in onnx.items():
+            native = source.native(name, source.champion(name)[0])
+            compiled[name] = compile_native(native, model, Path(tmp) / "cache", threads=1)
+            two[name] = compile_native(native, model, Path(tmp) / "cache", threads=2)
+            out[f"compile_{name}_s"] = round(compiled[name].compile_seconds, 1)
+            out[f"{name}_native"] = f"{native} ({model.meta.name} v{model.meta.version})"
+        runs = {
+            "onnx": lambda f: score_batch(features, catalog, onnx["reward"], onnx["difficulty"],
+                                          f, flow_zone=flow),
+            "compiled": lambda f: score_batch(features, catalog, compiled["reward"],
+                                              compiled["difficulty"], f, flow_zone=flow),
+            "compiled-2-threads": lambda f: score_batch(features, catalog, two["reward"],
+                                                        two["difficulty"], f, flow_zone=flow),
+            "compiled-dask": lambda f: score_batch_dask(
+                features, catalog, compiled["reward"], compiled["difficulty"], f, client,
+                flow_zone=flow, partition_size=10_000),
+            "onnx-dask": lambda f: score_batch_dask(
+                features, catalog, onnx["reward"], onnx["difficulty"], f, client,
+                flow_zone=flow, partition_size=10_000),
+        }
+        files = {v: Path(tmp) / f"{v}.parquet" for v in variants}
+        seconds: dict[str, list[float]] = {v: [] for v in variants}
+        loads: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+        read_s = []
+        n = 0
+        for r in range(rounds):
+            t0 = time.perf_counter()
+            members = latest_member_features(features)
+            read_s.append(round(time.perf_counter() - t0, 2))
+            for variant in (variants if r % 2 == 0 else variants[::-1]):
+                gc.collect()
+                before = _load1()
+                t0 = time.perf_counter()
+                n = runs[variant](files[variant])
+                seconds[variant].append(round(time.perf_counter() - t0, 2))
+                loads[variant].append((before, _load1()))
+                _log(f"round {r} {variant}: {seconds[variant][-1]} s", t0)
+        out["members"] = n
+        out["read_latest_features_s"] = read_s
+        out["runs"] = {v: {"seconds": seconds[v],
+                           "members_per_s": [round(n / s) for s in seconds[v]],
+                           "best_members_per_s": round(n / min(seconds[v])),
+                           "load_1min_before_after": loads[v]} for v in variants}
+        out["parity_max_abs_diff"] = {name: m.parity_max_abs_diff for name, m in compiled.items()}
+        frames = {v: pd.read_parquet(f) for v, f in files.items()}
+        if {"onnx", "compiled"} <= frames.keys():
+            agreement = compare_scores(frames["onnx"], frames["compiled"], flow_zone=flow,
+                                       scale=value_scale(members, catalog, onnx["reward"].meta))
+            out["compiled_vs_onnx"] = {**asdict(agreement), "equivalent": agreement.equivalent}
+        for a, b in (("compiled", "compiled-2-threads"), ("compiled", "compiled-dask"),
+                     ("onnx", "onnx-dask")):
+            if {a, b} <= frames.keys():
+                out[f"{b}_equals_{a}"] = bool(frames[a].equals(frames[b]))
+    out["load_avg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     return out
 
 
@@ -202,6 +299,9 @@ def main() -> None:
                         help="train: build each training set in a child process (less memory)")
     parser.add_argument("--worker-memory", default="auto",
                         help="LocalCluster memory limit per worker (default: an equal share)")
+    parser.add_argument("--rounds", type=int, default=2, help="runtime: interleaved rounds")
+    parser.add_argument("--variants", default=",".join(RUNTIME_VARIANTS),
+                        help="runtime: variants to run, in this order")
     args = parser.parse_args()
     from serving.cluster import dask_client
 
@@ -213,6 +313,10 @@ def main() -> None:
         report["cluster_start_s"] = round(time.perf_counter() - t0, 1)
         if "score" in args.what:
             report["score_batch"] = bench_score(client, args.workers)
+            print(json.dumps(report, indent=2), file=sys.stderr)
+        if "runtime" in args.what:
+            report["runtime"] = bench_runtime(client, args.workers, args.rounds,
+                                              tuple(args.variants.split(",")))
             print(json.dumps(report, indent=2), file=sys.stderr)
         if "train" in args.what:
             report["train"] = bench_train(client, tuple(args.models.split(",")),

@@ -8,6 +8,7 @@ between the two would be training/serving skew, so there is exactly one implemen
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -186,3 +187,33 @@ class MemberRows:
         X[:, self._broadcast_cols] = member[self._broadcast_source]
         X.ravel()[self._flat] += member[self._flat_source]  # ravel of a fresh copy: a view
         return X if rows is None else X[rows]
+
+    def stack(self, members: np.ndarray, dtype: type[np.floating] = np.float32) -> np.ndarray:
+        """The inputs of many members at once, member-major: rows ``i * R`` to ``i * R + R - 1``
+        are ``matrix`` of member ``i``, whose values (in ``member_names`` order) are ``members[i]``.
+
+        Batch scoring builds a chunk this way: a broadcast and a scatter over the whole chunk
+        instead of one crossed column per feature. The scattered entries are summed in float32
+        as in ``matrix``, so ``dtype=np.float64`` holds exactly the float32 matrix's values, for
+        a runtime that reads float64 without converting a copy.
+        """
+        values = np.asarray(members, dtype=np.float32)
+        if values.ndim != 2 or values.shape[1] != len(self.member_names):
+            raise ValueError(f"members must be (n, {len(self.member_names)}), got {values.shape}")
+        n, (r, f) = len(values), self.base.shape
+        X = np.empty((n, r, f), dtype=dtype)
+        X[:] = self.base
+        for start, stop, source in self._broadcast_runs:  # slices: ~3x faster than a column list
+            X[:, :, start:stop] = values[:, None, source]
+        X.reshape(n, r * f)[:, self._flat] = (self.base.ravel()[self._flat]
+                                              + values[:, self._flat_source])
+        return X.reshape(n * r, f)
+
+    @functools.cached_property
+    def _broadcast_runs(self) -> list[tuple[int, int, np.ndarray]]:
+        """The broadcast columns as runs of adjacent columns: (start, stop, member indices)."""
+        cols, source = self._broadcast_cols, self._broadcast_source
+        breaks = np.flatnonzero(np.diff(cols) != 1) + 1
+        return [(int(c[0]), int(c[-1]) + 1, s)
+                for c, s in zip(np.split(cols, breaks), np.split(source, breaks), strict=True)
+                if len(c)]

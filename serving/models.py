@@ -9,17 +9,25 @@ for /readyz and the metrics.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
 from serving.model_meta import ModelMetadata, read_onnx_metadata
 
 log = logging.getLogger("rewards.models")
+
+#: Name under which a training run logs the native LightGBM booster beside the ONNX export
+#: (training.tracking), and the file MLflow's LightGBM flavour stores it in (LightGBM text).
+NATIVE_ARTIFACT = "native_model"
+NATIVE_FILE = "model.lgb"
 
 
 class ModelRefused(RuntimeError):
@@ -34,6 +42,8 @@ class LoadedModel:
     path: Path
     session: object
     input_name: str
+    #: What ``predict`` reads without a converted copy (batch scoring builds its matrices so).
+    input_dtype: ClassVar[type[np.floating]] = np.float32
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities for a float32 batch, one onnxruntime call."""
@@ -126,6 +136,38 @@ class ChampionSource:
                 raise ModelRefused(f"{name} v{mv.version}: no ONNX file in the registered model")
             shutil.copyfile(found, target)
         return str(mv.version), target
+
+    def native(self, name: str, version: str) -> Path:
+        """The native LightGBM model (text) of ``name`` v``version``, copied once to
+        ``<name>/<version>/model.lgb`` beside its ONNX export.
+
+        The registry holds the ONNX export; the training run that produced it logged the native
+        booster too (``NATIVE_ARTIFACT``), so the registered version's run id finds the very model
+        the ONNX was exported from. ``rewards score-batch --runtime compiled`` compiles it.
+        """
+        from mlflow import MlflowClient
+        from mlflow.artifacts import download_artifacts
+
+        target = self.cache_dir / name / str(version) / NATIVE_FILE
+        if target.is_file():
+            return target
+        client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        run_id = client.get_model_version(name, str(version)).run_id
+        if not run_id:
+            raise ModelRefused(f"{name} v{version}: the registered version names no training run")
+        found = client.search_logged_models(
+            experiment_ids=[client.get_run(run_id).info.experiment_id],
+            filter_string=f"source_run_id = '{run_id}' AND name = '{NATIVE_ARTIFACT}'")
+        if not found:
+            raise ModelRefused(f"{name} v{version}: run {run_id} logged no native model "
+                               f"({NATIVE_ARTIFACT!r})")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".native-") as staging:
+            downloaded = Path(download_artifacts(
+                artifact_uri=f"{found[0].artifact_location.rstrip('/')}/{NATIVE_FILE}",
+                dst_path=staging, tracking_uri=self.tracking_uri))
+            os.replace(downloaded, target)  # readers never see a partial file
+        return target
 
 
 @dataclass

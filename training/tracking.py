@@ -45,11 +45,11 @@ from mlflow.protos.databricks_pb2 import (
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 from serving.model_meta import ModelMetadata, read_onnx_metadata
+from serving.models import NATIVE_ARTIFACT  # serving's compiled batch runtime reads it back
 from training.export import CARD_FILE, INPUT_NAME, METADATA_FILE, MODEL_FILE, write_bundle
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-NATIVE_ARTIFACT = "native_model"
 ONNX_ARTIFACT = "onnx_model"
 HISTORY_TAG_PREFIX = "history."
 

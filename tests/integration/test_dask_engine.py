@@ -71,6 +71,53 @@ def test_batch_scores_are_identical(trained_store, champions, client,  # noqa: A
     pd.testing.assert_frame_equal(a, b, check_exact=True)
 
 
+def test_compiled_runtime_on_dask_equals_single_process(trained_store, champions,  # noqa: ANN001
+                                                        client, tmp_path: Path) -> None:
+    """--runtime compiled on Dask: workers rebuild the compiled models from the shipped native
+    text, check them against the shipped ONNX on their first chunk, and score exactly like the
+    single-process compiled run (lleaves sums each row alone, so chunking cannot matter). A
+    worker handed a native model that disagrees with its ONNX model refuses it."""
+    from serving.batch import latest_member_features, score_batch
+    from serving.batch_dask import ShippedCompiled, score_batch_dask, score_partition
+    from serving.compiled import ParityRefused, compile_native
+    from serving.models import ChampionSource
+    from serving.recommend import Catalog
+
+    store: StoreSettings = trained_store[0]
+    features = store.features_dir / "member_features.parquet"
+    catalog = Catalog.from_offline(store.world_dir, store.features_dir)
+    source = ChampionSource(store.tracking_uri, store.models)
+    compiled = {name: compile_native(source.native(name, source.champion(name)[0]), model,
+                                     tmp_path / "compiled")
+                for name, model in champions.items()}
+    local, dask = tmp_path / "local.parquet", tmp_path / "dask.parquet"
+    score_batch(features, catalog, compiled["reward"], compiled["difficulty"], local)
+    assert score_batch_dask(features, catalog, compiled["reward"], compiled["difficulty"], dask,
+                            client, chunk_size=97, partition_size=450) == 2_000
+    pd.testing.assert_frame_equal(pd.read_parquet(local), pd.read_parquet(dask),
+                                  check_exact=True)
+    checks = client.run(lambda: [
+        (m.parity_max_abs_diff, m.parity_rows)
+        for m in __import__("serving.batch_dask", fromlist=["_COMPILED"])._COMPILED.values()])
+    verified = [check for per_worker in checks.values() for check in per_worker]
+    assert verified and all(diff <= 1e-5 and rows >= 10_000 for diff, rows in verified)
+
+    # the first tree's leaf values with one digit changed each (same length: the header's tree
+    # sizes still hold), shipped straight to a worker, past the client's own check
+    text = compiled["difficulty"].native_path.read_text()
+    head, sep, rest = text.partition("\nleaf_value=")
+    leaves, newline, tail = rest.partition("\n")
+    tampered = head + sep + leaves.translate(str.maketrans("0123456789", "5678901234")) \
+        + newline + tail
+    good = ShippedCompiled.of(compiled["difficulty"])
+    bad = ShippedCompiled(tampered.encode(), good.reference)
+    future = client.submit(score_partition, latest_member_features(features).iloc[:500],
+                           catalog, ShippedCompiled.of(compiled["reward"]), bad, 3, 0.7, 97,
+                           pure=False)
+    with pytest.raises(ParityRefused, match="difficulty v1: the compiled native model"):
+        future.result()
+
+
 def test_batch_csv_output_and_cli_flags(trained_store, tmp_path: Path,  # noqa: ANN001
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """`rewards score-batch --engine dask` end to end (its own LocalCluster)."""
