@@ -24,7 +24,9 @@ from serving.candidates import CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, Memb
 from serving.compiled import MIN_PARITY_ROWS, CompiledModel
 from serving.model_meta import ModelMetadata
 from serving.models import LoadedModel
-from serving.ranking import basket_estimate, expected_value, reward_scores
+from serving.ranking import (
+    basket_estimate, expected_value, flow_zone_targets, reward_scores, target_layout,
+)
 from serving.recommend import DEFAULT_MARGIN, Catalog, difficulty_inputs, reward_inputs
 
 
@@ -97,40 +99,6 @@ class BatchPlan:
     def matches(self, reward: ModelMetadata, difficulty: ModelMetadata) -> bool:
         return (self.reward_features == tuple(reward.service_features)
                 and self.difficulty_features == tuple(difficulty.service_features))
-
-
-def target_layout(template: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """Grid rows per template (templates in code order), each template's rows by ascending
-    target (ties in grid order), padded with ``len(target)``: an index that reads +inf.
-
-    With this layout the flow-zone choice is one argmin per (member, template), whose first
-    minimum is the easiest of equally close targets, as in ranking.flow_zone_choice.
-    """
-    order = np.lexsort((np.arange(len(target)), target, template))
-    counts = np.bincount(template)
-    layout = np.full((len(counts), counts.max()), len(target), dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    position = np.arange(len(order)) - np.repeat(starts, counts)
-    layout[template[order], position] = order
-    return layout
-
-
-def flow_zone_targets(p_complete: np.ndarray, layout: np.ndarray,
-                      flow_zone: float) -> np.ndarray:
-    """Per member (row of ``p_complete``, one column per grid row) and template, the grid row
-    whose completion probability is nearest the flow zone: (members, templates).
-
-    The same choice as ranking.flow_zone_choice over a regular grid (distances rounded to 1e-9,
-    ties to the lower target, NaN last), without sorting every member's rows: ~10x faster.
-    """
-    if not 0.0 < flow_zone < 1.0:
-        raise ValueError(f"flow_zone must be in (0, 1), got {flow_zone}")
-    n, g = p_complete.shape
-    distance = np.full((n, g + 1), np.inf)  # the last column is the padding's +inf
-    distance[:, :g] = np.round(np.abs(p_complete.astype(np.float64) - flow_zone), 9)
-    distance[np.isnan(distance)] = np.inf
-    nearest = distance[:, layout].argmin(axis=2)  # first minimum: the lowest target
-    return layout[np.arange(len(layout)), nearest]
 
 
 def member_matrix(members: pd.DataFrame, names: Sequence[str]) -> np.ndarray:

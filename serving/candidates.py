@@ -184,7 +184,8 @@ class MemberRows:
         """The model input for one member, optionally only some candidate ``rows`` (in order)."""
         member = np.array([features.get(n, 0.0) for n in self.member_names], dtype=np.float32)
         X = self.base.copy()
-        X[:, self._broadcast_cols] = member[self._broadcast_source]
+        for start, stop, source in self._broadcast_runs:  # slices: cheaper than a column list
+            X[:, start:stop] = member[source]
         X.ravel()[self._flat] += member[self._flat_source]  # ravel of a fresh copy: a view
         return X if rows is None else X[rows]
 

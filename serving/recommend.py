@@ -29,7 +29,10 @@ from serving.candidates import (
 from serving.contract import NEVER_DAYS, TIERS, code
 from serving.events import DecisionItem, DecisionRecord, ExposureRecord
 from serving.models import LoadedModel
-from serving.ranking import basket_estimate, expected_value, flow_zone_choice, reward_scores
+from serving.ranking import (
+    basket_estimate, expected_value, flow_zone_choice, flow_zone_targets, reward_scores,
+    target_layout,
+)
 from serving.rules import Rules, Slate, novelty_factor, select_slate
 from serving.schemas import ChallengeOut, RecommendationResponse, RewardOut
 
@@ -76,6 +79,9 @@ class Catalog:
             codes = np.unique(frame[column].to_numpy(), return_inverse=True)[1]
             object.__setattr__(self, name, codes.astype(np.int64))
         object.__setattr__(self, "template_ids", self.challenges["challenge_id"].tolist())
+        # every template's grid rows by target: the flow-zone choice as one argmin per template
+        object.__setattr__(self, "target_layout", target_layout(
+            self.target_template_index, self.target_cols["target"]))  # type: ignore[attr-defined]
 
     @classmethod
     def load(cls, catalog_dir: Path, reward_features: pd.DataFrame,
@@ -357,6 +363,8 @@ class Recommender:
             # the easiest target of each template (targets ascend within a template)
             chosen = flow_zone_choice(template, target,
                                       1.0 - 1e-9 * target.astype(np.float64), 0.999999)
+        elif rows is None:  # the whole grid (nothing blocked): the catalog's layout
+            chosen = flow_zone_targets(p[None, :], catalog.target_layout, flow)[0]  # type: ignore[attr-defined]
         else:
             chosen = flow_zone_choice(template, target, p, flow)
         picked = chosen if rows is None else rows[chosen]  # one row per template, in the grid

@@ -386,3 +386,13 @@ def test_fastapi_opentelemetry_is_off_unless_asked(trained_store, monkeypatch: p
         for _ in range(3):
             assert client.get("/healthz").status_code == 200
         assert bool(calls) is expect_calls
+
+
+def test_request_ids_are_echoed_or_new(app_client: TestClient) -> None:
+    first, second = app_client.get("/healthz"), app_client.get("/healthz")
+    ids = [r.headers["x-request-id"] for r in (first, second)]
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids) and ids[0] != ids[1]
+    given = app_client.get("/healthz", headers={"X-Request-ID": "crm-run-7-0042"})
+    assert given.headers["x-request-id"] == "crm-run-7-0042"
+    odd = app_client.get("/healthz", headers={"X-Request-ID": "no spaces; please"})
+    assert odd.headers["x-request-id"] != "no spaces; please"  # not echoed: a new one

@@ -61,8 +61,7 @@ def test_flow_zone_targets_choose_like_flow_zone_choice() -> None:
     """The batch choice (one argmin per member and template over a padded layout) picks the
     same grid rows as ranking.flow_zone_choice: nearest the flow zone, ties (up to 1e-9) to the
     lower target, NaN last, whatever order the grid lists targets in."""
-    from serving.batch import flow_zone_targets, target_layout
-    from serving.ranking import flow_zone_choice
+    from serving.ranking import flow_zone_choice, flow_zone_targets, target_layout
 
     rng = np.random.default_rng(5)
     for _ in range(30):
