@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
+from pydantic import ValidationError
 
 from serving.candidates import (
     CHALLENGE_ITEM_COLUMNS, DIFFICULTY_DERIVED, REWARD_DERIVED, REWARD_ITEM_COLUMNS,
@@ -54,7 +55,7 @@ class Services:
     recommender: Recommender
     reader: OnlineFeatureReader | None
     event_writer: GroupCommitter[EventIn, tuple[str, bool]]
-    decision_writer: GroupCommitter[DecisionRecord, None]
+    decision_writer: GroupCommitter[Decision | DecisionRecord, None]
     budget: BudgetState = field(default_factory=BudgetState)
     experiments: ExperimentCache = field(default_factory=lambda: ExperimentCache(list))
     exposure_writer: GroupCommitter[ExposureRecord, None] | None = None
@@ -127,7 +128,8 @@ class Services:
             arm=experiment.arm_of(member_id) if experiment else None,
             experiment_id=experiment.id if experiment else None)
         self._count(decision)
-        self.decision_writer.submit([decision.record])  # group-committed, not awaited
+        # group-committed, not awaited; the writer validates the record (Decision.record)
+        self.decision_writer.submit([decision])
         if decision.exposure is not None and self.exposure_writer is not None:
             self.exposure_writer.submit([decision.exposure])
         return decision
@@ -283,9 +285,16 @@ def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metri
 
 
 def _log_decisions(events: EventStore):  # noqa: ANN202
-    def commit(records):  # noqa: ANN001, ANN202
+    def commit(items):  # noqa: ANN001, ANN202
+        records = []
+        for item in items:
+            try:  # a Decision's record is validated here, in the writer thread
+                records.append(item.record if isinstance(item, Decision) else item)
+            except ValidationError as exc:  # one bad record must not cost the batch
+                log.error("decision not logged: record outside its schema",
+                          extra={"error": str(exc)[:500]})
         events.log_decisions(records)
-        return [None] * len(records)
+        return [None] * len(items)
 
     return commit
 

@@ -373,3 +373,29 @@ def test_response_items_are_validated_and_never_fail_the_answer(
         odd = _item_out(RewardOut, **{**fields, "cost": "n/a"})  # breaks the schema
     assert odd.cost == "n/a" and odd.reward_id == "R01"  # answered as built, not a 500
     assert "outside its schema" in caplog.text
+
+
+def test_decision_records_are_validated_by_the_log_writer(tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """The request path hands the writer a Decision; its record is built and validated there,
+    and a record that breaks the schema is logged as an error without costing the batch."""
+    from datetime import UTC, datetime
+
+    from serving.events import open_event_store
+    from serving.recommend import Decision
+    from serving.services import _log_decisions
+
+    def decision(decision_id: str, member_id: int) -> Decision:
+        return Decision(response=None, record_fields=dict(  # type: ignore[arg-type]
+            decision_id=decision_id, member_id=member_id, created_at=datetime.now(UTC),
+            channel="web", model_versions={"reward": "1"}, flags={"degraded": False},
+            items=[dict(item_type="reward", item_id="R01", rank=0, score=1.5,
+                        shown_probability=0.9, cost=2.0)]))
+
+    store = open_event_store(f"sqlite:///{tmp_path / 'events.db'}")
+    commit = _log_decisions(store)
+    with caplog.at_level("ERROR", logger="rewards.services"):
+        assert commit([decision("a1", 7), decision("a2", 0), decision("a3", 8)]) == [None] * 3
+    assert store.count_decisions() == 2  # member_id 0 breaks the schema: only it is dropped
+    assert "outside its schema" in caplog.text
+    store.close()
