@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from serving.candidates import CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, MemberRows
 from serving.compiled import MIN_PARITY_ROWS, CompiledModel
 from serving.model_meta import ModelMetadata
-from serving.models import LoadedModel
+from serving.models import LoadedModel, ModelRefused
 from serving.ranking import (
     basket_estimate, expected_value, flow_zone_targets, reward_scores, target_layout,
 )
@@ -129,6 +129,10 @@ def score_members(members: pd.DataFrame, catalog: Catalog, reward_model: BatchMo
     ``plan``: the run's :class:`BatchPlan` (built here when not given). Each model's matrix is
     built in the dtype its runtime reads, with the same values either way.
     """
+    for model in (reward_model, difficulty_model):
+        if isinstance(model, CompiledModel) and not model.verified:  # callers verify first
+            raise ModelRefused(f"{model.meta.name} v{model.meta.version}: compiled model used "
+                               "before its parity check (verify_compiled)")
     if plan is None or not plan.matches(reward_model.meta, difficulty_model.meta):
         plan = BatchPlan.of(catalog, reward_model.meta, difficulty_model.meta)
     n = len(members)
@@ -177,6 +181,8 @@ def verify_compiled(members: pd.DataFrame, plan: BatchPlan, reward_model: BatchM
     use, on real rows: the inputs of the first chunk of ``members`` (with more members if that
     chunk has fewer than MIN_PARITY_ROWS rows). ParityRefused says which model and by how much.
     """
+    if members.empty:  # no rows to compare, and none will be scored
+        return
     for model, rows in ((reward_model, plan.reward_rows), (difficulty_model, plan.difficulty_rows)):
         if isinstance(model, CompiledModel) and not model.verified:
             first = members.iloc[:max(chunk_size, -(-MIN_PARITY_ROWS // len(rows.base)))]

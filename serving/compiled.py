@@ -191,6 +191,9 @@ def compile_native(native_path: Path, reference: LoadedModel, cache_dir: Path,
             model.compile(cache=str(path), **COMPILE_OPTIONS)
         else:
             tmp = cache_dir / f".{path.name}.{os.getpid()}.tmp"
+            # lleaves loads any file at its cache path instead of compiling: one left by a
+            # killed run (same pid, as in containers) must not pass for compiled code
+            tmp.unlink(missing_ok=True)
             start = time.perf_counter()
             try:
                 model.compile(cache=str(tmp), **COMPILE_OPTIONS)

@@ -6,13 +6,14 @@ import json
 import logging
 import os
 import time
-import random
 from contextvars import ContextVar
 
 from prometheus_client import (
     CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess,
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.ids import random_bits
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 #: Set by `rewards serve --workers N` for its workers: where their samples are combined.
@@ -88,12 +89,6 @@ def configure_logging(level: str = "INFO") -> None:
     root.propagate = False
 
 
-#: request ids: log correlation, not secrets, so a per-process generator seeded from the OS (and
-#: reseeded in a forked child) instead of a system call per request as uuid4 makes
-_ids = random.Random(os.urandom(32))
-os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
-
-
 class RequestContextMiddleware:
     """Request id (from X-Request-ID or new), latency histogram by route template."""
 
@@ -105,7 +100,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode()[:64]
-        rid = incoming if incoming.replace("-", "").isalnum() else f"{_ids.getrandbits(128):032x}"
+        rid = incoming if incoming.replace("-", "").isalnum() else f"{random_bits(128):032x}"
         token = request_id.set(rid)
         status = {"code": 500}
         t0 = time.perf_counter()

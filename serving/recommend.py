@@ -10,8 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
-import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ from serving.candidates import (
 )
 from serving.contract import NEVER_DAYS, TIERS, code
 from serving.events import DecisionRecord, ExposureRecord
+from serving.ids import random_bits
 from serving.models import LoadedModel
 from serving.ranking import (
     basket_estimate, expected_value, flow_zone_choice, flow_zone_targets, reward_scores,
@@ -39,10 +38,6 @@ from serving.schemas import ChallengeOut, RecommendationResponse, RewardOut
 
 DEFAULT_MARGIN = 0.3
 log = logging.getLogger("rewards.recommend")
-#: random bits of decision ids: seeded from the OS once per process (and again in a forked
-#: child), so ids stay unique across workers without a system call per request
-_ids = random.Random(os.urandom(32))
-os.register_at_fork(after_in_child=lambda: _ids.seed(os.urandom(32)))
 
 
 def new_decision_id() -> str:
@@ -52,7 +47,7 @@ def new_decision_id() -> str:
     so the decision log's primary-key index grows at its end instead of splitting pages at
     random: logging a decision costs about a third less CPU (measured on SQLite, BENCHMARKS.md).
     """
-    rand = _ids.getrandbits(80)  # 80 random bits: 12 for rand_a, 62 for rand_b
+    rand = random_bits(80)  # 80 random bits (serving.ids): 12 for rand_a, 62 for rand_b
     rand_a, rand_b = (rand >> 62) & 0xFFF, rand & ((1 << 62) - 1)
     value = ((time.time_ns() // 1_000_000) << 80) | (0x7 << 76) | (rand_a << 64) \
         | (0b10 << 62) | rand_b

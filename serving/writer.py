@@ -63,10 +63,10 @@ class GroupCommitter(Generic[T, R]):
                 break
             batch = [first]
             size = len(first[0])
-            if self._linger > 0:
+            if self._linger > 0 and self._queue.qsize() < self._max_batch:
                 # Sleep through the window, then take what queued: waiting on the queue instead
                 # would wake this thread at every submit, and each wake-up takes the GIL from
-                # the request that submitted.
+                # the request that submitted. A backlog of a full batch commits at once.
                 time.sleep(self._linger)
             while size < self._max_batch:
                 try:

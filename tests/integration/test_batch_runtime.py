@@ -203,6 +203,25 @@ def test_compiled_code_is_cached_by_model_bytes(world, compiled, tmp_path: Path)
     assert not list(tmp_path.glob(".*.tmp"))  # written under a temporary name, then renamed
 
 
+def test_a_leftover_temporary_file_is_not_taken_for_compiled_code(world, compiled,  # noqa: ANN001
+                                                                 tmp_path: Path) -> None:
+    """lleaves loads whatever sits at its cache path: a file left at the temporary name by a
+    killed run with the same pid (containers) must be replaced by a real compile."""
+    import os
+
+    from serving.compiled import cache_key, compile_native
+
+    first = compiled["difficulty"]
+    native = tmp_path / "model.lgb"
+    native.write_bytes(first.native_path.read_bytes())
+    final = f"compiled-{cache_key(native.read_bytes())}.so"
+    (tmp_path / f".{final}.{os.getpid()}.tmp").write_bytes(b"half a shared object")
+    fresh = compile_native(native, first.reference, tmp_path)
+    assert fresh.compile_seconds > 0 and fresh.path.name == final
+    X = np.random.default_rng(0).normal(size=(64, len(first.meta.input_names)))
+    np.testing.assert_allclose(fresh.predict(X), first.predict(X), atol=1e-6)
+
+
 def _tamper_leaves(text: str) -> str:
     """The model with its first tree's leaf values altered in place (one digit each, so the
     header's tree byte sizes still hold): same features, other scores."""

@@ -303,6 +303,29 @@ def test_group_commit_linger_gathers_a_window_into_one_commit_and_close_flushes(
     assert last.result(timeout=1) == [9] and batches[-1] == [9]
 
 
+def test_group_commit_linger_does_not_wait_with_a_full_batch_queued() -> None:
+    """The window is slept through only while less than a batch is queued: 20 writes with
+    batches of 5 and a 0.5 s window commit in about one window, not four."""
+    batches: list[list[int]] = []
+    gate = threading.Event()
+
+    def commit(items: list[int]) -> list[int]:
+        gate.wait(5)  # hold the first commit until everything is queued
+        batches.append(list(items))
+        return list(items)
+
+    gc = GroupCommitter(commit, "backlog", max_batch=5, linger_seconds=0.5)
+    start = time.monotonic()
+    futures = [gc.submit([k]) for k in range(20)]
+    gate.set()
+    for f in futures:
+        f.result(timeout=10)
+    elapsed = time.monotonic() - start
+    gc.close()
+    assert sorted(k for b in batches for k in b) == list(range(20))
+    assert all(len(b) <= 5 for b in batches) and elapsed < 1.4, (batches, elapsed)
+
+
 def test_group_commit_failure_reaches_every_waiting_writer() -> None:
     def commit(items: list[int]) -> list[int]:
         raise OSError("disk full")
