@@ -19,14 +19,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from serving.candidates import CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, MemberRows
+from serving.candidates import MemberRows
 from serving.compiled import MIN_PARITY_ROWS, CompiledModel
 from serving.model_meta import ModelMetadata
 from serving.models import LoadedModel, ModelRefused
 from serving.ranking import (
-    basket_estimate, expected_value, flow_zone_targets, reward_scores, target_layout,
+    expected_value, flow_zone_targets, member_basket, reward_scores, target_layout,
 )
-from serving.recommend import DEFAULT_MARGIN, Catalog, difficulty_inputs, reward_inputs
+from serving.recommend import DEFAULT_MARGIN, Catalog, candidate_rows
 
 
 @dataclass(frozen=True)
@@ -99,12 +99,8 @@ class BatchPlan:
     @classmethod
     def of(cls, catalog: Catalog, reward: ModelMetadata, difficulty: ModelMetadata) -> BatchPlan:
         r_names, d_names = list(reward.service_features), list(difficulty.service_features)
-        reward_rows = MemberRows(
-            lambda m: reward_inputs(m, catalog.reward_cols, r_names),  # type: ignore[attr-defined]
-            [f for f in r_names if f not in REWARD_ITEM_COLUMNS])
-        difficulty_rows = MemberRows(
-            lambda m: difficulty_inputs(m, catalog.target_cols, d_names),  # type: ignore[attr-defined]
-            [f for f in d_names if f not in CHALLENGE_ITEM_COLUMNS])
+        reward_rows = candidate_rows(catalog, "reward", r_names)
+        difficulty_rows = candidate_rows(catalog, "difficulty", d_names)
         codes, ids = pd.factorize(catalog.targets["challenge_id"])
         grid_target = catalog.targets["target"].to_numpy()
         return cls(tuple(r_names), tuple(d_names), reward_rows, difficulty_rows,
@@ -143,9 +139,7 @@ def score_members(members: pd.DataFrame, catalog: Catalog, reward_model: BatchMo
     proba = reward_model.predict(X).reshape(n, m + 1, -1)  # every reward, then the no-offer row
     s = reward_scores(proba[:, :m].reshape(n * m, -1), np.repeat(proba[:, m], m, axis=0))
     params = reward_model.meta.value_params
-    basket = basket_estimate(members["avg_basket_90d"].to_numpy(),
-                             params.get("basket_multiplier", 1.0),
-                             params.get("basket_fallback", 50.0))
+    basket = member_basket(members["avg_basket_90d"].to_numpy(), params)
     value = expected_value(s["uplift"].reshape(n, m), s["propensity"].reshape(n, m),
                            basket[:, None], rw["cost"].to_numpy()[None, :],
                            params.get("margin", DEFAULT_MARGIN))
@@ -246,9 +240,7 @@ def value_scale(members: pd.DataFrame, catalog: Catalog, reward: ModelMetadata) 
     probability tolerance the runtimes are held to.
     """
     params = reward.value_params
-    basket = basket_estimate(members["avg_basket_90d"].to_numpy(),
-                             params.get("basket_multiplier", 1.0),
-                             params.get("basket_fallback", 50.0))
+    basket = member_basket(members["avg_basket_90d"].to_numpy(), params)
     return (4 * params.get("margin", DEFAULT_MARGIN) * basket
             + float(catalog.rewards["cost"].max()))
 

@@ -237,6 +237,9 @@ _LATEST_CONSENT = """
        AND event_type IN ('consent_granted', 'consent_withdrawn')
      ORDER BY ts_us DESC, CASE WHEN event_type = 'consent_withdrawn' THEN 0 ELSE 1 END
      LIMIT 1"""
+_MEMBER_CONTEXT = (  # both in one query: rows tagged 'o' (an offer) or 'c' (the consent)
+    f"SELECT 'o', item_id, MAX(t) FROM ({_RECENT_OFFERS_UNION}) offers GROUP BY item_id "
+    f"UNION ALL SELECT 'c', event_type, NULL FROM ({_LATEST_CONSENT}) latest")
 
 # Portable DDL: the same statements run on SQLite and PostgreSQL.
 _SCHEMA = (
@@ -539,10 +542,7 @@ class SqlEventStore:
                        ) -> tuple[dict[str, datetime], bool | None]:
         """``recent_offers`` and ``consent`` in one round trip: every recommendation needs
         both, and a query costs more in its execution overhead than in its rows."""
-        rows = self._query(
-            f"SELECT 'o', item_id, MAX(t) FROM ({_RECENT_OFFERS_UNION}) offers GROUP BY item_id "
-            f"UNION ALL SELECT 'c', event_type, NULL FROM ({_LATEST_CONSENT}) latest",
-            (member_id, _micros(since)) * 3 + (member_id,))
+        rows = self._query(_MEMBER_CONTEXT, (member_id, _micros(since)) * 3 + (member_id,))
         recent = {item: _from_micros(last) for kind, item, last in rows if kind == "o"}
         consent = next((item == "consent_granted" for kind, item, _ in rows if kind == "c"), None)
         return recent, consent

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 
@@ -37,6 +39,14 @@ def basket_estimate(avg_basket_90d: np.ndarray, multiplier: float, fallback: flo
     """
     avg = np.asarray(avg_basket_90d, dtype=np.float64)
     return np.where(avg > 0, avg * multiplier, fallback)
+
+
+def member_basket(avg_basket_90d: np.ndarray | float, value_params: Mapping[str, float]
+                  ) -> np.ndarray:
+    """:func:`basket_estimate` with a model's value parameters (its metadata's
+    ``value_params``; defaults for a model exported without them)."""
+    return basket_estimate(avg_basket_90d, value_params.get("basket_multiplier", 1.0),
+                           value_params.get("basket_fallback", 50.0))
 
 
 def flow_zone_choice(group: np.ndarray, target: np.ndarray, p_complete: np.ndarray,

@@ -11,7 +11,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from datetime import datetime
@@ -30,7 +30,7 @@ from serving.events import DecisionRecord, ExposureRecord
 from serving.ids import random_bits
 from serving.models import LoadedModel
 from serving.ranking import (
-    basket_estimate, expected_value, flow_zone_choice, flow_zone_targets, reward_scores,
+    expected_value, flow_zone_choice, flow_zone_targets, member_basket, reward_scores,
     target_layout,
 )
 from serving.rules import Rules, Slate, novelty_factor, select_slate
@@ -176,6 +176,20 @@ def difficulty_inputs(features: dict[str, float], grid: Mapping[str, Any],
     return difficulty_matrix({**member, **items}, np.asarray(grid["target"]), names)
 
 
+def candidate_rows(catalog: Catalog, kind: str, service_features: Sequence[str]) -> MemberRows:
+    """A model's compiled candidate matrix over the whole catalog: every reward then the
+    no-offer row (``kind`` "reward"), or every template x allowed target ("difficulty"). The
+    request path (one member) and batch scoring (member chunks) both build their rows from it."""
+    names = list(service_features)
+    if kind == "reward":
+        cols, items = catalog.reward_cols, REWARD_ITEM_COLUMNS  # type: ignore[attr-defined]
+        build = lambda m: reward_inputs(m, cols, names)  # noqa: E731
+    else:
+        cols, items = catalog.target_cols, CHALLENGE_ITEM_COLUMNS  # type: ignore[attr-defined]
+        build = lambda m: difficulty_inputs(m, cols, names)  # noqa: E731
+    return MemberRows(build, [f for f in names if f not in items])
+
+
 class Recommender:
     """Scores and ranks for one member; holds no mutable state except its random generator."""
 
@@ -192,14 +206,7 @@ class Recommender:
         key = (kind, tuple(service_features))
         rows = self._rows.get(key)
         if rows is None:
-            if kind == "reward":
-                cols, items = self.catalog.reward_cols, REWARD_ITEM_COLUMNS  # type: ignore[attr-defined]
-                build = lambda m: reward_inputs(m, cols, service_features)  # noqa: E731
-            else:
-                cols, items = self.catalog.target_cols, CHALLENGE_ITEM_COLUMNS  # type: ignore[attr-defined]
-                build = lambda m: difficulty_inputs(m, cols, service_features)  # noqa: E731
-            rows = MemberRows(build, [f for f in service_features if f not in items])
-            self._rows[key] = rows
+            rows = self._rows[key] = candidate_rows(self.catalog, kind, service_features)
         return rows
 
     def recommend(self, facts: MemberFacts, reward_model: LoadedModel | None,
@@ -296,9 +303,7 @@ class Recommender:
             scores = reward_scores(proba[:-1], proba[-1:])
             params = model.meta.value_params
             # a float64 0-d array, not a Python float: NumPy would compute in float32 with it
-            basket = basket_estimate(features.get("avg_basket_90d", 0.0),
-                                     params.get("basket_multiplier", 1.0),
-                                     params.get("basket_fallback", 50.0))
+            basket = member_basket(features.get("avg_basket_90d", 0.0), params)
             value = expected_value(scores["uplift"], scores["propensity"], basket, cost,
                                    params.get("margin", DEFAULT_MARGIN), lam)
         ranked = value

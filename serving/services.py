@@ -21,7 +21,7 @@ from serving.candidates import (
 from serving import worker_group
 from serving.config import ServeSettings, StoreSettings
 from serving.events import (
-    DecisionRecord, EventIn, EventStore, ExposureRecord, open_event_store,
+    EventIn, EventStore, ExposureRecord, open_event_store,
 )
 from serving.experiments.registry import ExperimentCache
 from serving.models import ChampionSource, ModelManager
@@ -55,7 +55,7 @@ class Services:
     recommender: Recommender
     reader: OnlineFeatureReader | None
     event_writer: GroupCommitter[EventIn, tuple[str, bool]]
-    decision_writer: GroupCommitter[Decision | DecisionRecord, None]
+    decision_writer: GroupCommitter[Decision, None]
     budget: BudgetState = field(default_factory=BudgetState)
     experiments: ExperimentCache = field(default_factory=lambda: ExperimentCache(list))
     exposure_writer: GroupCommitter[ExposureRecord, None] | None = None
@@ -289,7 +289,7 @@ def _log_decisions(events: EventStore):  # noqa: ANN202
         records = []
         for item in items:
             try:  # a Decision's record is validated here, in the writer thread
-                records.append(item.record if isinstance(item, Decision) else item)
+                records.append(item.record)
             except ValidationError as exc:  # one bad record must not cost the batch
                 log.error("decision not logged: record outside its schema",
                           extra={"error": str(exc)[:500]})

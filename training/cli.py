@@ -459,8 +459,9 @@ def score_batch_cmd(
         raise UserError(str(exc)) from None
     dt = time.perf_counter() - t0
     if runtime == "compiled":
-        report["parity_max_abs_diff"] = {name: float(f"{m.parity_max_abs_diff:.3g}")
-                                         for name, m in models.items()}
+        report["parity_max_abs_diff"] = {  # None: no member, so nothing was compared
+            name: None if m.parity_max_abs_diff is None else float(f"{m.parity_max_abs_diff:.3g}")
+            for name, m in models.items()}
     typer.echo(json.dumps({"members": n, "seconds": round(dt, 1), "engine": engine,
                            "runtime": runtime, "members_per_second": round(n / dt), **report,
                            "out": str(out)}))

@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow.dataset as pads
 
 from serving.candidates import REWARD_ITEM_COLUMNS, no_offer_items, reward_matrix
-from serving.ranking import basket_estimate, flow_zone_choice, reward_scores
+from serving.ranking import flow_zone_choice, member_basket, reward_scores
 from serving.contract import TIERS
 from training import metrics
 from training.datasets import Dataset, TimeSplit
@@ -167,8 +167,7 @@ def fit_value_params(data: Dataset, margin: float) -> dict[str, float]:
 
 
 def _basket(members: pd.DataFrame, params: dict[str, float]) -> np.ndarray:
-    return basket_estimate(members["avg_basket_90d"].to_numpy(), params["basket_multiplier"],
-                           params["basket_fallback"])
+    return member_basket(members["avg_basket_90d"].to_numpy(), params)
 
 
 def policy_members(features_dir: Path, at: pd.Timestamp, n_members: int,
