@@ -1,19 +1,33 @@
 """Where the reward policy loses value against the oracle (simulated worlds only: reads the truth).
 
-Two measurements on an existing data folder with a trained reward champion:
+Three measurements on an existing data folder with a trained reward champion:
 
 - `swap`: the champion's value estimate (margin x basket x uplift - P(redeem) x cost) with one
   component at a time replaced by its true value, so the loss can be pinned on one of them;
+- `readout`: how much of the hidden traits the policy members' features reveal: the share of
+  members whose most-bought category is their true favourite, and the 4-fold accuracy of a
+  player-type classifier trained on the hidden types;
 - `refit VARIANT...`: the reward model refitted with the champion's parameters on the same
   training set plus extra columns, then its test AUC and policy value. Variants: `base` (no
   extra column), `true_pref` / `true_type` / `true_traits` (the hidden category preferences,
   player type, or every hidden trait: a ceiling for what better features could recover),
   `reward_type_onehot`, `pref_summaries` (category count of the reward's category, 1/8 for
   rewards valid in any category, streak lift, max share and entropy of the purchase shares);
-  `a+b` appends both.
+  `arm_stack` (cross-fitted per-arm models: each member's predicted conversion under each
+  reward type and under no offer, learned from the logged outcomes of that arm only);
+  `type_posterior` (a player-type classifier trained on the hidden types, cross-fitted by
+  member: how much a near-perfect reading of the type from the same history would be worth; no
+  real program has these labels). Learner variants keep the columns and change the fit:
+  `hierarchical` (binary P(convert) and P(redeem | converted) models instead of three classes),
+  `forced_type_splits` (every tree first splits the rows by reward type),
+  `refit_train_valid` (refit on train + validation with the early-stopped number of rounds,
+  scaled by the row count). `a+b` combines any of them.
 
     REWARDS_DATA_DIR=/path/to/data .venv/bin/python bench/policy_gap.py swap
+    REWARDS_DATA_DIR=/path/to/data .venv/bin/python bench/policy_gap.py readout
     REWARDS_DATA_DIR=/path/to/data .venv/bin/python bench/policy_gap.py refit base true_pref
+    REWARDS_DATA_DIR=/path/to/data .venv/bin/python bench/policy_gap.py refit hierarchical \
+        forced_type_splits arm_stack refit_train_valid type_posterior
 
 Prints one JSON line per measurement. Each refit is a full LightGBM fit (about 2-4 min at 100k).
 """
@@ -22,8 +36,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
@@ -31,6 +47,7 @@ import pandas as pd
 
 from serving.candidates import REWARD_ITEM_COLUMNS, cross, no_offer_items, reward_matrix
 from serving.config import get_store_settings
+from serving.candidates import NO_OFFER
 from serving.contract import CATEGORIES, REWARD_TYPES
 from serving.feature_store import open_store, service_feature_names
 from serving.ranking import reward_scores
@@ -58,8 +75,42 @@ def _traits(store) -> pd.DataFrame:  # noqa: ANN001
     return traits.set_index("member_id")
 
 
-def variants(traits: pd.DataFrame) -> dict[str, Extra]:
+def _member_inputs(data: Dataset) -> list[str]:
+    return [n for n in data.service_features if n not in REWARD_ITEM_COLUMNS]
+
+
+def _cross_fitted(data: Dataset, label: np.ndarray, rows: np.ndarray,
+                  params: dict[str, object]) -> list[lgb.Booster]:
+    """Two boosters on the member inputs of ``rows``; booster f never saw members with id % 2 == f."""
+    names = _member_inputs(data)
+    X = data.X[:, [data.input_names.index(n) for n in names]]
+    ids = data.rows["member_id"].to_numpy()
+    models = []
+    for f in (0, 1):
+        fit = rows & (ids % 2 != f)
+        models.append(lgb.train({"verbose": -1, "num_threads": 2, "min_child_samples": 200,
+                                 "subsample": 0.8, "subsample_freq": 1,
+                                 "colsample_bytree": 0.8, **params},
+                                lgb.Dataset(X[fit], label[fit]), int(params.get("rounds", 150))))
+    return models
+
+
+def _predict_cross_fitted(models: list[lgb.Booster], data: Dataset, col: dict,
+                          ids: np.ndarray, raw: bool = False) -> np.ndarray:
+    X = np.column_stack([col[n] for n in _member_inputs(data)])
+    out = None
+    for f, model in enumerate(models):
+        sel = ids % 2 == f
+        pred = model.predict(X[sel], raw_score=raw)
+        if out is None:
+            out = np.zeros((len(ids), *pred.shape[1:]), dtype=np.float32)
+        out[sel] = pred
+    return out
+
+
+def variants(traits: pd.DataFrame, data: Dataset) -> dict[str, Extra]:
     prefs = [c for c in traits.columns if c.startswith("pref_")]
+    fitted: dict[str, object] = {}  # lazily fitted side models, by variant
 
     def true_type(col: dict, ids: np.ndarray) -> dict:
         code = traits.loc[ids, "player_type_code"].to_numpy()
@@ -92,9 +143,32 @@ def variants(traits: pd.DataFrame) -> dict[str, Extra]:
             "share_entropy": -(np.where(shares > 0, shares * logs, 0.0)).sum(axis=1),
         }
 
+    def type_posterior(col: dict, ids: np.ndarray) -> dict:
+        if "type" not in fitted:
+            member = data.rows["member_id"].to_numpy()
+            label = traits.loc[member, "player_type_code"].to_numpy()
+            fitted["type"] = _cross_fitted(data, label, np.ones(len(label), bool), {
+                "objective": "multiclass", "num_class": len(PLAYER_TYPES), "num_leaves": 31,
+                "learning_rate": 0.1})
+        post = _predict_cross_fitted(fitted["type"], data, col, ids)
+        return {f"type_posterior_{k}": post[:, k] for k in range(len(PLAYER_TYPES))}
+
+    def arm_stack(col: dict, ids: np.ndarray) -> dict:
+        if "arms" not in fitted:  # outcomes of the train and validation periods only
+            code = data.X[:, data.input_names.index("reward_type_code")]
+            seen = data.part != "test"
+            converted = (data.y >= 1).astype(int)
+            fitted["arms"] = [_cross_fitted(data, converted, seen & (code == k), {
+                "objective": "binary", "num_leaves": 15, "learning_rate": 0.05, "rounds": 300})
+                for k in [NO_OFFER, *range(len(REWARD_TYPES))]]
+        logit = [_predict_cross_fitted(m, data, col, ids, raw=True) for m in fitted["arms"]]
+        return {**{f"arm_logit_{k}": v for k, v in enumerate(logit)},
+                **{f"arm_lift_{k}": v - logit[0] for k, v in enumerate(logit[1:], 1)}}
+
     return {"base": lambda col, ids: {}, "true_pref": true_pref, "true_type": true_type,
             "true_traits": true_traits, "reward_type_onehot": reward_type_onehot,
-            "pref_summaries": pref_summaries}
+            "pref_summaries": pref_summaries, "type_posterior": type_posterior,
+            "arm_stack": arm_stack}
 
 
 def _with(extra: Extra, X: np.ndarray, names: list[str], ids: np.ndarray) -> np.ndarray:
@@ -143,18 +217,105 @@ def swap(model: lgb.Booster, data: Dataset, bench: PolicyBench) -> None:
                           "share_of_oracle": round(v / bench.oracle, 4)}), flush=True)
 
 
-def refit(variant: str, extra: Extra, data: Dataset, bench: PolicyBench, settings) -> None:  # noqa: ANN001
+LEARNERS = ("hierarchical", "forced_type_splits", "refit_train_valid")
+#: Three-class probabilities (REWARD_CLASSES) of model rows.
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+def _forced_type_splits(data: Dataset) -> str:
+    """A LightGBM forced-splits file: a balanced binary partition of the reward type codes."""
+    feature = data.input_names.index("reward_type_code")
+    codes = [NO_OFFER, *range(len(REWARD_TYPES))]
+
+    def node(group: list[float]) -> dict | None:
+        if len(group) < 2:
+            return None
+        half = len(group) // 2
+        out = {"feature": feature, "threshold": (group[half - 1] + group[half]) / 2}
+        for side, part in (("left", group[:half]), ("right", group[half:])):
+            if (child := node(part)) is not None:
+                out[side] = child
+        return out
+
+    path = Path(tempfile.mkstemp(suffix=".json", prefix="forced-splits-")[1])
+    path.write_text(json.dumps(node(codes)))
+    return str(path)
+
+
+def _fit(X: np.ndarray, data: Dataset, settings, learners: set[str]) -> tuple[Predict, object]:  # noqa: ANN001
+    """Fit the reward model the way ``learners`` say; returns its predictor and best round(s)."""
+    train, valid = data.part == "train", data.part == "valid"
+    extra_params = ({"forcedsplits_filename": _forced_type_splits(data)}
+                    if "forced_type_splits" in learners else {})
+
+    def fit(objective: str, label: np.ndarray, rows: np.ndarray) -> lgb.LGBMClassifier:
+        params = {**lgbm_params(data, settings, objective), **extra_params}
+        model = lgb.LGBMClassifier(**params)
+        model.fit(X[train & rows], label[train & rows], eval_X=(X[valid & rows],),
+                  eval_y=(label[valid & rows],),
+                  callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False)])
+        if "refit_train_valid" not in learners:
+            return model
+        seen = (train | valid) & rows
+        rounds = round(model.best_iteration_ * seen.sum() / (train & rows).sum())
+        model = lgb.LGBMClassifier(**{**params, "n_estimators": rounds})
+        return model.fit(X[seen], label[seen])
+
+    everything = np.ones(len(data.y), dtype=bool)
+    if "hierarchical" not in learners:
+        model = fit("multiclass", data.y, everything)
+        return (lambda rows: predict_proba(model, rows)), _rounds(model)
+    converted = (data.y >= 1).astype(int)
+    conversion = fit("binary", converted, everything)
+    offered_and_converted = (X[:, data.input_names.index("treated")] == 1) & (converted == 1)
+    redemption = fit("binary", (data.y == 2).astype(int), offered_and_converted)
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        p_convert = predict_proba(conversion, rows)[:, 1]
+        p_redeem = p_convert * predict_proba(redemption, rows)[:, 1]
+        return np.column_stack([1.0 - p_convert, p_convert - p_redeem, p_redeem])
+
+    return predict, [_rounds(conversion), _rounds(redemption)]
+
+
+def _rounds(model: lgb.LGBMClassifier) -> int:
+    """Trees per class the model predicts with: the early-stopped round, else all of them."""
+    return int(model.best_iteration_ or model.n_estimators_)
+
+
+def readout(traits: pd.DataFrame, data: Dataset, bench: PolicyBench) -> None:
+    """What the policy members' history says about their hidden type and favourite category."""
+    from sklearn.model_selection import cross_val_predict
+
+    truth = traits.loc[bench.ids]
+    prefs = truth[[f"pref_{c}" for c in CATEGORIES]].to_numpy()
+    shares = bench.snap[[f"share_{c}_90d" for c in CATEGORIES]].to_numpy()
+    found = pd.Series(prefs.argmax(axis=1) == shares.argmax(axis=1))
+    X = bench.snap[_member_inputs(data)].to_numpy(np.float32)
+    label = truth["player_type_code"].to_numpy()
+    guess = cross_val_predict(lgb.LGBMClassifier(n_estimators=200, num_threads=2, verbose=-1),
+                              X, label, cv=4).astype(int)
+    print(json.dumps({
+        "members": len(bench.ids),
+        "median_purchases_90d": float(bench.snap["purchases_90d"].median()),
+        "favourite_found": round(float(found.mean()), 4),
+        "favourite_found_by_type": {t: round(float(v), 4) for t, v in
+                                    found.groupby(truth["player_type"].to_numpy()).mean().items()},
+        "type_accuracy_4fold": round(float((guess == label).mean()), 4),
+    }), flush=True)
+
+
+def refit(variant: str, extra: Extra, learners: set[str], data: Dataset, bench: PolicyBench,
+          settings) -> None:  # noqa: ANN001
     names, ids = data.input_names, data.rows["member_id"].to_numpy()
     X = _with(extra, data.X, names, ids)
-    train, valid, test = (data.part == p for p in ("train", "valid", "test"))
+    test = data.part == "test"
     t0 = time.perf_counter()
-    model = lgb.LGBMClassifier(**lgbm_params(data, settings, "multiclass"))
-    model.fit(X[train], data.y[train], eval_X=(X[valid],), eval_y=(data.y[valid],),
-              callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False)])
+    predict, rounds = _fit(X, data, settings, learners)
     fit_s = time.perf_counter() - t0
     rows = data.rows[test]
     treated = rows["treated"].to_numpy(bool)
-    proba = predict_proba(model, X[test])
+    proba = predict(X[test])
     member_names = [n for n in data.service_features if n not in REWARD_ITEM_COLUMNS]
     member_cols = _columns(bench.snap, member_names)
     item_cols = _columns(bench.items, list(REWARD_ITEM_COLUMNS))
@@ -163,10 +324,9 @@ def refit(variant: str, extra: Extra, data: Dataset, bench: PolicyBench, setting
                                        data.service_features), names, np.repeat(bench.ids, m))
     control = _with(extra, reward_matrix({**member_cols, **no_offer_items(n)}, np.zeros(n),
                                          data.service_features), names, bench.ids)
-    s = reward_scores(predict_proba(model, offer),
-                      np.repeat(predict_proba(model, control), m, axis=0))
+    s = reward_scores(predict(offer), np.repeat(predict(control), m, axis=0))
     v = bench.value(bench.estimate(s["uplift"].reshape(n, m), s["propensity"].reshape(n, m)))
-    print(json.dumps({"refit": variant, "fit_s": round(fit_s), "best_round": model.best_iteration_,
+    print(json.dumps({"refit": variant, "fit_s": round(fit_s), "rounds": rounds,
                       "propensity_auc": round(auc(rows["redeemed"].to_numpy()[treated],
                                                   proba[treated, 2]), 4),
                       "policy": round(v, 3), "share_of_oracle": round(v / bench.oracle, 4)}),
@@ -175,7 +335,7 @@ def refit(variant: str, extra: Extra, data: Dataset, bench: PolicyBench, setting
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["swap", "refit"])
+    parser.add_argument("what", choices=["swap", "readout", "refit"])
     parser.add_argument("variants", nargs="*", default=["base"])
     args = parser.parse_args()
     store, settings = get_store_settings(), get_train_settings()
@@ -195,12 +355,20 @@ def main() -> None:
         run_id = MlflowClient().get_model_version(settings.reward_model_name, version).run_id
         swap(mlflow.lightgbm.load_model(f"runs:/{run_id}/{tracking.NATIVE_ARTIFACT}"), data, bench)
         return
-    table = variants(_traits(store))
-    for variant in args.variants:  # "a+b" appends the columns of both
-        parts = [table[v] for v in variant.split("+")]
+    traits = _traits(store)
+    if args.what == "readout":
+        readout(traits, data, bench)
+        return
+    table = variants(traits, data)
+    for variant in args.variants:  # "a+b" appends the columns of both / combines learners
+        names = variant.split("+")
+        unknown = [v for v in names if v not in table and v not in LEARNERS]
+        if unknown:
+            parser.error(f"unknown variant(s) {unknown}; known: {[*table, *LEARNERS]}")
+        parts = [table[v] for v in names if v in table]
         refit(variant, lambda col, ids, parts=parts: {k: v for f in parts
                                                       for k, v in f(col, ids).items()},
-              data, bench, settings)
+              {v for v in names if v in LEARNERS}, data, bench, settings)
 
 
 if __name__ == "__main__":
