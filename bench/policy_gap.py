@@ -45,9 +45,10 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from serving.candidates import REWARD_ITEM_COLUMNS, cross, no_offer_items, reward_matrix
+from serving.candidates import (
+    NO_OFFER, REWARD_ITEM_COLUMNS, cross, no_offer_items, reward_matrix,
+)
 from serving.config import get_store_settings
-from serving.candidates import NO_OFFER
 from serving.contract import CATEGORIES, REWARD_TYPES
 from serving.feature_store import open_store, service_feature_names
 from serving.ranking import reward_scores
@@ -85,13 +86,15 @@ def _cross_fitted(data: Dataset, label: np.ndarray, rows: np.ndarray,
     names = _member_inputs(data)
     X = data.X[:, [data.input_names.index(n) for n in names]]
     ids = data.rows["member_id"].to_numpy()
+    params = dict(params)
+    rounds = int(params.pop("rounds", 150))
     models = []
     for f in (0, 1):
         fit = rows & (ids % 2 != f)
         models.append(lgb.train({"verbose": -1, "num_threads": 2, "min_child_samples": 200,
                                  "subsample": 0.8, "subsample_freq": 1,
                                  "colsample_bytree": 0.8, **params},
-                                lgb.Dataset(X[fit], label[fit]), int(params.get("rounds", 150))))
+                                lgb.Dataset(X[fit], label[fit]), rounds))
     return models
 
 
