@@ -91,7 +91,8 @@ def _cross_fitted(data: Dataset, label: np.ndarray, rows: np.ndarray,
     models = []
     for f in (0, 1):
         fit = rows & (ids % 2 != f)
-        models.append(lgb.train({"verbose": -1, "num_threads": 2, "min_child_samples": 200,
+        models.append(lgb.train({"verbose": -1, "num_threads": get_train_settings().num_threads,
+                                 "min_child_samples": 200,
                                  "subsample": 0.8, "subsample_freq": 1,
                                  "colsample_bytree": 0.8, **params},
                                 lgb.Dataset(X[fit], label[fit]), rounds))
@@ -225,8 +226,9 @@ LEARNERS = ("hierarchical", "forced_type_splits", "refit_train_valid")
 Predict = Callable[[np.ndarray], np.ndarray]
 
 
-def _forced_type_splits(data: Dataset) -> str:
-    """A LightGBM forced-splits file: a balanced binary partition of the reward type codes."""
+def _forced_type_splits(data: Dataset, folder: Path) -> str:
+    """A LightGBM forced-splits file in ``folder``: a balanced binary partition of the reward
+    type codes."""
     feature = data.input_names.index("reward_type_code")
     codes = [NO_OFFER, *range(len(REWARD_TYPES))]
 
@@ -240,16 +242,22 @@ def _forced_type_splits(data: Dataset) -> str:
                 out[side] = child
         return out
 
-    path = Path(tempfile.mkstemp(suffix=".json", prefix="forced-splits-")[1])
+    path = folder / "forced_splits.json"
     path.write_text(json.dumps(node(codes)))
     return str(path)
 
 
 def _fit(X: np.ndarray, data: Dataset, settings, learners: set[str]) -> tuple[Predict, object]:  # noqa: ANN001
     """Fit the reward model the way ``learners`` say; returns its predictor and best round(s)."""
+    with tempfile.TemporaryDirectory(prefix="policy-gap-") as tmp:  # LightGBM reads it at fit
+        extra_params = ({"forcedsplits_filename": _forced_type_splits(data, Path(tmp))}
+                        if "forced_type_splits" in learners else {})
+        return _fit_with(X, data, settings, learners, extra_params)
+
+
+def _fit_with(X: np.ndarray, data: Dataset, settings, learners: set[str],  # noqa: ANN001
+              extra_params: dict[str, object]) -> tuple[Predict, object]:
     train, valid = data.part == "train", data.part == "valid"
-    extra_params = ({"forcedsplits_filename": _forced_type_splits(data)}
-                    if "forced_type_splits" in learners else {})
 
     def fit(objective: str, label: np.ndarray, rows: np.ndarray) -> lgb.LGBMClassifier:
         params = {**lgbm_params(data, settings, objective), **extra_params}
@@ -296,7 +304,8 @@ def readout(traits: pd.DataFrame, data: Dataset, bench: PolicyBench) -> None:
     found = pd.Series(prefs.argmax(axis=1) == shares.argmax(axis=1))
     X = bench.snap[_member_inputs(data)].to_numpy(np.float32)
     label = truth["player_type_code"].to_numpy()
-    guess = cross_val_predict(lgb.LGBMClassifier(n_estimators=200, num_threads=2, verbose=-1),
+    guess = cross_val_predict(lgb.LGBMClassifier(n_estimators=200, verbose=-1,
+                                                 num_threads=get_train_settings().num_threads),
                               X, label, cv=4).astype(int)
     print(json.dumps({
         "members": len(bench.ids),
