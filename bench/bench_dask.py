@@ -63,10 +63,10 @@ def worker_peak_rss_mib(client: object) -> dict[str, int]:
 
 
 def champions(threads: int) -> dict[str, object]:
-    from serving.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
+    from serving.decisioning.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
     from serving.config import get_store_settings
-    from serving.feature_store import open_store, service_feature_names
-    from serving.models import ChampionSource, load_onnx
+    from serving.stores.feature_store import open_store, service_feature_names
+    from serving.stores.models import ChampionSource, load_onnx
 
     store = get_store_settings()
     feast_store = open_store(store)
@@ -78,10 +78,10 @@ def champions(threads: int) -> dict[str, object]:
 
 
 def bench_score(client: object, workers: int) -> dict[str, object]:
-    from serving.batch import score_batch
-    from serving.batch_dask import score_batch_dask
+    from serving.batch.scoring import score_batch
+    from serving.batch.partitioned import score_batch_dask
     from serving.config import get_store_settings
-    from serving.recommend import Catalog
+    from serving.decisioning.recommend import Catalog
 
     store = get_store_settings()
     features = store.features_dir / "member_features.parquet"
@@ -124,13 +124,13 @@ def bench_runtime(client: object, workers: int, rounds: int = 2,
     features is timed apart once per round since every variant pays it. Compiling is timed
     cold, into a fresh cache folder, which the runs then use (Dask workers too: same machine).
     """
-    from serving.batch import compare_scores, latest_member_features, score_batch, value_scale
-    from serving.batch_dask import score_batch_dask
-    from serving.compiled import compile_native
+    from serving.batch.scoring import compare_scores, latest_member_features, score_batch, value_scale
+    from serving.batch.partitioned import score_batch_dask
+    from serving.batch.compiled import compile_native
     from serving.config import get_serve_settings, get_store_settings
-    from serving.models import ChampionSource
-    from serving.recommend import Catalog
-    from serving.rules import load_rules
+    from serving.stores.models import ChampionSource
+    from serving.decisioning.recommend import Catalog
+    from serving.decisioning.rules import load_rules
 
     store, serve = get_store_settings(), get_serve_settings()
     features = store.features_dir / "member_features.parquet"
@@ -202,9 +202,9 @@ def _build_dataset(name: str, spill: str | None) -> object:
     """One model's training set; with ``spill`` (a folder), its arrays go to .npy files there
     and come back without them, so that a child process can build it and exit."""
     from serving.config import get_store_settings
-    from serving.feature_store import open_store, service_feature_names
+    from serving.stores.feature_store import open_store, service_feature_names
     from training.config import get_train_settings
-    from training.datasets import difficulty_dataset, reward_dataset
+    from training.data.datasets import difficulty_dataset, reward_dataset
 
     store, settings = get_store_settings(), get_train_settings()
     build, service = {"reward": (reward_dataset, settings.reward_service),
@@ -248,10 +248,10 @@ def _load_dataset(name: str, in_child: bool) -> object:
 def bench_train(client: object, models: tuple[str, ...] = ("reward", "difficulty"),
                 engines: tuple[str, ...] = ("local", "dask"),
                 build_in_child: bool = False) -> dict[str, object]:
-    from serving.candidates import DIFFICULTY_DECREASING
+    from serving.decisioning.candidates import DIFFICULTY_DECREASING
     from training.config import get_train_settings
-    from training.lgbm import fit_classifier, predict_proba
-    from training.metrics import auc
+    from training.models.lgbm import fit_classifier, predict_proba
+    from training.evaluation.metrics import auc
 
     settings = get_train_settings()
     out: dict[str, object] = {}
@@ -303,7 +303,7 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(RUNTIME_VARIANTS),
                         help="runtime: variants to run, in this order")
     args = parser.parse_args()
-    from serving.cluster import dask_client
+    from serving.batch.cluster import dask_client
 
     report: dict[str, object] = {}
     machine = MachineMemory()

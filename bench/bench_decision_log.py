@@ -21,8 +21,8 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from serving.events import DecisionItem, DecisionRecord, open_event_store
-from serving.recommend import new_decision_id
+from serving.stores.events import DecisionItem, DecisionRecord, open_event_store
+from serving.decisioning.recommend import new_decision_id
 
 KINDS: dict[str, Callable[[], str]] = {"uuid4": lambda: uuid.uuid4().hex,
                                        "uuid7": new_decision_id}

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from training.features import build_features
+from training.data.features import build_features
 from training.simulate import WorldConfig, simulate_world
 
 

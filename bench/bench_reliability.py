@@ -158,7 +158,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from serving.config import get_store_settings
-    from serving.keys import SCOPES, open_key_store
+    from serving.stores.keys import SCOPES, open_key_store
 
     wrk = ensure_wrk()
     source = get_store_settings()
@@ -287,8 +287,8 @@ def auth_microbench(n: int = 20_000) -> dict[str, float]:
     """The auth dependency's own cost on a cached key: authenticate + authorize + throttle."""
     import asyncio
 
-    from serving.auth import Authenticator
-    from serving.keys import open_key_store
+    from serving.api.auth import Authenticator
+    from serving.stores.keys import open_key_store
 
     with tempfile.TemporaryDirectory() as tmp:
         store = open_key_store(f"sqlite:///{Path(tmp) / 'k.db'}")

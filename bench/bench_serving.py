@@ -228,7 +228,7 @@ def main() -> None:
             warmed = warm_page_cache(online_db)
     with tempfile.TemporaryDirectory() as tmp:
         env.setdefault("REWARDS_EVENTS_URL", f"sqlite:///{Path(tmp) / 'events.db'}")
-        from serving.keys import open_key_store
+        from serving.stores.keys import open_key_store
 
         global API_KEY
         keys = open_key_store(env["REWARDS_EVENTS_URL"])
@@ -272,13 +272,13 @@ def measure_floor(iterations: int = 2000) -> dict[str, float]:
     ~30 us). No eligibility filtering: a slightly larger matrix than most requests score."""
     import numpy as np
 
-    from serving.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
+    from serving.decisioning.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
     from serving.config import get_serve_settings, get_store_settings
-    from serving.feature_store import open_store, service_feature_names
-    from serving.models import ChampionSource, load_onnx
-    from serving.online import OnlineFeatureReader
-    from serving.recommend import Catalog, Recommender
-    from serving.rules import load_rules
+    from serving.stores.feature_store import open_store, service_feature_names
+    from serving.stores.models import ChampionSource, load_onnx
+    from serving.stores.online import OnlineFeatureReader
+    from serving.decisioning.recommend import Catalog, Recommender
+    from serving.decisioning.rules import load_rules
     from serving.services import MEMBER_VIEW
 
     store, settings = get_store_settings(), get_serve_settings()

@@ -45,25 +45,25 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from serving.candidates import (
+from serving.decisioning.candidates import (
     NO_OFFER, REWARD_ITEM_COLUMNS, cross, no_offer_items, reward_matrix,
 )
 from serving.config import get_store_settings
-from serving.contract import CATEGORIES, REWARD_TYPES
-from serving.feature_store import open_store, service_feature_names
-from serving.ranking import reward_scores
+from serving.contract.vocabulary import CATEGORIES, REWARD_TYPES
+from serving.stores.feature_store import open_store, service_feature_names
+from serving.decisioning.ranking import reward_scores
 from training.config import get_train_settings
-from training.datasets import Dataset, reward_dataset
-from training.evaluate import (
+from training.data.datasets import Dataset, reward_dataset
+from training.evaluation.evaluate import (
     WorldTruth,
     _basket,
     fit_value_params,
     policy_members,
     policy_value,
 )
-from training.lgbm import lgbm_params, predict_proba
-from training.metrics import auc
-from training.scoring import _columns, score_rewards
+from training.models.lgbm import lgbm_params, predict_proba
+from training.evaluation.metrics import auc
+from training.evaluation.scoring import _columns, score_rewards
 from training.simulate.catalog import PLAYER_TYPES, codes_of
 
 #: Extra columns from (model inputs by name, member ids) -> {column name: values}.
@@ -360,7 +360,7 @@ def main() -> None:
         import mlflow.lightgbm
         from mlflow import MlflowClient
 
-        from training import tracking
+        from training.models import tracking
 
         tracking.configure_mlflow(store.tracking_uri, store.artifact_root, settings.experiment)
         version = tracking.alias_version(settings.reward_model_name, "champion")

@@ -8,7 +8,7 @@ Change a service's features only by adding a new version (propensity_v2, ...).
 from feast import FeatureService
 from feature_views import challenge_attributes, member_daily, reward_attributes
 
-from training.features import member_feature_names
+from training.data.features import member_feature_names
 
 # Consent steers business rules, never scores. Counts that only grow with time (points balance,
 # offers or challenges ever received, 90-day totals on a young history) drift between the

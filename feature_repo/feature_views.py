@@ -1,7 +1,7 @@
 """Feature views over the parquet sources.
 
 The member view's columns are exactly what the feature pipeline computes
-(`training.features.member_feature_names`), so the two cannot drift apart.
+(`training.data.features.member_feature_names`), so the two cannot drift apart.
 """
 
 from datetime import timedelta
@@ -11,7 +11,7 @@ from entities import challenge, member, reward
 from feast import FeatureView, Field
 from feast.types import Float32
 
-from training.features import member_feature_names
+from training.data.features import member_feature_names
 
 # Rows are daily; a row older than two days means the daily job stopped, and stale features
 # must not silently feed training.

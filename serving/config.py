@@ -127,7 +127,7 @@ class ServeSettings(BaseSettings):
         True, description="answer well-formed POST /v1/recommendations without FastAPI's "
                           "per-request machinery (serving/api/fast_path.py)")
     seed: int | None = None
-    # -- security (serving/auth.py, docs/security.md) --
+    # -- security (serving/api/auth.py, docs/security.md) --
     auth_disabled: bool = Field(
         False, description="local development only: every route open, no key needed; logged as "
                            "a WARNING at startup and reported by /readyz")

@@ -16,10 +16,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.api.fast_path import FastPathState, FastRecommendPath
 from serving.api.routes import events, experiments, login, members, ops, pages, recommendations
-from serving.auth import ApiError, LoginRequired, build_authenticator
+from serving.api.auth import ApiError, LoginRequired, build_authenticator
 from serving.config import ServeSettings, StoreSettings, get_serve_settings, get_store_settings
-from serving.limits import BodyLimitMiddleware
-from serving.observability import Metrics, RequestContextMiddleware, configure_logging
+from serving.api.limits import BodyLimitMiddleware
+from serving.api.observability import Metrics, RequestContextMiddleware, configure_logging
 
 log = logging.getLogger("rewards.api")
 

@@ -15,22 +15,22 @@ from typing import Any
 import pandas as pd
 from pydantic import ValidationError
 
-from serving.candidates import (
+from serving.decisioning.candidates import (
     CHALLENGE_ITEM_COLUMNS, DIFFICULTY_DERIVED, REWARD_DERIVED, REWARD_ITEM_COLUMNS,
 )
 from serving import worker_group
 from serving.config import ServeSettings, StoreSettings
-from serving.events import (
+from serving.stores.events import (
     EventIn, EventStore, ExposureRecord, open_event_store,
 )
 from serving.experiments.registry import ExperimentCache
-from serving.models import ChampionSource, ModelManager
-from serving.observability import Metrics
-from serving.online import MemberRow, OnlineFeatureReader
-from serving.recommend import Catalog, Decision, MemberFacts, Recommender
-from serving.rules import cost_multiplier, day_fraction, load_rules
+from serving.stores.models import ChampionSource, ModelManager
+from serving.api.observability import Metrics
+from serving.stores.online import MemberRow, OnlineFeatureReader
+from serving.decisioning.recommend import Catalog, Decision, MemberFacts, Recommender
+from serving.decisioning.rules import cost_multiplier, day_fraction, load_rules
 from serving.worker_group import HEARTBEAT_SECONDS, WorkerGroup
-from serving.writer import GroupCommitter
+from serving.stores.writer import GroupCommitter
 
 log = logging.getLogger("rewards.services")
 MEMBER_VIEW = "member_daily"
@@ -239,7 +239,7 @@ class Services:
 
 def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metrics) -> Services:
     """Open every dependency; record (not raise) what is unavailable."""
-    from serving.feature_store import open_store, service_feature_names
+    from serving.stores.feature_store import open_store, service_feature_names
 
     problems: dict[str, str] = {}
     events = open_event_store(settings.events(store))

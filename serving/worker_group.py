@@ -171,7 +171,7 @@ class WorkerGroup:
     def take(self, key_id: str, rate: float, now: float | None = None) -> float:
         """Spend one token of ``key_id``'s bucket, shared by every worker.
 
-        Same contract as :class:`serving.auth.TokenBuckets`: 0.0 if allowed, else the seconds
+        Same contract as :class:`serving.api.auth.TokenBuckets`: 0.0 if allowed, else the seconds
         until a token is available; ``rate`` tokens a second, bursts of one second's worth.
         """
         h = self._hashes.get(key_id)

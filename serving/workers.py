@@ -31,7 +31,7 @@ from pathlib import Path
 from prometheus_client import multiprocess
 
 from serving import worker_group
-from serving.observability import WORKERS_METRICS_DIR
+from serving.api.observability import WORKERS_METRICS_DIR
 
 log = logging.getLogger("rewards.serve")
 APP = "serving.main:create_app"
@@ -93,7 +93,7 @@ def serve(host: str, port: int, workers: int, log_level: str = "warning") -> Non
     reuseport_socket(host, port).close()  # fail here, once, if the port is taken
     ctx = mp.get_context("spawn")
     group_fd, group_path = worker_group.create_file(workers)
-    # Prometheus samples of every worker, combined at scrape time (serving.observability);
+    # Prometheus samples of every worker, combined at scrape time (serving.api.observability);
     # set before the workers start, which read it when they import prometheus_client.
     metrics_dir = tempfile.mkdtemp(prefix="rewards-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

@@ -28,8 +28,8 @@ def small_store(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     import pandas as pd
 
     from serving.config import StoreSettings
-    from training.feast_ops import apply_repo, materialize_world
-    from training.features import build_features
+    from training.data.feast_ops import apply_repo, materialize_world
+    from training.data.features import build_features
     from training.simulate import WorldConfig, simulate_world
 
     root = tmp_path_factory.mktemp("small_store")
@@ -58,7 +58,7 @@ def trained_store(small_store):  # noqa: ANN001, ANN201
 def make_api_key():  # noqa: ANN201
     """Create an API key in the key table of ``url`` (the event store's database); returns the
     plaintext key. Tests authenticate like clients do instead of turning auth off."""
-    from serving.keys import SCOPES, open_key_store
+    from serving.stores.keys import SCOPES, open_key_store
 
     def make(url: str, *scopes: str, rate_limit: float | None = 1e6, name: str = "test") -> str:
         store = open_key_store(url)

@@ -17,19 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from serving.candidates import DIFFICULTY_DECREASING
+from serving.decisioning.candidates import DIFFICULTY_DECREASING
 from serving.config import StoreSettings
-from serving.feature_store import open_store, service_feature_names
-from serving.model_meta import ModelMetadata
-from training import plots
+from serving.stores.feature_store import open_store, service_feature_names
+from serving.contract.model_meta import ModelMetadata
+from training.evaluation import plots
 from training.config import TrainSettings
-from training.datasets import (
+from training.data.datasets import (
     DIFFICULTY_CLASSES, REWARD_CLASSES, Dataset, TimeSplit, difficulty_dataset, reward_dataset,
 )
-from training.evaluate import (
+from training.evaluation.evaluate import (
     Evaluation, WorldTruth, evaluate_difficulty, evaluate_reward, fit_value_params,
 )
-from training.lgbm import fit_classifier
+from training.models.lgbm import fit_classifier
 
 Progress = Callable[[str], None]
 PARITY_ROWS = 10_000
@@ -147,7 +147,8 @@ def _publish(name: str, model, data: Dataset, split: TimeSplit, ev: Evaluation, 
              settings: TrainSettings, timer: _Timer,
              value_params: dict[str, float] | None = None) -> TrainResult:
     """Export + parity check, MLflow run, registration, local model cache."""
-    from training import export, tracking
+    from training.models import export
+    from training.models import tracking
 
     metrics = {k: float(v) for k, v in ev.metrics.items()}
     meta = ModelMetadata(
@@ -186,8 +187,8 @@ def evaluate_registered(store: StoreSettings, settings: TrainSettings, alias: st
     import mlflow.lightgbm
     from mlflow import MlflowClient
 
-    from serving.model_meta import read_onnx_metadata
-    from training import tracking
+    from serving.contract.model_meta import read_onnx_metadata
+    from training.models import tracking
 
     tracking.configure_mlflow(store.tracking_uri, store.artifact_root,
                               settings.experiment)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from serving.auth import Principal, require_page_scope, require_scope
+from serving.api.auth import Principal, require_page_scope, require_scope
 from serving.services import Services
 
 
@@ -18,7 +18,7 @@ async def get_services(request: Request) -> Services:
 
 ServicesDep = Annotated[Services, Depends(get_services)]
 
-# Scope guards, one per scope (serving/auth.py). JSON routes take `dependencies=[...]` or one of
+# Scope guards, one per scope (serving/api/auth.py). JSON routes take `dependencies=[...]` or one of
 # these aliases as a parameter when they need to know the caller; HTML pages use the Page ones.
 RecommendKey = Annotated[Principal, Depends(require_scope("recommend"))]
 EventsKey = Annotated[Principal, Depends(require_scope("events"))]

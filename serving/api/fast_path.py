@@ -24,8 +24,8 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.api.routes.recommendations import answer, json_response
-from serving.auth import ApiError, authorize_request
-from serving.schemas import RecommendationRequest
+from serving.api.auth import ApiError, authorize_request
+from serving.contract.schemas import RecommendationRequest
 
 PATH = "/v1/recommendations"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from serving.events import EventStore
+from serving.stores.events import EventStore
 from serving.experiments.definition import Experiment, ExperimentCreate
 from serving.experiments.registry import parse_experiments
 from serving.experiments.report import ExperimentReport, build_report

@@ -1,6 +1,6 @@
 """Statistics the service reports: uplift curves and scores, treatment effects, intervals.
 
-Moved here from ``training.metrics`` (which re-exports every name) because the experiment
+Moved here from ``training.evaluation.metrics`` (which re-exports every name) because the experiment
 report is computed by the service, and ``serving`` never imports ``training``. Pure numpy/scipy,
 no I/O. Inputs are 1-D array-likes aligned row by row; invalid inputs raise ``ValueError`` naming
 the offending argument, because a silently misaligned metric is worse than a crash.

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.config import ServeSettings, StoreSettings
-from serving.contract import TIERS
+from serving.contract.vocabulary import TIERS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -205,9 +205,9 @@ def test_training_and_serving_build_identical_rows(app_client: TestClient, train
     """Same member, same instant: the training path (Feast historical retrieval + candidate
     builder) and the serving path (online store + the Recommender's row builders) give
     bit-identical model rows, for both models."""
-    from serving.candidates import difficulty_matrix, reward_matrix
-    from serving.recommend import difficulty_inputs, reward_inputs
-    from training.feast_ops import historical_features
+    from serving.decisioning.candidates import difficulty_matrix, reward_matrix
+    from serving.decisioning.recommend import difficulty_inputs, reward_inputs
+    from training.data.feast_ops import historical_features
 
     store = trained_store[0]
     svc = services(app_client)
@@ -242,7 +242,7 @@ def test_training_and_serving_build_identical_rows(app_client: TestClient, train
 def test_champion_swap_under_traffic(app_client: TestClient, trained_store,  # noqa: ANN001
                                      members: pd.DataFrame, request_traffic) -> None:  # noqa: ANN001
     """A new champion is promoted and reloaded while requests flow: none fails."""
-    from training import tracking
+    from training.models import tracking
     from training.pipeline import train_reward
 
     store, settings = trained_store[0], trained_store[1]

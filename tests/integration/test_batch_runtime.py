@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
+from serving.decisioning.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
 from serving.config import StoreSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -22,16 +22,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def reference_score_members(members: pd.DataFrame, catalog, reward_model,  # noqa: ANN001
                             difficulty_model, k_rewards: int,  # noqa: ANN001
                             flow_zone: float) -> pd.DataFrame:
-    """serving.batch.score_members before the chunk-overhead work, kept verbatim as the
+    """serving.batch.scoring.score_members before the chunk-overhead work, kept verbatim as the
     reference: every member crossed with every item column by column, the no-offer rows
     stacked after the offers, flow_zone_choice over all rows, a pivot and a merge."""
-    from serving.batch import _top_rewards
-    from serving.candidates import (
+    from serving.batch.scoring import _top_rewards
+    from serving.decisioning.candidates import (
         CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, cross, difficulty_matrix, no_offer_items,
         reward_matrix,
     )
-    from serving.ranking import basket_estimate, expected_value, flow_zone_choice, reward_scores
-    from serving.recommend import DEFAULT_MARGIN
+    from serving.decisioning.ranking import basket_estimate, expected_value, flow_zone_choice, reward_scores
+    from serving.decisioning.recommend import DEFAULT_MARGIN
 
     n = len(members)
     rw = catalog.rewards
@@ -88,10 +88,10 @@ def reference_score_members(members: pd.DataFrame, catalog, reward_model,  # noq
 @pytest.fixture(scope="module")
 def world(trained_store):  # noqa: ANN001, ANN201
     """The trained small store's catalog, members, champion ONNX models and native paths."""
-    from serving.batch import latest_member_features
-    from serving.feature_store import open_store, service_feature_names
-    from serving.models import ChampionSource, load_onnx
-    from serving.recommend import Catalog
+    from serving.batch.scoring import latest_member_features
+    from serving.stores.feature_store import open_store, service_feature_names
+    from serving.stores.models import ChampionSource, load_onnx
+    from serving.decisioning.recommend import Catalog
 
     store: StoreSettings = trained_store[0]
     feast_store = open_store(store)
@@ -110,7 +110,7 @@ def world(trained_store):  # noqa: ANN001, ANN201
 
 @pytest.fixture(scope="module")
 def compiled(world, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201
-    from serving.compiled import compile_native
+    from serving.batch.compiled import compile_native
 
     cache = tmp_path_factory.mktemp("compiled")
     return {name: compile_native(world["native"][name], world["onnx"][name], cache)
@@ -132,7 +132,7 @@ def test_chunk_scoring_output_is_unchanged(world, tmp_path: Path) -> None:  # no
     """score_members (stacked member rows, one argmin per template, no pivot) gives the old
     code's table exactly: every column, dtype and value, for any chunking; and score_batch's
     file is the reference chunks written in order."""
-    from serving.batch import score_batch, score_members
+    from serving.batch.scoring import score_batch, score_members
 
     members, catalog, onnx = world["members"], world["catalog"], world["onnx"]
     for lo, hi, k in ((0, 2_000, 3), (17, 420, 5), (1_999, 2_000, 1)):
@@ -154,8 +154,8 @@ def test_compiled_runtime_scores_like_onnx(world, compiled, tmp_path: Path) -> N
     """Same files but for float rounding: probabilities within 1e-5 on real rows, every reward
     and target identical unless the two runtimes' values are within 1e-5 of a tie; the check
     ran on at least 10,000 rows of each model; lleaves threads split rows, never sums."""
-    from serving.batch import compare_scores, score_batch, value_scale
-    from serving.compiled import MIN_PARITY_ROWS
+    from serving.batch.scoring import compare_scores, score_batch, value_scale
+    from serving.batch.compiled import MIN_PARITY_ROWS
 
     catalog, onnx = world["catalog"], world["onnx"]
     files = {}
@@ -191,7 +191,7 @@ def test_compiled_runtime_scores_like_onnx(world, compiled, tmp_path: Path) -> N
 def test_compiled_code_is_cached_by_model_bytes(world, compiled, tmp_path: Path) -> None:  # noqa: ANN001
     """A second compile of the same bytes loads the cached code (no compile time); other bytes
     are another cache entry."""
-    from serving.compiled import compile_native
+    from serving.batch.compiled import compile_native
 
     first = compiled["difficulty"]
     again = compile_native(first.native_path, first.reference, first.path.parent)
@@ -209,7 +209,7 @@ def test_a_leftover_temporary_file_is_not_taken_for_compiled_code(world, compile
     killed run with the same pid (containers) must be replaced by a real compile."""
     import os
 
-    from serving.compiled import cache_key, compile_native
+    from serving.batch.compiled import cache_key, compile_native
 
     first = compiled["difficulty"]
     native = tmp_path / "model.lgb"
@@ -239,9 +239,9 @@ def test_compiled_runtime_refuses_a_model_that_disagrees(world, tmp_path: Path) 
     """A native model with its features in another order is refused before compiling; one
     whose trees were altered compiles but fails the parity check on the first chunk, naming the
     model and the difference, and nothing is written."""
-    from serving.batch import score_batch
-    from serving.compiled import ParityRefused, compile_native
-    from serving.models import ModelRefused
+    from serving.batch.scoring import score_batch
+    from serving.batch.compiled import ParityRefused, compile_native
+    from serving.stores.models import ModelRefused
 
     onnx = world["onnx"]
     text = world["native"]["difficulty"].read_text()
@@ -275,7 +275,7 @@ def test_cli_runtime_compiled_and_its_refusal(copy_store, tmp_path: Path,  # noq
     from typer.testing import CliRunner
 
     from serving.config import get_store_settings
-    from training.cli import app
+    from training.cli.app import app
 
     store: StoreSettings = copy_store(tmp_path)
     monkeypatch.setenv("REWARDS_MODELS_DIR", str(store.models))

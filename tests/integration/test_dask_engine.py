@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.candidates import DIFFICULTY_DECREASING, DIFFICULTY_DERIVED, REWARD_DERIVED
+from serving.decisioning.candidates import DIFFICULTY_DECREASING, DIFFICULTY_DERIVED, REWARD_DERIVED
 from serving.config import StoreSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.dask, pytest.mark.slow]
@@ -27,7 +27,7 @@ AUC_TOLERANCE = 0.01
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[object]:
-    from serving.cluster import dask_client
+    from serving.batch.cluster import dask_client
 
     with dask_client(n_workers=2, threads_per_worker=1, processes=True,
                      memory_limit="2GiB") as c:
@@ -36,8 +36,8 @@ def client() -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def champions(trained_store):  # noqa: ANN001, ANN201
-    from serving.feature_store import open_store, service_feature_names
-    from serving.models import ChampionSource, load_onnx
+    from serving.stores.feature_store import open_store, service_feature_names
+    from serving.stores.models import ChampionSource, load_onnx
 
     store: StoreSettings = trained_store[0]
     feast_store = open_store(store)
@@ -53,9 +53,9 @@ def champions(trained_store):  # noqa: ANN001, ANN201
 
 def test_batch_scores_are_identical(trained_store, champions, client,  # noqa: ANN001
                                     tmp_path: Path) -> None:
-    from serving.batch import score_batch
-    from serving.batch_dask import score_batch_dask
-    from serving.recommend import Catalog
+    from serving.batch.scoring import score_batch
+    from serving.batch.partitioned import score_batch_dask
+    from serving.decisioning.recommend import Catalog
 
     store: StoreSettings = trained_store[0]
     features = store.features_dir / "member_features.parquet"
@@ -77,11 +77,11 @@ def test_compiled_runtime_on_dask_equals_single_process(trained_store, champions
     text, check them against the shipped ONNX on their first chunk, and score exactly like the
     single-process compiled run (lleaves sums each row alone, so chunking cannot matter). A
     worker handed a native model that disagrees with its ONNX model refuses it."""
-    from serving.batch import latest_member_features, score_batch
-    from serving.batch_dask import ShippedCompiled, score_batch_dask, score_partition
-    from serving.compiled import ParityRefused, compile_native
-    from serving.models import ChampionSource
-    from serving.recommend import Catalog
+    from serving.batch.scoring import latest_member_features, score_batch
+    from serving.batch.partitioned import ShippedCompiled, score_batch_dask, score_partition
+    from serving.batch.compiled import ParityRefused, compile_native
+    from serving.stores.models import ChampionSource
+    from serving.decisioning.recommend import Catalog
 
     store: StoreSettings = trained_store[0]
     features = store.features_dir / "member_features.parquet"
@@ -98,7 +98,7 @@ def test_compiled_runtime_on_dask_equals_single_process(trained_store, champions
                                   check_exact=True)
     checks = client.run(lambda: [
         (m.parity_max_abs_diff, m.parity_rows)
-        for m in __import__("serving.batch_dask", fromlist=["_COMPILED"])._COMPILED.values()])
+        for m in __import__("serving.batch.partitioned", fromlist=["_COMPILED"])._COMPILED.values()])
     verified = [check for per_worker in checks.values() for check in per_worker]
     assert verified and all(diff <= 1e-5 and rows >= 10_000 for diff, rows in verified)
 
@@ -124,7 +124,7 @@ def test_batch_csv_output_and_cli_flags(trained_store, tmp_path: Path,  # noqa: 
     from typer.testing import CliRunner
 
     from serving.config import get_store_settings
-    from training.cli import app
+    from training.cli.app import app
 
     store: StoreSettings = trained_store[0]
     out = tmp_path / "scores.csv"
@@ -145,8 +145,8 @@ def test_batch_csv_output_and_cli_flags(trained_store, tmp_path: Path,  # noqa: 
 
 @pytest.fixture(scope="module")
 def datasets(trained_store):  # noqa: ANN001, ANN201
-    from serving.feature_store import open_store, service_feature_names
-    from training.datasets import difficulty_dataset, reward_dataset
+    from serving.stores.feature_store import open_store, service_feature_names
+    from training.data.datasets import difficulty_dataset, reward_dataset
 
     store, settings = trained_store[0], trained_store[1]
     shares = (settings.valid_share, settings.test_share)
@@ -159,15 +159,15 @@ def datasets(trained_store):  # noqa: ANN001, ANN201
 
 
 def _test_auc(model, data, positive) -> float:  # noqa: ANN001
-    from training.lgbm import predict_proba
-    from training.metrics import auc
+    from training.models.lgbm import predict_proba
+    from training.evaluation.metrics import auc
 
     X, y = data.subset("test")
     return auc(np.isin(y, positive), predict_proba(model, X)[:, positive].sum(axis=1))
 
 
 def test_dask_training_matches_local_quality(datasets, client) -> None:  # noqa: ANN001
-    from training.lgbm import fit_classifier
+    from training.models.lgbm import fit_classifier
 
     settings, reward_data, difficulty_data = datasets
     on_dask = settings.model_copy(update={"engine": "dask"})
@@ -188,8 +188,8 @@ def test_replayed_early_stopping_matches_lightgbm(datasets) -> None:  # noqa: AN
     """On a local model, replaying early stopping finds LightGBM's own best round."""
     import lightgbm as lgb
 
-    from training.dask_train import replay_early_stopping
-    from training.lgbm import lgbm_params
+    from training.models.dask_train import replay_early_stopping
+    from training.models.lgbm import lgbm_params
 
     settings, _, data = datasets
     X, y = data.subset("train")
@@ -207,7 +207,7 @@ def test_pipeline_trains_and_registers_on_dask(trained_store, client,  # noqa: A
                                                tmp_path: Path) -> None:
     """`rewards train difficulty --engine dask`'s pipeline on a copy of the store (its own
     MLflow database, so the shared registry is untouched)."""
-    from training.feast_ops import apply_repo
+    from training.data.feast_ops import apply_repo
     from training.pipeline import train_difficulty
 
     store, settings = trained_store[0], trained_store[1]

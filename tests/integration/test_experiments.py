@@ -68,7 +68,7 @@ def _body(**over: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def live(client: TestClient, store: StoreSettings) -> dict[str, Any]:
     """An active experiment and a live period: every world member visits once."""
-    from training.live import simulate_live
+    from training.simulate.live import simulate_live
 
     # A fixed salt (chosen once, not tuned) makes the arms, hence the whole run, reproducible:
     # one 95% interval misses the truth 1 time in 20 by design, and a test must not flicker.
@@ -201,7 +201,7 @@ def test_cli_report_writes_html_pngs_and_logs_mlflow(store: StoreSettings, live:
                                                      tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from training.cli import app
+    from training.cli.app import app
 
     exp_id = live["experiment"]["id"]
     result = CliRunner().invoke(app, ["experiments", "report", exp_id, "--out",

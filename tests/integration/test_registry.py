@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from serving.model_meta import ModelMetadata, read_onnx_metadata
-from training import tracking
-from training.export import check_parity, export_onnx
+from serving.contract.model_meta import ModelMetadata, read_onnx_metadata
+from training.models import tracking
+from training.models.export import check_parity, export_onnx
 
 pytestmark = pytest.mark.integration
 

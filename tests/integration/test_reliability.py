@@ -69,7 +69,7 @@ def test_sigkill_during_event_burst_loses_no_acknowledged_event(
     """4 clients send 10,000 events in batches of 50; the server is SIGKILLed mid-burst. Every
     event acknowledged with a 2xx is in the store after restart, once; a full replay after the
     restart stores exactly the rest (idempotent by event_id)."""
-    from serving.events import open_event_store
+    from serving.stores.events import open_event_store
 
     store = copy_store(tmp_path)
     url = f"sqlite:///{tmp_path / 'events.db'}"
@@ -230,7 +230,7 @@ def check_refusals(client: TestClient, store: StoreSettings) -> None:
     import onnx
     from mlflow import MlflowClient
 
-    from serving.model_meta import METADATA_KEY
+    from serving.contract.model_meta import METADATA_KEY
 
     registry = MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
     v1 = registry.get_model_version_by_alias("reward", "champion")

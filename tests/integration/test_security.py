@@ -111,7 +111,7 @@ def test_rate_limit_per_key(secured) -> None:  # noqa: ANN001
 
 
 def test_revoked_key_stops_within_the_ttl(secured, make_api_key) -> None:  # noqa: ANN001
-    from serving.keys import open_key_store, parse_key_id
+    from serving.stores.keys import open_key_store, parse_key_id
 
     client, _, url = secured
     key = make_api_key(url, "recommend")

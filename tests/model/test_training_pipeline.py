@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
-from serving.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
+from serving.decisioning.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
 from serving.config import StoreSettings
-from serving.model_meta import read_onnx_metadata
+from serving.contract.model_meta import read_onnx_metadata
 from training.config import TrainSettings
 from training.pipeline import TrainResult
 
@@ -52,7 +52,7 @@ def test_models_learn_something_real(trained) -> None:  # noqa: ANN001
 
 
 def test_first_models_are_registered_and_champions(trained) -> None:  # noqa: ANN001
-    from training import tracking
+    from training.models import tracking
 
     store, settings, reward, difficulty = trained
     tracking.configure_mlflow(store.tracking_uri, store.artifact_root,
@@ -73,8 +73,8 @@ def test_onnx_carries_the_feature_contract(trained) -> None:  # noqa: ANN001
 
 def test_difficulty_never_rises_with_the_target(trained) -> None:  # noqa: ANN001
     """Directional: for any member and template, a harder target is never likelier to finish."""
-    from training.evaluate import member_snapshot
-    from training.scoring import score_targets
+    from training.evaluation.evaluate import member_snapshot
+    from training.evaluation.scoring import score_targets
     import mlflow.lightgbm
 
     store, _, _, difficulty = trained

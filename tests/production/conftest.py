@@ -149,7 +149,7 @@ def small_store(small_store, servers: Servers,  # noqa: ANN001, ANN201
     they are copied, not simulated again)."""
     import pandas as pd
 
-    from training.feast_ops import apply_repo, materialize_world
+    from training.data.feast_ops import apply_repo, materialize_world
 
     settings = production_settings(servers, tmp_path_factory.mktemp("production_store"))
     shutil.copytree(small_store.world_dir, settings.world_dir)

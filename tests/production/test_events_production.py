@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from _reuse import reuse
 
-from serving.events import open_event_store
+from serving.stores.events import open_event_store
 
 globals().update(reuse("unit/test_events.py", exclude=(
     # SQLite specifics (pragmas, sqlite3 integrity check): their PostgreSQL counterparts follow

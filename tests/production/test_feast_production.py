@@ -13,8 +13,8 @@ import pytest
 from _reuse import reuse
 
 from serving.config import StoreSettings
-from training.feast_ops import apply_repo, materialize_world
-from training.features import build_features
+from training.data.feast_ops import apply_repo, materialize_world
+from training.data.features import build_features
 
 globals().update(reuse("integration/test_feast_roundtrip.py", exclude=(
     # the request path's direct SQLite query; on Redis the reader calls Feast's own online_read
@@ -42,7 +42,7 @@ def store_settings(tiny_world_dir: Path, servers,  # noqa: ANN001
 def test_online_store_is_redis(store_settings: StoreSettings, servers) -> None:  # noqa: ANN001
     import redis
 
-    from serving.feature_store import open_store
+    from serving.stores.feature_store import open_store
 
     store = open_store(store_settings)
     assert store.config.online_store.type == "redis"

@@ -1,4 +1,4 @@
-"""Pure logic of batch scoring (serving.batch, serving.compiled) on synthetic data: the chunk
+"""Pure logic of batch scoring (serving.batch.scoring, serving.batch.compiled) on synthetic data: the chunk
 matrices, the flow-zone choice and the parity arithmetic, each against the reference code it
 replaces or the rule it implements."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.contract import CATEGORIES, CHALLENGE_KINDS, REWARD_TYPES
+from serving.contract.vocabulary import CATEGORIES, CHALLENGE_KINDS, REWARD_TYPES
 
 
 def _member_names() -> list[str]:
@@ -20,8 +20,8 @@ def _member_names() -> list[str]:
 def test_stacked_member_rows_equal_each_members_matrix() -> None:
     """MemberRows.stack (batch scoring) is member i's ``matrix`` at rows i*R..i*R+R-1, NaN
     included, and holds the same values in float64 (for the compiled runtime)."""
-    from serving.candidates import CHALLENGE_ITEM_COLUMNS, MemberRows
-    from serving.recommend import difficulty_inputs, reward_inputs
+    from serving.decisioning.candidates import CHALLENGE_ITEM_COLUMNS, MemberRows
+    from serving.decisioning.recommend import difficulty_inputs, reward_inputs
 
     rng = np.random.default_rng(3)
     names = _member_names()
@@ -61,7 +61,7 @@ def test_flow_zone_targets_choose_like_flow_zone_choice() -> None:
     """The batch choice (one argmin per member and template over a padded layout) picks the
     same grid rows as ranking.flow_zone_choice: nearest the flow zone, ties (up to 1e-9) to the
     lower target, NaN last, whatever order the grid lists targets in."""
-    from serving.ranking import flow_zone_choice, flow_zone_targets, target_layout
+    from serving.decisioning.ranking import flow_zone_choice, flow_zone_targets, target_layout
 
     rng = np.random.default_rng(5)
     for _ in range(30):
@@ -82,7 +82,7 @@ def test_flow_zone_targets_choose_like_flow_zone_choice() -> None:
 
 
 def test_max_disagreement_and_parity_sample() -> None:
-    from serving.compiled import max_disagreement, parity_sample
+    from serving.batch.compiled import max_disagreement, parity_sample
 
     a = np.array([[0.2, 0.8], [0.5, 0.5], [0.1, 0.9]], dtype=np.float32)
     b = a.copy()
@@ -98,9 +98,9 @@ def test_max_disagreement_and_parity_sample() -> None:
 
 
 def test_native_contract_refuses_other_features_or_classes() -> None:
-    from serving.compiled import check_native_contract
-    from serving.model_meta import ModelMetadata
-    from serving.models import ModelRefused
+    from serving.batch.compiled import check_native_contract
+    from serving.contract.model_meta import ModelMetadata
+    from serving.stores.models import ModelRefused
 
     meta = ModelMetadata(name="reward", version="4", feature_service="propensity_v1",
                          service_features=["a", "b"], derived_features=["c"],
@@ -117,7 +117,7 @@ def test_native_contract_refuses_other_features_or_classes() -> None:
 def test_compare_scores_tells_ties_from_differences() -> None:
     """A runtime A/B: rounding noise and swaps of near-tied choices are equivalent; a reward or
     target chosen with a clearly different value is not."""
-    from serving.batch import compare_scores
+    from serving.batch.scoring import compare_scores
 
     a = pd.DataFrame({"member_id": [1, 2], "reward_1": ["R1", "R2"],
                       "reward_1_value": np.array([10.0, np.nan], np.float32),

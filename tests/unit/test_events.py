@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from serving.events import DecisionRecord, EventIn, EventStore, open_event_store
+from serving.stores.events import DecisionRecord, EventIn, EventStore, open_event_store
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -190,7 +190,7 @@ def test_store_runs_wal_with_full_sync(url: str, store: EventStore) -> None:
 CHILD = """
 import sys
 from datetime import UTC, datetime
-from serving.events import EventIn, open_event_store
+from serving.stores.events import EventIn, open_event_store
 
 store = open_event_store(sys.argv[1])
 now = datetime.now(UTC)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from training.cli import app
+from training.cli.app import app
 
 
 def run(*args: str) -> tuple[int, str]:

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from onnx import helper
 
-from serving.model_meta import ModelMetadata, read_onnx_metadata
-from training.export import (
+from serving.contract.model_meta import ModelMetadata, read_onnx_metadata
+from training.models.export import (
     CARD_FILE,
     INPUT_NAME,
     METADATA_FILE,

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.contract import MISSING_RATE, NEVER_DAYS
-from training.features import (
+from serving.contract.vocabulary import MISSING_RATE, NEVER_DAYS
+from training.data.features import (
     World, challenge_item_features, compute_member_features, member_feature_names,
     reward_item_features,
 )

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from serving.auth import ApiError, Authenticator, TokenBuckets, safe_next
-from serving.keys import KeyStore, hash_key, open_key_store, parse_key_id
+from serving.api.auth import ApiError, Authenticator, TokenBuckets, safe_next
+from serving.stores.keys import KeyStore, hash_key, open_key_store, parse_key_id
 
 
 @pytest.fixture
@@ -127,7 +127,7 @@ def test_no_open_redirect_after_login(given: str | None, expected: str) -> None:
 def test_keys_cli(tmp_path: Path) -> None:
     import json
 
-    from training.cli import app
+    from training.cli.app import app
 
     runner = CliRunner()
     created = runner.invoke(app, ["keys", "create", "--name", "crm", "--scope", "recommend",

@@ -1,4 +1,4 @@
-"""Known-answer and simulation tests for training.metrics (fast, synthetic data only)."""
+"""Known-answer and simulation tests for training.evaluation.metrics (fast, synthetic data only)."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,7 +9,7 @@ import pytest
 from sklearn.calibration import calibration_curve as sk_calibration_curve
 from sklearn.metrics import roc_auc_score
 
-from training import metrics
+from training.evaluation import metrics
 
 Binning = Literal["uniform", "quantile"]
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.candidates import (
+from serving.decisioning.candidates import (
     DIFFICULTY_DERIVED, NO_OFFER, REWARD_DERIVED, cross, difficulty_matrix, no_offer_items,
     reward_matrix,
 )
-from serving.contract import CATEGORIES, CHALLENGE_KINDS, MISSING_RATE, REWARD_TYPES
-from serving.ranking import basket_estimate, expected_value, flow_zone_choice, reward_scores
-from serving.rules import Rules, cost_multiplier, load_rules, novelty_factor, select_slate
-from serving.writer import GroupCommitter
+from serving.contract.vocabulary import CATEGORIES, CHALLENGE_KINDS, MISSING_RATE, REWARD_TYPES
+from serving.decisioning.ranking import basket_estimate, expected_value, flow_zone_choice, reward_scores
+from serving.decisioning.rules import Rules, cost_multiplier, load_rules, novelty_factor, select_slate
+from serving.stores.writer import GroupCommitter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,8 +73,8 @@ def test_missing_kind_rate_is_the_sentinel() -> None:
 def test_request_path_rows_equal_the_crossed_rows_bit_for_bit() -> None:
     """reward_inputs/difficulty_inputs pass the member as scalars broadcast over the candidates;
     the matrices must equal crossing member columns with the items (the training path)."""
-    from serving.candidates import CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS
-    from serving.recommend import difficulty_inputs, reward_inputs
+    from serving.decisioning.candidates import CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS
+    from serving.decisioning.recommend import difficulty_inputs, reward_inputs
 
     rng = np.random.default_rng(5)
     features = {k: float(v[0]) + float(rng.normal()) for k, v in member_cols().items()}
@@ -109,8 +109,8 @@ def test_compiled_member_rows_equal_the_builders_rows() -> None:
     """MemberRows (the request path) gives the reference builders' matrices for any member,
     whole or for a subset of candidate rows, NaN included; a builder that is not a member
     shift of its items is refused at construction, never compiled into different rows."""
-    from serving.candidates import CHALLENGE_ITEM_COLUMNS, MemberRows
-    from serving.recommend import difficulty_inputs, reward_inputs
+    from serving.decisioning.candidates import CHALLENGE_ITEM_COLUMNS, MemberRows
+    from serving.decisioning.recommend import difficulty_inputs, reward_inputs
 
     rng = np.random.default_rng(11)
     member_names = [*member_cols(), "visits_30d"]
@@ -337,7 +337,7 @@ def test_group_commit_failure_reaches_every_waiting_writer() -> None:
 
 
 def test_batch_top_rewards_per_category_and_eligibility() -> None:
-    from serving.batch import _top_rewards
+    from serving.batch.scoring import _top_rewards
 
     value = np.array([[5.0, 4.0, 3.0, 9.0], [1.0, 2.0, 3.0, 4.0]])
     eligible = np.array([[True, True, True, False], [True, True, False, False]])
@@ -349,7 +349,7 @@ def test_batch_top_rewards_per_category_and_eligibility() -> None:
 def test_decision_ids_are_uuid7_and_sort_by_time() -> None:
     import uuid
 
-    from serving.recommend import new_decision_id
+    from serving.decisioning.recommend import new_decision_id
 
     first = new_decision_id()
     time.sleep(0.002)
@@ -364,7 +364,7 @@ def test_decision_ids_are_uuid7_and_sort_by_time() -> None:
 def test_decision_ids_stay_unique_in_a_forked_worker() -> None:
     """The ids' random bits come from a per-process generator: a forked child must reseed it,
     or parent and child would draw the same bits (and, within one millisecond, the same ids)."""
-    from serving.recommend import new_decision_id
+    from serving.decisioning.recommend import new_decision_id
 
     low = (1 << 74) - 1  # the random bits of a UUIDv7 (12 + 62), below version and variant
     read, write = os.pipe()
@@ -385,8 +385,8 @@ def test_decision_ids_stay_unique_in_a_forked_worker() -> None:
 
 def test_response_items_are_validated_and_never_fail_the_answer(
         caplog: pytest.LogCaptureFixture) -> None:
-    from serving.recommend import _item_out
-    from serving.schemas import RewardOut
+    from serving.decisioning.recommend import _item_out
+    from serving.contract.schemas import RewardOut
 
     fields = dict(reward_id="R01", name="Free coffee", type="voucher", category="food",
                   propensity=0.4, uplift=0.1, expected_value=1.5, cost=2.0,
@@ -404,8 +404,8 @@ def test_decision_records_are_validated_by_the_log_writer(tmp_path: Path,
     and a record that breaks the schema is logged as an error without costing the batch."""
     from datetime import UTC, datetime
 
-    from serving.events import open_event_store
-    from serving.recommend import Decision
+    from serving.stores.events import open_event_store
+    from serving.decisioning.recommend import Decision
     from serving.services import _log_decisions
 
     def decision(decision_id: str, member_id: int) -> Decision:

@@ -92,7 +92,7 @@ def ab_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_uplift_evaluate_cli_agrees_with_reference_on_its_own_scores(ab_csv: Path,
                                                                      tmp_path: Path) -> None:
-    from training.cli import app
+    from training.cli.app import app
 
     out = tmp_path / "scores.parquet"
     result = CliRunner().invoke(app, [
@@ -129,7 +129,7 @@ def test_uplift_evaluate_cli_agrees_with_reference_on_its_own_scores(ab_csv: Pat
 ])
 def test_uplift_evaluate_bad_input_is_one_line(ab_csv: Path, args: list[str],
                                                message: str) -> None:
-    from training.cli import app
+    from training.cli.app import app
 
     base = {"--data": str(ab_csv), "--treatment-col": "grp", "--treated": "offer",
             "--control": "none", "--outcome": "converted"}

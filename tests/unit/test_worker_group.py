@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from serving import worker_group
-from serving.auth import TokenBuckets
+from serving.api.auth import TokenBuckets
 from serving.worker_group import BUCKETS, PROBES, STALE_AFTER, WorkerGroup, key_hash
 from serving.workers import MAX_BACKOFF, QUICK_DEATH_SECONDS, restart_pause
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 # One vocabulary for simulator, features and serving; re-exported for the simulator modules.
-from serving.contract import (  # noqa: F401
+from serving.contract.vocabulary import (  # noqa: F401
     CATEGORIES, CHALLENGE_KINDS, EVENT_TYPES, REGIONS, REWARD_TYPES, TIERS,
 )
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from serving.api.deps import ServicesDep
-from serving.auth import require_scope
-from serving.schemas import AUTH_ERRORS, EventAck, EventsRequest, EventsResponse
+from serving.api.auth import require_scope
+from serving.contract.schemas import AUTH_ERRORS, EventAck, EventsRequest, EventsResponse
 
 router = APIRouter(prefix="/v1/events", tags=["events"],
                    dependencies=[Depends(require_scope("events"))], responses=AUTH_ERRORS)

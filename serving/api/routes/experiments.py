@@ -11,14 +11,14 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from serving.api.deps import ServicesDep
-from serving.auth import require_scope
+from serving.api.auth import require_scope
 from serving.experiments.definition import Experiment, ExperimentCreate
 from serving.experiments.report import ExperimentReport
 from serving.experiments.service import (
     ExperimentConflict, compute_report, create_experiment, get_experiment, list_experiments,
     load_segments,
 )
-from serving.schemas import AUTH_ERRORS, error_responses
+from serving.contract.schemas import AUTH_ERRORS, error_responses
 from serving.services import Services
 
 # Scopes per route, not per router: a write-only key can still create experiments.

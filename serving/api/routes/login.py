@@ -1,5 +1,5 @@
 """Sign-in for the HTML pages: the key is typed into a form (never put in a URL) and exchanged
-for a signed, HttpOnly, SameSite=Strict session cookie (see serving/auth.py)."""
+for a signed, HttpOnly, SameSite=Strict session cookie (see serving/api/auth.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from serving.auth import SESSION_COOKIE, AuthDep, ApiError, safe_next
+from serving.api.auth import SESSION_COOKIE, AuthDep, ApiError, safe_next
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 log = logging.getLogger("rewards.auth")

@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from serving.api.deps import AdminKey, ServicesDep
-from serving.auth import ApiError
-from serving.schemas import AUTH_ERRORS, MAX_MEMBER_ID, ErasureResponse, error_responses
+from serving.api.auth import ApiError
+from serving.contract.schemas import AUTH_ERRORS, MAX_MEMBER_ID, ErasureResponse, error_responses
 
 router = APIRouter(prefix="/v1/members", tags=["privacy"], responses=AUTH_ERRORS)
 log = logging.getLogger("rewards.audit")

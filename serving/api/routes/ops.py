@@ -11,8 +11,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from serving.api.deps import AdminKey, ServicesDep
-from serving.auth import authorize_request, get_auth
-from serving.schemas import AUTH_ERRORS, ReloadResponse
+from serving.api.auth import authorize_request, get_auth
+from serving.contract.schemas import AUTH_ERRORS, ReloadResponse
 
 log = logging.getLogger("rewards.audit")
 

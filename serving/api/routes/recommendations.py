@@ -7,9 +7,9 @@ import logging
 from fastapi import APIRouter, Depends, Response
 
 from serving.api.deps import ServicesDep
-from serving.auth import require_scope
+from serving.api.auth import require_scope
 from serving.services import Services
-from serving.schemas import (
+from serving.contract.schemas import (
     AUTH_ERRORS, BatchRecommendationRequest, BatchRecommendationResponse, RecommendationRequest,
     RecommendationResponse,
 )

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from serving.contract import CATEGORIES, CHALLENGE_KINDS, MISSING_RATE, REWARD_TYPES
+from serving.contract.vocabulary import CATEGORIES, CHALLENGE_KINDS, MISSING_RATE, REWARD_TYPES
 
 Columns = Mapping[str, np.ndarray]
 
@@ -142,7 +142,7 @@ class MemberRows:
     member's own columns; derived picks such as the redeem rate of the reward's type; shifts
     such as tier_rank - min tier), so the matrix is ``base`` plus the member's values scattered
     into fixed places. This class finds those places by probing ``build`` (the reference
-    builder above, via serving.recommend's reward_inputs/difficulty_inputs) with unit members,
+    builder above, via serving.decisioning.recommend's reward_inputs/difficulty_inputs) with unit members,
     checks the result against ``build`` on random members, and then assembles a request's
     matrix with one copy, one broadcast (columns that are a member feature on every row) and
     one scatter (the derived entries): ~35 us instead of ~220 us of small numpy calls.

@@ -13,7 +13,7 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.ids import random_bits
+from serving.decisioning.ids import random_bits
 
 request_id: ContextVar[str] = ContextVar("request_id", default="-")
 #: Set by `rewards serve --workers N` for its workers: where their samples are combined.

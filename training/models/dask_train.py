@@ -19,8 +19,8 @@ import lightgbm as lgb
 import numpy as np
 
 from training.config import TrainSettings
-from training.datasets import Dataset
-from training.lgbm import lgbm_params
+from training.data.datasets import Dataset
+from training.models.lgbm import lgbm_params
 
 
 def fit_classifier_dask(data: Dataset, settings: TrainSettings, objective: str,
@@ -28,7 +28,7 @@ def fit_classifier_dask(data: Dataset, settings: TrainSettings, objective: str,
                         client: Any | None = None) -> lgb.LGBMClassifier:
     """Fit on the cluster behind ``client`` (a 2-worker LocalCluster when None)."""
     if client is None:
-        from serving.cluster import dask_client
+        from serving.batch.cluster import dask_client
 
         with dask_client() as local_client:
             return fit_classifier_dask(data, settings, objective, monotone_decreasing,
@@ -37,7 +37,7 @@ def fit_classifier_dask(data: Dataset, settings: TrainSettings, objective: str,
     from distributed import wait
     from lightgbm.dask import DaskLGBMClassifier
 
-    from serving.cluster import worker_threads
+    from serving.batch.cluster import worker_threads
 
     train_rows = np.flatnonzero(data.part == "train")
     X_valid, y_valid = data.subset("valid")

@@ -10,7 +10,7 @@ import numpy as np
 def reward_scores(proba_offer: np.ndarray, proba_control: np.ndarray) -> dict[str, np.ndarray]:
     """Propensity, conversion and uplift from the reward model's 3-class probabilities.
 
-    Classes: no conversion, converted without redeeming, redeemed (see training.datasets).
+    Classes: no conversion, converted without redeeming, redeemed (see training.data.datasets).
     ``proba_control`` is the no-offer row of the same member, broadcast against the offers.
     """
     p_redeem = proba_offer[:, 2]

@@ -3,7 +3,7 @@
 Same contract and candidate builder as the API, but vectorized over member chunks: one model
 call per model per chunk, on the champion ONNX models (onnxruntime) or, with ``--runtime
 compiled``, on the same versions' native LightGBM models compiled by lleaves and checked against
-them first (serving.compiled). It applies eligibility, consent and diversity; frequency caps,
+them first (serving.batch.compiled). It applies eligibility, consent and diversity; frequency caps,
 budgets and exploration are request-time rules, so campaigns that need them should use
 POST /v1/recommendations/batch.
 """
@@ -19,14 +19,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from serving.candidates import MemberRows
-from serving.compiled import MIN_PARITY_ROWS, CompiledModel
-from serving.model_meta import ModelMetadata
-from serving.models import LoadedModel, ModelRefused
-from serving.ranking import (
+from serving.decisioning.candidates import MemberRows
+from serving.batch.compiled import MIN_PARITY_ROWS, CompiledModel
+from serving.contract.model_meta import ModelMetadata
+from serving.stores.models import LoadedModel, ModelRefused
+from serving.decisioning.ranking import (
     expected_value, flow_zone_targets, member_basket, reward_scores, target_layout,
 )
-from serving.recommend import DEFAULT_MARGIN, Catalog, candidate_rows
+from serving.decisioning.recommend import DEFAULT_MARGIN, Catalog, candidate_rows
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class BatchPlan:
 
     Built once per run (or per Dask partition) so that a chunk only pays for its members: the
     candidate matrices are the request path's compiled :class:`MemberRows` (verified against
-    the one row builder in serving.candidates) stacked over the chunk's members.
+    the one row builder in serving.decisioning.candidates) stacked over the chunk's members.
     """
 
     reward_features: tuple[str, ...]  # the service features the rows were built for

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from serving.contract import (
+from serving.contract.vocabulary import (
     CATEGORIES, CHALLENGE_KINDS, MISSING_RATE, NEVER_DAYS, REWARD_TYPES, TIERS, code,
 )
 

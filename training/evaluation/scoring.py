@@ -1,6 +1,6 @@
 """Batch scoring of members against the catalog with the native models (evaluation side).
 
-Serving does the same with onnxruntime; both build inputs with ``serving.candidates`` so the
+Serving does the same with onnxruntime; both build inputs with ``serving.decisioning.candidates`` so the
 rows are identical. Work is chunked so 100k members x 35 rewards never sits in memory at once.
 """
 
@@ -12,12 +12,12 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from serving.candidates import (
+from serving.decisioning.candidates import (
     CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, cross, difficulty_matrix, no_offer_items,
     reward_matrix,
 )
-from serving.ranking import expected_value, reward_scores
-from training.lgbm import predict_proba
+from serving.decisioning.ranking import expected_value, reward_scores
+from training.models.lgbm import predict_proba
 
 CHUNK_ROWS = 400_000
 

@@ -25,13 +25,13 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
-from serving.candidates import REWARD_ITEM_COLUMNS, no_offer_items, reward_matrix
-from serving.ranking import flow_zone_choice, member_basket, reward_scores
-from serving.contract import TIERS
-from training import metrics
-from training.datasets import Dataset, TimeSplit
-from training.lgbm import predict_proba
-from training.scoring import reward_values, score_rewards, score_targets
+from serving.decisioning.candidates import REWARD_ITEM_COLUMNS, no_offer_items, reward_matrix
+from serving.decisioning.ranking import flow_zone_choice, member_basket, reward_scores
+from serving.contract.vocabulary import TIERS
+from training.evaluation import metrics
+from training.data.datasets import Dataset, TimeSplit
+from training.models.lgbm import predict_proba
+from training.evaluation.scoring import reward_values, score_rewards, score_targets
 from training.simulate import truth
 
 OPE_MAX_ROWS = 60_000
@@ -156,7 +156,7 @@ def _uniform_eligible(eligible: np.ndarray, rng: np.random.Generator) -> np.ndar
 
 
 def fit_value_params(data: Dataset, margin: float) -> dict[str, float]:
-    """Basket multiplier and fallback for ``serving.ranking.basket_estimate``, from train rows."""
+    """Basket multiplier and fallback for ``serving.decisioning.ranking.basket_estimate``, from train rows."""
     rows = data.rows[(data.part == "train") & (data.rows["converted"] == 1)]
     avg = rows["avg_basket_90d"].to_numpy(dtype=np.float64)
     spend = rows["spend"].to_numpy(dtype=np.float64)

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from serving.config import StoreSettings
-from training.cli_common import DataDirOpt, UserError, _settings, friendly
+from training.cli.common import DataDirOpt, UserError, _settings, friendly
 
 app = typer.Typer(
     help="rewards-reco: personalized rewards and challenges for loyalty programs.",
@@ -89,7 +89,7 @@ def features_build(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Compute point-in-time member features and item features as parquet for Feast."""
-    from training.features import build_features
+    from training.data.features import build_features
 
     settings = _settings(data_dir)
     world_dir = world or settings.world_dir
@@ -104,7 +104,7 @@ def features_build(
 @friendly
 def features_apply(data_dir: DataDirOpt = None) -> None:
     """Register entities, feature views and services (like `feast apply`)."""
-    from training.feast_ops import apply_repo
+    from training.data.feast_ops import apply_repo
 
     typer.echo(json.dumps(apply_repo(_settings(data_dir))))
 
@@ -121,7 +121,7 @@ def features_materialize(
 
 
 def _materialize(settings: StoreSettings, apply: bool = True) -> dict[str, Any]:
-    from training.feast_ops import apply_repo, materialize_world
+    from training.data.feast_ops import apply_repo, materialize_world
 
     world_json = settings.world_dir / "world.json"
     if not world_json.is_file():
@@ -159,7 +159,7 @@ def _train(which: str, data_dir: Path | None, engine: str | None = None,
     results = []
     cluster: Any = nullcontext(None)
     if settings.engine == "dask":
-        from serving.cluster import dask_client
+        from serving.batch.cluster import dask_client
 
         cluster = dask_client(scheduler or store.dask_scheduler)
     with cluster as client:
@@ -220,7 +220,7 @@ def evaluate(
 
 
 def _registry(data_dir: Path | None) -> None:
-    from training import tracking
+    from training.models import tracking
     from training.config import get_train_settings
 
     store, settings = _settings(data_dir), get_train_settings()
@@ -247,7 +247,7 @@ def models_list(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Champion, challenger and the history of every alias move (who, when, why)."""
-    from training import tracking
+    from training.models import tracking
     from training.config import PROMOTION_GATES
 
     _registry(data_dir)
@@ -277,7 +277,7 @@ def models_promote(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Move `champion` to the challenger if it is not worse on held-out metrics and OPE."""
-    from training import tracking
+    from training.models import tracking
     from training.config import PROMOTION_GATES
 
     _registry(data_dir)
@@ -299,7 +299,7 @@ def models_rollback(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Point `champion` back at the previous champion."""
-    from training import tracking
+    from training.models import tracking
 
     _registry(data_dir)
     event = tracking.rollback(_known_model(name), reason=reason)
@@ -308,7 +308,7 @@ def models_rollback(
 
 def _key_store(data_dir: Path | None):  # noqa: ANN202
     from serving.config import get_serve_settings
-    from serving.keys import open_key_store
+    from serving.stores.keys import open_key_store
 
     return open_key_store(get_serve_settings().keys(_settings(data_dir)))
 
@@ -401,13 +401,13 @@ def score_batch_cmd(
     as the single-process one."""
     from tqdm.auto import tqdm
 
-    from serving.batch import latest_member_features, score_batch
-    from serving.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
+    from serving.batch.scoring import latest_member_features, score_batch
+    from serving.decisioning.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
     from serving.config import get_serve_settings
-    from serving.feature_store import open_store, service_feature_names
-    from serving.models import ChampionSource, ModelRefused, load_onnx
-    from serving.recommend import Catalog
-    from serving.rules import load_rules
+    from serving.stores.feature_store import open_store, service_feature_names
+    from serving.stores.models import ChampionSource, ModelRefused, load_onnx
+    from serving.decisioning.recommend import Catalog
+    from serving.decisioning.rules import load_rules
 
     engine, runtime = _engine(engine or "local"), _runtime(runtime)
     if out.suffix not in (".parquet", ".csv"):
@@ -428,7 +428,7 @@ def score_batch_cmd(
             models[name] = load_onnx(found[1], service_feature_names(feast_store, service),
                                      derived, threads=1 if runtime == "compiled" else threads)
             if runtime == "compiled":
-                from serving.compiled import compile_native
+                from serving.batch.compiled import compile_native
 
                 native = source.native(name, found[0])  # the champion version's own booster
                 models[name] = compile_native(native, models[name], native.parent, threads)
@@ -442,8 +442,8 @@ def score_batch_cmd(
         with tqdm(total=len(members), unit="member", desc="score-batch",
                   file=sys.stderr) as bar:
             if engine == "dask":
-                from serving.batch_dask import score_batch_dask
-                from serving.cluster import dask_client
+                from serving.batch.partitioned import score_batch_dask
+                from serving.batch.cluster import dask_client
 
                 with dask_client(scheduler or store.dask_scheduler) as client:
                     n = score_batch_dask(features, catalog, models["reward"],
@@ -494,8 +494,8 @@ def demo(
 ) -> None:
     """The main job on embedded defaults: simulate -> features -> Feast -> train -> serve."""
     from training.config import get_train_settings
-    from training.feast_ops import apply_repo
-    from training.features import build_features
+    from training.data.feast_ops import apply_repo
+    from training.data.features import build_features
     from training.pipeline import train_difficulty, train_reward
     from training.simulate import WorldConfig, simulate_world
 
@@ -552,7 +552,7 @@ def _demo_key(data_dir: Path | None) -> str:
 
 def _promote_if_better(name: str) -> None:
     """Demo re-runs: the new challenger becomes champion only through the gate."""
-    from training import tracking
+    from training.models import tracking
     from training.config import PROMOTION_GATES
 
     if tracking.champion_version(name) == tracking.challenger_version(name):
@@ -563,7 +563,7 @@ def _promote_if_better(name: str) -> None:
 
 
 # Sub-apps in their own modules (imported last: they use the helpers above).
-from training.experiments_cli import experiments_app, uplift_app  # noqa: E402
+from training.cli.experiments import experiments_app, uplift_app  # noqa: E402
 
 app.add_typer(experiments_app, name="experiments")
 app.add_typer(uplift_app, name="uplift")

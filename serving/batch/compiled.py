@@ -12,7 +12,7 @@ the contract and the serving runtime: a compiled model is only used after
 
 Decisions are LightGBM's own: lleaves compares float64 inputs with the native float64 thresholds
 and our inputs are float32 values, which is what the ONNX export's rounded-down float32
-thresholds reproduce (training/export.py). Compiling takes seconds to tens of seconds per model,
+thresholds reproduce (training/models/export.py). Compiling takes seconds to tens of seconds per model,
 so the machine code is cached on disk under a key of the model bytes, the lleaves and llvmlite
 versions, the compile options and the host CPU (the code is specialized to it).
 """
@@ -28,8 +28,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from serving.model_meta import ModelMetadata
-from serving.models import LoadedModel, ModelRefused, _first_difference
+from serving.contract.model_meta import ModelMetadata
+from serving.stores.models import LoadedModel, ModelRefused, _first_difference
 
 #: Largest accepted difference of any class probability between the compiled and ONNX models.
 PARITY_TOLERANCE = 1e-5
@@ -117,7 +117,7 @@ def cache_key(native: bytes) -> str:
 class CompiledModel:
     """A native LightGBM model compiled by lleaves, standing in for a verified ONNX session.
 
-    Same interface as :class:`serving.models.LoadedModel` (``meta``, ``predict`` returning
+    Same interface as :class:`serving.stores.models.LoadedModel` (``meta``, ``predict`` returning
     float32 class probabilities), plus the ONNX ``reference`` it must agree with and the result
     of that check. ``threads`` split the rows, never a row's sum: scores do not depend on it.
     """

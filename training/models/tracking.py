@@ -44,9 +44,9 @@ from mlflow.protos.databricks_pb2 import (
 )
 from mlflow.types import ColSpec, Schema, TensorSpec
 
-from serving.model_meta import ModelMetadata, read_onnx_metadata
-from serving.models import NATIVE_ARTIFACT  # serving's compiled batch runtime reads it back
-from training.export import CARD_FILE, INPUT_NAME, METADATA_FILE, MODEL_FILE, write_bundle
+from serving.contract.model_meta import ModelMetadata, read_onnx_metadata
+from serving.stores.models import NATIVE_ARTIFACT  # serving's compiled batch runtime reads it back
+from training.models.export import CARD_FILE, INPUT_NAME, METADATA_FILE, MODEL_FILE, write_bundle
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -327,7 +327,7 @@ def register_model(name: str, run_id: str, artifact_path: str = ONNX_ARTIFACT) -
     model_id = _logged_model_id(client, run_id, artifact_path)
     try:
         client.create_registered_model(
-            name, description="rewards-reco model; aliases and history managed by training.tracking"
+            name, description="rewards-reco model; aliases and history managed by training.models.tracking"
         )
     except MlflowException as exc:
         if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):

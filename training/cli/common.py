@@ -1,7 +1,7 @@
 """Helpers every `rewards` sub-command module shares (errors, settings, common options).
 
-They live apart from training/cli.py so sub-apps (training/experiments_cli.py) can import them
-while training/cli.py imports the sub-apps, also when run as ``python -m training.cli``.
+They live apart from training/cli/app.py so sub-apps (training/cli/experiments.py) can import them
+while training/cli/app.py imports the sub-apps, also when run as ``python -m training.cli``.
 """
 
 from __future__ import annotations

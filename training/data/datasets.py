@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from serving.candidates import NO_OFFER, REWARD_ITEM_COLUMNS, difficulty_matrix, reward_matrix
+from serving.decisioning.candidates import NO_OFFER, REWARD_ITEM_COLUMNS, difficulty_matrix, reward_matrix
 from serving.config import StoreSettings
-from training.feast_ops import historical_features
+from training.data.feast_ops import historical_features
 
 #: Reward-model classes: P(redeem) = p[2]; P(convert) = p[1] + p[2].
 REWARD_CLASSES = ["no_conversion", "converted_not_redeemed", "redeemed"]
@@ -100,7 +100,7 @@ def _final_outcomes(logged: pd.DataFrame, world_dir: Path) -> pd.DataFrame:
 def reward_dataset(store: StoreSettings, world_dir: Path, shares: tuple[float, float],
                    service: str, service_features: list[str]) -> Dataset:
     """Offers (treated and holdout) with propensity_v1 features; label in REWARD_CLASSES."""
-    from serving.candidates import REWARD_DERIVED
+    from serving.decisioning.candidates import REWARD_DERIVED
 
     offers = _final_outcomes(pd.read_parquet(world_dir / "offers.parquet"), world_dir)
     split = TimeSplit.for_decisions(world_dir, offers["event_timestamp"], *shares)
@@ -122,7 +122,7 @@ def reward_dataset(store: StoreSettings, world_dir: Path, shares: tuple[float, f
 def difficulty_dataset(store: StoreSettings, world_dir: Path, shares: tuple[float, float],
                        service: str, service_features: list[str]) -> Dataset:
     """Challenge assignments with difficulty_v1 features; label = completed."""
-    from serving.candidates import DIFFICULTY_DERIVED
+    from serving.decisioning.candidates import DIFFICULTY_DERIVED
 
     asg = _final_outcomes(pd.read_parquet(world_dir / "assignments.parquet"), world_dir)
     split = TimeSplit.for_decisions(world_dir, asg["event_timestamp"], *shares)

@@ -40,7 +40,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from serving import worker_group
 from serving.config import ServeSettings
-from serving.keys import SCOPES, ApiKey, KeyStore, matches, open_key_store, parse_key_id
+from serving.stores.keys import SCOPES, ApiKey, KeyStore, matches, open_key_store, parse_key_id
 
 log = logging.getLogger("rewards.auth")
 SESSION_COOKIE = "rewards_session"

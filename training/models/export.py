@@ -3,7 +3,7 @@
 Serving runs onnxruntime on float32 rows, so the exported graph has one float32 input named
 ``input`` ``[None, n_features]`` and one output (``metadata.output``) holding the class
 probabilities ``[None, n_classes]``; the converter's label output is pruned because nothing reads
-it. The model's :class:`~serving.model_meta.ModelMetadata` travels inside the file
+it. The model's :class:`~serving.contract.model_meta.ModelMetadata` travels inside the file
 (``metadata_props``) and beside it as ``metadata.json``, with a human-readable ``MODEL_CARD.md``.
 
 Exactness: LightGBM compares ``x <= threshold`` in double precision while ONNX tree ensembles
@@ -29,7 +29,7 @@ from numpy.typing import ArrayLike, NDArray
 from pydantic import ValidationError
 from sklearn.base import ClassifierMixin
 
-from serving.model_meta import METADATA_KEY, ModelMetadata
+from serving.contract.model_meta import METADATA_KEY, ModelMetadata
 
 INPUT_NAME = "input"
 MODEL_FILE = "model.onnx"

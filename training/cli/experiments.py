@@ -1,5 +1,5 @@
 """`rewards experiments ...` and `rewards uplift ...`: experiments for marketers, uplift for any
-randomized dataset. Registered on the main app in training/cli.py."""
+randomized dataset. Registered on the main app in training/cli/app.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from training.cli_common import DataDirOpt, UserError, _settings, friendly
+from training.cli.common import DataDirOpt, UserError, _settings, friendly
 
 experiments_app = typer.Typer(help="Uplift experiments: define arms, run, report.",
                               no_args_is_help=True)
@@ -20,7 +20,7 @@ REPORTS_EXPERIMENT = "experiment-reports"  # MLflow experiment holding one run p
 
 def _events(data_dir: Path | None):  # noqa: ANN202
     from serving.config import get_serve_settings
-    from serving.events import open_event_store
+    from serving.stores.events import open_event_store
 
     return open_event_store(get_serve_settings().events(_settings(data_dir)))
 
@@ -108,7 +108,7 @@ def _segments(store: Any, serve: Any, segments: Path | None) -> Any:
     import pandas as pd
 
     from serving.experiments.service import load_segments
-    from training.uplift import read_table
+    from training.evaluation.uplift import read_table
 
     if segments is not None:
         table = read_table(segments)
@@ -172,7 +172,7 @@ def log_report_to_mlflow(store: Any, report: Any, out: Path) -> str:
     metrics, and the HTML/PNG/JSON files as artifacts."""
     import mlflow
 
-    from training import tracking
+    from training.models import tracking
 
     tracking.configure_mlflow(store.tracking_uri, store.artifact_root / REPORTS_EXPERIMENT,
                               REPORTS_EXPERIMENT)
@@ -217,7 +217,7 @@ def simulate_live_cmd(
     """A live period on the simulated world: decisions through the API with the experiment's
     arms applied, members answering per the hidden truth, outcomes posted as events."""
     from serving.config import get_serve_settings
-    from training.live import simulate_live
+    from training.simulate.live import simulate_live
 
     store, serve = _settings(data_dir), get_serve_settings()
     world = serve.catalog(store)
@@ -236,7 +236,7 @@ def simulate_live_cmd(
     else:
         from fastapi.testclient import TestClient
 
-        from serving.keys import open_key_store
+        from serving.stores.keys import open_key_store
         from serving.main import create_app
 
         keys = open_key_store(serve.events(store))
@@ -268,7 +268,7 @@ def uplift_evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Cross-fitted T-learner (LightGBM) on any A/B dataset: Qini, uplift AUC, uplift@k, ATE."""
-    from training.uplift import evaluate_file
+    from training.evaluation.uplift import evaluate_file
 
     names = [f.strip() for part in (features or []) for f in part.split(",") if f.strip()]
     result = evaluate_file(data, treatment_col, treated, control, outcome, names or None,

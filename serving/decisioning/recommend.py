@@ -21,20 +21,20 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
-from serving.candidates import (
+from serving.decisioning.candidates import (
     CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, MemberRows, difficulty_matrix, no_offer_items,
     reward_matrix,
 )
-from serving.contract import NEVER_DAYS, TIERS, code
-from serving.events import DecisionRecord, ExposureRecord
-from serving.ids import random_bits
-from serving.models import LoadedModel
-from serving.ranking import (
+from serving.contract.vocabulary import NEVER_DAYS, TIERS, code
+from serving.stores.events import DecisionRecord, ExposureRecord
+from serving.decisioning.ids import random_bits
+from serving.stores.models import LoadedModel
+from serving.decisioning.ranking import (
     expected_value, flow_zone_choice, flow_zone_targets, member_basket, reward_scores,
     target_layout,
 )
-from serving.rules import Rules, Slate, novelty_factor, select_slate
-from serving.schemas import ChallengeOut, RecommendationResponse, RewardOut
+from serving.decisioning.rules import Rules, Slate, novelty_factor, select_slate
+from serving.contract.schemas import ChallengeOut, RecommendationResponse, RewardOut
 
 DEFAULT_MARGIN = 0.3
 log = logging.getLogger("rewards.recommend")
@@ -47,7 +47,7 @@ def new_decision_id() -> str:
     so the decision log's primary-key index grows at its end instead of splitting pages at
     random: logging a decision costs about a third less CPU (measured on SQLite, BENCHMARKS.md).
     """
-    rand = random_bits(80)  # 80 random bits (serving.ids): 12 for rand_a, 62 for rand_b
+    rand = random_bits(80)  # 80 random bits (serving.decisioning.ids): 12 for rand_a, 62 for rand_b
     rand_a, rand_b = (rand >> 62) & 0xFFF, rand & ((1 << 62) - 1)
     value = ((time.time_ns() // 1_000_000) << 80) | (0x7 << 76) | (rand_a << 64) \
         | (0b10 << 62) | rand_b
@@ -139,7 +139,7 @@ class Decision:
 
 def cold_start_features(names: list[str], tier: str | None) -> dict[str, float]:
     """A brand-new member of the given tier: no history, every rate 'unknown'."""
-    from serving.contract import MISSING_RATE
+    from serving.contract.vocabulary import MISSING_RATE
 
     values = {}
     for n in names:

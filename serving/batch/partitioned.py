@@ -1,5 +1,5 @@
 """Batch scoring on Dask (`rewards score-batch --engine dask`): the same models, candidate
-builder and ranking as :mod:`serving.batch`, one task per partition of members.
+builder and ranking as :mod:`serving.batch.scoring`, one task per partition of members.
 
 Scores are bit-identical to the single-process engine when both use one onnxruntime thread per
 session (the default): onnxruntime's multi-threaded tree ensemble sums trees in an order that
@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from serving.batch import (
+from serving.batch.scoring import (
     BatchModel, BatchPlan, latest_member_features, score_members, verify_compiled, write_scores,
 )
-from serving.compiled import CompiledModel, compile_native
-from serving.models import LoadedModel, load_onnx
-from serving.recommend import Catalog
+from serving.batch.compiled import CompiledModel, compile_native
+from serving.stores.models import LoadedModel, load_onnx
+from serving.decisioning.recommend import Catalog
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -161,12 +161,12 @@ def score_batch_dask(features_path: Path, catalog: Catalog, reward_model: BatchM
                      members: pd.DataFrame | None = None) -> int:
     """Score every member on the cluster into ``out``; returns the number of members.
 
-    ``members``: the latest features if already read (as in :func:`serving.batch.score_batch`).
+    ``members``: the latest features if already read (as in :func:`serving.batch.scoring.score_batch`).
 
     ``threads``: onnxruntime threads per session. With 1 (the default, as in ``rewards
     score-batch``) every row's score is bit-identical whatever the chunking and the engine;
     more threads let onnxruntime split the tree sums, which reorders float additions (~1e-7).
-    Compiled models (serving.compiled) are checked against their ONNX sessions here on the
+    Compiled models (serving.batch.compiled) are checked against their ONNX sessions here on the
     first chunk before anything is sent, then again by each worker process before its first
     use; ``threads`` is then lleaves' threads per call (rows split, scores unchanged).
     At most ``2 x workers`` partitions are in flight, so the client never holds more than a

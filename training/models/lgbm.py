@@ -9,7 +9,7 @@ import lightgbm as lgb
 import numpy as np
 
 from training.config import TrainSettings
-from training.datasets import Dataset
+from training.data.datasets import Dataset
 
 
 def lgbm_params(data: Dataset, settings: TrainSettings, objective: str,
@@ -41,7 +41,7 @@ def fit_classifier(data: Dataset, settings: TrainSettings, objective: str,
     when None) and returns the same kind of local model, so everything downstream is shared.
     """
     if settings.engine == "dask":
-        from training.dask_train import fit_classifier_dask
+        from training.models.dask_train import fit_classifier_dask
 
         return fit_classifier_dask(data, settings, objective, monotone_decreasing, client)
     X_train, y_train = data.subset("train")

@@ -20,12 +20,12 @@ from typing import ClassVar
 
 import numpy as np
 
-from serving.model_meta import ModelMetadata, read_onnx_metadata
+from serving.contract.model_meta import ModelMetadata, read_onnx_metadata
 
 log = logging.getLogger("rewards.models")
 
 #: Name under which a training run logs the native LightGBM booster beside the ONNX export
-#: (training.tracking), and the file MLflow's LightGBM flavour stores it in (LightGBM text).
+#: (training.models.tracking), and the file MLflow's LightGBM flavour stores it in (LightGBM text).
 NATIVE_ARTIFACT = "native_model"
 NATIVE_FILE = "model.lgb"
 

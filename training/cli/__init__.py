@@ -1,0 +1,5 @@
+"""The `rewards` command line (typer)."""
+
+from training.cli.app import app, main
+
+__all__ = ["app", "main"]
