@@ -104,7 +104,34 @@ def get_store_settings() -> StoreSettings:
     return StoreSettings()
 
 
-class ServeSettings(BaseSettings):
+class ModelSettings(BaseSettings):
+    """The two model families: their registered names and the Feast FeatureService each reads.
+
+    A FeatureService is a model's input contract, so its name is one fact shared by training
+    (what it retrieves, trains and registers), serving (what it loads and checks) and batch
+    scoring. Read here and nowhere else.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="REWARDS_", extra="ignore")
+
+    reward_model_name: str = "reward"
+    difficulty_model_name: str = "difficulty"
+    reward_service: str = Field("propensity_v1", description="FeatureService of the reward model")
+    difficulty_service: str = Field("difficulty_v1",
+                                    description="FeatureService of the difficulty model")
+
+    def families(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """((reward model name, its service), (difficulty model name, its service))."""
+        return ((self.reward_model_name, self.reward_service),
+                (self.difficulty_model_name, self.difficulty_service))
+
+
+@lru_cache
+def get_model_settings() -> ModelSettings:
+    return ModelSettings()
+
+
+class ServeSettings(ModelSettings):
     """The HTTP service. Same env prefix as the rest: one place to look."""
 
     model_config = SettingsConfigDict(env_prefix="REWARDS_", extra="ignore")
@@ -112,8 +139,6 @@ class ServeSettings(BaseSettings):
     events_url: str | None = Field(None, description="default: sqlite:///<data>/events.db")
     rules_file: Path | None = Field(None, description="default: <home>/config/rules.toml")
     catalog_dir: Path | None = Field(None, description="default: <data>/world")
-    reward_model_name: str = "reward"
-    difficulty_model_name: str = "difficulty"
     model_poll_seconds: float = Field(30.0, ge=0, description="0 disables polling")
     budget_refresh_seconds: float = Field(5.0, gt=0)
     online_timeout_ms: float = Field(200.0, gt=0)

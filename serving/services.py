@@ -264,8 +264,8 @@ def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metri
         return service_feature_names(feast_store, service)
 
     manager = ModelManager(ChampionSource(store.tracking_uri, store.models), service_features)
-    manager.add(settings.reward_model_name, "propensity_v1", REWARD_DERIVED)
-    manager.add(settings.difficulty_model_name, "difficulty_v1", DIFFICULTY_DERIVED)
+    manager.add(settings.reward_model_name, settings.reward_service, REWARD_DERIVED)
+    manager.add(settings.difficulty_model_name, settings.difficulty_service, DIFFICULTY_DERIVED)
     services = Services(
         store=store, settings=settings, metrics=metrics, events=events, models=manager,
         recommender=Recommender(catalog, rules, settings.seed), reader=reader,
@@ -313,11 +313,11 @@ def _item_features(feast_store: Any, settings: ServeSettings, store: StoreSettin
     catalog_dir = settings.catalog(store)
     ids = pd.read_parquet(catalog_dir / "rewards.parquet")["reward_id"].tolist()
     rewards = feast_store.get_online_features(
-        features=feast_store.get_feature_service("propensity_v1"),
+        features=feast_store.get_feature_service(settings.reward_service),
         entity_rows=[{"reward_id": r, "member_id": 0} for r in ids]).to_df()
     cids = pd.read_parquet(catalog_dir / "challenges.parquet")["challenge_id"].tolist()
     challenges = feast_store.get_online_features(
-        features=feast_store.get_feature_service("difficulty_v1"),
+        features=feast_store.get_feature_service(settings.difficulty_service),
         entity_rows=[{"challenge_id": c, "member_id": 0} for c in cids]).to_df()
     out_r = rewards[["reward_id", *REWARD_ITEM_COLUMNS]]
     out_c = challenges[["challenge_id", *CHALLENGE_ITEM_COLUMNS]]

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from serving.config import get_model_settings
+
 
 
 class TrainSettings(BaseSettings):
@@ -16,10 +18,6 @@ class TrainSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REWARDS_TRAIN_", extra="ignore")
 
     experiment: str = "rewards-reco"
-    reward_model_name: str = "reward"
-    difficulty_model_name: str = "difficulty"
-    reward_service: str = "propensity_v1"
-    difficulty_service: str = "difficulty_v1"
     valid_share: float = Field(0.15, gt=0, lt=0.5, description="share of days for validation")
     test_share: float = Field(0.2, gt=0, lt=0.5, description="share of days for the test period")
     flow_zone: float = Field(0.7, gt=0, lt=1, description="target completion probability")
@@ -35,6 +33,23 @@ class TrainSettings(BaseSettings):
     early_stopping_rounds: int = 30
     policy_eval_members: int = Field(20_000, ge=100, description="members sampled for policy value")
     seed: int = 7
+
+    # The model families' names and feature services are shared with serving: one source.
+    @property
+    def reward_model_name(self) -> str:
+        return get_model_settings().reward_model_name
+
+    @property
+    def difficulty_model_name(self) -> str:
+        return get_model_settings().difficulty_model_name
+
+    @property
+    def reward_service(self) -> str:
+        return get_model_settings().reward_service
+
+    @property
+    def difficulty_service(self) -> str:
+        return get_model_settings().difficulty_service
 
 
 @lru_cache

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -123,18 +123,17 @@ def features_materialize(
 def _materialize(settings: StoreSettings, apply: bool = True) -> dict[str, Any]:
     from training.data.feast_ops import apply_repo, materialize_world
 
-    world_json = settings.world_dir / "world.json"
-    if not world_json.is_file():
-        raise UserError(f"no world at {settings.world_dir}: run `rewards simulate` first")
+    from training.data.world import read_world_meta
+
+    meta = read_world_meta(settings.world_dir)
     if not (settings.features_dir / "member_features.parquet").is_file():
         raise UserError(f"no features in {settings.features_dir}: run `rewards features build`")
-    meta = json.loads(world_json.read_text())
-    start = datetime.fromisoformat(meta["start"]).replace(tzinfo=UTC)
+    start = meta.start_ts.to_pydatetime()
     t0 = time.perf_counter()
     if apply:
         apply_repo(settings)
-    materialize_world(settings, start, int(meta["days"]))
-    result = {"materialized_through": str(start.date() + timedelta(days=int(meta["days"]))),
+    materialize_world(settings, start, meta.days)
+    result = {"materialized_through": str(meta.end_ts.date()),
               "seconds": round(time.perf_counter() - t0, 1)}
     typer.echo(json.dumps(result))
     return result

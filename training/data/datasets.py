@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from training.data.world import read_world_meta
 from serving.decisioning.candidates import NO_OFFER, REWARD_ITEM_COLUMNS, difficulty_matrix, reward_matrix
 from serving.config import StoreSettings
 from training.data.feast_ops import historical_features
@@ -41,9 +42,8 @@ class TimeSplit:
         Splitting that span (not the whole world) keeps every period non-empty when outcomes
         take long to resolve (a 14-day challenge started near the end is not yet labelled).
         """
-        meta = json.loads((world_dir / "world.json").read_text())
-        start = pd.Timestamp(meta["start"], tz="UTC")
-        end = start + pd.Timedelta(days=int(meta["days"]))
+        meta = read_world_meta(world_dir)
+        start, end = meta.start_ts, meta.end_ts
         span = int((decisions.max() - start) / pd.Timedelta(days=1)) + 1 if len(decisions) else 0
         test_days = max(1, round(span * test_share))
         valid_days = max(1, round(span * valid_share))
@@ -91,8 +91,7 @@ class Dataset:
 
 
 def _final_outcomes(logged: pd.DataFrame, world_dir: Path) -> pd.DataFrame:
-    meta = json.loads((world_dir / "world.json").read_text())
-    end = pd.Timestamp(meta["start"], tz="UTC") + pd.Timedelta(days=int(meta["days"]))
+    end = read_world_meta(world_dir).end_ts
     known = logged[logged["outcome_timestamp"] < end]
     return known.sort_values(["event_timestamp", "member_id"], kind="stable").reset_index(drop=True)
 

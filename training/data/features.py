@@ -12,7 +12,6 @@ with no per-member Python loop. Large worlds are processed in member chunks so m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from training.data.world import read_world_meta
 from serving.contract.vocabulary import (
     CATEGORIES, CHALLENGE_KINDS, MISSING_RATE, NEVER_DAYS, REWARD_TYPES, TIERS, code,
 )
@@ -51,15 +51,11 @@ class World:
 
 def load_world(world_dir: Path) -> World:
     """Read a world folder written by ``rewards simulate`` (never the ``truth/`` subfolder)."""
-    if not (world_dir / "world.json").is_file():
-        raise FileNotFoundError(
-            f"no world at {world_dir} (world.json missing): run `rewards simulate` first"
-        )
-    meta = json.loads((world_dir / "world.json").read_text())
+    meta = read_world_meta(world_dir)
     read = lambda name: pd.read_parquet(world_dir / f"{name}.parquet")  # noqa: E731
     return World(
-        start=pd.Timestamp(meta["start"], tz="UTC"),
-        days=int(meta["days"]),
+        start=meta.start_ts,
+        days=meta.days,
         members=read("members"),
         rewards=read("rewards"),
         challenges=read("challenges"),

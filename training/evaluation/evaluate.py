@@ -16,7 +16,6 @@ Definitions (also in docs/evaluation.md):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
 
+from training.data.world import read_world_meta
 from serving.decisioning.candidates import REWARD_ITEM_COLUMNS, no_offer_items, reward_matrix
 from serving.decisioning.ranking import flow_zone_choice, member_basket, reward_scores
 from serving.contract.vocabulary import TIERS
@@ -76,8 +76,8 @@ class WorldTruth:
 
     @classmethod
     def load(cls, world_dir: Path) -> WorldTruth:
-        meta = json.loads((world_dir / "world.json").read_text())
-        return cls(world_dir, float(meta["margin"]), int(meta["attribution_window_days"]),
+        meta = read_world_meta(world_dir)
+        return cls(world_dir, meta.margin, meta.attribution_window_days,
                    pd.read_parquet(world_dir / "members.parquet").set_index("member_id"),
                    pd.read_parquet(world_dir / "truth" / "member_traits.parquet")
                    .set_index("member_id"),
