@@ -1,0 +1,9 @@
+"""The HTTP surface: routes per resource, authentication, limits, observability.
+
+``routes/`` (one APIRouter per resource), ``deps`` (FastAPI dependencies), ``fast_path`` (the
+recommendation route without FastAPI's per-request machinery, same answers), ``auth`` (API keys,
+scopes, rate limits, login cookies), ``limits`` (request body size), ``observability``
+(Prometheus metrics, JSON logs, request ids).
+
+May import: every other ``serving`` package; nothing imports it but ``serving.main``.
+"""

@@ -10,7 +10,7 @@ POST /v1/recommendations/batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +23,8 @@ from serving.decisioning.candidates import MemberRows
 from serving.batch.compiled import MIN_PARITY_ROWS, CompiledModel
 from serving.contract.model_meta import ModelMetadata
 from serving.stores.models import LoadedModel, ModelRefused
-from serving.decisioning.ranking import (
-    expected_value, flow_zone_targets, member_basket, reward_scores, target_layout,
-)
+from serving.decisioning.ranking import flow_zone_targets, member_basket, target_layout
+from serving.decisioning.scoring import member_matrix, score_member_rows
 from serving.decisioning.recommend import DEFAULT_MARGIN, Catalog, candidate_rows
 
 
@@ -112,11 +111,6 @@ class BatchPlan:
                 and self.difficulty_features == tuple(difficulty.service_features))
 
 
-def member_matrix(members: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
-    """(members, features) float32, each column converted on its own like a single row's."""
-    return np.stack([members[c].to_numpy(np.float32) for c in names], axis=1)
-
-
 def score_members(members: pd.DataFrame, catalog: Catalog, reward_model: BatchModel,
                   difficulty_model: BatchModel, k_rewards: int, flow_zone: float,
                   plan: BatchPlan | None = None) -> pd.DataFrame:
@@ -133,16 +127,12 @@ def score_members(members: pd.DataFrame, catalog: Catalog, reward_model: BatchMo
         plan = BatchPlan.of(catalog, reward_model.meta, difficulty_model.meta)
     n = len(members)
     rw = catalog.rewards
-    m = len(rw)
     rows = plan.reward_rows
-    X = rows.stack(member_matrix(members, rows.member_names), reward_model.input_dtype)
-    proba = reward_model.predict(X).reshape(n, m + 1, -1)  # every reward, then the no-offer row
-    s = reward_scores(proba[:, :m].reshape(n * m, -1), np.repeat(proba[:, m], m, axis=0))
+    scores = score_member_rows(reward_model.predict, member_matrix(members, rows.member_names),
+                               rows, reward_model.input_dtype)  # each reward, then no offer
     params = reward_model.meta.value_params
-    basket = member_basket(members["avg_basket_90d"].to_numpy(), params)
-    value = expected_value(s["uplift"].reshape(n, m), s["propensity"].reshape(n, m),
-                           basket[:, None], rw["cost"].to_numpy()[None, :],
-                           params.get("margin", DEFAULT_MARGIN))
+    value = scores.values(member_basket(members["avg_basket_90d"].to_numpy(), params),
+                          rw["cost"].to_numpy(), params.get("margin", DEFAULT_MARGIN))
     eligible = rw["min_tier_rank"].to_numpy()[None, :] <= members["tier_rank"].to_numpy()[:, None]
     top = _top_rewards(value, eligible, rw["category"].to_numpy(), k_rewards)
 

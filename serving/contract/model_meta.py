@@ -15,6 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 METADATA_KEY = "rewards_reco"
 
 
+class ModelRefused(RuntimeError):
+    """A candidate model that must not serve (broken file or contract mismatch)."""
+
+
 class ModelMetadata(BaseModel):
     """Identity and input contract of one exported model version."""
 

@@ -28,11 +28,10 @@ from serving.decisioning.candidates import (
 from serving.contract.vocabulary import NEVER_DAYS, TIERS, code
 from serving.stores.events import DecisionRecord, ExposureRecord
 from serving.decisioning.ids import random_bits
-from serving.stores.models import LoadedModel
 from serving.decisioning.ranking import (
-    expected_value, flow_zone_choice, flow_zone_targets, member_basket, reward_scores,
-    target_layout,
+    flow_zone_choice, flow_zone_targets, member_basket, target_layout,
 )
+from serving.decisioning.scoring import ScoringModel, scores_from_proba
 from serving.decisioning.rules import Rules, Slate, novelty_factor, select_slate
 from serving.contract.schemas import ChallengeOut, RecommendationResponse, RewardOut
 
@@ -176,18 +175,26 @@ def difficulty_inputs(features: dict[str, float], grid: Mapping[str, Any],
     return difficulty_matrix({**member, **items}, np.asarray(grid["target"]), names)
 
 
-def candidate_rows(catalog: Catalog, kind: str, service_features: Sequence[str]) -> MemberRows:
-    """A model's compiled candidate matrix over the whole catalog: every reward then the
-    no-offer row (``kind`` "reward"), or every template x allowed target ("difficulty"). The
-    request path (one member) and batch scoring (member chunks) both build their rows from it."""
+def item_rows(kind: str, items: Mapping[str, Any], service_features: Sequence[str]
+              ) -> MemberRows:
+    """A model's compiled candidate matrix over ``items`` (columns by name): every reward then
+    the no-offer row (``kind`` "reward"), or every (template, target) row ("difficulty")."""
     names = list(service_features)
     if kind == "reward":
-        cols, items = catalog.reward_cols, REWARD_ITEM_COLUMNS  # type: ignore[attr-defined]
-        build = lambda m: reward_inputs(m, cols, names)  # noqa: E731
+        build = lambda m: reward_inputs(m, items, names)  # noqa: E731
+        item_names = REWARD_ITEM_COLUMNS
     else:
-        cols, items = catalog.target_cols, CHALLENGE_ITEM_COLUMNS  # type: ignore[attr-defined]
-        build = lambda m: difficulty_inputs(m, cols, names)  # noqa: E731
-    return MemberRows(build, [f for f in names if f not in items])
+        build = lambda m: difficulty_inputs(m, items, names)  # noqa: E731
+        item_names = CHALLENGE_ITEM_COLUMNS
+    return MemberRows(build, [f for f in names if f not in item_names])
+
+
+def candidate_rows(catalog: Catalog, kind: str, service_features: Sequence[str]) -> MemberRows:
+    """:func:`item_rows` over the whole catalog: every reward (``kind`` "reward") or every
+    template x allowed target ("difficulty"). The request path (one member), batch scoring
+    (member chunks) and offline evaluation all build their rows this way."""
+    cols = catalog.reward_cols if kind == "reward" else catalog.target_cols  # type: ignore[attr-defined]
+    return item_rows(kind, cols, service_features)
 
 
 class Recommender:
@@ -209,8 +216,8 @@ class Recommender:
             rows = self._rows[key] = candidate_rows(self.catalog, kind, service_features)
         return rows
 
-    def recommend(self, facts: MemberFacts, reward_model: LoadedModel | None,
-                  difficulty_model: LoadedModel | None, *, k_rewards: int, k_challenges: int,
+    def recommend(self, facts: MemberFacts, reward_model: ScoringModel | None,
+                  difficulty_model: ScoringModel | None, *, k_rewards: int, k_challenges: int,
                   channel: str, exclude: set[str], now: datetime, cost_multiplier: float,
                   tier_hint: str | None = None, arm: str | None = None,
                   experiment_id: str | None = None) -> Decision:
@@ -265,7 +272,7 @@ class Recommender:
 
     # -- rewards ------------------------------------------------------------------------------
 
-    def _rewards(self, features: dict[str, float], tier_rank: float, model: LoadedModel | None,
+    def _rewards(self, features: dict[str, float], tier_rank: float, model: ScoringModel | None,
                  k: int, exclude: set[str], recent: dict[str, datetime], now: datetime,
                  lam: float, reasons: list[str], history: bool, consent: bool,
                  random_arm: bool = False
@@ -300,12 +307,12 @@ class Recommender:
             value = -cost
             scores = {"propensity": np.full(n, np.nan), "uplift": np.full(n, np.nan)}
         else:
-            scores = reward_scores(proba[:-1], proba[-1:])
+            member = scores_from_proba(proba, 1)
             params = model.meta.value_params
-            # a float64 0-d array, not a Python float: NumPy would compute in float32 with it
+            # float64, not a Python float: NumPy would compute in float32 with it
             basket = member_basket(features.get("avg_basket_90d", 0.0), params)
-            value = expected_value(scores["uplift"], scores["propensity"], basket, cost,
-                                   params.get("margin", DEFAULT_MARGIN), lam)
+            value = member.values(basket, cost, params.get("margin", DEFAULT_MARGIN), lam)[0]
+            scores = {"propensity": member.propensity[0], "uplift": member.uplift[0]}
         ranked = value
         if recent:  # novelty decay applies only to items shown before
             nov = self.rules.novelty
@@ -339,7 +346,7 @@ class Recommender:
 
     # -- challenges ---------------------------------------------------------------------------
 
-    def _challenges(self, features: dict[str, float], model: LoadedModel | None, k: int,
+    def _challenges(self, features: dict[str, float], model: ScoringModel | None, k: int,
                     exclude: set[str], recent: dict[str, datetime], now: datetime,
                     reasons: list[str], history: bool
                     ) -> tuple[list[ChallengeOut], list[dict[str, Any]]]:
@@ -422,7 +429,7 @@ def _item_out(cls: type[_Out], **fields: Any) -> _Out:
         return cls.model_construct(**fields)
 
 
-def _member_names(*models: LoadedModel | None) -> list[str]:
+def _member_names(*models: ScoringModel | None) -> list[str]:
     names: list[str] = []
     for m in models:
         if m is not None:
@@ -452,7 +459,7 @@ def _f(x: float) -> float:
 
 
 def _reward_reason(scores: dict[str, np.ndarray], i: int, value: float, history: bool,
-                   consent: bool, model: LoadedModel | None) -> str:
+                   consent: bool, model: ScoringModel | None) -> str:
     if model is None:
         return "model unavailable: low-cost default"
     if not consent:

@@ -9,9 +9,6 @@ for /readyz and the metrics.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,18 +17,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from serving.contract.model_meta import ModelMetadata, read_onnx_metadata
+from serving.contract.model_meta import ModelMetadata, ModelRefused, read_onnx_metadata
+from serving.stores.registry import ChampionSource
 
 log = logging.getLogger("rewards.models")
-
-#: Name under which a training run logs the native LightGBM booster beside the ONNX export
-#: (training.models.tracking), and the file MLflow's LightGBM flavour stores it in (LightGBM text).
-NATIVE_ARTIFACT = "native_model"
-NATIVE_FILE = "model.lgb"
-
-
-class ModelRefused(RuntimeError):
-    """A candidate model that must not serve (broken file or contract mismatch)."""
 
 
 @dataclass
@@ -105,69 +94,6 @@ class ModelSlot:
     current: LoadedModel | None = None
     last_error: str | None = None
     refusals: int = 0
-
-
-@dataclass
-class ChampionSource:
-    """Where champions come from: the MLflow registry alias, cached under models/."""
-
-    tracking_uri: str
-    cache_dir: Path
-
-    def champion(self, name: str) -> tuple[str, Path] | None:
-        """(version, local ONNX path) of the champion, downloading it once; None if none."""
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
-
-        client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-        try:
-            mv = client.get_model_version_by_alias(name, "champion")
-        except MlflowException:
-            return None
-        target = self.cache_dir / name / str(mv.version) / "model.onnx"
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            from mlflow.artifacts import download_artifacts
-
-            tmp = Path(download_artifacts(artifact_uri=f"models:/{name}/{mv.version}",
-                                          tracking_uri=self.tracking_uri))
-            found = next(tmp.rglob("*.onnx"), None) if tmp.is_dir() else tmp
-            if found is None:
-                raise ModelRefused(f"{name} v{mv.version}: no ONNX file in the registered model")
-            shutil.copyfile(found, target)
-        return str(mv.version), target
-
-    def native(self, name: str, version: str) -> Path:
-        """The native LightGBM model (text) of ``name`` v``version``, copied once to
-        ``<name>/<version>/model.lgb`` beside its ONNX export.
-
-        The registry holds the ONNX export; the training run that produced it logged the native
-        booster too (``NATIVE_ARTIFACT``), so the registered version's run id finds the very model
-        the ONNX was exported from. ``rewards score-batch --runtime compiled`` compiles it.
-        """
-        from mlflow import MlflowClient
-        from mlflow.artifacts import download_artifacts
-
-        target = self.cache_dir / name / str(version) / NATIVE_FILE
-        if target.is_file():
-            return target
-        client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
-        run_id = client.get_model_version(name, str(version)).run_id
-        if not run_id:
-            raise ModelRefused(f"{name} v{version}: the registered version names no training run")
-        found = client.search_logged_models(
-            experiment_ids=[client.get_run(run_id).info.experiment_id],
-            filter_string=f"source_run_id = '{run_id}' AND name = '{NATIVE_ARTIFACT}'")
-        if not found:
-            raise ModelRefused(f"{name} v{version}: run {run_id} logged no native model "
-                               f"({NATIVE_ARTIFACT!r})")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".native-") as staging:
-            downloaded = Path(download_artifacts(
-                artifact_uri=f"{found[0].artifact_location.rstrip('/')}/{NATIVE_FILE}",
-                dst_path=staging, tracking_uri=self.tracking_uri))
-            os.replace(downloaded, target)  # readers never see a partial file
-        return target
 
 
 @dataclass

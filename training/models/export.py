@@ -26,15 +26,14 @@ import onnx
 import onnxruntime as ort
 import pandas as pd
 from numpy.typing import ArrayLike, NDArray
-from pydantic import ValidationError
 from sklearn.base import ClassifierMixin
 
 from serving.contract.model_meta import METADATA_KEY, ModelMetadata
+from serving.stores.registry import (  # noqa: F401 - the bundle layout, re-used by callers
+    CARD_FILE, METADATA_FILE, MODEL_FILE, model_card, write_bundle,
+)
 
 INPUT_NAME = "input"
-MODEL_FILE = "model.onnx"
-METADATA_FILE = "metadata.json"
-CARD_FILE = "MODEL_CARD.md"
 #: Opsets the LightGBM converter is known to produce exact, warning-free graphs for.
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 
@@ -179,74 +178,11 @@ def to_onnx(model: lightgbm.LGBMClassifier, metadata: ModelMetadata) -> onnx.Mod
     return converted
 
 
-def write_bundle(onnx_model: onnx.ModelProto, metadata: ModelMetadata, out_dir: Path) -> Path:
-    """Write ``model.onnx`` with ``metadata`` embedded, ``metadata.json`` and the model card.
-
-    Embedding replaces any previous metadata, so the registry can re-stamp a downloaded model
-    with its version without touching the weights. Metadata that would not parse back is refused
-    here rather than by serving. Returns the ONNX path.
-    """
-    try:
-        ModelMetadata.model_validate_json(metadata.to_json())
-    except ValidationError as exc:
-        raise ValueError(f"metadata would not parse back from the model file: {exc}") from exc
-    stamped = onnx.ModelProto()
-    stamped.CopyFrom(onnx_model)
-    kept = [prop for prop in stamped.metadata_props if prop.key != METADATA_KEY]
-    del stamped.metadata_props[:]
-    stamped.metadata_props.extend(kept)
-    stamped.metadata_props.add(key=METADATA_KEY, value=metadata.to_json())
-    onnx.checker.check_model(stamped)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / MODEL_FILE
-    onnx.save_model(stamped, path)
-    (out_dir / METADATA_FILE).write_text(metadata.model_dump_json(indent=2) + "\n",
-                                         encoding="utf-8")
-    (out_dir / CARD_FILE).write_text(model_card(metadata), encoding="utf-8")
-    return path
-
-
 def export_onnx(
     model: lightgbm.LGBMClassifier, metadata: ModelMetadata, out_dir: Path
 ) -> Path:
     """Export ``model`` to ``out_dir/model.onnx`` (plus metadata.json and MODEL_CARD.md)."""
     return write_bundle(to_onnx(model, metadata), metadata, out_dir)
-
-
-def model_card(metadata: ModelMetadata) -> str:
-    """A short Markdown card: identity, data, held-out metrics and the input features in order."""
-    version = metadata.version
-    title = f"v{version}" if version.isdigit() else f"({version or 'unregistered'})"
-    window = ", ".join(f"{key}: {value}" for key, value in metadata.data_window.items())
-    metrics = [f"| {name} | {value:.4g} |" for name, value in sorted(metadata.metrics.items())]
-    n_service = len(metadata.service_features)
-    lines = [
-        f"# {metadata.name} {title}",
-        "",
-        "| | |",
-        "| --- | --- |",
-        f"| feature service | `{metadata.feature_service}` |",
-        f"| data window | {window or 'n/a'} |",
-        f"| data fingerprint | `{metadata.data_fingerprint or 'n/a'}` |",
-        f"| trained at | {metadata.trained_at or 'n/a'} |",
-        f"| MLflow run | `{metadata.mlflow_run_id or 'n/a'}` |",
-        f"| output | `{metadata.output}` = P({', '.join(metadata.classes)}) |",
-        "",
-        "## Held-out metrics",
-        "",
-        *(["| metric | value |", "| --- | ---: |", *metrics] if metrics else ["none recorded"]),
-        "",
-        f"## Features ({len(metadata.input_names)}, in input order)",
-        "",
-        *(f"{i}. `{name}`" for i, name in enumerate(metadata.service_features, start=1)),
-        *(
-            f"{i}. `{name}` (derived)"
-            for i, name in enumerate(metadata.derived_features, start=n_service + 1)
-        ),
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def _session(onnx_path: Path) -> ort.InferenceSession:

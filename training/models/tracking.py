@@ -16,7 +16,6 @@ from __future__ import annotations
 import getpass
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -45,8 +44,10 @@ from mlflow.protos.databricks_pb2 import (
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 from serving.contract.model_meta import ModelMetadata, read_onnx_metadata
-from serving.stores.models import NATIVE_ARTIFACT  # serving's compiled batch runtime reads it back
-from training.models.export import CARD_FILE, INPUT_NAME, METADATA_FILE, MODEL_FILE, write_bundle
+from serving.stores.registry import (  # serving's compiled batch runtime reads NATIVE_ARTIFACT
+    CARD_FILE, METADATA_FILE, NATIVE_ARTIFACT, download_version,
+)
+from training.models.export import INPUT_NAME
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -476,34 +477,9 @@ def rollback(name: str, reason: str = "", actor: str | None = None) -> HistoryEv
 
 
 def download_champion(name: str, dest_root: Path) -> Path:
-    """Copy the champion's ONNX to ``dest_root/<name>/<version>/model.onnx``; return that path.
-
-    The copy's embedded metadata is stamped with the registry version and run id, which did not
-    exist yet at export time, and ``metadata.json`` and the model card are rewritten to match.
-    Files are staged next to the target and moved in with atomic renames, so a serving process
-    watching the folder never reads a half-written model.
-    """
-    client = MlflowClient()
+    """The champion's bundle, downloaded afresh to ``dest_root/<name>/<version>/`` (stamped,
+    atomic: :func:`serving.stores.registry.download_version`); RegistryError if there is none."""
     version = champion_version(name)
     if version is None:
         raise RegistryError(f"{name} has no champion")
-    run_id = client.get_model_version(name, version).run_id
-    target = dest_root / name / version
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{version}-") as staging:
-        downloaded = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{version}/{MODEL_FILE}", dst_path=staging
-            )
-        )
-        metadata = read_onnx_metadata(downloaded).model_copy(
-            update={"version": version, "mlflow_run_id": run_id or ""}
-        )
-        bundle = Path(staging) / "bundle"
-        write_bundle(onnx.load(str(downloaded)), metadata, bundle)
-        if not target.is_dir():
-            bundle.rename(target)  # the version folder appears complete
-        else:
-            for file in (METADATA_FILE, CARD_FILE, MODEL_FILE):  # the model last
-                os.replace(bundle / file, target / file)
-    return target / MODEL_FILE
+    return download_version(mlflow.get_tracking_uri(), name, version, dest_root, refresh=True)
