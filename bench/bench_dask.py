@@ -65,7 +65,7 @@ def worker_peak_rss_mib(client: object) -> dict[str, int]:
 def champions(threads: int) -> dict[str, object]:
     from serving.decisioning.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
     from serving.config import get_store_settings
-    from serving.stores.feature_store import open_store, service_feature_names
+    from serving.stores.features import open_store, service_feature_names
     from serving.stores.models import ChampionSource, load_onnx
 
     store = get_store_settings()
@@ -81,11 +81,11 @@ def bench_score(client: object, workers: int) -> dict[str, object]:
     from serving.batch.scoring import score_batch
     from serving.batch.partitioned import score_batch_dask
     from serving.config import get_store_settings
-    from serving.decisioning.recommend import Catalog
+    from serving.stores.catalog import load_offline_catalog
 
     store = get_store_settings()
     features = store.features_dir / "member_features.parquet"
-    catalog = Catalog.from_offline(store.world_dir, store.features_dir)
+    catalog = load_offline_catalog(store.world_dir, store.features_dir)
     out: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
@@ -129,12 +129,12 @@ def bench_runtime(client: object, workers: int, rounds: int = 2,
     from serving.batch.compiled import compile_native
     from serving.config import get_serve_settings, get_store_settings
     from serving.stores.models import ChampionSource
-    from serving.decisioning.recommend import Catalog
+    from serving.stores.catalog import load_offline_catalog
     from serving.decisioning.rules import load_rules
 
     store, serve = get_store_settings(), get_serve_settings()
     features = store.features_dir / "member_features.parquet"
-    catalog = Catalog.from_offline(serve.catalog(store), store.features_dir)
+    catalog = load_offline_catalog(serve.catalog(store), store.features_dir)
     flow = load_rules(serve.rules(store)).challenges.flow_zone
     source = ChampionSource(store.tracking_uri, store.models)
     onnx = champions(1)
@@ -202,7 +202,7 @@ def _build_dataset(name: str, spill: str | None) -> object:
     """One model's training set; with ``spill`` (a folder), its arrays go to .npy files there
     and come back without them, so that a child process can build it and exit."""
     from serving.config import get_store_settings
-    from serving.stores.feature_store import open_store, service_feature_names
+    from serving.stores.features import open_store, service_feature_names
     from training.config import get_train_settings
     from training.data.datasets import difficulty_dataset, reward_dataset
 

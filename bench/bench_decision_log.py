@@ -21,7 +21,8 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from serving.stores.events import DecisionItem, DecisionRecord, open_event_store
+from serving.contract.events import DecisionItem, DecisionRecord
+from serving.stores.events import open_event_store
 from serving.decisioning.recommend import new_decision_id
 
 KINDS: dict[str, Callable[[], str]] = {"uuid4": lambda: uuid.uuid4().hex,

@@ -274,10 +274,10 @@ def measure_floor(iterations: int = 2000) -> dict[str, float]:
 
     from serving.decisioning.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
     from serving.config import get_serve_settings, get_store_settings
-    from serving.stores.feature_store import open_store, service_feature_names
+    from serving.stores.features import OnlineFeatureReader, open_store, service_feature_names
     from serving.stores.models import ChampionSource, load_onnx
-    from serving.stores.online import OnlineFeatureReader
-    from serving.decisioning.recommend import Catalog, Recommender
+    from serving.decisioning.recommend import Recommender
+    from serving.stores.catalog import load_offline_catalog
     from serving.decisioning.rules import load_rules
     from serving.services import MEMBER_VIEW
 
@@ -289,7 +289,7 @@ def measure_floor(iterations: int = 2000) -> dict[str, float]:
     d_names = service_feature_names(fs, "difficulty_v1")
     reward = load_onnx(source.champion("reward")[1], r_names, REWARD_DERIVED)
     difficulty = load_onnx(source.champion("difficulty")[1], d_names, DIFFICULTY_DERIVED)
-    catalog = Catalog.from_offline(settings.catalog(store), store.features_dir)
+    catalog = load_offline_catalog(settings.catalog(store), store.features_dir)
     recommender = Recommender(catalog, load_rules(settings.rules(store)))
     reward_rows = recommender.member_rows("reward", r_names)
     difficulty_rows = recommender.member_rows("difficulty", d_names)

@@ -45,26 +45,31 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from serving.decisioning.candidates import (
-    NO_OFFER, REWARD_ITEM_COLUMNS, cross, no_offer_items, reward_matrix,
-)
 from serving.config import get_store_settings
 from serving.contract.vocabulary import CATEGORIES, REWARD_TYPES
-from serving.stores.feature_store import open_store, service_feature_names
-from serving.decisioning.ranking import reward_scores
+from serving.decisioning.candidates import (
+    NO_OFFER,
+    REWARD_ITEM_COLUMNS,
+    cross,
+    no_offer_items,
+    reward_matrix,
+)
+from serving.decisioning.scoring import scores_from_proba
+from serving.stores.features import open_store, service_feature_names
 from training.config import get_train_settings
 from training.data.datasets import Dataset, reward_dataset
-from training.evaluation.evaluate import (
-    WorldTruth,
-    _basket,
-    fit_value_params,
-    policy_members,
-    policy_value,
-)
-from training.models.lgbm import lgbm_params, predict_proba
+from training.evaluation.evaluate import fit_value_params, member_baskets, policy_members
 from training.evaluation.metrics import auc
-from training.evaluation.scoring import _columns, score_rewards
-from training.simulate.catalog import PLAYER_TYPES, codes_of
+from training.evaluation.scoring import score_rewards
+from training.models.lgbm import predict_proba
+from training.models.params import lgbm_params
+from training.simulate.generate.catalog import PLAYER_TYPES, codes_of
+from training.simulate.oracle import WorldTruth, policy_value
+
+
+def _columns(frame: pd.DataFrame, names: list[str]) -> dict[str, np.ndarray]:
+    return {n: frame[n].to_numpy(dtype=np.float32) for n in names if n in frame.columns}
+
 
 #: Extra columns from (model inputs by name, member ids) -> {column name: values}.
 Extra = Callable[[dict[str, np.ndarray], np.ndarray], dict[str, np.ndarray]]
@@ -193,7 +198,7 @@ class PolicyBench:
         self.items = pd.read_parquet(store.features_dir / "reward_features.parquet")
         self.truth = self.world.reward_response(self.ids)
         self.cost = self.items["reward_cost"].to_numpy(np.float64)
-        self.basket = _basket(self.snap, self.value_params)[:, None]
+        self.basket = member_baskets(self.snap, self.value_params)[:, None]
         self.oracle = self.value(self.truth["incremental_value"])
 
     def value(self, estimate: np.ndarray) -> float:
@@ -336,8 +341,10 @@ def refit(variant: str, extra: Extra, learners: set[str], data: Dataset, bench: 
                                        data.service_features), names, np.repeat(bench.ids, m))
     control = _with(extra, reward_matrix({**member_cols, **no_offer_items(n)}, np.zeros(n),
                                          data.service_features), names, bench.ids)
-    s = reward_scores(predict(offer), np.repeat(predict(control), m, axis=0))
-    v = bench.value(bench.estimate(s["uplift"].reshape(n, m), s["propensity"].reshape(n, m)))
+    proba = np.concatenate([predict(offer).reshape(n, m, -1), predict(control).reshape(n, 1, -1)],
+                           axis=1).reshape(n * (m + 1), -1)
+    s = scores_from_proba(proba, n)
+    v = bench.value(bench.estimate(s.uplift, s.propensity))
     print(json.dumps({"refit": variant, "fit_s": round(fit_s), "rounds": rounds,
                       "propensity_auc": round(auc(rows["redeemed"].to_numpy()[treated],
                                                   proba[treated, 2]), 4),

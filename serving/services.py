@@ -20,14 +20,14 @@ from serving.decisioning.candidates import (
 )
 from serving import worker_group
 from serving.config import ServeSettings, StoreSettings
-from serving.stores.events import (
-    EventIn, EventStore, ExposureRecord, open_event_store,
-)
+from serving.contract.events import EventIn, ExposureRecord
+from serving.stores.events import EventStore, open_event_store
 from serving.experiments.registry import ExperimentCache
 from serving.stores.models import ChampionSource, ModelManager
 from serving.api.observability import Metrics
-from serving.stores.online import MemberRow, OnlineFeatureReader
-from serving.decisioning.recommend import Catalog, Decision, MemberFacts, Recommender
+from serving.stores.features import MemberRow, OnlineFeatureReader
+from serving.decisioning.recommend import Decision, MemberFacts, Recommender
+from serving.stores.catalog import load_catalog, read_catalog
 from serving.decisioning.rules import cost_multiplier, day_fraction, load_rules
 from serving.worker_group import HEARTBEAT_SECONDS, WorkerGroup
 from serving.stores.writer import GroupCommitter
@@ -239,7 +239,7 @@ class Services:
 
 def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metrics) -> Services:
     """Open every dependency; record (not raise) what is unavailable."""
-    from serving.stores.feature_store import open_store, service_feature_names
+    from serving.stores.features import open_store, service_feature_names
 
     problems: dict[str, str] = {}
     events = open_event_store(settings.events(store))
@@ -254,7 +254,7 @@ def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metri
         problems["feature_store"] = f"{type(exc).__name__}: {exc}"
         reward_features = pd.read_parquet(store.features_dir / "reward_features.parquet")
         challenge_features = pd.read_parquet(store.features_dir / "challenge_features.parquet")
-    catalog = Catalog.load(settings.catalog(store), reward_features.drop(
+    catalog = load_catalog(settings.catalog(store), reward_features.drop(
         columns=["event_timestamp"], errors="ignore"), challenge_features.drop(
         columns=["event_timestamp"], errors="ignore"))
 
@@ -310,12 +310,12 @@ def _log_exposures(events: EventStore):  # noqa: ANN202
 def _item_features(feast_store: Any, settings: ServeSettings, store: StoreSettings
                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Catalog item features from the online store, once: they change with the catalog only."""
-    catalog_dir = settings.catalog(store)
-    ids = pd.read_parquet(catalog_dir / "rewards.parquet")["reward_id"].tolist()
+    catalog_rewards, catalog_challenges = read_catalog(settings.catalog(store))
+    ids = catalog_rewards["reward_id"].tolist()
     rewards = feast_store.get_online_features(
         features=feast_store.get_feature_service(settings.reward_service),
         entity_rows=[{"reward_id": r, "member_id": 0} for r in ids]).to_df()
-    cids = pd.read_parquet(catalog_dir / "challenges.parquet")["challenge_id"].tolist()
+    cids = catalog_challenges["challenge_id"].tolist()
     challenges = feast_store.get_online_features(
         features=feast_store.get_feature_service(settings.difficulty_service),
         entity_rows=[{"challenge_id": c, "member_id": 0} for c in cids]).to_df()

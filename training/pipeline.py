@@ -13,22 +13,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from serving.decisioning.candidates import DIFFICULTY_DECREASING
 from serving.config import StoreSettings
-from serving.stores.feature_store import open_store, service_feature_names
 from serving.contract.model_meta import ModelMetadata
-from training.evaluation import plots
+from serving.decisioning.candidates import DIFFICULTY_DECREASING
+from serving.stores.features import open_store, service_feature_names
 from training.config import TrainSettings
 from training.data.datasets import (
-    DIFFICULTY_CLASSES, REWARD_CLASSES, Dataset, TimeSplit, difficulty_dataset, reward_dataset,
+    DIFFICULTY_CLASSES,
+    REWARD_CLASSES,
+    Dataset,
+    TimeSplit,
+    difficulty_dataset,
+    reward_dataset,
 )
-from training.evaluation.evaluate import (
-    Evaluation, WorldTruth, evaluate_difficulty, evaluate_reward, fit_value_params,
-)
+from training.data.world import read_world_meta
+from training.evaluation import plots
+from training.evaluation.difficulty import evaluate_difficulty
+from training.evaluation.evaluate import Evaluation, fit_value_params
+from training.evaluation.reward import evaluate_reward
 from training.models.lgbm import fit_classifier
 
 Progress = Callable[[str], None]
@@ -47,6 +54,14 @@ class TrainResult:
 
 def _quiet(_: str) -> None:
     return None
+
+
+def _oracle(world_dir: Path) -> ModuleType | None:
+    """``training.simulate.oracle`` when the world is a simulated one that carries its hidden
+    truth, else None: a real program's data has no oracle, and every step works without it."""
+    from training.simulate import oracle
+
+    return oracle if oracle.available(world_dir) else None
 
 
 class _Timer:
@@ -86,18 +101,22 @@ def train_reward(store: StoreSettings, settings: TrainSettings,
     with timer.step(f"LightGBM on {int((data.part == 'train').sum()):,} offers"):
         model = fit_classifier(data, settings, objective="multiclass", client=client)
     split = data.split
-    with timer.step("evaluation against the hidden truth"):
-        world = WorldTruth.load(store.world_dir)
-        value_params = fit_value_params(data, world.margin)
-        ev = evaluate_reward(model, data, split, store.features_dir, world,
+    with timer.step("held-out evaluation (test period)"):
+        value_params = fit_value_params(data, read_world_meta(store.world_dir).margin)
+        ev = evaluate_reward(model, data, split, store.features_dir,
                              settings.policy_eval_members, value_params, settings.seed)
+    oracle = _oracle(store.world_dir)
+    if oracle is not None:
+        with timer.step("oracle figures (simulated world)"):
+            oracle.add_reward_figures(ev, model, data.service_features, store.world_dir,
+                                      value_params)
     plot_dir = store.data / "reports" / settings.reward_model_name
     with timer.step("plots"):
         pngs = {
             "calibration_propensity.png": plots.calibration_plot(
                 ev.curves["propensity_calibration"], "P(redeem) calibration, test period",
                 plot_dir / "calibration_propensity.png"),
-            "qini.png": plots.qini_plot(ev.curves["qini_model"], ev.curves["qini_oracle"],
+            "qini.png": plots.qini_plot(ev.curves["qini_model"], ev.curves.get("qini_oracle"),
                                         plot_dir / "qini.png"),
             "feature_importance.png": plots.importance_plot(
                 data.input_names, model.booster_.feature_importance("gain"),
@@ -121,10 +140,13 @@ def train_difficulty(store: StoreSettings, settings: TrainSettings,
         model = fit_classifier(data, settings, objective="binary",
                                monotone_decreasing=DIFFICULTY_DECREASING, client=client)
     split = data.split
-    with timer.step("evaluation against the hidden truth"):
-        world = WorldTruth.load(store.world_dir)
-        ev = evaluate_difficulty(model, data, split, store.features_dir, world,
-                                 settings.flow_zone, settings.seed)
+    with timer.step("held-out evaluation (test period)"):
+        ev = evaluate_difficulty(model, data, split, store.features_dir, settings.flow_zone,
+                                 settings.seed)
+    oracle = _oracle(store.world_dir)
+    if oracle is not None:
+        with timer.step("oracle figures (simulated world)"):
+            oracle.add_difficulty_figures(ev, store.world_dir, settings.flow_zone)
     plot_dir = store.data / "reports" / settings.difficulty_model_name
     with timer.step("plots"):
         pngs = {
@@ -147,8 +169,7 @@ def _publish(name: str, model, data: Dataset, split: TimeSplit, ev: Evaluation, 
              settings: TrainSettings, timer: _Timer,
              value_params: dict[str, float] | None = None) -> TrainResult:
     """Export + parity check, MLflow run, registration, local model cache."""
-    from training.models import export
-    from training.models import tracking
+    from training.models import export, tracking
 
     metrics = {k: float(v) for k, v in ev.metrics.items()}
     meta = ModelMetadata(
@@ -183,7 +204,8 @@ def _publish(name: str, model, data: Dataset, split: TimeSplit, ev: Evaluation, 
 
 def evaluate_registered(store: StoreSettings, settings: TrainSettings, alias: str = "champion",
                         progress: Progress = _quiet) -> dict[str, object]:
-    """Re-measure the registered models (by alias) on the test period, against the truth."""
+    """Re-measure the registered models (by alias) on the test period; on a simulated world
+    that carries its hidden truth, the oracle figures too."""
     import mlflow.lightgbm
     from mlflow import MlflowClient
 
@@ -192,7 +214,8 @@ def evaluate_registered(store: StoreSettings, settings: TrainSettings, alias: st
 
     tracking.configure_mlflow(store.tracking_uri, store.artifact_root,
                               settings.experiment)
-    world = WorldTruth.load(store.world_dir)
+    margin = read_world_meta(store.world_dir).margin
+    oracle = _oracle(store.world_dir)
     out: dict[str, object] = {}
     versions: dict[str, str] = {}
     shares = (settings.valid_share, settings.test_share)
@@ -212,13 +235,18 @@ def evaluate_registered(store: StoreSettings, settings: TrainSettings, alias: st
         features = service_feature_names(open_store(store), service)
         data = build(store, store.world_dir, shares, service, features)
         if name == settings.reward_model_name:
-            params = meta.value_params if meta and meta.value_params else fit_value_params(
-                data, world.margin)
-            ev = evaluate_reward(model, data, data.split, store.features_dir, world,
+            params = ({"margin": margin, **meta.value_params} if meta and meta.value_params
+                      else fit_value_params(data, margin))
+            ev = evaluate_reward(model, data, data.split, store.features_dir,
                                  settings.policy_eval_members, params, settings.seed)
+            if oracle is not None:
+                oracle.add_reward_figures(ev, model, data.service_features, store.world_dir,
+                                          params)
         else:
-            ev = evaluate_difficulty(model, data, data.split, store.features_dir, world,
+            ev = evaluate_difficulty(model, data, data.split, store.features_dir,
                                      settings.flow_zone, settings.seed)
+            if oracle is not None:
+                oracle.add_difficulty_figures(ev, store.world_dir, settings.flow_zone)
         out.update(ev.metrics)
     out["models"] = versions
     return out

@@ -32,7 +32,7 @@ from serving.batch.scoring import (
 )
 from serving.batch.compiled import CompiledModel, compile_native
 from serving.stores.models import LoadedModel, load_onnx
-from serving.decisioning.recommend import Catalog
+from serving.decisioning.catalog import Catalog
 
 if TYPE_CHECKING:
     from distributed import Client

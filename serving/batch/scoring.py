@@ -25,7 +25,8 @@ from serving.contract.model_meta import ModelMetadata
 from serving.stores.models import LoadedModel, ModelRefused
 from serving.decisioning.ranking import flow_zone_targets, member_basket, target_layout
 from serving.decisioning.scoring import member_matrix, score_member_rows
-from serving.decisioning.recommend import DEFAULT_MARGIN, Catalog, candidate_rows
+from serving.decisioning.catalog import Catalog
+from serving.decisioning.recommend import DEFAULT_MARGIN, candidate_rows
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from serving.contract.events import MAX_MEMBER_ID, EventIn
 from serving.contract.vocabulary import REGIONS, TIERS
-from serving.stores.events import MAX_MEMBER_ID, EventIn
 
 ItemId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,16}$")]
 Channel = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]

@@ -7,19 +7,6 @@ from collections.abc import Mapping
 import numpy as np
 
 
-def reward_scores(proba_offer: np.ndarray, proba_control: np.ndarray) -> dict[str, np.ndarray]:
-    """Propensity, conversion and uplift from the reward model's 3-class probabilities.
-
-    Classes: no conversion, converted without redeeming, redeemed (see training.data.datasets).
-    ``proba_control`` is the no-offer row of the same member, broadcast against the offers.
-    """
-    p_redeem = proba_offer[:, 2]
-    p_convert = proba_offer[:, 1] + proba_offer[:, 2]
-    p_control = proba_control[:, 1] + proba_control[:, 2]
-    return {"propensity": p_redeem, "p_convert": p_convert, "p_control": p_control,
-            "uplift": p_convert - p_control}
-
-
 def expected_value(uplift: np.ndarray, p_redeem: np.ndarray, basket_value: np.ndarray,
                    cost: np.ndarray, margin: float, cost_multiplier: float = 1.0) -> np.ndarray:
     """Incremental profit of an offer: margin x basket x uplift - lambda x P(redeem) x cost.

@@ -15,10 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from pydantic import ValidationError
 
 from serving.decisioning.candidates import (
@@ -26,11 +24,12 @@ from serving.decisioning.candidates import (
     reward_matrix,
 )
 from serving.contract.vocabulary import NEVER_DAYS, TIERS, code
-from serving.stores.events import DecisionRecord, ExposureRecord
+from serving.contract.events import DecisionRecord, ExposureRecord
 from serving.decisioning.ids import random_bits
 from serving.decisioning.ranking import (
-    flow_zone_choice, flow_zone_targets, member_basket, target_layout,
+    flow_zone_choice, flow_zone_targets, member_basket,
 )
+from serving.decisioning.catalog import Catalog
 from serving.decisioning.scoring import ScoringModel, scores_from_proba
 from serving.decisioning.rules import Rules, Slate, novelty_factor, select_slate
 from serving.contract.schemas import ChallengeOut, RecommendationResponse, RewardOut
@@ -51,64 +50,6 @@ def new_decision_id() -> str:
     value = ((time.time_ns() // 1_000_000) << 80) | (0x7 << 76) | (rand_a << 64) \
         | (0b10 << 62) | rand_b
     return f"{value:032x}"
-
-
-@dataclass(frozen=True)
-class Catalog:
-    """Rewards and challenge templates: display attributes plus cached model features."""
-
-    rewards: pd.DataFrame  # reward_id, name, reward_type, category, cost, min_tier + features
-    challenges: pd.DataFrame  # challenge_id, name, kind, unit, duration_days, points + features
-    targets: pd.DataFrame  # one row per (challenge_id, allowed target) + template features
-
-    def __post_init__(self) -> None:
-        # The request path works on these numpy columns: pandas indexing costs ~10 us a call,
-        # and a request would make hundreds of them.
-        object.__setattr__(self, "reward_cols", _columns(self.rewards))
-        object.__setattr__(self, "target_cols", _columns(self.targets))
-        # integer codes for the per-request rules (category caps, one target per template,
-        # one challenge per kind): sorting strings on every request costs more than the rules
-        for name, frame, column in (("reward_category_index", self.rewards, "category"),
-                                    ("target_template_index", self.targets, "challenge_id"),
-                                    ("target_kind_index", self.targets, "kind")):
-            codes = np.unique(frame[column].to_numpy(), return_inverse=True)[1]
-            object.__setattr__(self, name, codes.astype(np.int64))
-        object.__setattr__(self, "template_ids", self.challenges["challenge_id"].tolist())
-        # every template's grid rows by target: the flow-zone choice as one argmin per template
-        object.__setattr__(self, "target_layout", target_layout(
-            self.target_template_index, self.target_cols["target"]))  # type: ignore[attr-defined]
-
-    @classmethod
-    def load(cls, catalog_dir: Path, reward_features: pd.DataFrame,
-             challenge_features: pd.DataFrame) -> Catalog:
-        rewards = pd.read_parquet(catalog_dir / "rewards.parquet").merge(
-            reward_features, on="reward_id", validate="one_to_one")
-        challenges = pd.read_parquet(catalog_dir / "challenges.parquet").merge(
-            challenge_features, on="challenge_id", validate="one_to_one")
-        rows = []
-        for _, c in challenges.iterrows():
-            targets = np.arange(c["min_target"], c["max_target"] + c["target_step"] / 2,
-                                c["target_step"])
-            rows.append(pd.DataFrame({"challenge_id": c["challenge_id"], "target": targets}))
-        targets = pd.concat(rows, ignore_index=True).merge(challenges, on="challenge_id")
-        rewards["min_tier_rank"] = [code(TIERS, t) for t in rewards["min_tier"]]
-        return cls(rewards.reset_index(drop=True), challenges.reset_index(drop=True), targets)
-
-    @classmethod
-    def from_offline(cls, catalog_dir: Path, features_dir: Path) -> Catalog:
-        """Item features from the offline parquet (batch jobs that need no online store)."""
-        read = lambda name: pd.read_parquet(features_dir / name).drop(  # noqa: E731
-            columns="event_timestamp")
-        return cls.load(catalog_dir, read("reward_features.parquet"),
-                        read("challenge_features.parquet"))
-
-
-def _columns(frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    out = {}
-    for c in frame.columns:
-        v = frame[c].to_numpy()
-        out[c] = v.astype(np.float32) if c in (*REWARD_ITEM_COLUMNS, *CHALLENGE_ITEM_COLUMNS) else v
-    return out
 
 
 @dataclass

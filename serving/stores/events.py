@@ -10,186 +10,25 @@ as BIGINT microseconds since the epoch, UTC: the two engines share no timestamp 
 none), while integers compare, index and round-trip identically in both.
 
 Writes block on an fsync (about a millisecond or more): call them from a worker thread, not from
-the event loop. The store is thread-safe: one connection per thread.
+the event loop. The store is thread-safe: one connection per thread (``SqlStore``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
-import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from types import TracebackType
-from typing import Annotated, Any, Literal, Protocol, Self
+from typing import Any, Protocol
 
 import pandas as pd
-from pydantic import (
-    AwareDatetime,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+
+from serving.contract.events import DecisionRecord, EventIn, ExposureRecord
+from serving.stores.sql import ROWS_PER_STATEMENT, Dialect, SqlStore, dialect_for
 
 log = logging.getLogger(__name__)
-
-EventType = Literal[
-    "impression", "redemption", "challenge_completed", "purchase",
-    "consent_withdrawn", "consent_granted",
-]
-Identifier = Annotated[
-    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
-]
-ItemId = Annotated[
-    str, StringConstraints(min_length=1, max_length=16, pattern=r"^[A-Za-z0-9_.:-]+$")
-]
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=32)]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-PropertyValue = Annotated[str, StringConstraints(max_length=256)] | int | Finite | bool
-#: Ids are pseudonymous integers; 2**53 - 1 keeps them exact in JSON and within BIGINT.
-MAX_MEMBER_ID = 9_007_199_254_740_991
-
-
-_EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-_LATEST = datetime(2100, 1, 1, tzinfo=UTC)
-
-
-def _utc(value: datetime) -> datetime:
-    """In UTC, and within a sane range (an overflowing offset must be a 422, not a crash)."""
-    try:
-        out = value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("timestamp out of range") from None
-    if not _EARLIEST <= out < _LATEST:
-        raise ValueError("timestamp must be between 2000-01-01 and 2100-01-01 (UTC)")
-    return out
-
-
-class EventIn(BaseModel):
-    """A feedback event sent by a CRM automation or the app.
-
-    ``challenge_id`` is declared before ``reward_id`` on purpose: field validators see only the
-    fields before them, and whether ``reward_id`` is required depends on ``challenge_id``.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    event_id: Identifier
-    event_type: EventType
-    member_id: int = Field(ge=1, le=MAX_MEMBER_ID)
-    timestamp: AwareDatetime
-    decision_id: Identifier | None = None
-    challenge_id: ItemId | None = Field(None, validate_default=True)
-    reward_id: ItemId | None = Field(None, validate_default=True)
-    amount: float | None = Field(None, ge=0, le=1e7, allow_inf_nan=False, validate_default=True)
-    cost: float | None = Field(None, ge=0, le=1e7, allow_inf_nan=False)
-    properties: dict[Annotated[str, StringConstraints(min_length=1, max_length=64)],
-                     PropertyValue] | None = Field(None, max_length=20)
-
-    _timestamp_utc = field_validator("timestamp")(_utc)
-
-    @field_validator("properties", mode="before")
-    @classmethod
-    def _exact_integers(cls, value: Any) -> Any:
-        """Integers beyond 2**53 lose digits in JSON clients (and would silently become floats
-        in the union below): refuse them."""
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if isinstance(item, int) and not isinstance(item, bool) and (
-                        abs(item) > MAX_MEMBER_ID):
-                    raise ValueError(f"{key!r}: integers must be within +-(2**53 - 1)")
-        return value
-
-    @field_validator("challenge_id")
-    @classmethod
-    def _challenge_required(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is None and info.data.get("event_type") == "challenge_completed":
-            raise ValueError("required for challenge_completed events")
-        return value
-
-    @field_validator("reward_id")
-    @classmethod
-    def _reward_required(cls, value: str | None, info: ValidationInfo) -> str | None:
-        # Skip when challenge_id itself was invalid: its own error is the one to report.
-        if (value is None and info.data.get("event_type") in ("impression", "redemption")
-                and "challenge_id" in info.data and info.data["challenge_id"] is None):
-            raise ValueError(
-                f"required for {info.data['event_type']} events without a challenge_id")
-        return value
-
-    @field_validator("amount")
-    @classmethod
-    def _amount_required(cls, value: float | None, info: ValidationInfo) -> float | None:
-        if value is None and info.data.get("event_type") == "purchase":
-            raise ValueError("required for purchase events")
-        return value
-
-
-class DecisionItem(BaseModel):
-    """One reward or challenge in a recommendation, with what is needed to learn from it later."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    item_type: Literal["reward", "challenge"]
-    item_id: ItemId
-    rank: int = Field(ge=0)
-    score: Finite
-    shown_probability: float = Field(ge=0, le=1)  # logging propensity, for off-policy evaluation
-    target: Finite | None = None
-    cost: float | None = Field(None, ge=0, allow_inf_nan=False)
-
-
-class DecisionRecord(BaseModel):
-    """A recommendation as served: who, when, which arm and models, and what was offered."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    decision_id: Identifier
-    member_id: int = Field(ge=1)
-    created_at: AwareDatetime
-    channel: ShortText
-    arm: ShortText | None = None
-    experiment_id: Identifier | None = None
-    model_versions: dict[str, str] = Field(default_factory=dict)
-    items: list[DecisionItem] = Field(default_factory=list)
-    flags: dict[str, bool] = Field(default_factory=dict)
-
-    _created_at_utc = field_validator("created_at")(_utc)
-
-    @model_validator(mode="after")
-    def _items_unique(self) -> Self:
-        """An item offered twice in one decision would make cost attribution ambiguous."""
-        keys = {(item.item_type, item.item_id) for item in self.items}
-        if len(keys) != len(self.items):
-            raise ValueError("items must not repeat an (item_type, item_id) pair")
-        return self
-
-
-class ExposureRecord(BaseModel):
-    """A member's exposure to an experiment arm; only the first per experiment is kept."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    experiment_id: Identifier
-    member_id: int = Field(ge=1)
-    arm: ShortText
-    exposed_at: AwareDatetime
-    decision_id: Identifier
-    channel: ShortText
-    tier: ShortText | None = None
-    uplift_score: Finite | None = None
-
-    _exposed_at_utc = field_validator("exposed_at")(_utc)
 
 
 class EventStore(Protocol):
@@ -316,8 +155,6 @@ _DECISION_COLUMNS = ("decision_id", "member_id", "created_us", "channel", "arm",
                      "model_versions", "flags")
 _ITEM_COLUMNS = ("decision_id", "item_type", "item_id", "member_id", "created_us", "item_rank",
                  "score", "shown_probability", "target", "cost")
-#: Rows per multi-row INSERT: 500 x 12 parameters stays far below both engines' limits.
-_ROWS_PER_STATEMENT = 500
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -340,106 +177,14 @@ def _digest(event: EventIn) -> str:
     return hashlib.sha256(_json(event.model_dump(mode="json")).encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class _Dialect:
-    """What differs between the engines; everything else is shared SQL."""
-
-    connect: Callable[[], Any]
-    placeholder: str
-    #: SQLite takes the write lock at BEGIN IMMEDIATE, so a second writer waits (busy_timeout)
-    #: instead of failing when a read transaction tries to upgrade.
-    begin: str
-    #: SQLite has a single writer: threads queue on a Python lock rather than in SQLite's
-    #: sleep-and-retry busy handler, which adds milliseconds of latency under contention.
-    serialize_writes: bool
-    #: Statement run before the DDL so that replicas starting together do not race on it.
-    schema_lock: str | None
-
-    def sql(self, sql: str) -> str:
-        """Statements are written with ``?`` placeholders; PostgreSQL's driver wants ``%s``."""
-        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
-
-
-class SqlEventStore:
+class SqlEventStore(SqlStore):
     """The event store over a DB-API driver; see :func:`open_event_store`."""
 
-    def __init__(self, dialect: _Dialect) -> None:
-        self._dialect = dialect
-        self._write_lock: AbstractContextManager[Any] = (
-            threading.Lock() if dialect.serialize_writes else nullcontext())
-        self._connections: dict[threading.Thread, Any] = {}
-        self._connections_lock = threading.Lock()
-        self._closed = False
+    def __init__(self, dialect: Dialect) -> None:
         self._stats_lock = threading.Lock()
         self._replayed = 0
         self._conflicting = 0
-        with self._write() as cur:
-            if dialect.schema_lock:
-                cur.execute(dialect.schema_lock)
-            for statement in _SCHEMA:
-                cur.execute(statement)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    # -- connections and transactions -------------------------------------------------------
-
-    def _connection(self) -> Any:
-        """This thread's connection; opened on first use, and again if the server dropped it."""
-        thread = threading.current_thread()
-        conn = self._connections.get(thread)
-        if conn is not None and not getattr(conn, "closed", False):  # psycopg marks lost ones
-            return conn
-        with self._connections_lock:
-            if self._closed:
-                raise RuntimeError("the event store is closed")
-            # Worker threads come and go (anyio retires idle ones): drop their connections.
-            for dead in [t for t in self._connections if not t.is_alive()]:
-                self._connections.pop(dead).close()
-            conn = self._connections[thread] = self._dialect.connect()
-        return conn
-
-    def _sql(self, sql: str) -> str:
-        return self._dialect.sql(sql)
-
-    @contextmanager
-    def _write(self) -> Iterator[Any]:
-        """One write transaction; it has committed when the block exits without error."""
-        conn = self._connection()
-        with self._write_lock:
-            cur = conn.cursor()
-            cur.execute(self._dialect.begin)
-            try:
-                yield cur
-                cur.execute("COMMIT")
-            except BaseException:
-                with suppress(Exception):  # the original error is the one worth raising
-                    cur.execute("ROLLBACK")
-                raise
-
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        cur = self._connection().cursor()
-        cur.execute(self._sql(sql), tuple(params))
-        return list(cur.fetchall())
-
-    def _insert(self, cur: Any, table: str, columns: Sequence[str], key: str,
-                rows: Sequence[Sequence[Any]]) -> set[Any]:
-        """Insert rows, skipping existing keys; returns the first key column of the rows added."""
-        added: set[Any] = set()
-        row_marks = "(" + ", ".join(["?"] * len(columns)) + ")"
-        for start in range(0, len(rows), _ROWS_PER_STATEMENT):
-            chunk = rows[start:start + _ROWS_PER_STATEMENT]
-            cur.execute(self._sql(
-                f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
-                f"{', '.join([row_marks] * len(chunk))} "
-                f"ON CONFLICT ({key}) DO NOTHING RETURNING {columns[0]}"
-            ), [value for row in chunk for value in row])
-            added.update(row[0] for row in cur.fetchall())
-        return added
+        super().__init__(dialect, _SCHEMA, "event store")
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -469,8 +214,8 @@ class SqlEventStore:
             added = self._insert(cur, "events", _EVENT_COLUMNS, "event_id", rows)
         # Stored rows are never updated, so reading the kept payloads after commit is safe.
         stored = [event_id for event_id in digests if event_id not in added]
-        for start in range(0, len(stored), _ROWS_PER_STATEMENT):
-            chunk = stored[start:start + _ROWS_PER_STATEMENT]
+        for start in range(0, len(stored), ROWS_PER_STATEMENT):
+            chunk = stored[start:start + ROWS_PER_STATEMENT]
             kept = self._query("SELECT event_id, payload_sha256 FROM events "
                                f"WHERE event_id IN ({', '.join(['?'] * len(chunk))})", chunk)
             digests.update({event_id: digest for event_id, digest in kept})
@@ -683,13 +428,6 @@ class SqlEventStore:
             log.warning("event store ping failed", exc_info=True)
             return False
 
-    def close(self) -> None:
-        with self._connections_lock:
-            self._closed = True
-            for conn in self._connections.values():
-                conn.close()
-            self._connections.clear()
-
 
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
@@ -702,45 +440,6 @@ def _with_times(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
     return frame
 
 
-def _sqlite_dialect(path: Path) -> _Dialect:
-    if sqlite3.sqlite_version_info < (3, 35):
-        raise RuntimeError(f"SQLite {sqlite3.sqlite_version} lacks RETURNING; 3.35+ is needed")
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def connect() -> sqlite3.Connection:
-        # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
-        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode != "wal":
-            conn.close()
-            raise RuntimeError(f"{path}: SQLite refused WAL mode (got {mode!r})")
-        conn.execute("PRAGMA synchronous=FULL")  # per connection: fsync the WAL at each commit
-        return conn
-
-    return _Dialect(connect=connect, placeholder="?", begin="BEGIN IMMEDIATE",
-                    serialize_writes=True, schema_lock=None)
-
-
-def _postgres_dialect(url: str) -> _Dialect:
-    for name in ("psycopg", "psycopg2"):  # imported here: only PostgreSQL users need a driver
-        try:
-            driver = importlib.import_module(name)
-            break
-        except ImportError:
-            continue
-    else:
-        raise RuntimeError("a postgresql:// event store needs psycopg 3 "
-                           "(pip install 'psycopg[binary]') or psycopg2")
-
-    def connect() -> Any:
-        conn = driver.connect(url)
-        conn.autocommit = True  # as with SQLite: reads stand alone, writes BEGIN explicitly
-        return conn
-
-    return _Dialect(connect=connect, placeholder="%s", begin="BEGIN", serialize_writes=False,
-                    schema_lock="SELECT pg_advisory_xact_lock(7215480111)")
-
-
 def open_event_store(url: str) -> EventStore:
     """Open (creating the schema if needed) the store at ``url``.
 
@@ -749,15 +448,3 @@ def open_event_store(url: str) -> EventStore:
     ``postgresql://user:pass@host:port/db``.
     """
     return SqlEventStore(dialect_for(url, "event store"))
-
-
-def dialect_for(url: str, what: str) -> _Dialect:
-    """The engine behind a store URL (the event store's and the key store's forms)."""
-    if url.startswith("sqlite:///"):
-        path = Path(url.removeprefix("sqlite:///"))
-        if not path.is_absolute():
-            raise ValueError(f"{url!r}: give an absolute path, e.g. sqlite:////data/events.db")
-        return _sqlite_dialect(path)
-    if url.startswith(("postgresql://", "postgres://")):
-        return _postgres_dialect(url)
-    raise ValueError(f"unsupported {what} URL {url!r}: use sqlite:/// or postgresql://")

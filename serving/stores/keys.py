@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from serving.stores.events import _Dialect, dialect_for
+from serving.stores.sql import Dialect as _Dialect
+from serving.stores.sql import dialect_for
 
 #: Every scope a key may hold; routes ask for exactly one.
 SCOPES: tuple[str, ...] = ("recommend", "events", "experiments:read", "experiments:write",

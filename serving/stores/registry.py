@@ -130,12 +130,15 @@ def download_version(tracking_uri: str, name: str, version: str, dest_root: Path
     target = dest_root / name / str(version)
     if not refresh and (target / MODEL_FILE).is_file():
         return target / MODEL_FILE
-    run_id = _client(tracking_uri).get_model_version(name, str(version)).run_id
+    client = _client(tracking_uri)
+    run_id = client.get_model_version(name, str(version)).run_id
+    # Not a models:/ URI: MLflow resolves those through the process-wide registry URI, which in
+    # a server that never set one is sqlite:///<cwd>/mlflow.db (created empty, then "not found").
+    location = client.get_model_version_download_uri(name, str(version))
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{version}-") as staging:
-        downloaded = Path(download_artifacts(
-            artifact_uri=f"models:/{name}/{version}", dst_path=staging,
-            tracking_uri=tracking_uri))
+        downloaded = Path(download_artifacts(artifact_uri=location, dst_path=staging,
+                                             tracking_uri=tracking_uri))
         found = next(downloaded.rglob("*.onnx"), None) if downloaded.is_dir() else downloaded
         if found is None:
             raise ModelRefused(f"{name} v{version}: no ONNX file in the registered model")

@@ -30,7 +30,7 @@ def reference_score_members(members: pd.DataFrame, catalog, reward_model,  # noq
         CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, cross, difficulty_matrix, no_offer_items,
         reward_matrix,
     )
-    from serving.decisioning.ranking import basket_estimate, expected_value, flow_zone_choice, reward_scores
+    from serving.decisioning.ranking import basket_estimate, expected_value, flow_zone_choice
     from serving.decisioning.recommend import DEFAULT_MARGIN
 
     n = len(members)
@@ -44,7 +44,9 @@ def reference_score_members(members: pd.DataFrame, catalog, reward_model,  # noq
                    reward_matrix({**member_cols, **no_offer_items(n)}, np.zeros(n), r_names)])
     proba = reward_model.predict(X)
     offer, control = proba[: n * m], proba[n * m:]
-    s = reward_scores(offer, np.repeat(control, m, axis=0))
+    control = np.repeat(control, m, axis=0)  # the old ranking.reward_scores, inlined:
+    p_convert, p_control = offer[:, 1] + offer[:, 2], control[:, 1] + control[:, 2]
+    s = {"propensity": offer[:, 2], "uplift": p_convert - p_control}
     params = reward_model.meta.value_params
     basket = basket_estimate(members["avg_basket_90d"].to_numpy(),
                              params.get("basket_multiplier", 1.0),
@@ -89,9 +91,9 @@ def reference_score_members(members: pd.DataFrame, catalog, reward_model,  # noq
 def world(trained_store):  # noqa: ANN001, ANN201
     """The trained small store's catalog, members, champion ONNX models and native paths."""
     from serving.batch.scoring import latest_member_features
-    from serving.stores.feature_store import open_store, service_feature_names
+    from serving.stores.features import open_store, service_feature_names
     from serving.stores.models import ChampionSource, load_onnx
-    from serving.decisioning.recommend import Catalog
+    from serving.stores.catalog import load_offline_catalog
 
     store: StoreSettings = trained_store[0]
     feast_store = open_store(store)
@@ -104,7 +106,7 @@ def world(trained_store):  # noqa: ANN001, ANN201
         native[name] = source.native(name, version)
     features = store.features_dir / "member_features.parquet"
     return {"store": store, "features": features, "members": latest_member_features(features),
-            "catalog": Catalog.from_offline(store.world_dir, store.features_dir),
+            "catalog": load_offline_catalog(store.world_dir, store.features_dir),
             "onnx": onnx, "native": native}
 
 

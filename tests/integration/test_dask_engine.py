@@ -36,7 +36,7 @@ def client() -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def champions(trained_store):  # noqa: ANN001, ANN201
-    from serving.stores.feature_store import open_store, service_feature_names
+    from serving.stores.features import open_store, service_feature_names
     from serving.stores.models import ChampionSource, load_onnx
 
     store: StoreSettings = trained_store[0]
@@ -55,11 +55,11 @@ def test_batch_scores_are_identical(trained_store, champions, client,  # noqa: A
                                     tmp_path: Path) -> None:
     from serving.batch.scoring import score_batch
     from serving.batch.partitioned import score_batch_dask
-    from serving.decisioning.recommend import Catalog
+    from serving.stores.catalog import load_offline_catalog
 
     store: StoreSettings = trained_store[0]
     features = store.features_dir / "member_features.parquet"
-    catalog = Catalog.from_offline(store.world_dir, store.features_dir)
+    catalog = load_offline_catalog(store.world_dir, store.features_dir)
     local, dask = tmp_path / "local.parquet", tmp_path / "dask.parquet"
     n_local = score_batch(features, catalog, champions["reward"], champions["difficulty"], local,
                           chunk_size=2_000)
@@ -81,11 +81,11 @@ def test_compiled_runtime_on_dask_equals_single_process(trained_store, champions
     from serving.batch.partitioned import ShippedCompiled, score_batch_dask, score_partition
     from serving.batch.compiled import ParityRefused, compile_native
     from serving.stores.models import ChampionSource
-    from serving.decisioning.recommend import Catalog
+    from serving.stores.catalog import load_offline_catalog
 
     store: StoreSettings = trained_store[0]
     features = store.features_dir / "member_features.parquet"
-    catalog = Catalog.from_offline(store.world_dir, store.features_dir)
+    catalog = load_offline_catalog(store.world_dir, store.features_dir)
     source = ChampionSource(store.tracking_uri, store.models)
     compiled = {name: compile_native(source.native(name, source.champion(name)[0]), model,
                                      tmp_path / "compiled")
@@ -145,7 +145,7 @@ def test_batch_csv_output_and_cli_flags(trained_store, tmp_path: Path,  # noqa: 
 
 @pytest.fixture(scope="module")
 def datasets(trained_store):  # noqa: ANN001, ANN201
-    from serving.stores.feature_store import open_store, service_feature_names
+    from serving.stores.features import open_store, service_feature_names
     from training.data.datasets import difficulty_dataset, reward_dataset
 
     store, settings = trained_store[0], trained_store[1]
@@ -189,7 +189,7 @@ def test_replayed_early_stopping_matches_lightgbm(datasets) -> None:  # noqa: AN
     import lightgbm as lgb
 
     from training.models.dask_train import replay_early_stopping
-    from training.models.lgbm import lgbm_params
+    from training.models.params import lgbm_params
 
     settings, _, data = datasets
     X, y = data.subset("train")

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from serving.config import StoreSettings
-from serving.stores.feature_store import open_store, service_feature_names, service_feature_refs
+from serving.stores.features import open_store, service_feature_names, service_feature_refs
 from training.data.feast_ops import apply_repo, historical_features, materialize_world
 from training.data.features import build_features, member_feature_names
 
@@ -81,10 +81,10 @@ def test_historical_join_is_point_in_time(store_settings: StoreSettings) -> None
 
 def test_serving_reader_returns_what_feast_returns(store_settings: StoreSettings) -> None:
     """The request path reads the SQLite online store with one plain query and decodes Float32
-    values from their bytes (serving/stores/online.py); for every member (and an unknown one) it must
+    values from their bytes (serving/stores/features.py); for every member (and an unknown one) it must
     give exactly Feast's online_read answer: the same values for the same features, the same
     timestamp."""
-    from serving.stores.online import OnlineFeatureReader, _as_float
+    from serving.stores.features import OnlineFeatureReader, _as_float
     from serving.services import MEMBER_VIEW
 
     store = open_store(store_settings)

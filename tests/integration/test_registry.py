@@ -275,6 +275,33 @@ def test_download_champion_writes_a_stamped_copy(
     assert sorted(p.name for p in (cache / name).iterdir()) == ["1"]  # no staging left behind
 
 
+def test_champion_source_downloads_with_its_own_uri_only(
+    name: str, store: Path, tmp_path: Path, data: tuple[np.ndarray, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A serving process never sets MLflow's process-wide URIs. The download must go through the
+    URI it was given: resolving ``models:/`` through the process-wide registry once created an
+    empty ``mlflow.db`` in the working directory and then failed with "not found"."""
+    from serving.stores.registry import ChampionSource
+
+    _train_and_register(name, tmp_path, data, **_metrics(0.70))
+    real = mlflow.get_tracking_uri()
+    scratch = tmp_path / "cwd"
+    scratch.mkdir()
+    monkeypatch.chdir(scratch)
+    decoy = tmp_path / "decoy.db"
+    mlflow.set_tracking_uri(f"sqlite:///{decoy}")
+    mlflow.set_registry_uri(f"sqlite:///{decoy}")
+    try:
+        version, path = ChampionSource(real, tmp_path / "cache").champion(name)
+    finally:
+        mlflow.set_tracking_uri(real)
+        mlflow.set_registry_uri(real)
+    assert (version, path) == ("1", tmp_path / "cache" / name / "1" / "model.onnx")
+    assert read_onnx_metadata(path).version == "1"  # stamped with the registry version
+    assert not decoy.exists() and list(scratch.iterdir()) == []
+
+
 # --- the gate on its own ----------------------------------------------------------------------
 
 

@@ -42,7 +42,7 @@ def store_settings(tiny_world_dir: Path, servers,  # noqa: ANN001
 def test_online_store_is_redis(store_settings: StoreSettings, servers) -> None:  # noqa: ANN001
     import redis
 
-    from serving.stores.feature_store import open_store
+    from serving.stores.features import open_store
 
     store = open_store(store_settings)
     assert store.config.online_store.type == "redis"

@@ -1,4 +1,5 @@
-"""The `rewards` command: bad input fails with one clear line and a non-zero exit, no traceback."""
+"""The `rewards` command: bad input, and commands run before their inputs exist, fail with one
+clear line and exit code 2, never a traceback."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
+from serving.config import get_store_settings
 from training.cli.app import app
 
 runner = CliRunner()
@@ -19,7 +22,7 @@ runner = CliRunner()
     (["simulate", "--days", "0"], "--days"),
     (["simulate", "--bogus"], "No such option"),
     (["simulate", "--start", "2026-13-45", "--members", "10", "--days", "2"], "--start"),
-    (["features", "build", "--world", "/nonexistent/world"], "does not exist"),
+    (["features", "build", "--world", "/nonexistent/world"], "rewards simulate"),
     (["models", "promote", "nonsense"], "unknown model"),
     (["score-batch", "--out", "/tmp/x.txt"], "--out"),
     (["evaluate", "--alias", "staging"], "--alias"),
@@ -33,24 +36,115 @@ def test_bad_input_is_one_clear_error(args: list[str], needle: str, tmp_path: Pa
     assert "Traceback" not in result.output
 
 
-def test_missing_world_for_materialize(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["features", "materialize", "--data-dir", str(tmp_path)])
-    assert result.exit_code == 2
-    assert "rewards simulate" in result.output
+def _one_clear_line(result: Result) -> str:
+    """Exit 2 and a single `error: ...` line: no traceback, no library log lines."""
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+FIRST_RUN = [
+    (["serve"], "no catalog", "rewards demo"),
+    (["train", "rewards"], "no world", "rewards simulate"),
+    (["train", "difficulty"], "no world", "rewards simulate"),
+    (["train", "all"], "no world", "rewards simulate"),
+    (["evaluate"], "no world", "rewards simulate"),
+    (["score-batch", "--out", "{tmp}/scores.parquet"], "no world", "rewards simulate"),
+    (["models", "list"], "no model registry", "rewards train all"),
+    (["models", "promote", "reward"], "no model registry", "rewards train all"),
+    (["models", "rollback", "reward"], "no model registry", "rewards train all"),
+    (["features", "build"], "no world", "rewards simulate"),
+    (["features", "apply"], "no world", "rewards simulate"),
+    (["features", "materialize"], "no world", "rewards simulate"),
+    (["keys", "list"], "no API keys", "rewards keys create"),
+    (["keys", "revoke", "abc"], "no API keys", "rewards keys create"),
+]
+
+
+@pytest.mark.parametrize(("args", "what", "run_first"), FIRST_RUN,
+                         ids=[" ".join(a[:2]) for a, _, _ in FIRST_RUN])
+def test_first_run_says_what_to_run_first(args: list[str], what: str, run_first: str,
+                                          tmp_path: Path) -> None:
+    """On a fresh data folder every command that needs earlier steps stops before doing
+    anything: one line naming what is missing and the command that makes it, and the folder
+    is left as it was (no empty registry or database created on the way)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    args = [a.format(tmp=tmp_path) for a in args]
+    line = _one_clear_line(runner.invoke(app, [*args, "--data-dir", str(data)]))
+    assert what in line and f"`{run_first}" in line and str(data) in line
+    assert list(data.iterdir()) == []
+
+
+def test_serve_reads_the_data_folder_from_the_environment(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REWARDS_DATA_DIR", str(tmp_path))
+    get_store_settings.cache_clear()  # settings are read once per process
+    try:
+        line = _one_clear_line(runner.invoke(app, ["serve"]))
+    finally:
+        get_store_settings.cache_clear()
+    assert f"no catalog at {tmp_path / 'world'}" in line and "`rewards simulate`" in line
+
+
+def _touch(folder: Path, *names: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+
+
+def test_each_step_names_the_next(tmp_path: Path) -> None:
+    """As the pipeline's outputs appear, the message moves on to the next missing step (the
+    checks look at files only, so empty stand-ins are enough here)."""
+    def first_line(*args: str) -> str:
+        return _one_clear_line(runner.invoke(app, [*args, "--data-dir", str(tmp_path)]))
+
+    _touch(tmp_path / "world", "world.json")
+    assert "no catalog" in first_line("serve")
+    _touch(tmp_path / "world", "rewards.parquet", "challenges.parquet")
+    for args in (("serve",), ("train", "all"), ("features", "apply")):
+        assert "`rewards features build` first" in first_line(*args)
+    _touch(tmp_path / "features", "member_features.parquet")
+    assert "`rewards features build` again" in first_line("train", "all")
+    _touch(tmp_path / "features", "reward_features.parquet", "challenge_features.parquet")
+    for args in (("train", "all"), ("evaluate",), ("features", "materialize", "--no-apply")):
+        assert "`rewards features apply`" in first_line(*args)
+    _touch(tmp_path / "feast", "registry.db")
+    assert "`rewards train all`" in first_line("evaluate")
+    assert "`rewards train all`" in first_line("score-batch", "--out", str(tmp_path / "s.csv"))
+
+
+def test_help_imports_no_heavy_library() -> None:
+    """`rewards --help` stays instant: the command modules import their libraries inside the
+    commands."""
+    code = ("import sys, training.cli; heavy = {'mlflow', 'feast', 'lightgbm', 'pandas', "
+            "'onnxruntime', 'fastapi', 'dask'} & set(sys.modules); assert not heavy, heavy")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
 
 
 def test_simulate_and_build_from_the_command_line(tmp_path: Path) -> None:
     """The real console entry point, in a subprocess: what a user types."""
     exe = Path(sys.executable).with_name("rewards")
     data = tmp_path / "data"
-    sim = subprocess.run([str(exe), "simulate", "--members", "300", "--days", "14",
-                          "--data-dir", str(data)], capture_output=True, text=True, timeout=120)
+
+    def rewards(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120,
+                              check=False)
+
+    fresh = rewards("serve", "--data-dir", str(data))  # a fresh clone's first command
+    assert fresh.returncode == 2 and "Traceback" not in fresh.stderr
+    assert fresh.stderr.startswith("error: no catalog") and "`rewards demo`" in fresh.stderr
+    sim = rewards("simulate", "--members", "300", "--days", "14", "--data-dir", str(data))
     assert sim.returncode == 0, sim.stderr
     assert (data / "world" / "offers.parquet").is_file()
-    feats = subprocess.run([str(exe), "features", "build", "--data-dir", str(data)],
-                           capture_output=True, text=True, timeout=120)
+    feats = rewards("features", "build", "--data-dir", str(data))
     assert feats.returncode == 0, feats.stderr
     assert '"member_features": 4500' in feats.stdout  # 300 members x (14 + 1) days
-    bad = subprocess.run([str(exe), "simulate", "--members", "-1"], capture_output=True,
-                         text=True, timeout=60)
+    train = rewards("train", "all", "--data-dir", str(data))
+    assert train.returncode == 2 and "`rewards features apply`" in train.stderr
+    bad = rewards("simulate", "--members", "-1")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr

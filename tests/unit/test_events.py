@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from serving.stores.events import DecisionRecord, EventIn, EventStore, open_event_store
+from serving.contract.events import DecisionRecord, EventIn
+from serving.stores.events import EventStore, open_event_store
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -190,7 +191,8 @@ def test_store_runs_wal_with_full_sync(url: str, store: EventStore) -> None:
 CHILD = """
 import sys
 from datetime import UTC, datetime
-from serving.stores.events import EventIn, open_event_store
+from serving.contract.events import EventIn
+from serving.stores.events import open_event_store
 
 store = open_event_store(sys.argv[1])
 now = datetime.now(UTC)

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.stores.events import ExposureRecord, open_event_store
+from serving.contract.events import ExposureRecord
+from serving.stores.events import open_event_store
 from serving.experiments.definition import Experiment, ExperimentCreate
 from serving.experiments.render import render_html, write_report
 from serving.experiments.report import build_report, member_outcomes

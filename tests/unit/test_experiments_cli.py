@@ -46,3 +46,62 @@ def test_bad_input_names_the_option(tmp_path: Path, args: list[str], option: str
     code, out = run("experiments", "create", *sum(map(list, base.items()), []),
                     "--data-dir", str(tmp_path))
     assert code == 2 and out.startswith(f"error: {option}")
+
+
+# --- commands run before their inputs exist --------------------------------------------------
+
+CREATE = ["experiments", "create", "--name", "X", "--start", "2030-01-01", "--end", "2030-01-15"]
+
+
+def _one_line_error(code: int, out: str, hint: str) -> None:
+    """Exit code 2 and one line that says what to run first: never a traceback."""
+    assert code == 2, out
+    assert out.startswith("error: ") and len(out.strip().splitlines()) == 1, out
+    assert hint in out, out
+
+
+@pytest.mark.parametrize("args", [
+    ["experiments", "list"],
+    ["experiments", "report", "exp-1", "--out", "report-out"],
+    ["experiments", "simulate-live", "exp-1"],
+    CREATE,
+])
+def test_no_data_folder_says_what_to_run(tmp_path: Path, args: list[str]) -> None:
+    data = tmp_path / "not-there"
+    _one_line_error(*run(*args, "--data-dir", str(data)), "run `rewards ")
+    assert not data.exists()  # a mistyped --data-dir is not created on the way
+
+
+@pytest.mark.parametrize("args", [
+    ["experiments", "list"],
+    ["experiments", "report", "exp-1", "--out", "report-out"],
+])
+def test_no_event_store_says_what_to_run(tmp_path: Path, args: list[str]) -> None:
+    _one_line_error(*run(*args, "--data-dir", str(tmp_path)), "`rewards experiments create`")
+    assert list(tmp_path.iterdir()) == []  # no empty database left behind
+
+
+def test_uplift_evaluate_without_its_file(tmp_path: Path) -> None:
+    code, out = run("uplift", "evaluate", "--data", str(tmp_path / "ab.csv"), "--treatment-col",
+                    "group", "--treated", "t", "--control", "c", "--outcome", "bought")
+    _one_line_error(code, out, "--data")
+
+
+def test_simulate_live_says_what_each_missing_input_needs(tiny_world_dir: Path,
+                                                          tmp_path: Path) -> None:
+    """A world without its hidden truth (a real program's import), then no features, then no
+    experiment: each stops with its own one line, before any service starts."""
+    import shutil
+
+    from training.data.features import build_features
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_world_dir, data / "world", ignore=shutil.ignore_patterns("truth"))
+    live = ("experiments", "simulate-live", "exp-1", "--members", "20", "--data-dir", str(data))
+    _one_line_error(*run(*live), "no hidden truth")
+    shutil.copytree(tiny_world_dir / "truth", data / "world" / "truth")
+    _one_line_error(*run(*live), "`rewards features build`")
+    build_features(data / "world", data / "features", progress=False)
+    _one_line_error(*run(*live), "`rewards experiments create`")
+    assert run(*CREATE, "--data-dir", str(data))[0] == 0  # (an experiment, but not exp-1)
+    _one_line_error(*run(*live), "ID: no experiment 'exp-1'")

@@ -270,6 +270,54 @@ def test_off_policy_ci_contains_estimate() -> None:
         assert estimate.ci_low < estimate.value < estimate.ci_high
 
 
+# --- held-out evaluation helpers ------------------------------------------------------------
+
+
+def test_eligible_rewards_is_servings_min_tier_rule() -> None:
+    import pandas as pd
+
+    from training.evaluation.evaluate import eligible_rewards
+
+    members = pd.DataFrame({"tier_rank": [0.0, 1.0, 3.0]})
+    items = pd.DataFrame({"reward_min_tier_rank": np.array([0, 1, 2], dtype=np.float32)})
+    assert eligible_rewards(members, items).tolist() == [
+        [True, False, False], [True, True, False], [True, True, True]]
+
+
+def test_uniform_eligible_draws_only_eligible_rewards_uniformly() -> None:
+    from training.evaluation.reward import uniform_eligible
+
+    rng = np.random.default_rng(0)
+    eligible = rng.random((400, 12)) < 0.4
+    eligible[:, 3] = True  # every row has at least one
+    draws = np.stack([uniform_eligible(eligible, rng) for _ in range(200)], axis=1)
+    assert eligible[np.arange(400)[:, None], draws].all()
+    # one row's 200 draws spread evenly over its eligible columns (chi-square, p >> 1e-4)
+    row = np.flatnonzero(eligible[0])
+    counts = np.bincount(draws[0], minlength=12)[row]
+    expected = 200 / row.size
+    assert ((counts - expected) ** 2 / expected).sum() < 3 * row.size + 20
+
+
+def test_flow_zone_calibration_measures_the_gap_near_the_flow_zone() -> None:
+    from training.evaluation.difficulty import flow_zone_calibration
+
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0.05, 0.95, 40_000)
+    near = np.abs(p - 0.7) <= 0.1
+    calibrated = flow_zone_calibration(rng.binomial(1, p), p, 0.7)
+    assert calibrated["difficulty.flow_zone_rows"] == near.sum()
+    assert calibrated["difficulty.flow_zone_calibration_gap"] < 0.015
+    # overconfident by 0.1 near the flow zone only: the gap shows it, whatever happens elsewhere
+    truth = np.where(near, p - 0.1, rng.uniform(0, 1, p.size))
+    shifted = flow_zone_calibration(rng.binomial(1, truth), p, 0.7)
+    assert shifted["difficulty.flow_zone_calibration_gap"] == pytest.approx(0.1, abs=0.015)
+    assert shifted["difficulty.flow_zone_observed_rate"] == pytest.approx(0.6, abs=0.015)
+    # nothing predicted near the flow zone: a count of zero and no gap (not a made-up 0)
+    assert flow_zone_calibration(np.array([0, 1]), np.array([0.1, 0.2]), 0.7) == {
+        "difficulty.flow_zone_rows": 0.0}
+
+
 # --- validation ------------------------------------------------------------------------------
 
 BOGUS = cast(Any, "bogus")  # a strategy outside the Literal; Any so type checkers let it through

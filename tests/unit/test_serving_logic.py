@@ -15,7 +15,8 @@ from serving.decisioning.candidates import (
     reward_matrix,
 )
 from serving.contract.vocabulary import CATEGORIES, CHALLENGE_KINDS, MISSING_RATE, REWARD_TYPES
-from serving.decisioning.ranking import basket_estimate, expected_value, flow_zone_choice, reward_scores
+from serving.decisioning.ranking import basket_estimate, expected_value, flow_zone_choice
+from serving.decisioning.scoring import scores_from_proba
 from serving.decisioning.rules import Rules, cost_multiplier, load_rules, novelty_factor, select_slate
 from serving.stores.writer import GroupCommitter
 
@@ -160,14 +161,20 @@ def test_compiled_member_rows_equal_the_builders_rows() -> None:
 def test_reward_scores_and_value() -> None:
     offer = np.array([[0.5, 0.2, 0.3], [0.7, 0.2, 0.1]])
     control = np.array([[0.8, 0.2, 0.0]] * 2)
-    s = reward_scores(offer, control)
-    np.testing.assert_allclose(s["uplift"], [0.3, 0.1])
-    np.testing.assert_allclose(s["propensity"], [0.3, 0.1])
-    v = expected_value(s["uplift"], s["propensity"], np.array([100.0]), np.array([10.0, 1.0]), 0.3)
-    np.testing.assert_allclose(v, [0.3 * 100 * 0.3 - 0.3 * 10, 0.3 * 100 * 0.1 - 0.1 * 1])
-    lam = expected_value(s["uplift"], s["propensity"], np.array([100.0]), np.array([10.0, 1.0]),
-                         0.3, cost_multiplier=2.0)
+    # one member: both rewards, then its no-offer row (the candidate-row layout)
+    s = scores_from_proba(np.vstack([offer, control[:1]]), 1)
+    np.testing.assert_allclose(s.uplift, [[0.3, 0.1]])
+    np.testing.assert_allclose(s.propensity, [[0.3, 0.1]])
+    np.testing.assert_allclose(s.p_control, [[0.2]])
+    v = s.values(np.array([100.0]), np.array([10.0, 1.0]), 0.3)
+    np.testing.assert_allclose(v, [[0.3 * 100 * 0.3 - 0.3 * 10, 0.3 * 100 * 0.1 - 0.1 * 1]])
+    np.testing.assert_array_equal(v, expected_value(s.uplift, s.propensity, np.array([[100.0]]),
+                                                    np.array([[10.0, 1.0]]), 0.3))
+    lam = s.values(np.array([100.0]), np.array([10.0, 1.0]), 0.3, cost_multiplier=2.0)
     assert (lam < v).all()
+    # two members at once: each member's rows are its own
+    two = scores_from_proba(np.vstack([offer, control[:1], offer[::-1], control[:1]]), 2)
+    np.testing.assert_allclose(two.uplift, [[0.3, 0.1], [0.1, 0.3]])
     np.testing.assert_allclose(basket_estimate(np.array([0.0, 10.0]), 1.5, 40.0), [40.0, 15.0])
 
 

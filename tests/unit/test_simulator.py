@@ -14,9 +14,8 @@ import pandas as pd
 import pandas.testing as pdt
 import pytest
 
-from training.simulate import WorldConfig, simulate_world
-from training.simulate import truth
-from training.simulate.catalog import (
+from training.simulate import WorldConfig, simulate_world, truth
+from training.simulate.generate.catalog import (
     CATEGORIES,
     PLAYER_TYPES,
     REWARD_TYPES,
@@ -335,3 +334,25 @@ def test_reward_response_shapes_and_identity(response: dict[str, np.ndarray]) ->
     assert np.all(response["p_redeem"] <= response["p_convert_offer"])
     uplift = response["p_convert_offer"] - response["p_convert_control"]
     assert (uplift < 0).any() and (uplift > 0).mean() > 0.5
+
+
+def test_only_a_world_with_its_truth_offers_oracle_and_live_runs(world: Path,
+                                                                 tmp_path: Path) -> None:
+    """The oracle and live periods need the hidden truth; a copy without it (what a real
+    program's import looks like) is recognized as such, and its player types are unknown."""
+    import shutil
+
+    from training.simulate import oracle
+    from training.simulate.live import missing_world
+
+    assert oracle.available(world) and missing_world(world) is None
+    types = oracle.player_types(world)
+    assert types is not None and list(types.columns) == ["member_id", "player_type"]
+    assert set(types["player_type"]) == set(PLAYER_TYPES)
+    assert len(types) == TINY["members"]
+
+    real = tmp_path / "real"
+    shutil.copytree(world, real, ignore=shutil.ignore_patterns("truth"))
+    assert not oracle.available(real) and oracle.player_types(real) is None
+    assert "no hidden truth" in (missing_world(real) or "")
+    assert "world.json missing" in (missing_world(tmp_path / "nothing") or "")

@@ -1,7 +1,8 @@
-"""Helpers every `rewards` sub-command module shares (errors, settings, common options).
+"""Helpers every `rewards` sub-command module shares: errors, settings, common options, and the
+checks that a command's inputs exist before it starts.
 
-They live apart from training/cli/app.py so sub-apps (training/cli/experiments.py) can import them
-while training/cli/app.py imports the sub-apps, also when run as ``python -m training.cli``.
+They live apart from the command modules so that each of those imports only this one, and
+training/cli/app.py imports them all (also when run as ``python -m training.cli``).
 """
 
 from __future__ import annotations
@@ -9,13 +10,17 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 
 from serving.config import StoreSettings, get_store_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: What `rewards features build` writes; every reader of features needs all three.
+FEATURE_FILES = ("member_features.parquet", "reward_features.parquet",
+                 "challenge_features.parquet")
 
 
 class UserError(Exception):
@@ -43,7 +48,109 @@ def _settings(data_dir: Path | None) -> StoreSettings:
     return settings
 
 
+def echo_err(msg: str) -> None:
+    """Progress and notes go to stderr, so stdout stays the command's (JSON) result."""
+    typer.echo(msg, err=True)
+
+
 DataDirOpt = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Data folder (default: REWARDS_DATA_DIR or <project>/data)."),
 ]
+EngineOpt = Annotated[
+    str | None, typer.Option(help="local (one process, the default) or dask (a LocalCluster, or "
+                                  "--scheduler); training defaults to REWARDS_TRAIN_ENGINE.")]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(help="Dask scheduler address for --engine dask (default: REWARDS_DASK_SCHEDULER,"
+                      " else a 2-worker LocalCluster)."),
+]
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ("local", "dask"):
+        raise UserError(f"--engine: expected local or dask, got {engine!r}")
+    return engine
+
+
+def check_runtime(runtime: str) -> str:
+    if runtime not in ("onnx", "compiled"):
+        raise UserError(f"--runtime: expected onnx or compiled, got {runtime!r}")
+    return runtime
+
+
+# -- inputs: each check names the command that makes what is missing ---------------------------
+# The pipeline's order is simulate -> features build -> features apply/materialize -> train; a
+# command checks every step it depends on, in that order, so the message names the first step
+# to run. The checks look at files only: they cost nothing and import nothing heavy.
+
+def require_world(world_dir: Path) -> None:
+    from training.data.world import META_FILE, world_exists
+
+    if not world_exists(world_dir):
+        raise UserError(f"no world at {world_dir} ({META_FILE} missing): run `rewards simulate` "
+                        "(or `rewards demo`) first")
+
+
+def require_features(store: StoreSettings) -> None:
+    missing = [name for name in FEATURE_FILES if not (store.features_dir / name).is_file()]
+    if len(missing) == len(FEATURE_FILES):
+        raise UserError(f"no features in {store.features_dir}: run `rewards features build` first")
+    if missing:  # an interrupted build
+        raise UserError(f"incomplete features in {store.features_dir} ({', '.join(missing)} "
+                        "missing): run `rewards features build` again")
+
+
+def feast_registry(store: StoreSettings) -> Path | None:
+    """The Feast registry file named by the environment's feature_store yaml; None when the
+    registry is not a local file (a SQL or object-store registry: nothing to look at)."""
+    import yaml
+
+    from serving.stores.features import feature_store_yaml
+
+    registry = yaml.safe_load(feature_store_yaml(store).read_text()).get("registry")
+    if isinstance(registry, dict):
+        registry = registry.get("path")
+    if not isinstance(registry, str) or "://" in registry:
+        return None
+    path = Path(registry.replace("${REWARDS_DATA_DIR}", str(store.data)))
+    return path if path.is_absolute() else store.repo / path
+
+
+def require_feast(store: StoreSettings) -> None:
+    """Feature services are read from the registry: training and scoring need it applied."""
+    registry = feast_registry(store)
+    if registry is not None and not registry.is_file():
+        raise UserError(f"no Feast registry at {registry}: run `rewards features apply` "
+                        "(or `rewards features materialize`) first")
+
+
+def model_registry(store: StoreSettings) -> Path | None:
+    """The MLflow database file; None for a tracking server (nothing local to look at)."""
+    uri = store.tracking_uri
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def require_model_registry(store: StoreSettings) -> None:
+    """Before MLflow opens it: opening a missing SQLite registry would create an empty one."""
+    path = model_registry(store)
+    if path is not None and not path.is_file():
+        raise UserError(f"no model registry at {path}: run `rewards train all` "
+                        "(or `rewards demo`) first")
+
+
+Step = Literal["world", "features", "feast", "models"]
+PIPELINE: tuple[Step, ...] = ("world", "features", "feast", "models")
+
+
+def require_pipeline(store: StoreSettings, *, through: Step) -> None:
+    """Every step of the pipeline up to ``through``, in order: the first one missing is the
+    one reported, so the message names the next command to run."""
+    checks: dict[Step, Callable[[], None]] = {
+        "world": lambda: require_world(store.world_dir),
+        "features": lambda: require_features(store),
+        "feast": lambda: require_feast(store),
+        "models": lambda: require_model_registry(store),
+    }
+    for step in PIPELINE[:PIPELINE.index(through) + 1]:
+        checks[step]()

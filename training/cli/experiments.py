@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from training.cli.common import DataDirOpt, UserError, _settings, friendly
+from training.cli.common import DataDirOpt, UserError, _settings, friendly, require_features
 
 experiments_app = typer.Typer(help="Uplift experiments: define arms, run, report.",
                               no_args_is_help=True)
@@ -18,11 +18,24 @@ uplift_app = typer.Typer(help="Uplift modelling on any randomized dataset.", no_
 REPORTS_EXPERIMENT = "experiment-reports"  # MLflow experiment holding one run per report
 
 
-def _events(data_dir: Path | None):  # noqa: ANN202
+def _events(data_dir: Path | None, create: bool = False):  # noqa: ANN202
+    """The event store. Only ``create`` (defining an experiment) may start a new SQLite store,
+    and only inside an existing data folder: any other command run before there is one stops
+    with what to run first instead of leaving an empty database behind."""
     from serving.config import get_serve_settings
     from serving.stores.events import open_event_store
 
-    return open_event_store(get_serve_settings().events(_settings(data_dir)))
+    store = _settings(data_dir)
+    url = get_serve_settings().events(store)
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if not path.parent.is_dir():
+            raise UserError(f"no data folder at {path.parent}: run `rewards demo` (or "
+                            "`rewards simulate`) first, or pass --data-dir")
+        if not create and not path.is_file():
+            raise UserError(f"no event store at {path}: run `rewards demo` or "
+                            "`rewards experiments create` first")
+    return open_event_store(url)
 
 
 def _when(option: str, text: str) -> datetime:
@@ -78,7 +91,7 @@ def create(
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         raise UserError(f"--{field.split('.')[0].replace('_', '-')}: {first['msg']}") from None
-    events = _events(data_dir)
+    events = _events(data_dir, create=True)
     try:
         experiment = create_experiment(events, body, datetime.now(UTC))
     except ExperimentConflict as exc:
@@ -103,12 +116,11 @@ def list_cmd(data_dir: DataDirOpt = None) -> None:
 
 
 def _segments(store: Any, serve: Any, segments: Path | None) -> Any:
-    """Region from the world's members, player type from the simulator's hidden truth when the
-    world has one (a real program has no such file), or a user's own table."""
-    import pandas as pd
-
+    """Region from the world's members, player type when the world is a simulated one (its
+    hidden traits; a real program has none), or a user's own table."""
     from serving.experiments.service import load_segments
     from training.evaluation.uplift import read_table
+    from training.simulate.oracle import player_types
 
     if segments is not None:
         table = read_table(segments)
@@ -117,10 +129,9 @@ def _segments(store: Any, serve: Any, segments: Path | None) -> Any:
         return table
     world = serve.catalog(store)
     table = load_segments(world)
-    traits = world / "truth" / "member_traits.parquet"
-    if table is not None and traits.is_file():
-        table = table.merge(pd.read_parquet(traits, columns=["member_id", "player_type"]),
-                            on="member_id", how="left")
+    types = player_types(world)
+    if table is not None and types is not None:
+        table = table.merge(types, on="member_id", how="left")
     return table
 
 
@@ -217,38 +228,66 @@ def simulate_live_cmd(
     """A live period on the simulated world: decisions through the API with the experiment's
     arms applied, members answering per the hidden truth, outcomes posted as events."""
     from serving.config import get_serve_settings
-    from training.simulate.live import simulate_live
+    from training.simulate.live import ServiceRefused, missing_world
 
     store, serve = _settings(data_dir), get_serve_settings()
     world = serve.catalog(store)
-    if not (world / "truth" / "member_traits.parquet").is_file():
-        raise UserError(f"no simulated world with hidden truth at {world}: run `rewards demo`")
-    if api is not None:
-        import httpx
-
-        if not api_key:
-            raise UserError("--api-key: a key is needed to call a running service "
-                            "(rewards keys create --scope recommend --scope events "
-                            "--scope experiments:read)")
-        with httpx.Client(base_url=api, timeout=120,
-                          headers={"Authorization": f"Bearer {api_key}"}) as client:
-            result = simulate_live(client, world, experiment_id, members, seed)
-    else:
-        from fastapi.testclient import TestClient
-
-        from serving.stores.keys import open_key_store
-        from serving.main import create_app
-
-        keys = open_key_store(serve.events(store))
-        record, key = keys.create("simulate-live", ["recommend", "events", "experiments:read"])
-        try:
-            with TestClient(create_app(store, serve),
-                            headers={"Authorization": f"Bearer {key}"}) as client:
-                result = simulate_live(client, world, experiment_id, members, seed)
-        finally:
-            keys.revoke(record.key_id)
-            keys.close()
+    problem = missing_world(world)
+    if problem:
+        raise UserError(problem)
+    try:
+        if api is not None:
+            result = _live_remote(api, api_key, world, experiment_id, members, seed)
+        else:
+            result = _live_in_process(store, serve, data_dir, world, experiment_id, members,
+                                      seed)
+    except ServiceRefused as exc:
+        raise UserError(f"the service refused the live period ({exc}): check `rewards "
+                        "train all` and `rewards features` ran for this data folder") from None
     typer.echo(json.dumps(result, indent=2))
+
+
+def _live_remote(api: str, api_key: str | None, world: Path, experiment_id: str, members: int,
+                 seed: int) -> dict[str, Any]:
+    import httpx
+
+    from training.simulate.live import simulate_live
+
+    if not api_key:
+        raise UserError("--api-key: a key is needed to call a running service "
+                        "(rewards keys create --scope recommend --scope events "
+                        "--scope experiments:read)")
+    with httpx.Client(base_url=api, timeout=120,
+                      headers={"Authorization": f"Bearer {api_key}"}) as client:
+        return simulate_live(client, world, experiment_id, members, seed)
+
+
+def _live_in_process(store: Any, serve: Any, data_dir: Path | None, world: Path,
+                     experiment_id: str, members: int, seed: int) -> dict[str, Any]:
+    from fastapi.testclient import TestClient
+
+    from serving.experiments.service import get_experiment
+    from serving.main import create_app
+    from serving.stores.keys import open_key_store
+    from training.simulate.live import simulate_live
+
+    require_features(store)  # the service reads the catalog's features
+    events = _events(data_dir)  # the experiment must be defined before the service starts
+    try:
+        if get_experiment(events, experiment_id) is None:
+            raise UserError(f"ID: no experiment {experiment_id!r}: run `rewards experiments "
+                            "create` first (see `rewards experiments list`)")
+    finally:
+        events.close()
+    keys = open_key_store(serve.events(store))
+    record, key = keys.create("simulate-live", ["recommend", "events", "experiments:read"])
+    try:
+        with TestClient(create_app(store, serve),
+                        headers={"Authorization": f"Bearer {key}"}) as client:
+            return simulate_live(client, world, experiment_id, members, seed)
+    finally:
+        keys.revoke(record.key_id)
+        keys.close()
 
 
 @uplift_app.command("evaluate")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from serving.config import StoreSettings
-from serving.stores.feature_store import open_store
+from serving.stores.features import open_store
 
 REPO_MODULES = ("entities", "data_sources", "feature_views", "feature_services")
 

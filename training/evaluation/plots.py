@@ -25,10 +25,13 @@ def calibration_plot(curve: tuple[np.ndarray, np.ndarray, np.ndarray], title: st
     return _save(fig, path)
 
 
-def qini_plot(model: tuple[np.ndarray, np.ndarray], oracle: tuple[np.ndarray, np.ndarray],
-              path: Path) -> Path:
+def qini_plot(model: tuple[np.ndarray, np.ndarray],
+              oracle: tuple[np.ndarray, np.ndarray] | None, path: Path) -> Path:
+    """The model's Qini curve, beside the true uplift's when a simulated world provides it."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for (x, q), label in ((model, "model"), (oracle, "oracle (true uplift)")):
+    curves = [(model, "model")] + ([(oracle, "oracle (true uplift)")] if oracle is not None
+                                   else [])
+    for (x, q), label in curves:
         ax.plot(x, q, label=label)
     x_end, q_end = model[0][-1], model[1][-1]
     ax.plot([0, x_end], [0, q_end], "--", color="grey", label="random targeting")
@@ -48,16 +51,23 @@ def importance_plot(names: list[str], gains: np.ndarray, title: str, path: Path,
 
 
 def difficulty_curves_plot(grid: pd.DataFrame, flow_zone: float, path: Path) -> Path:
-    """Predicted vs true completion over the first template's targets, one line per member."""
+    """Predicted completion over the first template's targets, one line per member, labelled by
+    player type and with the true curve dashed when a simulated world provides ``true_p``,
+    else labelled by tier."""
     sub = grid[grid["challenge_id"] == grid["first_template"].iloc[0]]
+    has_true = "true_p" in sub.columns
+    label = "player_type" if "player_type" in sub.columns else "tier"
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for (member, ptype), g in sub.groupby(["member_id", "player_type"]):
-        line, = ax.plot(g["target"], g["p_complete"], "o-", label=f"{ptype} #{member} (model)")
-        ax.plot(g["target"], g["true_p"], "--", color=line.get_color(), alpha=0.7)
+    for (member, group), g in sub.groupby(["member_id", label]):
+        line, = ax.plot(g["target"], g["p_complete"], "o-", label=f"{group} #{member} (model)")
+        if has_true:
+            ax.plot(g["target"], g["true_p"], "--", color=line.get_color(), alpha=0.7)
     ax.axhline(flow_zone, color="grey", lw=0.8)
     ax.text(sub["target"].min(), flow_zone + 0.01, f"flow zone {flow_zone:.0%}", color="grey")
+    title = ("Difficulty curves: model (solid) vs truth (dashed)" if has_true
+             else "Difficulty curves: model")
     ax.set(xlabel=f"target ({sub['challenge_id'].iloc[0]})", ylabel="P(complete)", ylim=(0, 1),
-           title="Difficulty curves: model (solid) vs truth (dashed)")
+           title=title)
     ax.legend(fontsize=7)
     return _save(fig, path)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from training.config import TrainSettings
 from training.data.datasets import Dataset
-from training.models.lgbm import lgbm_params
+from training.models.params import lgbm_params
 
 
 def fit_classifier_dask(data: Dataset, settings: TrainSettings, objective: str,

@@ -10,26 +10,7 @@ import numpy as np
 
 from training.config import TrainSettings
 from training.data.datasets import Dataset
-
-
-def lgbm_params(data: Dataset, settings: TrainSettings, objective: str,
-                monotone_decreasing: Sequence[str] = ()) -> dict[str, object]:
-    """LightGBM parameters shared by the local and the Dask engine (so they fit the same model).
-
-    ``monotone_decreasing`` names inputs whose effect must never be positive (harder targets
-    can only lower the completion probability), enforced by LightGBM's monotone constraints.
-    """
-    params: dict[str, object] = dict(
-        objective=objective, learning_rate=settings.learning_rate, num_leaves=settings.num_leaves,
-        min_child_samples=settings.min_child_samples, n_estimators=settings.max_rounds,
-        subsample=0.8, subsample_freq=1, colsample_bytree=0.8, reg_lambda=1.0,
-        num_threads=settings.num_threads, random_state=settings.seed, verbose=-1,
-    )
-    if monotone_decreasing:
-        params["monotone_constraints"] = [
-            -1 if name in monotone_decreasing else 0 for name in data.input_names]
-        params["monotone_constraints_method"] = "advanced"
-    return params
+from training.models.params import lgbm_params
 
 
 def fit_classifier(data: Dataset, settings: TrainSettings, objective: str,

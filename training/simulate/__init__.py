@@ -1,10 +1,17 @@
-"""Synthetic loyalty world: members with hidden traits, engagement, randomized logs, truth.
+"""Synthetic loyalty world: a population of members with hidden traits, and that truth.
 
-`simulate_world(WorldConfig(...), out_dir)` writes the files described in
-docs/data_contract.md; `training.simulate.truth` exposes the hidden model for oracle policies.
+``generate/`` writes a world folder (the tables of docs/data_contract.md) with
+``simulate_world(WorldConfig(...), out_dir)``; ``truth`` is the hidden model outcomes are drawn
+from. This package is the only reader of a world's hidden truth: ``oracle`` adds figures against
+it to a held-out evaluation (training.pipeline calls it only when ``oracle.available(world_dir)``),
+``live`` answers the live API as members with those traits would.
+
+May import: training.data, training.evaluation, serving (a simulated program talks to the
+product through its public paths). Nothing imports it except the pipeline's oracle hook, the
+CLI's ``simulate``/``demo``/``experiments simulate-live`` and benchmarks.
 """
 
-from training.simulate.config import WorldConfig
-from training.simulate.world import simulate_world
+from training.simulate.generate.config import WorldConfig
+from training.simulate.generate.world import simulate_world
 
 __all__ = ["WorldConfig", "simulate_world"]

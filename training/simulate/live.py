@@ -15,24 +15,48 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from training.simulate.truth import (
-    MemberArrays, RewardArrays, completion_probability, response_arrays,
+    MemberArrays,
+    RewardArrays,
+    completion_probability,
+    response_arrays,
 )
 
 CHANNELS = ("app", "email", "web")
 CHUNK = 500
 AMOUNT_SIGMA = 0.45  # lognormal noise of a basket, mean-preserving (as the simulator)
+WORLD_FILES = ("world.json", "members.parquet", "rewards.parquet", "challenges.parquet",
+               "truth/member_traits.parquet")
+
+
+def missing_world(world_dir: Path) -> str | None:
+    """Why a live period cannot run on ``world_dir`` (one line saying what to run first), or
+    None: it needs a simulated world with its hidden truth, which a real program never has."""
+    missing = [name for name in WORLD_FILES if not (Path(world_dir) / name).is_file()]
+    if not missing:
+        return None
+    if missing == [WORLD_FILES[-1]]:
+        return (f"the world at {world_dir} has no hidden truth (not a simulated world): "
+                "simulate-live needs one, run `rewards demo` or `rewards simulate` first")
+    return (f"no simulated world at {world_dir} ({missing[0]} missing): run `rewards demo` "
+            "or `rewards simulate` first")
+
+
+class ServiceRefused(RuntimeError):
+    """The service answered a live-period call with an error (no models, no features, ...)."""
 
 
 def _post(client: Any, path: str, body: dict[str, Any]) -> dict[str, Any]:
     r = client.post(path, json=body)
     if r.status_code != 200:
-        raise RuntimeError(f"{path} answered {r.status_code}: {r.text[:300]}")
+        text = " ".join(r.text[:300].split())
+        raise ServiceRefused(f"{path} answered {r.status_code}: {text}")
     return r.json()
 
 

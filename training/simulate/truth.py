@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from training.simulate.catalog import (
+from training.simulate.generate.catalog import (
     ANY_CATEGORY,
     CATEGORIES,
     CHALLENGE_KINDS,

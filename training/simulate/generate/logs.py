@@ -14,15 +14,15 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from training.simulate.catalog import CHALLENGE_KINDS, TIERS, codes_of
-from training.simulate.config import DAY_US, WorldConfig
-from training.simulate.engagement import (
+from training.simulate.generate.catalog import CHALLENGE_KINDS, TIERS, codes_of
+from training.simulate.generate.config import DAY_US, WorldConfig
+from training.simulate.generate.engagement import (
     CHALLENGE_COMPLETED,
     REDEMPTION,
     SECOND_US,
     purchase_events,
 )
-from training.simulate.tables import (
+from training.simulate.generate.tables import (
     ASSIGNMENTS_SCHEMA,
     OFFERS_SCHEMA,
     TRUTH_ASSIGNMENTS_SCHEMA,

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.simulate.catalog import EVENT_TYPES, TIERS
-from training.simulate.config import DAY_US
-from training.simulate.tables import EventColumns
+from training.simulate.generate.catalog import EVENT_TYPES, TIERS
+from training.simulate.generate.config import DAY_US
+from training.simulate.generate.tables import EventColumns
 from training.simulate.truth import (
     PURCHASE_AMOUNT_SIGMA,
     MemberArrays,

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import ndtri
 
-from training.simulate.catalog import CATEGORIES, PLAYER_TYPES, REGIONS, TIERS
+from training.simulate.generate.catalog import CATEGORIES, PLAYER_TYPES, REGIONS, TIERS
 from training.simulate.truth import PREF_COLUMNS
 
 PLAYER_TYPE_SHARES = np.array([0.30, 0.25, 0.25, 0.20])  # achiever, explorer, socializer, comp.

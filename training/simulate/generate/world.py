@@ -15,19 +15,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from training.simulate.catalog import (
+from training.simulate.generate.catalog import (
     CATEGORIES,
     EVENT_TYPES,
     challenge_catalog,
     reward_catalog,
 )
-from training.simulate.config import DAY_US, WorldConfig
-from training.simulate.engagement import (
+from training.simulate.generate.config import DAY_US, WorldConfig
+from training.simulate.generate.engagement import (
     background_purchases,
     daily_visits,
     visit_and_social_events,
 )
-from training.simulate.logs import (
+from training.simulate.generate.logs import (
     AssignmentLog,
     ChallengeArrays,
     DecisionGrid,
@@ -35,8 +35,8 @@ from training.simulate.logs import (
     simulate_assignments,
     simulate_offers,
 )
-from training.simulate.members import sample_members
-from training.simulate.tables import (
+from training.simulate.generate.members import sample_members
+from training.simulate.generate.tables import (
     ASSIGNMENTS_SCHEMA,
     EVENTS_SCHEMA,
     OFFERS_SCHEMA,
