@@ -27,7 +27,8 @@ from serving.stores.models import ChampionSource, ModelManager
 from serving.api.observability import Metrics
 from serving.stores.features import MemberRow, OnlineFeatureReader
 from serving.decisioning.recommend import Decision, MemberFacts, Recommender
-from serving.stores.catalog import load_catalog, read_catalog
+from serving.decisioning.catalog import Catalog
+from serving.stores.catalog import read_catalog
 from serving.decisioning.rules import cost_multiplier, day_fraction, load_rules
 from serving.worker_group import HEARTBEAT_SECONDS, WorkerGroup
 from serving.stores.writer import GroupCommitter
@@ -246,15 +247,16 @@ def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metri
     rules = load_rules(settings.rules(store))
     reader: OnlineFeatureReader | None = None
     feast_store = None
+    items = read_catalog(settings.catalog(store))  # once: ids for Feast, then the Catalog
     try:
         feast_store = open_store(store)
         reader = OnlineFeatureReader(feast_store, MEMBER_VIEW)
-        reward_features, challenge_features = _item_features(feast_store, settings, store)
+        reward_features, challenge_features = _item_features(feast_store, settings, *items)
     except Exception as exc:  # noqa: BLE001
         problems["feature_store"] = f"{type(exc).__name__}: {exc}"
         reward_features = pd.read_parquet(store.features_dir / "reward_features.parquet")
         challenge_features = pd.read_parquet(store.features_dir / "challenge_features.parquet")
-    catalog = load_catalog(settings.catalog(store), reward_features.drop(
+    catalog = Catalog.build(*items, reward_features.drop(
         columns=["event_timestamp"], errors="ignore"), challenge_features.drop(
         columns=["event_timestamp"], errors="ignore"))
 
@@ -307,10 +309,9 @@ def _log_exposures(events: EventStore):  # noqa: ANN202
     return commit
 
 
-def _item_features(feast_store: Any, settings: ServeSettings, store: StoreSettings
-                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _item_features(feast_store: Any, settings: ServeSettings, catalog_rewards: pd.DataFrame,
+                   catalog_challenges: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Catalog item features from the online store, once: they change with the catalog only."""
-    catalog_rewards, catalog_challenges = read_catalog(settings.catalog(store))
     ids = catalog_rewards["reward_id"].tolist()
     rewards = feast_store.get_online_features(
         features=feast_store.get_feature_service(settings.reward_service),
