@@ -45,7 +45,7 @@ now = datetime(2026, 4, 1, tzinfo=UTC)
 def run():
     t0 = time.perf_counter()
     for i, f in enumerate(rows):
-        rec.recommend(MemberFacts(member_id=i, features=f, consent=True), models["reward"], models["difficulty"],
+        rec.recommend(MemberFacts(member_id=str(i), features=f, consent=True), models["reward"], models["difficulty"],
                       k_rewards=3, k_challenges=3, channel="app", exclude=set(), now=now, cost_multiplier=1.0)
     return (time.perf_counter() - t0) / len(rows) * 1e6
 run()

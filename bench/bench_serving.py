@@ -44,7 +44,7 @@ wrk.headers["Authorization"] = "Bearer %(key)s"
 request = function()
   local id = math.random(1, %(members)d)
   return wrk.format(nil, "/v1/recommendations", nil,
-    '{"member_id": ' .. id .. ', "k_rewards": 3, "k_challenges": 3}')
+    '{"member_id": "' .. id .. '", "k_rewards": 3, "k_challenges": 3}')
 end
 %(delay)s
 """
@@ -296,7 +296,7 @@ def measure_floor(iterations: int = 2000) -> dict[str, float]:
     rng = np.random.default_rng(0)
     times = []
     for _ in range(iterations):
-        member_id = int(rng.integers(1, 100_000))
+        member_id = str(int(rng.integers(1, 100_000)))
         t0 = time.perf_counter()
         row = reader.read(member_id)
         values = row.values if row else {}

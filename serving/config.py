@@ -48,6 +48,11 @@ class StoreSettings(BaseSettings):
         None, pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
         description="cap on the DuckDB offline store's memory for training-set retrieval, "
         "e.g. '6GB' (spills to <data>/duckdb_tmp beyond it); default: DuckDB's own, 80% of RAM")
+    # -- the program's business constants (read when features and labels are built) --
+    attribution_window_days: int = Field(
+        7, gt=0, le=365, description="a purchase or redemption counts for an offer when it "
+                                     "happens within this many days of the impression")
+    margin: float = Field(0.3, gt=0, le=1, description="profit margin on incremental spend")
 
     @model_validator(mode="after")
     def _profile_defaults(self) -> Self:

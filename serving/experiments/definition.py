@@ -98,6 +98,6 @@ class Experiment(ExperimentCreate):
     def arm_shares(self) -> list[tuple[str, float]]:
         return [(a.name, a.share) for a in self.arms]
 
-    def arm_of(self, member_id: int) -> str:
+    def arm_of(self, member_id: str) -> str:
         """This member's arm: a pure function of (salt, shares, member id)."""
         return assign(member_id, self.salt, self.arm_shares())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -10,10 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.config import StoreSettings
+from serving.config import ServeSettings, StoreSettings
 from serving.stores.features import open_store, service_feature_names, service_feature_refs
+from training.cli.data import build_store_features
 from training.data.feast_ops import apply_repo, historical_features, materialize_world
-from training.data.features import build_features, member_feature_names
+from training.data.features import member_feature_names
+from training.data.history import read_history_meta
+from training.simulate.onboard import onboard
 
 pytestmark = pytest.mark.integration
 
@@ -23,10 +25,11 @@ def store_settings(tiny_world_dir: Path, tmp_path_factory: pytest.TempPathFactor
     data = tmp_path_factory.mktemp("feast_data")
     shutil.copytree(tiny_world_dir, data / "world")
     settings = StoreSettings(data_dir=data)
-    build_features(settings.world_dir, settings.features_dir, chunk_size=150, progress=False)
-    meta = json.loads((settings.world_dir / "world.json").read_text())
+    onboard(settings.world_dir, ServeSettings().events(settings), progress=False)
+    build_store_features(settings, chunk_size=150, progress=False)
+    meta = read_history_meta(settings.features_dir)
     apply_repo(settings)
-    materialize_world(settings, pd.Timestamp(meta["start"], tz="UTC").to_pydatetime(), meta["days"])
+    materialize_world(settings, meta.start_ts.to_pydatetime(), meta.days)
     return settings
 
 
@@ -49,7 +52,7 @@ def test_online_values_are_the_latest_offline_rows(store_settings: StoreSettings
     latest = offline.sort_values("event_timestamp").groupby("member_id").tail(1).set_index("member_id")
     ids = latest.index.to_numpy()[:120]
     online = store.get_online_features(
-        features=refs, entity_rows=[{"member_id": int(m)} for m in ids]).to_df().set_index("member_id")
+        features=refs, entity_rows=[{"member_id": str(m)} for m in ids]).to_df().set_index("member_id")
     names = [r.split(":")[1] for r in refs]
     np.testing.assert_array_equal(online.loc[ids, names].to_numpy(np.float32),
                                   latest.loc[ids, names].to_numpy(np.float32))
@@ -65,7 +68,7 @@ def test_item_features_online(store_settings: StoreSettings) -> None:
 
 
 def test_historical_join_is_point_in_time(store_settings: StoreSettings) -> None:
-    offers = pd.read_parquet(store_settings.world_dir / "offers.parquet").head(200)
+    offers = pd.read_parquet(store_settings.features_dir / "offers.parquet").head(200)
     entity_df = offers[["member_id", "reward_id", "event_timestamp"]]
     joined = historical_features(store_settings, entity_df, "propensity_v1")
     offline = pd.read_parquet(store_settings.features_dir / "member_features.parquet")
@@ -91,9 +94,9 @@ def test_serving_reader_returns_what_feast_returns(store_settings: StoreSettings
     reader = OnlineFeatureReader(store, MEMBER_VIEW)
     assert reader._sqlite_sql is not None  # the direct path is the one under test
     members = pd.read_parquet(store_settings.world_dir / "members.parquet")["member_id"]
-    for member_id in [*members.astype(int), 10**9]:
+    for member_id in [*members.astype(str), "no-such-member"]:
         key = reader._entity_key(join_keys=["member_id"],
-                                 entity_values=[reader._value(int64_val=member_id)])
+                                 entity_values=[reader._value(string_val=member_id)])
         [(feast_ts, feast_values)] = reader._online.online_read(store.config, reader._view, [key])
         row = reader._read_sqlite(key)
         assert (row is None) == (feast_values is None)
@@ -105,4 +108,4 @@ def test_serving_reader_returns_what_feast_returns(store_settings: StoreSettings
             assert (np.array(list(row.values.values()), np.float64).tobytes()
                     == np.array(list(expected.values()), np.float64).tobytes())
             assert reader.read(member_id) == row
-    assert reader.read(10**9) is None
+    assert reader.read("no-such-member") is None

@@ -60,7 +60,7 @@ def start_server(store: StoreSettings, events_url: str, port: int, log: Path) ->
 
 
 def event(i: int) -> dict:
-    return {"event_id": f"burst-{i:05d}", "event_type": "purchase", "member_id": 1 + i % 2000,
+    return {"event_id": f"burst-{i:05d}", "event_type": "purchase", "member_id": str(1 + i % 2000),
             "amount": 10.0 + i % 7, "timestamp": "2026-11-23T10:00:00Z"}
 
 
@@ -167,7 +167,7 @@ def test_online_store_outage_under_traffic(private_app, request_traffic) -> None
     answers during the outage are flagged degraded, and personalization comes back."""
     client, store = private_app
     members = pd.read_parquet(store.world_dir / "members.parquet")
-    ids = [int(i) for i in members[members["consent"]]["member_id"].iloc[:40]]
+    ids = [str(i) for i in members[members["consent"]]["member_id"].iloc[:40]]
     db = store.data / "feast" / "online_store.db"
     saved = db.read_bytes()
     results: list[tuple[str, int, bool, bool, list[str]]] = []
@@ -257,7 +257,7 @@ def check_refusals(client: TestClient, store: StoreSettings) -> None:
     outcome = client.post("/v1/admin/reload").json()["outcomes"]["reward"]
     assert outcome == f"refused v{mismatching}"
 
-    r = client.post("/v1/recommendations", json={"member_id": 7})
+    r = client.post("/v1/recommendations", json={"member_id": "7"})
     assert r.status_code == 200 and r.json()["model_versions"]["reward"] == str(v1.version)
     ready = client.get("/readyz").json()
     assert ready["models"]["reward"]["version"] == str(v1.version)

@@ -205,12 +205,12 @@ def test_evaluate_and_promote_without_truth(truthless) -> None:  # noqa: ANN001
 def test_observable_eligibility_is_the_truths(small_store) -> None:  # noqa: ANN001
     """Eligibility from the features (tier rank vs the reward's minimum tier rank, serving's
     rule) is the truth's eligibility matrix, and every logged offer respected it."""
-    from training.data.world import read_world_meta
+    from training.data.history import read_history_meta
     from training.evaluation.evaluate import eligible_rewards, member_snapshot
     from training.simulate.oracle import WorldTruth
 
     store = small_store
-    at = read_world_meta(store.world_dir).start_ts + pd.Timedelta(days=21)
+    at = read_history_meta(store.features_dir).start_ts + pd.Timedelta(days=21)
     snapshot = member_snapshot(store.features_dir, at)
     items = pd.read_parquet(store.features_dir / "reward_features.parquet")
     observable = eligible_rewards(snapshot, items)
@@ -219,7 +219,7 @@ def test_observable_eligibility_is_the_truths(small_store) -> None:  # noqa: ANN
     assert np.array_equal(observable, truth["eligible"])
     assert 0 < observable.mean() < 1  # some members may not have some rewards
 
-    offers = pd.read_parquet(store.world_dir / "offers.parquet")
+    offers = pd.read_parquet(store.features_dir / "offers.parquet")
     offered = offers[offers["treated"]].merge(snapshot[["member_id", "tier_rank"]],
                                               on="member_id")
     min_rank = items.set_index("reward_id")["reward_min_tier_rank"]

@@ -57,15 +57,15 @@ def test_decisions_and_events_land_in_postgres(app_client: TestClient, servers) 
     """Read back with a separate PostgreSQL connection, not through the service."""
     import psycopg
 
-    ev = {"event_id": "pg-check-1", "event_type": "purchase", "member_id": 5, "amount": 12.5,
+    ev = {"event_id": "pg-check-1", "event_type": "purchase", "member_id": "5", "amount": 12.5,
           "timestamp": "2026-11-23T10:00:00+00:00"}
     assert app_client.post("/v1/events", json={"events": [ev]}).json()["accepted"] == 1
-    recommend(app_client, member_id=6)  # noqa: F821 - from the reused module
+    recommend(app_client, member_id="6")  # noqa: F821 - from the reused module
     wait_for_decisions(app_client, 1)  # noqa: F821
     url = services(app_client).settings.events_url
     with psycopg.connect(url) as conn:
         amount = conn.execute("SELECT amount FROM events WHERE event_id = 'pg-check-1'").fetchone()
-        decided = conn.execute("SELECT COUNT(*) FROM decisions WHERE member_id = 6").fetchone()
+        decided = conn.execute("SELECT COUNT(*) FROM decisions WHERE member_id = '6'").fetchone()
     assert amount == (12.5,) and decided[0] >= 1
 
 
@@ -132,7 +132,7 @@ def test_redis_that_hangs_degrades_answers_then_recovers(trained_store, servers,
     key = make_api_key(settings.events_url, "recommend")
     host, port = servers.redis_url.split(":")
     raw = redis.Redis(host=host, port=int(port))
-    body = {"member_id": 3, "k_rewards": 2, "k_challenges": 2}
+    body = {"member_id": "3", "k_rewards": 2, "k_challenges": 2}
     with TestClient(create_app(trained_store[0], settings),
                     headers={"Authorization": f"Bearer {key}"}) as client:
         before = client.post("/v1/recommendations", json=body).json()

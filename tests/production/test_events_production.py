@@ -1,7 +1,8 @@
 """The event and decision store on PostgreSQL: the engine-independent tests of
 tests/unit/test_events.py (idempotency, concurrent writers on two store objects, decisions,
-known-answer rule queries, erasure) run here unchanged, and acknowledged events survive the
-writer being killed. Each test starts from an empty schema."""
+known-answer rule queries, erasure, member profiles, bulk imports and their deferred indexes,
+training frames, the upgrade of a store with integer member ids) run here unchanged, and
+acknowledged events survive the writer being killed. Each test starts from an empty schema."""
 
 from __future__ import annotations
 
@@ -16,9 +17,7 @@ globals().update(reuse("unit/test_events.py", exclude=(
     # SQLite specifics (pragmas, sqlite3 integrity check): their PostgreSQL counterparts follow
     "test_store_runs_wal_with_full_sync", "test_acknowledged_events_survive_sigkill",
     # pure validation, no database involved: running it twice adds nothing
-    "test_validation_errors_name_the_field", "test_naive_timestamp_error_says_why",
-    "test_valid_events_are_normalised_to_utc", "test_decision_record_rejects_an_item_offered_twice",
-    "test_open_rejects_relative_or_unknown_urls",
+    "test_decision_record_rejects_an_item_offered_twice", "test_open_rejects_relative_or_unknown_urls",
 )))
 kill_writer_and_check = globals()["kill_writer_and_check"]
 pytestmark = [pytest.mark.integration, pytest.mark.production]

@@ -415,7 +415,7 @@ def test_decision_records_are_validated_by_the_log_writer(tmp_path: Path,
     from serving.decisioning.recommend import Decision
     from serving.services import _log_decisions
 
-    def decision(decision_id: str, member_id: int) -> Decision:
+    def decision(decision_id: str, member_id: str) -> Decision:
         return Decision(response=None, record_fields=dict(  # type: ignore[arg-type]
             decision_id=decision_id, member_id=member_id, created_at=datetime.now(UTC),
             channel="web", model_versions={"reward": "1"}, flags={"degraded": False},
@@ -425,7 +425,8 @@ def test_decision_records_are_validated_by_the_log_writer(tmp_path: Path,
     store = open_event_store(f"sqlite:///{tmp_path / 'events.db'}")
     commit = _log_decisions(store)
     with caplog.at_level("ERROR", logger="rewards.services"):
-        assert commit([decision("a1", 7), decision("a2", 0), decision("a3", 8)]) == [None] * 3
-    assert store.count_decisions() == 2  # member_id 0 breaks the schema: only it is dropped
+        assert commit([decision("a1", "7"), decision("a2", "bad id!"),
+                       decision("a3", "8")]) == [None] * 3
+    assert store.count_decisions() == 2  # "bad id!" breaks the schema: only it is dropped
     assert "outside its schema" in caplog.text
     store.close()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import typer
 
+from training.cli.catalog import catalog_app
 from training.cli.data import features_app, simulate
+from training.cli.imports import import_app
 from training.cli.experiments import experiments_app, uplift_app
 from training.cli.serve import demo, keys_app, score_batch_cmd, serve
 from training.cli.train import evaluate, models_app, train_app
@@ -26,6 +28,8 @@ app.command()(evaluate)
 app.command("score-batch")(score_batch_cmd)
 app.command()(serve)
 app.command()(demo)
+app.add_typer(import_app, name="import")
+app.add_typer(catalog_app, name="catalog")
 app.add_typer(features_app, name="features")
 app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")

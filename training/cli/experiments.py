@@ -115,8 +115,8 @@ def list_cmd(data_dir: DataDirOpt = None) -> None:
     typer.echo(json.dumps([e.model_dump(mode="json") for e in found], indent=2))
 
 
-def _segments(store: Any, serve: Any, segments: Path | None) -> Any:
-    """Region from the world's members, player type when the world is a simulated one (its
+def _segments(store: Any, events: Any, segments: Path | None) -> Any:
+    """Region from the member profiles, player type when the world is a simulated one (its
     hidden traits; a real program has none), or a user's own table."""
     from serving.experiments.service import load_segments
     from training.evaluation.uplift import read_table
@@ -127,9 +127,8 @@ def _segments(store: Any, serve: Any, segments: Path | None) -> Any:
         if "member_id" not in table.columns:
             raise UserError("--segments: the table needs a member_id column")
         return table
-    world = serve.catalog(store)
-    table = load_segments(world)
-    types = player_types(world)
+    table = load_segments(events)
+    types = player_types(store.world_dir)
     if table is not None and types is not None:
         table = table.merge(types, on="member_id", how="left")
     return table
@@ -166,7 +165,7 @@ def report_cmd(
             rewards = pd.read_parquet(rewards_file, columns=["reward_id", "cost"])
             costs = dict(zip(rewards["reward_id"], rewards["cost"].astype(float), strict=True))
         report = compute_report(events, experiment, datetime.now(UTC), costs,
-                                _segments(store, serve, segments))
+                                _segments(store, events, segments))
     finally:
         events.close()
     files = write_report(report, out)
