@@ -277,7 +277,7 @@ def measure_floor(iterations: int = 2000) -> dict[str, float]:
     from serving.stores.features import OnlineFeatureReader, open_store, service_feature_names
     from serving.stores.models import ChampionSource, load_onnx
     from serving.decisioning.recommend import Recommender
-    from serving.stores.catalog import load_offline_catalog
+    from serving.stores.catalog import load_store_catalog
     from serving.decisioning.rules import load_rules
     from serving.services import MEMBER_VIEW
 
@@ -289,7 +289,7 @@ def measure_floor(iterations: int = 2000) -> dict[str, float]:
     d_names = service_feature_names(fs, "difficulty_v1")
     reward = load_onnx(source.champion("reward")[1], r_names, REWARD_DERIVED)
     difficulty = load_onnx(source.champion("difficulty")[1], d_names, DIFFICULTY_DERIVED)
-    catalog = load_offline_catalog(settings.catalog(store), store.features_dir)
+    catalog = load_store_catalog(get_serve_settings().events(store))
     recommender = Recommender(catalog, load_rules(settings.rules(store)))
     reward_rows = recommender.member_rows("reward", r_names)
     difficulty_rows = recommender.member_rows("difficulty", d_names)

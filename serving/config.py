@@ -143,7 +143,6 @@ class ServeSettings(ModelSettings):
 
     events_url: str | None = Field(None, description="default: sqlite:///<data>/events.db")
     rules_file: Path | None = Field(None, description="default: <home>/config/rules.toml")
-    catalog_dir: Path | None = Field(None, description="default: <data>/world")
     model_poll_seconds: float = Field(30.0, ge=0, description="0 disables polling")
     budget_refresh_seconds: float = Field(5.0, gt=0)
     online_timeout_ms: float = Field(200.0, gt=0)
@@ -190,9 +189,6 @@ class ServeSettings(ModelSettings):
 
     def rules(self, store: StoreSettings) -> Path:
         return self.rules_file or store.home / "config" / "rules.toml"
-
-    def catalog(self, store: StoreSettings) -> Path:
-        return self.catalog_dir or store.world_dir
 
 
 @lru_cache

@@ -26,7 +26,7 @@ from serving.api.observability import Metrics
 from serving.stores.features import MemberRow, OnlineFeatureReader
 from serving.decisioning.recommend import Decision, MemberFacts, Recommender
 from serving.stores.catalog import (
-    CatalogSettings, CatalogStore, open_catalog_store, seed_from_folder,
+    CatalogSettings, CatalogStore, open_catalog_store,
 )
 from serving.decisioning.rules import cost_multiplier, day_fraction, load_rules
 from serving.worker_group import HEARTBEAT_SECONDS, WorkerGroup
@@ -274,13 +274,9 @@ def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metri
     reader: OnlineFeatureReader | None = None
     feast_store = None
     # The catalog: tables in the event store's database, item features computed from the rows
-    # (no feature store); an empty store is seeded once from the catalog folder's files.
+    # (no feature store).
     catalog_settings = CatalogSettings()
     catalog_store = open_catalog_store(settings.events(store))
-    try:
-        seed_from_folder(catalog_store, settings.catalog(store))
-    except Exception as exc:  # noqa: BLE001 - serve what the store has; /readyz says why
-        problems["catalog"] = f"{type(exc).__name__}: {exc}"
     catalog = catalog_store.catalog()
     if not (len(catalog.rewards) or len(catalog.challenges)):
         problems.setdefault("catalog", "the catalog is empty: `rewards catalog import FILE` or "

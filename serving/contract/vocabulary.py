@@ -132,39 +132,3 @@ class Vocabulary:
                 raise ValueError(f"{kind}: repeated values in {list(values)}")
             lists[_FIELDS[kind]] = values
         return cls(**lists)  # type: ignore[arg-type]
-
-
-# -- the simulator's vocabulary ----------------------------------------------------------------
-# Transitional: these are the synthetic world's values, kept importable here until the feature
-# pipeline and the simulator read the catalog's vocabulary (they then move to
-# training/simulate/generate/catalog.py). Serving never reads them on its own: a catalog built
-# without a vocabulary (the catalog files of an older world) falls back to them.
-
-TIERS: tuple[str, ...] = ("Bronze", "Silver", "Gold", "Platinum")
-REGIONS: tuple[str, ...] = ("north", "south", "east", "west", "central")
-CATEGORIES: tuple[str, ...] = (
-    "fashion", "electronics", "grocery", "beauty", "home", "sports", "books", "travel",
-)
-REWARD_TYPES: tuple[str, ...] = (
-    "discount", "free_product", "free_shipping", "early_access", "vip_experience",
-    "charity_donation", "points_multiplier",
-)
-CHALLENGE_KINDS: tuple[str, ...] = (
-    "purchase_streak", "spend_target", "visit_count", "review", "referral",
-    "profile_completion", "explore_category", "community_mission",
-)
-EVENT_TYPES: tuple[str, ...] = (
-    "visit", "purchase", "review", "referral", "redemption", "challenge_completed",
-)
-#: The simulator's values as a Vocabulary (transitional, see above).
-SIMULATOR_VOCABULARY = Vocabulary(TIERS, REGIONS, CATEGORIES, REWARD_TYPES, CHALLENGE_KINDS)
-
-
-def code(vocabulary: tuple[str, ...], value: str) -> int:
-    """Integer code of a value in a plain list; -1 for anything unknown (e.g. category 'any').
-
-    Transitional, for the feature pipeline's lists; new code asks a :class:`Vocabulary`."""
-    try:
-        return vocabulary.index(value)
-    except ValueError:
-        return -1

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from serving.contract.vocabulary import MISSING_RATE, SIMULATOR_VOCABULARY, Vocabulary
+from serving.contract.vocabulary import MISSING_RATE, Vocabulary
 
 Columns = Mapping[str, np.ndarray]
 
@@ -58,12 +58,12 @@ def _pick(cols: Columns, names: Sequence[str], index: np.ndarray, missing: float
     return np.where(index >= 0, picked, np.float32(missing)).astype(np.float32)
 
 
-def reward_derived(cols: Columns, treated: np.ndarray, vocabulary: Vocabulary | None = None
+def reward_derived(cols: Columns, treated: np.ndarray, vocabulary: Vocabulary
                    ) -> dict[str, np.ndarray]:
     """Pair features: the member's history with this reward's type and category.
 
-    ``vocabulary``: the catalog's (None: the simulator's, until training reads the catalog)."""
-    vocab = vocabulary or SIMULATOR_VOCABULARY
+    ``vocabulary``: the catalog's, which names the member features picked."""
+    vocab = vocabulary
     type_code = np.asarray(cols["reward_type_code"]).astype(np.int64)
     cat_code = np.asarray(cols["reward_category_code"]).astype(np.int64)
     treated = np.asarray(treated, dtype=np.float32)
@@ -83,10 +83,10 @@ def reward_derived(cols: Columns, treated: np.ndarray, vocabulary: Vocabulary | 
     }
 
 
-def difficulty_derived(cols: Columns, target: np.ndarray, vocabulary: Vocabulary | None = None
+def difficulty_derived(cols: Columns, target: np.ndarray, vocabulary: Vocabulary
                        ) -> dict[str, np.ndarray]:
     """Pair features: the target, how hard it is within the template, the member's kind record."""
-    vocab = vocabulary or SIMULATOR_VOCABULARY
+    vocab = vocabulary
     target = np.asarray(target, dtype=np.float32)
     lo = np.asarray(cols["challenge_min_target"], dtype=np.float32)
     hi = np.asarray(cols["challenge_max_target"], dtype=np.float32)
@@ -126,14 +126,14 @@ def assemble(cols: Columns, derived: Mapping[str, np.ndarray], service_features:
 
 
 def reward_matrix(cols: Columns, treated: np.ndarray, service_features: Sequence[str],
-                  vocabulary: Vocabulary | None = None) -> np.ndarray:
+                  vocabulary: Vocabulary) -> np.ndarray:
     """Reward-model inputs for (member, reward) rows; treated=0 rows are the no-offer control."""
     return assemble(cols, reward_derived(cols, treated, vocabulary), service_features,
                     REWARD_DERIVED)
 
 
 def difficulty_matrix(cols: Columns, target: np.ndarray, service_features: Sequence[str],
-                      vocabulary: Vocabulary | None = None) -> np.ndarray:
+                      vocabulary: Vocabulary) -> np.ndarray:
     """Difficulty-model inputs for (member, template, target) rows."""
     return assemble(cols, difficulty_derived(cols, target, vocabulary), service_features,
                     DIFFICULTY_DERIVED)

@@ -10,7 +10,7 @@ and the vocabulary (no feature store), so a reward added at noon is scored at no
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -23,7 +23,7 @@ from pydantic import (
 
 from serving.contract.events import ItemId, Timestamp
 from serving.contract.vocabulary import (
-    ANY_CATEGORY, MAX_TIER_LENGTH, NAME_PATTERN, SIMULATOR_VOCABULARY, VOCABULARY_KINDS,
+    ANY_CATEGORY, MAX_TIER_LENGTH, NAME_PATTERN, VOCABULARY_KINDS,
     Vocabulary, value_error,
 )
 from serving.decisioning.candidates import CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS
@@ -354,8 +354,8 @@ class Catalog:
     rewards: pd.DataFrame  # reward_id, name, reward_type, category, cost, min_tier + features
     challenges: pd.DataFrame  # challenge_id, name, kind, unit, duration_days, points + features
     targets: pd.DataFrame  # one row per (challenge_id, allowed target) + template features
-    vocabulary: Vocabulary = SIMULATOR_VOCABULARY
-    version: int = 0  # the store's catalog version this was read at (0: files)
+    vocabulary: Vocabulary = field(default_factory=Vocabulary)
+    version: int = 0  # the store's catalog version this was read at
 
     def __post_init__(self) -> None:
         # The request path works on these numpy columns: pandas indexing costs ~10 us a call,
@@ -379,12 +379,10 @@ class Catalog:
     def build(cls, rewards: pd.DataFrame, challenges: pd.DataFrame,
               reward_features: pd.DataFrame | None = None,
               challenge_features: pd.DataFrame | None = None, *,
-              vocabulary: Vocabulary | None = None, version: int = 0) -> Catalog:
+              vocabulary: Vocabulary, version: int = 0) -> Catalog:
         """The catalog from its rows (retired ones are left out) and, when given, their
         features (batch jobs pass the offline parquet); otherwise the features are computed
-        from the rows with ``vocabulary``. ``vocabulary`` None means the simulator's
-        (transitional: catalog files carry none)."""
-        vocabulary = vocabulary or SIMULATOR_VOCABULARY
+        from the rows with ``vocabulary`` (the catalog's)."""
         rewards, challenges = _active(rewards), _active(challenges)
         if reward_features is None:
             reward_features = reward_item_features(rewards, vocabulary)

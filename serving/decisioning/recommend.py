@@ -28,7 +28,7 @@ from serving.decisioning.candidates import (
     reward_matrix,
 )
 from serving.contract.vocabulary import (
-    MISSING_RATE, NEVER_DAYS, SIMULATOR_VOCABULARY, Vocabulary,
+    MISSING_RATE, NEVER_DAYS, Vocabulary,
 )
 from serving.contract.events import DecisionRecord, ExposureRecord
 from serving.decisioning.ids import random_bits
@@ -87,10 +87,10 @@ class Decision:
 
 
 def cold_start_features(names: list[str], tier: str | None,
-                        vocabulary: Vocabulary | None = None) -> dict[str, float]:
+                        vocabulary: Vocabulary) -> dict[str, float]:
     """A brand-new member of the given tier (the lowest when none or unknown): no history,
-    every rate 'unknown'. ``vocabulary``: the catalog's (None: the simulator's)."""
-    tiers = (vocabulary or SIMULATOR_VOCABULARY).tiers
+    every rate 'unknown'. Tier ranks are positions in the catalog's ``vocabulary``."""
+    tiers = vocabulary.tiers
     values = {}
     for n in names:
         if n.startswith(("redeem_rate_", "completion_rate_")) or n.endswith("_rate") or n in (
@@ -106,7 +106,7 @@ def cold_start_features(names: list[str], tier: str | None,
 
 
 def reward_inputs(features: dict[str, float], rewards: Mapping[str, Any],
-                  names: list[str], vocabulary: Vocabulary | None = None) -> np.ndarray:
+                  names: list[str], vocabulary: Vocabulary) -> np.ndarray:
     """Model rows for one member x every candidate reward, then the member's no-offer row."""
     member = {f: features.get(f, 0.0) for f in names if f not in REWARD_ITEM_COLUMNS}
     items = {c: np.asarray(rewards[c], dtype=np.float32) for c in REWARD_ITEM_COLUMNS}
@@ -119,7 +119,7 @@ def reward_inputs(features: dict[str, float], rewards: Mapping[str, Any],
 
 
 def difficulty_inputs(features: dict[str, float], grid: Mapping[str, Any],
-                      names: list[str], vocabulary: Vocabulary | None = None) -> np.ndarray:
+                      names: list[str], vocabulary: Vocabulary) -> np.ndarray:
     """Model rows for one member x every (template, allowed target) in ``grid``."""
     member = {f: features.get(f, 0.0) for f in names if f not in CHALLENGE_ITEM_COLUMNS}
     items = {c: np.asarray(grid[c], dtype=np.float32) for c in CHALLENGE_ITEM_COLUMNS}
@@ -127,10 +127,10 @@ def difficulty_inputs(features: dict[str, float], grid: Mapping[str, Any],
 
 
 def item_rows(kind: str, items: Mapping[str, Any], service_features: Sequence[str],
-              vocabulary: Vocabulary | None = None) -> MemberRows:
+              vocabulary: Vocabulary) -> MemberRows:
     """A model's compiled candidate matrix over ``items`` (columns by name): every reward then
     the no-offer row (``kind`` "reward"), or every (template, target) row ("difficulty").
-    ``vocabulary`` names the member features the derived columns pick (None: the simulator's)."""
+    ``vocabulary`` (the catalog's) names the member features the derived columns pick."""
     names = list(service_features)
     if kind == "reward":
         build = lambda m: reward_inputs(m, items, names, vocabulary)  # noqa: E731

@@ -1,5 +1,5 @@
 """The catalog store: rewards, challenge templates and vocabularies as tables in the event
-store's database, plus the catalog files older worlds and batch jobs read.
+store's database.
 
 Same database as the event store (same URL, the SQLite/PostgreSQL dialects and portable SQL of
 ``serving.stores.sql``), so a replica needs no extra service. Tables: ``catalog_rewards``,
@@ -31,7 +31,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.contract.vocabulary import (
-    SIMULATOR_VOCABULARY, VOCABULARY_KINDS, Vocabulary, value_error,
+    VOCABULARY_KINDS, Vocabulary, value_error,
 )
 from serving.decisioning.catalog import (
     ITEM_MODELS, Catalog, ChallengeIn, ChallengeRecord, ItemKind, RewardIn,
@@ -42,9 +42,6 @@ from serving.stores.sql import ROWS_PER_STATEMENT, SqlStore, dialect_for
 
 log = logging.getLogger("rewards.catalog")
 
-REWARDS_FILE = "rewards.parquet"
-CHALLENGES_FILE = "challenges.parquet"
-VOCABULARY_FILE = "vocabulary.json"
 ImportKind = Literal["rewards", "challenges", "vocabulary"]
 
 
@@ -412,30 +409,6 @@ def import_file(store: CatalogStore, path: Path, kind: ImportKind | None = None
     return import_rows(store, kind, rows)
 
 
-def seed_from_folder(store: CatalogStore, catalog_dir: Path) -> bool:
-    """Fill an empty catalog store once from a world folder's catalog files (rewards.parquet,
-    challenges.parquet and, when present, vocabulary.json; the simulator's vocabulary when
-    absent: transitional, for worlds written before the catalog moved into the store).
-    Returns whether it seeded; ValueError when the files do not validate."""
-    if not store.is_empty() or not catalog_exists(catalog_dir):
-        return False
-    vocab_file = catalog_dir / VOCABULARY_FILE
-    vocabulary = (Vocabulary.from_dict(json.loads(vocab_file.read_text()))
-                  if vocab_file.is_file() else SIMULATOR_VOCABULARY)
-    results = [import_rows(store, "vocabulary", [{"kind": k, "value": v} for k, values in
-                                                 vocabulary.as_dict().items() for v in values])]
-    rewards, challenges = read_catalog(catalog_dir)
-    results += [import_frame(store, "rewards", rewards),
-                import_frame(store, "challenges", challenges)]
-    for r in results:
-        if r.errors:
-            e = r.errors[0]
-            raise ValueError(f"{catalog_dir}: {r.kind} row {e.row}: {e.field}: {e.reason}")
-    log.info("catalog seeded from files", extra={"folder": str(catalog_dir),
-                                                 "rows": [r.summary() for r in results]})
-    return True
-
-
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows of a frame as plain Python values (NaN/NaT -> None, numpy -> Python)."""
     out = []
@@ -459,33 +432,11 @@ def _renamed(row: Mapping[str, Any]) -> dict[str, Any]:
     return dict(row)
 
 
-# -- catalog files (worlds written before the catalog moved into the store; batch jobs) --------
-
-def catalog_exists(catalog_dir: Path) -> bool:
-    return (catalog_dir / REWARDS_FILE).is_file() and (catalog_dir / CHALLENGES_FILE).is_file()
-
-
-def read_catalog(catalog_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rewards, challenges); FileNotFoundError that says what to run when there is none."""
-    if not catalog_exists(catalog_dir):
-        raise FileNotFoundError(
-            f"no catalog at {catalog_dir} ({REWARDS_FILE}, {CHALLENGES_FILE}): "
-            "run `rewards demo` or `rewards simulate` first")
-    return (pd.read_parquet(catalog_dir / REWARDS_FILE),
-            pd.read_parquet(catalog_dir / CHALLENGES_FILE))
-
-
-def load_catalog(catalog_dir: Path, reward_features: pd.DataFrame,
-                 challenge_features: pd.DataFrame) -> Catalog:
-    """The catalog files with the given item features (one row per reward / template)."""
-    rewards, challenges = read_catalog(catalog_dir)
-    return Catalog.build(rewards, challenges, reward_features, challenge_features)
-
-
-def load_offline_catalog(catalog_dir: Path, features_dir: Path) -> Catalog:
-    """Item features from the offline parquet (batch jobs that need no online store)."""
-    def read(name: str) -> pd.DataFrame:
-        return pd.read_parquet(features_dir / name).drop(columns="event_timestamp")
-
-    return load_catalog(catalog_dir, read("reward_features.parquet"),
-                        read("challenge_features.parquet"))
+def load_store_catalog(url: str) -> Catalog:
+    """The active catalog of the store at ``url`` (batch jobs, benchmarks): what serving
+    answers from."""
+    store = open_catalog_store(url)
+    try:
+        return store.catalog()
+    finally:
+        store.close()

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.config import ServeSettings, StoreSettings
-from serving.contract.vocabulary import TIERS
+from training.simulate.generate.catalog import TIERS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -299,8 +299,9 @@ def test_training_and_serving_build_identical_rows(app_client: TestClient, train
     hist = historical_features(store, pd.DataFrame({
         "member_id": [member_id], "reward_id": [reward_id], "event_timestamp": [instant]}),
         "propensity_v1")
-    train_row = reward_matrix({c: hist[c].to_numpy() for c in names}, np.ones(1), names)
-    serve_rows = reward_inputs(online, catalog.rewards, names)
+    train_row = reward_matrix({c: hist[c].to_numpy() for c in names}, np.ones(1), names,
+                              catalog.vocabulary)
+    serve_rows = reward_inputs(online, catalog.rewards, names, catalog.vocabulary)
     np.testing.assert_array_equal(train_row[0], serve_rows[4])
 
     names = svc.models.get("difficulty").meta.service_features
@@ -309,8 +310,8 @@ def test_training_and_serving_build_identical_rows(app_client: TestClient, train
         "member_id": [member_id], "challenge_id": option["challenge_id"].to_list(),
         "event_timestamp": [instant]}), "difficulty_v1")
     train_row = difficulty_matrix({c: hist[c].to_numpy() for c in names},
-                                  option["target"].to_numpy(), names)
-    serve_rows = difficulty_inputs(online, catalog.targets, names)
+                                  option["target"].to_numpy(), names, catalog.vocabulary)
+    serve_rows = difficulty_inputs(online, catalog.targets, names, catalog.vocabulary)
     np.testing.assert_array_equal(train_row[0], serve_rows[7])
     assert not np.isnan(serve_rows).any()
 

@@ -13,7 +13,7 @@ from serving.config import ServeSettings, StoreSettings
 from serving.stores.features import open_store, service_feature_names, service_feature_refs
 from training.cli.data import build_store_features
 from training.data.feast_ops import apply_repo, historical_features, materialize_world
-from training.data.features import member_feature_names
+from training.data.features import built_vocabulary, member_feature_names
 from training.data.history import read_history_meta
 from training.simulate.onboard import onboard
 
@@ -40,7 +40,8 @@ def test_services_are_the_model_contracts(store_settings: StoreSettings) -> None
     assert reward_part == ["reward_type_code", "reward_category_code", "reward_cost",
                            "reward_min_tier_rank"]
     # the service projects the view: a subset, in the view's order, without consent
-    assert member_part == [n for n in member_feature_names() if n in set(member_part)]
+    vocabulary = built_vocabulary(store_settings.features_dir)
+    assert member_part == [n for n in member_feature_names(vocabulary) if n in set(member_part)]
     assert "consent" not in member_part and "visits_per_day_90d" in member_part
     assert "challenge_min_target" in service_feature_names(store, "difficulty_v1")
 

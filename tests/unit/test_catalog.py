@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from serving.contract.model_meta import ModelMetadata
-from serving.contract.vocabulary import SIMULATOR_VOCABULARY, Vocabulary, value_error
+from serving.contract.vocabulary import Vocabulary, value_error
 from serving.decisioning.candidates import REWARD_DERIVED, reward_matrix
 from serving.decisioning.catalog import (
     Catalog, ChallengeIn, RewardIn, challenge_item_features, model_cutoff_us, reward_item_features,
@@ -25,7 +25,6 @@ from serving.decisioning.recommend import MemberFacts, Recommender
 from serving.decisioning.rules import Rules, select_slate
 from serving.stores.catalog import (
     CatalogRejected, CatalogStore, import_file, import_rows, open_catalog_store,
-    seed_from_folder,
 )
 
 VOCAB = Vocabulary(tiers=("Bronze", "Silver", "Gold"), regions=("north",),
@@ -256,19 +255,23 @@ def test_file_imports_are_all_or_nothing(store: CatalogStore, tmp_path: Path) ->
         import_file(store, tmp_path / "typo.csv")
 
 
-def test_an_empty_store_is_seeded_once_from_a_worlds_catalog_files(tmp_path: Path) -> None:
-    from training.simulate.generate.catalog import challenge_catalog, reward_catalog
+def test_the_simulator_imports_its_catalog_like_a_program(tiny_world_dir: Path,
+                                                          tmp_path: Path) -> None:
+    """A simulated world's program/ files go through `rewards catalog import`: vocabulary,
+    then rewards and challenges; importing them twice changes nothing."""
+    from training.simulate.generate.catalog import VOCABULARY
 
-    world = tmp_path / "world"
-    world.mkdir()
-    reward_catalog().to_parquet(world / "rewards.parquet")
-    challenge_catalog().to_parquet(world / "challenges.parquet")
     s = open_catalog_store(f"sqlite:///{tmp_path / 'events.db'}")
     try:
-        assert seed_from_folder(s, world) and not seed_from_folder(s, world)
+        for _ in range(2):
+            for name in ("vocabulary.json", "rewards.parquet", "challenges.parquet"):
+                assert not import_file(s, tiny_world_dir / "program" / name).errors
+        version = s.version()
         cat = s.catalog()
-        assert cat.vocabulary == SIMULATOR_VOCABULARY and len(cat.rewards) == 35
-        # the files' load time is the rewards' creation: old news to any model trained since
+        assert cat.vocabulary == VOCABULARY and len(cat.rewards) == 35
+        assert import_file(s, tiny_world_dir / "program" / "rewards.parquet").created == 0
+        assert s.version() == version  # an identical import is no write
+        # created the day before the history: old news to any model trained since
         assert cat.new_rewards(int(pd.Timestamp("2026-01-01", tz="UTC").value // 1000)).sum() == 0
         assert import_rows(s, "rewards", [reward("X1", category="food")]).errors  # not a category
     finally:

@@ -136,7 +136,7 @@ def test_concurrent_writers_store_each_id_exactly_once(url: str) -> None:
             for start in range(0, per_thread, batch):
                 results = stores[t % 2].add_events([event(i) for i in ids[start:start + batch]])
                 inserted[t] += [event_id for event_id, new in results if new]
-        except BaseException as exc:  # surfaced in the main thread below
+        except BaseException as exc:  # noqa: BLE001 - surfaced in the main thread below
             errors.append(exc)
 
     workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
@@ -456,9 +456,14 @@ def test_members_changed_since_sees_events_and_profile_changes(store: EventStore
     later = datetime.now(UTC)
     assert store.members_changed_since(later) == []
     store.upsert_members(members())  # unchanged: nobody moves
+    store.add_events([event("e1", member_id="M-9")])  # a replay adds nothing
+    assert store.members_changed_since(later) == []
     store.upsert_member("42", T0, "Platinum", None, None, None)
     store.import_events(frame_of([("x1", "visit", "M-7", T0)]))
     assert store.members_changed_since(later) == ["42", "M-7"]
+    again = datetime.now(UTC)
+    store.import_events(frame_of([("x1", "visit", "M-7", T0)]))  # importing again: nobody
+    assert store.members_changed_since(again) == []
 
 
 # --- bulk imports -----------------------------------------------------------------------------
@@ -517,6 +522,11 @@ def test_import_events_is_one_transaction(store: EventStore) -> None:
         store.import_events(chunk)
     assert store.count_events() == 0
     chunk.loc[2999, "member_id"] = "M-2999"
+    chunk.loc[1500, "event_id"] = None  # a key the database refuses too, on either engine
+    with pytest.raises(Exception, match="(?i)null"):
+        store.import_events(chunk)
+    assert store.count_events() == 0
+    chunk.loc[1500, "event_id"] = "e1500"
     assert store.import_events(chunk) == 3000
 
 
@@ -535,6 +545,7 @@ def test_bulk_load_defers_indexes_only_on_an_empty_store(store: EventStore, url:
     assert indexes <= index_names(store, url)
     with store.bulk_load() as deferred:
         assert deferred and not indexes & index_names(store, url)
+        assert "events_received" in index_names(store, url)
         store.import_events(frame_of([("a", "visit", "M-1", T0)]))
         assert store.events_frame(member_ids=["M-1"])["event_id"].tolist() == ["a"]
     assert indexes <= index_names(store, url)
@@ -609,11 +620,11 @@ OLD_SCHEMA = (
         created_us BIGINT NOT NULL, item_rank INTEGER NOT NULL, score DOUBLE PRECISION NOT NULL,
         shown_probability DOUBLE PRECISION NOT NULL, target DOUBLE PRECISION,
         cost DOUBLE PRECISION, PRIMARY KEY (decision_id, item_type, item_id))""",
-    "INSERT INTO events VALUES ('e1', 'purchase', 42, 1772442000000000, NULL, NULL, NULL, "
-    "12.5, NULL, NULL, 1772442000000001, 'digest-of-the-old-request-body')",
+    ("INSERT INTO events VALUES ('e1', 'purchase', 42, 1772442000000000, NULL, NULL, NULL, "
+     "12.5, NULL, NULL, 1772442000000001, 'digest-of-the-old-request-body')"),
     "INSERT INTO decisions VALUES ('d1', 42, 1772442000000000, 'app', NULL, NULL, '{}', '{}')",
-    "INSERT INTO decision_items VALUES ('d1', 'reward', 'R01', 42, 1772442000000000, 0, 0.5, "
-    "0.9, NULL, 8.0)",
+    ("INSERT INTO decision_items VALUES ('d1', 'reward', 'R01', 42, 1772442000000000, 0, 0.5, "
+     "0.9, NULL, 8.0)"),
 )
 
 

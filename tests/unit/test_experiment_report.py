@@ -129,7 +129,7 @@ def test_store_keeps_experiments_and_first_exposures(tmp_path: Path) -> None:
         store.log_exposures([again, first.model_copy(update={"member_id": "6", "arm": "holdout",
                                                              "uplift_score": None})])
         frame = store.exposures(exp.id)
-        assert list(frame["member_id"]) == [5, 6]
+        assert list(frame["member_id"]) == ["5", "6"]
         assert frame.loc[0, "decision_id"] == "d1" and frame.loc[0, "exposed_at"] == T0
         assert np.isnan(frame.loc[1, "uplift_score"])
         report = compute_report(store, exp, T0 + timedelta(days=9))

@@ -133,10 +133,11 @@ def test_rejects_file_lists_row_field_reason_and_the_original_values(
                                      "member_id", "timestamp", "amount", "category", "points",
                                      "reward_id", "challenge_id", "decision_id"]
     assert rejects[["row", "field", "reason", "event_id"]].values.tolist() == [
-        ["22", "event_type", "unknown event type; expected one of visit, purchase, review, "
-         "referral, points_earned, points_spent, tier_change, impression, holdout, click, "
-         "redemption, challenge_progress, challenge_completed, consent_granted, "
-         "consent_withdrawn", "e-0022"],
+        ["22", "event_type", ("unknown event type; expected one of visit, purchase, review, "
+                              "referral, points_earned, points_spent, tier_change, impression, "
+                              "holdout, click, redemption, challenge_progress, "
+                              "challenge_completed, consent_granted, consent_withdrawn"),
+         "e-0022"],
         ["23", "amount", "required for purchase events", "e-0023"],
         ["24", "member_id", "must be an id: letters, digits and _ . : - (not '.' nor '..')",
          "e-0024"],
@@ -190,9 +191,11 @@ def test_cli_exits_2_on_rejects_unless_allowed(foreign: Path, url: str, tmp_path
     (["events", "{dir}/members.csv"], "missing column 'event_type'"),
     (["members", "{dir}/events.csv"], "missing column 'joined_at'"),
     (["events", "{dir}/events.csv", "--chunk-rows", "0"], "chunk-rows"),
+    (["events", "{dir}/twice.csv"], "column 'timestamp' given twice"),
 ])
 def test_cli_refuses_bad_input_in_one_line(foreign: Path, url: str, args: list[str],
                                            message: str) -> None:
+    (foreign / "twice.csv").write_text("event_type,member_id,timestamp,event_timestamp\n")
     args = [a.format(dir=foreign) for a in args]
     result = CliRunner().invoke(import_app, args, env={"REWARDS_EVENTS_URL": url})
     assert result.exit_code == 2
@@ -259,6 +262,27 @@ def test_dates(text: str, expected: str | None) -> None:
         assert checked.rejects["field"].tolist() == ["timestamp"]
     else:
         assert checked.good["event_timestamp"].tolist() == [ts(expected)]
+
+
+def test_content_ids_are_stable_whatever_carries_the_row() -> None:
+    """Pinned: a change to how ids are derived would make every id-less file import again as
+    new events. Absent columns, empty cells, spacing and number or time spelling do not count;
+    the ids sort by time, so a file in time order writes them in key order."""
+    first = check_events(one_row(event_type="purchase", member_id="M-000172",
+                                 timestamp="1997-03-01T09:20:00Z", amount="12.50",
+                                 category="grocery")).good
+    same = check_events(one_row(event_type="purchase", member_id=" M-000172", points=None,
+                                timestamp="1997-03-01T10:20:00+01:00", amount="12.5",
+                                category="grocery ", reward_id=None, properties=None)).good
+    assert first["event_id"].tolist() == same["event_id"].tolist() == [
+        "h-I1u09Kf--TjQ3nVMeJEqwPzf-"]
+    later = check_events(one_row(event_type="purchase", member_id="M-000172",
+                                 timestamp="1997-03-01T09:20:00.000001Z", amount="12.50",
+                                 category="grocery")).good["event_id"].iloc[0]
+    other = check_events(one_row(event_type="purchase", member_id="M-000172",
+                                 timestamp="1997-03-01T09:20:00Z", amount="12.51",
+                                 category="grocery")).good["event_id"].iloc[0]
+    assert later > first["event_id"].iloc[0] and other != first["event_id"].iloc[0]
 
 
 # --- the API's rules ---------------------------------------------------------------------------
@@ -371,12 +395,10 @@ import_events_file(Path(sys.argv[2]), store, chunk_rows=int(sys.argv[3]))
 
 
 def test_a_killed_import_leaves_whole_chunks_and_resumes(tmp_path: Path, url: str) -> None:
-    rows, chunk = 300_000, 10_000
+    rows, chunk = 120_000, 4_000
     source = tmp_path / "big.csv"
-    i = np.arange(rows)
-    pd.DataFrame({"event_id": [f"e{k}" for k in i], "event_type": "visit",
-                  "member_id": [f"M-{k % 5000}" for k in i],
-                  "timestamp": "1997-03-01T00:00:00Z"}).to_csv(source, index=False)
+    source.write_text("event_id,event_type,member_id,timestamp\n" + "".join(
+        f"e{k},visit,M-{k % 5000},1997-03-01T00:00:00Z\n" for k in range(rows)))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", IMPORTER, url, str(source), str(chunk)],
                             env=env)

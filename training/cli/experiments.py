@@ -115,6 +115,20 @@ def list_cmd(data_dir: DataDirOpt = None) -> None:
     typer.echo(json.dumps([e.model_dump(mode="json") for e in found], indent=2))
 
 
+def _reward_costs(url: str) -> dict[str, float] | None:
+    """Each reward's cost from the catalog store (retired ones too); None for no catalog."""
+    from serving.stores.catalog import open_catalog_store
+
+    catalog = open_catalog_store(url)
+    try:
+        rewards = catalog.frame("rewards", include_retired=True)
+    finally:
+        catalog.close()
+    if rewards.empty:
+        return None
+    return dict(zip(rewards["reward_id"], rewards["cost"].astype(float), strict=True))
+
+
 def _segments(store: Any, events: Any, segments: Path | None) -> Any:
     """Region from the member profiles, player type when the world is a simulated one (its
     hidden traits; a real program has none), or a user's own table."""
@@ -159,11 +173,7 @@ def report_cmd(
         experiment = get_experiment(events, experiment_id)
         if experiment is None:
             raise UserError(f"ID: no experiment {experiment_id!r} (see `rewards experiments list`)")
-        costs = None
-        rewards_file = serve.catalog(store) / "rewards.parquet"
-        if rewards_file.is_file():
-            rewards = pd.read_parquet(rewards_file, columns=["reward_id", "cost"])
-            costs = dict(zip(rewards["reward_id"], rewards["cost"].astype(float), strict=True))
+        costs = _reward_costs(serve.events(store))
         report = compute_report(events, experiment, datetime.now(UTC), costs,
                                 _segments(store, events, segments))
     finally:
@@ -230,7 +240,7 @@ def simulate_live_cmd(
     from training.simulate.live import ServiceRefused, missing_world
 
     store, serve = _settings(data_dir), get_serve_settings()
-    world = serve.catalog(store)
+    world = store.world_dir
     problem = missing_world(world)
     if problem:
         raise UserError(problem)

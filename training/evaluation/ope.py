@@ -46,7 +46,7 @@ def logged_columns(rows: pd.DataFrame, items: pd.DataFrame) -> np.ndarray:
 
 def off_policy(model: lgb.LGBMClassifier, service_features: list[str], rows: pd.DataFrame,
                items: pd.DataFrame, value_params: dict[str, float],
-               rng: np.random.Generator, vocabulary: Vocabulary | None = None
+               rng: np.random.Generator, vocabulary: Vocabulary
                ) -> tuple[dict[str, float], LoggedDecisions]:
     """``ope.*`` metrics of the model policy and of the baselines, and what they scored."""
     if len(rows) > OPE_MAX_ROWS:

@@ -29,7 +29,7 @@ def _predict(model: lgb.LGBMClassifier):  # noqa: ANN202 - a serving.decisioning
 
 
 def score_rewards(model: lgb.LGBMClassifier, members: pd.DataFrame, items: pd.DataFrame,
-                  service_features: list[str], vocabulary: Vocabulary | None = None
+                  service_features: list[str], vocabulary: Vocabulary
                   ) -> RewardScores:
     """Score every member against every reward of ``items``, plus each member's no-offer row
     (derived inputs pick member features by the catalog ``vocabulary``)."""
@@ -46,7 +46,7 @@ def reward_values(scores: RewardScores, basket: np.ndarray, cost: np.ndarray,
 
 
 def score_targets(model: lgb.LGBMClassifier, members: pd.DataFrame, templates: pd.DataFrame,
-                  service_features: list[str], vocabulary: Vocabulary | None = None
+                  service_features: list[str], vocabulary: Vocabulary
                   ) -> pd.DataFrame:
     """P(complete) for every member x template x allowed target (long format)."""
     grid = []

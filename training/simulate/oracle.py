@@ -36,6 +36,7 @@ from training.evaluation.evaluate import Evaluation, eligible_rewards, member_ba
 from training.evaluation.reward import RewardHoldout
 from training.evaluation.scoring import reward_values, score_rewards
 from training.simulate import truth
+from training.simulate.generate.catalog import VOCABULARY  # the simulated program's
 
 TRUTH_DIR = "truth"
 TRUTH_FILES = ("member_traits.parquet", "offers.parquet", "assignments.parquet")
@@ -155,7 +156,7 @@ def _policy_values(ev: Evaluation, model: lgb.LGBMClassifier, service_features: 
                    world: WorldTruth, hold: RewardHoldout, value_params: dict[str, float]) -> None:
     snapshot = hold.policy_members
     ids = snapshot["member_id"].to_numpy()
-    scores = score_rewards(model, snapshot, hold.items, service_features)
+    scores = score_rewards(model, snapshot, hold.items, service_features, VOCABULARY)
     eligible = eligible_rewards(snapshot, hold.items)
     cost = hold.items["reward_cost"].to_numpy(dtype=np.float64)
     value_hat = reward_values(scores, member_baskets(snapshot, value_params), cost,

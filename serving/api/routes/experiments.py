@@ -73,7 +73,9 @@ async def get_experiment(experiment_id: ExperimentId, services: ServicesDep
 
 def service_report(services: Services, experiment: Experiment) -> ExperimentReport:
     """The report as the service computes it (item costs from the catalog, region segments)."""
-    rewards = services.recommender.catalog.rewards
+    # retired rewards too: an experiment may have offered one before it was retired
+    rewards = (services.catalog_store.frame("rewards", include_retired=True)
+               if services.catalog_store is not None else services.recommender.catalog.rewards)
     costs = dict(zip(rewards["reward_id"], rewards["cost"].astype(float), strict=True))
     segments = load_segments(services.events)
     return compute_report(services.events, experiment, datetime.now(UTC), costs, segments)

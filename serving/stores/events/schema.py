@@ -33,8 +33,9 @@ TABLES = (
     # payload_sha256 fingerprints what was posted, to tell an honest retry from a reused id with
     # new content. Bulk imports leave it NULL: it is a function of the stored columns
     # (payload_digest), recomputed from them when a replay needs it.
+    # NOT NULL on the text keys: SQLite would otherwise take a NULL primary key.
     """CREATE TABLE IF NOT EXISTS events (
-        event_id VARCHAR(64) PRIMARY KEY,
+        event_id VARCHAR(64) NOT NULL PRIMARY KEY,
         event_type VARCHAR(32) NOT NULL,
         member_id VARCHAR(64) NOT NULL,
         ts_us BIGINT NOT NULL,
@@ -56,7 +57,7 @@ TABLES = (
     # Profiles. consent: 1 granted, 0 withdrawn, NULL unknown; attributes: JSON text.
     # updated_us moves only when a value changes, so re-importing a file marks nobody changed.
     """CREATE TABLE IF NOT EXISTS members (
-        member_id VARCHAR(64) PRIMARY KEY,
+        member_id VARCHAR(64) NOT NULL PRIMARY KEY,
         joined_us BIGINT NOT NULL,
         tier VARCHAR(16) NOT NULL,
         region VARCHAR(32),
@@ -64,13 +65,6 @@ TABLES = (
         attributes TEXT,
         updated_us BIGINT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS members_updated ON members (updated_us)",
-    # When each member's events last arrived (any write path), for incremental feature
-    # refreshes: one row per member, so "who changed since T" reads a small index instead of
-    # one entry per event, and a bulk import updates it once per member and chunk.
-    """CREATE TABLE IF NOT EXISTS member_activity (
-        member_id VARCHAR(64) PRIMARY KEY,
-        received_us BIGINT NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS member_activity_received ON member_activity (received_us)",
     """CREATE TABLE IF NOT EXISTS decisions (
         decision_id VARCHAR(64) PRIMARY KEY,
         member_id VARCHAR(64) NOT NULL,
@@ -118,6 +112,9 @@ TABLES = (
         uplift_score DOUBLE PRECISION,
         PRIMARY KEY (experiment_id, member_id))""",
     "CREATE INDEX IF NOT EXISTS experiment_exposures_member ON experiment_exposures (member_id)",
+    # Who had events arrive since a time (incremental feature refreshes). Kept up to date even
+    # during bulk imports: a chunk shares one received_us, so its entries go to the index's end.
+    "CREATE INDEX IF NOT EXISTS events_received ON events (received_us, member_id)",
 )
 #: The events table's secondary indexes: what a bulk import into an empty store builds once at
 #: the end instead of row by row (serving.stores.events.records.RecordStore.deferred_indexes).

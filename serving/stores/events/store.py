@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from serving.contract.events import DecisionRecord, ExposureRecord
-from serving.stores.events.records import FRAME_COLUMNS, RecordStore, typed_column
+from serving.stores.events.records import FRAME_COLUMNS, RecordStore, frame_sql, typed_column
 from serving.stores.events.schema import (
     EVENT_COLUMNS,
     FIELD_COLUMNS,
@@ -162,8 +162,6 @@ class SqlEventStore(RecordStore):
             received = micros(datetime.now(UTC))
             added = self._insert(cur, "events", EVENT_COLUMNS, "event_id", [
                 (*payloads[i], received, digests[i]) for i in first.values()])
-            if added:
-                self._touch_members(cur, [payloads[first[e]][2] for e in added], received)
         kept = {event_id: digests[i] for event_id, i in first.items() if event_id in added}
         kept.update(self._stored_digests([e for e in first if e not in added]))
         results: list[tuple[str, bool]] = []
@@ -228,14 +226,13 @@ class SqlEventStore(RecordStore):
 
     def erase_member(self, member_id: str) -> dict[str, int]:
         """Delete every row about a member, profile included (privacy request); rows deleted
-        per table (member_activity, the bookkeeping of when their events arrived, goes too)."""
+        per table."""
         counts: dict[str, int] = {}
         with self._write() as cur:
             for table in ("events", "decisions", "decision_items", "experiment_exposures",
-                          "members", "member_activity"):
+                          "members"):
                 cur.execute(self._sql(f"DELETE FROM {table} WHERE member_id = ?"), (member_id,))
                 counts[table] = cur.rowcount
-        del counts["member_activity"]
         return counts
 
     # -- queries for the business rules (each served by an index) ---------------------------
@@ -304,13 +301,15 @@ class SqlEventStore(RecordStore):
         """Events with ``start <= timestamp < end`` in time order, every column of
         :meth:`events_frame` (time in ``event_timestamp``, the project's point-in-time name)."""
         names = list(FRAME_COLUMNS)
-        sql = (f"SELECT {', '.join(FRAME_COLUMNS.values())} FROM events "
+        sql = (f"SELECT {', '.join(frame_sql(n) for n in names)} FROM events "
                "WHERE ts_us >= ? AND ts_us < ?")
         params: list[Any] = [micros(start), micros(end)]
         if event_types is not None:
             sql += f" AND event_type IN ({', '.join(['?'] * len(event_types)) or 'NULL'})"
             params += event_types
-        raw = self._fetch_columns(sql + " ORDER BY ts_us, event_id", params, len(names))
+        raw = self._fetch_columns(
+            f"{sql} ORDER BY ts_us, event_id COLLATE {self._dialect.binary_collation}", params,
+            len(names))
         return pd.DataFrame({n: typed_column(n, v) for n, v in zip(names, raw, strict=True)})
 
     def decisions_between(self, start: datetime, end: datetime) -> pd.DataFrame:

@@ -109,7 +109,7 @@ def _columns(kind: str, path: Path, names: list[str]) -> dict[str, str]:
     """File column -> import column (trimmed, aliases applied); ValueError naming what is
     missing or ambiguous."""
     mapping = {name: _ALIASES[kind].get(name.strip(), name.strip()) for name in names}
-    seen = Counter(mapping.values())
+    seen = Counter(mapping[name] for name in names)
     doubled = sorted(c for c, k in seen.items() if k > 1)
     if doubled:
         raise ValueError(f"{path.name}: column {doubled[0]!r} given twice (or with its alias)")

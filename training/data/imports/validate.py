@@ -187,30 +187,52 @@ def check_events(table: pa.Table, first_row: int = 1) -> Checked:
     return Checked(frame, rejects(table, errors, first_row), ignored, int(missing_id.sum()))
 
 
-_HEX = np.frombuffer(b"0123456789abcdef", dtype="S1")
+#: 64 characters of the id alphabet in ASCII order, so that encoded numbers sort as numbers.
+_DIGITS = np.frombuffer(b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz",
+                        dtype="S1")
+#: Added to the time in content ids so that a time just before 1970 (1970-01-01T00:30+01:00)
+#: stays positive; 9 digits of 6 bits then sort like the times until the year 2112.
+_TIME_OFFSET = 2**52
+
+
+def _base64(values: np.ndarray, digits: int) -> np.ndarray:
+    """Fixed-width, order-preserving base-64 text of unsigned integers (vectorized)."""
+    shifts = np.arange(digits - 1, -1, -1, dtype=np.uint64) * np.uint64(6)
+    sextets = (values.astype(np.uint64)[:, None] >> shifts) & np.uint64(63)
+    return _DIGITS[sextets].view(f"S{digits}").ravel()
 
 
 def content_ids(frame: pd.DataFrame) -> np.ndarray:
-    """Deterministic event ids for rows given none: ``h-`` and a 128-bit BLAKE2b hash of what
-    the row says (type, member, time, every field, properties), the same whichever file format
-    or column order carried it, so importing the file again finds them stored. Rows identical
-    in every column get the same id (one event): give them event ids to keep them apart."""
+    """Deterministic event ids for rows given none, so importing the file again finds them
+    stored: ``h-``, the event time (9 characters) and a 96-bit BLAKE2b hash of what the row
+    says (type, member, time, every field, properties; 16 characters), the same whichever file
+    format or column order carried it.
+
+    The time comes first so that a file in time order writes its ids in key order, nearly as
+    cheap as sequence numbers (ids in random order cost the id index about 3x). Rows identical
+    in every column get the same id (one event): give them event ids to keep them apart.
+    """
     if frame.empty:
         return np.empty(0, dtype=object)
+    micros = frame["event_timestamp"].array.asi8
     parts = [pa.array(frame["event_type"], pa.string()), pa.array(frame["member_id"], pa.string()),
-             pa.array(frame["event_timestamp"].array.asi8).cast(pa.string())]
+             pa.array(micros).cast(pa.string())]
     for name in ("decision_id", *EVENT_FIELDS, "properties"):  # all, absent ones as nulls
-        column = frame[name] if name in frame else pd.Series(None, index=frame.index,
-                                                             dtype=object)
-        parts.append(pa.array(column.to_numpy(dtype=object, na_value=None)
-                              if column.dtype == object else column).cast(pa.string()))
+        column = frame.get(name)
+        if column is None or not column.notna().any():
+            parts.append(pa.nulls(len(frame), pa.string()))
+        else:
+            parts.append(pa.array(column, from_pandas=True).cast(pa.string()))
     joined = pc.binary_join_element_wise(*parts, "\x1f", null_handling="replace",
                                          null_replacement="")
-    digests = b"".join(hashlib.blake2b(row, digest_size=16).digest()
-                       for row in joined.cast(pa.binary()).to_pylist())
-    raw = np.frombuffer(digests, dtype=np.uint8).reshape(-1, 16)
-    hexed = _HEX[np.stack([raw >> 4, raw & 15], axis=-1).reshape(-1, 32)]
-    return np.char.add("h-", hexed.view("S32").ravel().astype(str)).astype(object)
+    digests = b"".join([hashlib.blake2b(row, digest_size=12).digest()
+                        for row in joined.cast(pa.binary()).to_pylist()])
+    w = np.frombuffer(digests, dtype=">u4").reshape(-1, 3).astype(np.uint64)  # 3 x 32 bits
+    high = (w[:, 0] << np.uint64(16)) | (w[:, 1] >> np.uint64(16))  # 48 bits each
+    low = ((w[:, 1] & np.uint64(0xFFFF)) << np.uint64(32)) | w[:, 2]
+    ids = np.char.add(b"h-", _base64(micros + _TIME_OFFSET, 9))
+    ids = np.char.add(np.char.add(ids, _base64(high, 8)), _base64(low, 8))
+    return ids.astype(str).astype(object)
 
 
 def _properties(errors: Errors, texts: Text) -> np.ndarray:
