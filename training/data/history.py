@@ -15,7 +15,7 @@ built for, so training splits and labels against the same window.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,10 @@ if TYPE_CHECKING:
     from serving.stores.events import EventStore
 
 META_FILE = "history.json"
+#: Where `rewards features refresh` resumes: members with events received after this time.
+STATE_FILE = "refresh.json"
+#: Events whose transaction is still open when the store is read are caught by the next refresh.
+SAFETY = timedelta(seconds=5)
 TS_DTYPE = "datetime64[us, UTC]"
 DAY = pd.Timedelta(days=1)
 #: Columns of the events frame the history needs (the store's names).
@@ -77,6 +81,19 @@ def write_history_meta(features_dir: Path, meta: HistoryMeta) -> None:
     tmp = features_dir / f"{META_FILE}.tmp"
     tmp.write_text(meta.model_dump_json(indent=2) + "\n")
     tmp.replace(features_dir / META_FILE)
+
+
+def read_watermark(features_dir: Path) -> datetime | None:
+    path = features_dir / STATE_FILE
+    if not path.is_file():
+        return None
+    return datetime.fromisoformat(json.loads(path.read_text())["received_after"])
+
+
+def write_watermark(features_dir: Path, when: datetime) -> None:
+    tmp = features_dir / f"{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps({"received_after": when.isoformat()}) + "\n")
+    tmp.replace(features_dir / STATE_FILE)
 
 
 def calendar(events: pd.Series, start: pd.Timestamp | None = None,
@@ -210,8 +227,6 @@ def build_from_store(events_store: EventStore, rewards: pd.DataFrame,
     point-in-time with the features; ``history.json`` is written last, so its presence means a
     complete build.
     """
-    from training.data.refresh import SAFETY, write_watermark
-
     read_at = datetime.now(UTC)
     world = load_history(events_store, rewards, challenges, vocabulary,
                          window_days=window_days, start=start, end=end)

@@ -18,7 +18,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,19 +28,19 @@ import pandas as pd
 from training.data.features import World, compute_member_features, member_feature_names
 from training.data.history import (
     EVENT_COLUMNS,
+    SAFETY,
     HistoryMeta,
     derive_assignments,
     derive_offers,
+    read_watermark,
+    write_watermark,
 )
 
 if TYPE_CHECKING:
     from serving.contract.vocabulary import Vocabulary
     from serving.stores.events import EventStore
 
-STATE_FILE = "refresh.json"
 MEMBER_VIEW = "member_daily"
-#: Events whose transaction is still open when a refresh reads are caught by the next one.
-SAFETY = timedelta(seconds=5)
 #: Member-days computed per chunk: the dense arrays are members x days x ~80 features.
 CELLS_PER_CHUNK = 500_000
 
@@ -51,19 +51,6 @@ class RefreshResult:
     rows_written: int
     seconds: float
     watermark: datetime
-
-
-def read_watermark(features_dir: Path) -> datetime | None:
-    path = features_dir / STATE_FILE
-    if not path.is_file():
-        return None
-    return datetime.fromisoformat(json.loads(path.read_text())["received_after"])
-
-
-def write_watermark(features_dir: Path, when: datetime) -> None:
-    tmp = features_dir / f"{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps({"received_after": when.isoformat()}) + "\n")
-    tmp.replace(features_dir / STATE_FILE)
 
 
 def current_rows(events_store: EventStore, member_ids: list[str], rewards: pd.DataFrame,
