@@ -55,6 +55,25 @@ def trained_store(small_store):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="session")
+def with_catalog(small_store):  # noqa: ANN001, ANN201
+    """Import the small world's catalog (vocabulary, rewards, challenges) into the database at a
+    URL, through `rewards catalog import`'s path, as `rewards simulate` does for its own store:
+    for apps given a fresh event store. Returns the URL."""
+    from serving.stores.catalog import import_file, open_catalog_store
+
+    def load(url: str) -> str:
+        store = open_catalog_store(url)
+        try:
+            for name in ("vocabulary.json", "rewards.parquet", "challenges.parquet"):
+                assert not import_file(store, small_store.world_dir / "program" / name).errors
+        finally:
+            store.close()
+        return url
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def make_api_key():  # noqa: ANN201
     """Create an API key in the key table of ``url`` (the event store's database); returns the
     plaintext key. Tests authenticate like clients do instead of turning auth off."""

@@ -20,12 +20,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def app_client(trained_store, tmp_path_factory: pytest.TempPathFactory,  # noqa: ANN001
-               make_api_key) -> Iterator[TestClient]:  # noqa: ANN001
+               make_api_key, with_catalog) -> Iterator[TestClient]:  # noqa: ANN001
     from serving.main import create_app
 
     store = trained_store[0]
     events = tmp_path_factory.mktemp("events") / "events.db"
-    settings = ServeSettings(events_url=f"sqlite:///{events}", model_poll_seconds=0, seed=3)
+    settings = ServeSettings(events_url=with_catalog(f"sqlite:///{events}"), model_poll_seconds=0,
+                             seed=3)
     key = make_api_key(settings.events_url, "recommend", "events", "admin")
     with TestClient(create_app(store, settings),
                     headers={"Authorization": f"Bearer {key}"}) as client:

@@ -103,12 +103,12 @@ def failures(statistic: Statistic) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fuzz_app(copy_store, tmp_path_factory: pytest.TempPathFactory,  # noqa: ANN001
-             make_api_key) -> Iterator[tuple[Any, str]]:  # noqa: ANN001
+             make_api_key, with_catalog) -> Iterator[tuple[Any, str]]:  # noqa: ANN001
     from serving.main import create_app
 
     root = tmp_path_factory.mktemp("fuzz")
     store = copy_store(root)
-    url = f"sqlite:///{root / 'events.db'}"
+    url = with_catalog(f"sqlite:///{root / 'events.db'}")
     key = make_api_key(url)  # every scope: the fuzzer should reach each route's own validation
     app = create_app(store, ServeSettings(events_url=url, model_poll_seconds=0, seed=1))
     with TestClient(app):  # runs the lifespan: stores and models stay open for the fuzzer

@@ -149,12 +149,12 @@ def test_sigkill_during_event_burst_loses_no_acknowledged_event(
 
 
 @pytest.fixture
-def private_app(copy_store, make_api_key,  # noqa: ANN001
+def private_app(copy_store, make_api_key, with_catalog,  # noqa: ANN001
                 tmp_path: Path) -> Iterator[tuple[TestClient, StoreSettings]]:
     from serving.main import create_app
 
     store = copy_store(tmp_path)
-    url = f"sqlite:///{tmp_path / 'events.db'}"
+    url = with_catalog(f"sqlite:///{tmp_path / 'events.db'}")
     key = make_api_key(url, "recommend", "admin")
     settings = ServeSettings(events_url=url, model_poll_seconds=0, seed=5)
     with TestClient(create_app(store, settings),

@@ -21,11 +21,12 @@ TTL = 0.3
 
 @pytest.fixture(scope="module")
 def secured(trained_store, tmp_path_factory: pytest.TempPathFactory,  # noqa: ANN001
-            make_api_key) -> Iterator[tuple[TestClient, dict[str, str], str]]:  # noqa: ANN001
+            make_api_key, with_catalog  # noqa: ANN001
+            ) -> Iterator[tuple[TestClient, dict[str, str], str]]:
     """An app with a test-only HTML page behind `experiments:read`, and keys for each role."""
     from serving.main import create_app
 
-    url = f"sqlite:///{tmp_path_factory.mktemp('security') / 'events.db'}"
+    url = with_catalog(f"sqlite:///{tmp_path_factory.mktemp('security') / 'events.db'}")
     settings = ServeSettings(events_url=url, model_poll_seconds=0, seed=3,
                              auth_cache_ttl_seconds=TTL)
     keys = {

@@ -93,6 +93,7 @@ def test_difficulty_never_rises_with_the_target(trained) -> None:  # noqa: ANN00
     """Directional: for any member and template, a harder target is never likelier to finish."""
     import mlflow.lightgbm
 
+    from training.data.features import built_vocabulary
     from training.evaluation.evaluate import member_snapshot
     from training.evaluation.scoring import score_targets
 
@@ -101,7 +102,8 @@ def test_difficulty_never_rises_with_the_target(trained) -> None:  # noqa: ANN00
     meta = read_onnx_metadata(difficulty.onnx_path)
     snap = member_snapshot(store.features_dir, pd.Timestamp("2026-01-20", tz="UTC")).head(200)
     templates = pd.read_parquet(store.features_dir / "challenge_features.parquet")
-    grid = score_targets(model, snap, templates, meta.service_features)
+    grid = score_targets(model, snap, templates, meta.service_features,
+                         built_vocabulary(store.features_dir))
     grid = grid.sort_values(["member_id", "challenge_id", "target"])
     steps = grid.groupby(["member_id", "challenge_id"])["p_complete"].diff().dropna()
     assert (steps <= 1e-12).all()

@@ -20,13 +20,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.production, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def app_client(trained_store, servers, make_api_key) -> Iterator[TestClient]:  # noqa: ANN001
+def app_client(trained_store, servers, make_api_key,  # noqa: ANN001
+               with_catalog) -> Iterator[TestClient]:  # noqa: ANN001
     from serving.main import create_app
 
     store = trained_store[0]
     # A generous network timeout: the shared 2-core CI machine can stall a thread for longer
     # than the 200 ms default; timeouts themselves are tested with a broken reader.
-    settings = ServeSettings(events_url=servers.database("events_api"), model_poll_seconds=0,
+    settings = ServeSettings(events_url=with_catalog(servers.database("events_api")),
+                             model_poll_seconds=0,
                              seed=3, online_timeout_ms=5_000)
     # Keys live in PostgreSQL beside the events, as in a deployment.
     key = make_api_key(settings.events_url, "recommend", "events", "admin")
@@ -119,7 +121,8 @@ def test_erasure_reaches_redis_and_postgres(app_client: TestClient, trained_stor
 
 
 def test_redis_that_hangs_degrades_answers_then_recovers(trained_store, servers,  # noqa: ANN001
-                                                        make_api_key) -> None:  # noqa: ANN001
+                                                        make_api_key,  # noqa: ANN001
+                                                        with_catalog) -> None:  # noqa: ANN001
     """Redis stops answering (CLIENT PAUSE: connections stay open, replies wait): each request
     gives up after REWARDS_ONLINE_TIMEOUT_MS with a 200 flagged degraded, not a hang or a 5xx;
     when Redis answers again, so does personalization, without a restart."""
@@ -127,8 +130,8 @@ def test_redis_that_hangs_degrades_answers_then_recovers(trained_store, servers,
 
     from serving.main import create_app
 
-    settings = ServeSettings(events_url=servers.database("events_hang"), model_poll_seconds=0,
-                             seed=3, online_timeout_ms=150)
+    settings = ServeSettings(events_url=with_catalog(servers.database("events_hang")),
+                             model_poll_seconds=0, seed=3, online_timeout_ms=150)
     key = make_api_key(settings.events_url, "recommend")
     host, port = servers.redis_url.split(":")
     raw = redis.Redis(host=host, port=int(port))

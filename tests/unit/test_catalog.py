@@ -281,7 +281,7 @@ def test_the_simulator_imports_its_catalog_like_a_program(tiny_world_dir: Path,
 def test_the_catalog_command(tmp_path: Path) -> None:
     import typer
 
-    from training.cli.catalog import catalog_app
+    from training.cli.program import catalog_app
 
     app = typer.Typer()  # as training/cli/app.py registers it
     app.add_typer(catalog_app, name="catalog")

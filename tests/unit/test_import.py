@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from serving.contract.events import parse_event
 from serving.stores.events import EventStore, open_event_store
-from training.cli.imports import import_app
+from training.cli.program import import_app
 from training.data.imports import (
     check_events,
     check_members,

@@ -1,19 +1,18 @@
 """The `rewards` command: the Typer app and where each command comes from.
 
-Commands live in modules by what they work on: ``data`` (simulate, features), ``train`` (train,
-evaluate, models), ``serve`` (serve, score-batch, keys, demo) and ``experiments`` (experiments,
-uplift). They import ``common`` only, never this module, so registering them here makes no
-cycle. Heavy libraries are imported inside commands, so `--help` is instant.
+Commands live in modules by what they work on: ``program`` (import, catalog), ``data``
+(simulate, features), ``train`` (train, evaluate, models), ``serve`` (serve, score-batch, keys,
+demo) and ``experiments`` (experiments, uplift). They import ``common`` only, never this
+module, so registering them here makes no cycle. Heavy libraries are imported inside commands, so `--help` is instant.
 """
 
 from __future__ import annotations
 
 import typer
 
-from training.cli.catalog import catalog_app
 from training.cli.data import features_app, simulate
-from training.cli.imports import import_app
 from training.cli.experiments import experiments_app, uplift_app
+from training.cli.program import catalog_app, import_app
 from training.cli.serve import demo, keys_app, score_batch_cmd, serve
 from training.cli.train import evaluate, models_app, train_app
 

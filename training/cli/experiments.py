@@ -161,8 +161,6 @@ def report_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Write the marketer's report (same HTML as GET /experiments/ID) and log it to MLflow."""
-    import pandas as pd
-
     from serving.config import get_serve_settings
     from serving.experiments.render import write_report
     from serving.experiments.service import compute_report, get_experiment

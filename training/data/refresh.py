@@ -14,7 +14,6 @@ one; recomputing a member twice is harmless.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass

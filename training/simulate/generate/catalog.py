@@ -12,7 +12,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from serving.contract.vocabulary import ANY_CATEGORY, Vocabulary
+from serving.contract.vocabulary import ANY_CATEGORY, Vocabulary  # noqa: F401 - re-exported
 
 # The synthetic program's vocabularies. The product learns them like any program's: from the
 # catalog the simulator imports (program/vocabulary.json), never from this module.
