@@ -56,12 +56,17 @@ def prepare(world: Path, out: Path, ids: str, order: str) -> dict[str, Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--world", type=Path, default=Path("/tmp/base/data/world"),
-                        help="a simulated world folder (default: /tmp/base/data/world)")
+    parser.add_argument("--world", type=Path, default=None,
+                        help="a simulated world folder (default: <data>/world, e.g. after "
+                             "`rewards demo --no-serve`)")
     parser.add_argument("--ids", choices=("rows", "content"), default="rows")
     parser.add_argument("--order", choices=("member", "time"), default="member")
     parser.add_argument("--chunk-rows", type=int, default=100_000)
     args = parser.parse_args()
+    if args.world is None:
+        from serving.config import get_store_settings
+
+        args.world = get_store_settings().world_dir
     with tempfile.TemporaryDirectory(prefix="bench_import_") as tmp:
         folder = Path(tmp)
         t0 = time.perf_counter()

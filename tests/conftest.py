@@ -58,16 +58,27 @@ def trained_store(small_store):  # noqa: ANN001, ANN201
 def with_catalog(small_store):  # noqa: ANN001, ANN201
     """Import the small world's catalog (vocabulary, rewards, challenges) into the database at a
     URL, through `rewards catalog import`'s path, as `rewards simulate` does for its own store:
-    for apps given a fresh event store. Returns the URL."""
+    for apps given a fresh event store; with ``members``, the member profiles too. Returns the
+    URL."""
     from serving.stores.catalog import import_file, open_catalog_store
 
-    def load(url: str) -> str:
+    def load(url: str, members: bool = False) -> str:
+        program = small_store.world_dir / "program"
         store = open_catalog_store(url)
         try:
             for name in ("vocabulary.json", "rewards.parquet", "challenges.parquet"):
-                assert not import_file(store, small_store.world_dir / "program" / name).errors
+                assert not import_file(store, program / name).errors
         finally:
             store.close()
+        if members:
+            from serving.stores.events import open_event_store
+            from training.data.imports import import_members_file
+
+            events = open_event_store(url)
+            try:
+                assert import_members_file(program / "members.parquet", events).rejected == 0
+            finally:
+                events.close()
         return url
 
     return load

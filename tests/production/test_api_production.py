@@ -82,11 +82,11 @@ def test_erasure_reaches_redis_and_postgres(app_client: TestClient, trained_stor
 
     svc = services(app_client)
     members = pd.read_parquet(trained_store[0].world_dir / "members.parquet")
-    member_id = int(members[members["consent"]].iloc[-2]["member_id"])
+    member_id = str(members[members["consent"]].iloc[-2]["member_id"])
     reader = svc.reader
     config = reader._store.config
     key = reader._entity_key(join_keys=["member_id"],
-                             entity_values=[reader._value(int64_val=member_id)])
+                             entity_values=[reader._value(string_val=member_id)])
     [(ts, saved)] = reader._online.online_read(config, reader._view, [key],
                                                reader.feature_names)
     assert saved and reader.read(member_id) is not None
@@ -143,7 +143,7 @@ def test_redis_that_hangs_degrades_answers_then_recovers(trained_store, servers,
         raw.execute_command("CLIENT", "PAUSE", "2000", "ALL")
         try:
             answers, started = [], time.monotonic()
-            for member_id in (3, 4, 5):
+            for member_id in ("3", "4", "5"):
                 t0 = time.monotonic()
                 r = client.post("/v1/recommendations", json={**body, "member_id": member_id})
                 answers.append((r.status_code, r.json(), time.monotonic() - t0))
