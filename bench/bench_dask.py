@@ -80,12 +80,12 @@ def champions(threads: int) -> dict[str, object]:
 def bench_score(client: object, workers: int) -> dict[str, object]:
     from serving.batch.scoring import score_batch
     from serving.batch.partitioned import score_batch_dask
-    from serving.config import get_store_settings
-    from serving.stores.catalog import load_offline_catalog
+    from serving.config import get_serve_settings, get_store_settings
+    from serving.stores.catalog import load_store_catalog
 
     store = get_store_settings()
     features = store.features_dir / "member_features.parquet"
-    catalog = load_offline_catalog(store.world_dir, store.features_dir)
+    catalog = load_store_catalog(get_serve_settings().events(store))
     out: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         files = {}
@@ -129,12 +129,12 @@ def bench_runtime(client: object, workers: int, rounds: int = 2,
     from serving.batch.compiled import compile_native
     from serving.config import get_serve_settings, get_store_settings
     from serving.stores.models import ChampionSource
-    from serving.stores.catalog import load_offline_catalog
+    from serving.stores.catalog import load_store_catalog
     from serving.decisioning.rules import load_rules
 
     store, serve = get_store_settings(), get_serve_settings()
     features = store.features_dir / "member_features.parquet"
-    catalog = load_offline_catalog(serve.catalog(store), store.features_dir)
+    catalog = load_store_catalog(get_serve_settings().events(store))
     flow = load_rules(serve.rules(store)).challenges.flow_zone
     source = ChampionSource(store.tracking_uri, store.models)
     onnx = champions(1)

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import numpy as np
 from serving.config import get_store_settings, get_serve_settings
 try:
-    from serving.stores.catalog import load_offline_catalog
+    from serving.stores.catalog import load_store_catalog
     from serving.stores.features import open_store, service_feature_names
     from serving.stores.models import ChampionSource, load_onnx
     from serving.decisioning.recommend import Recommender, MemberFacts
@@ -27,7 +27,7 @@ except ImportError:
     from serving.rules import load_rules
     from serving.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
     from serving.batch import latest_member_features
-    load_offline_catalog = Catalog.from_offline
+    load_store_catalog = None  # older builds read the catalog files
     build = "old"
 store, serve = get_store_settings(), get_serve_settings()
 fs = open_store(store)
@@ -36,7 +36,8 @@ models = {}
 for name, svc, der in (("reward", "propensity_v1", REWARD_DERIVED), ("difficulty", "difficulty_v1", DIFFICULTY_DERIVED)):
     v, p = src.champion(name)
     models[name] = load_onnx(p, service_feature_names(fs, svc), der)
-catalog = load_offline_catalog(serve.catalog(store), store.features_dir)
+catalog = (load_store_catalog(serve.events(store)) if load_store_catalog
+           else Catalog.from_offline(serve.catalog(store), store.features_dir))
 rec = Recommender(catalog, load_rules(serve.rules(store)), seed=1)
 members = latest_member_features(store.features_dir / "member_features.parquet").sample(2000, random_state=0)
 names = [c for c in members.columns if c not in ("member_id", "event_timestamp")]
@@ -45,7 +46,7 @@ now = datetime(2026, 4, 1, tzinfo=UTC)
 def run():
     t0 = time.perf_counter()
     for i, f in enumerate(rows):
-        rec.recommend(MemberFacts(member_id=i, features=f, consent=True), models["reward"], models["difficulty"],
+        rec.recommend(MemberFacts(member_id=str(i), features=f, consent=True), models["reward"], models["difficulty"],
                       k_rewards=3, k_challenges=3, channel="app", exclude=set(), now=now, cost_multiplier=1.0)
     return (time.perf_counter() - t0) / len(rows) * 1e6
 run()

@@ -29,7 +29,7 @@ KINDS: dict[str, Callable[[], str]] = {"uuid4": lambda: uuid.uuid4().hex,
                                        "uuid7": new_decision_id}
 
 
-def record(decision_id: str, member_id: int) -> DecisionRecord:
+def record(decision_id: str, member_id: str) -> DecisionRecord:
     items = [DecisionItem(item_type="reward", item_id=f"R{i:02d}", rank=i, score=0.5,
                           shown_probability=0.9, cost=3.0) for i in range(3)]
     items += [DecisionItem(item_type="challenge", item_id=f"C{i:02d}", rank=i, score=0.7,
@@ -46,9 +46,9 @@ def run(kind: str, prefill: int, batches: int, batch: int, folder: str) -> tuple
     store = open_event_store(f"sqlite:///{tempfile.mkdtemp(dir=folder)}/events.db")
     try:
         for _ in range(0, prefill, 500):
-            store.log_decisions([record(new_id(), random.randint(1, 100_000))
+            store.log_decisions([record(new_id(), str(random.randint(1, 100_000)))
                                  for _ in range(500)])
-        todo = [[record(new_id(), random.randint(1, 100_000)) for _ in range(batch)]
+        todo = [[record(new_id(), str(random.randint(1, 100_000))) for _ in range(batch)]
                 for _ in range(batches)]
         cpu, wall = time.process_time(), time.perf_counter()
         for decisions in todo:

@@ -46,7 +46,7 @@ end
 request = function()
   local id = math.random(1, %(members)d)
   return wrk.format(nil, "/v1/recommendations", nil,
-    '{"member_id": ' .. id .. ', "k_rewards": 3, "k_challenges": 3}')
+    '{"member_id": "' .. id .. '", "k_rewards": 3, "k_challenges": 3}')
 end
 function response(status, headers, body)
   if status >= 500 then server_err = server_err + 1

@@ -44,7 +44,7 @@ wrk.headers["Authorization"] = "Bearer %(key)s"
 request = function()
   local id = math.random(1, %(members)d)
   return wrk.format(nil, "/v1/recommendations", nil,
-    '{"member_id": ' .. id .. ', "k_rewards": 3, "k_challenges": 3}')
+    '{"member_id": "' .. id .. '", "k_rewards": 3, "k_challenges": 3}')
 end
 %(delay)s
 """
@@ -277,7 +277,7 @@ def measure_floor(iterations: int = 2000) -> dict[str, float]:
     from serving.stores.features import OnlineFeatureReader, open_store, service_feature_names
     from serving.stores.models import ChampionSource, load_onnx
     from serving.decisioning.recommend import Recommender
-    from serving.stores.catalog import load_offline_catalog
+    from serving.stores.catalog import load_store_catalog
     from serving.decisioning.rules import load_rules
     from serving.services import MEMBER_VIEW
 
@@ -289,14 +289,14 @@ def measure_floor(iterations: int = 2000) -> dict[str, float]:
     d_names = service_feature_names(fs, "difficulty_v1")
     reward = load_onnx(source.champion("reward")[1], r_names, REWARD_DERIVED)
     difficulty = load_onnx(source.champion("difficulty")[1], d_names, DIFFICULTY_DERIVED)
-    catalog = load_offline_catalog(settings.catalog(store), store.features_dir)
+    catalog = load_store_catalog(get_serve_settings().events(store))
     recommender = Recommender(catalog, load_rules(settings.rules(store)))
     reward_rows = recommender.member_rows("reward", r_names)
     difficulty_rows = recommender.member_rows("difficulty", d_names)
     rng = np.random.default_rng(0)
     times = []
     for _ in range(iterations):
-        member_id = int(rng.integers(1, 100_000))
+        member_id = str(int(rng.integers(1, 100_000)))
         t0 = time.perf_counter()
         row = reader.read(member_id)
         values = row.values if row else {}

@@ -46,15 +46,15 @@ def requests(member_ids: np.ndarray, rewards: list[str], n_members: int, n_repea
     chosen = rng.choice(member_ids, size=min(n_members, len(member_ids)), replace=False)
     bodies: list[dict[str, Any]] = []
     for i, member in enumerate(chosen.tolist()):
-        body: dict[str, Any] = {"member_id": int(member)}
+        body: dict[str, Any] = {"member_id": str(int(member))}
         if i % 5 == 1:
             body["exclude"] = rng.choice(rewards, size=3, replace=False).tolist()
         if i % 7 == 2:
             body["k_rewards"], body["k_challenges"] = 1, 1
         bodies.append(body)
     absent = int(member_ids.max()) + 1
-    bodies += [{"member_id": absent + i} for i in range(max(2, n_members // 100))]
-    bodies += [{"member_id": int(m)} for m in chosen[:n_repeats].tolist()]
+    bodies += [{"member_id": str(absent + i)} for i in range(max(2, n_members // 100))]
+    bodies += [{"member_id": str(int(m))} for m in chosen[:n_repeats].tolist()]
     return bodies
 
 

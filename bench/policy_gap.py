@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 
 from serving.config import get_store_settings
-from serving.contract.vocabulary import CATEGORIES, REWARD_TYPES
+from training.simulate.generate.catalog import CATEGORIES, REWARD_TYPES, VOCABULARY
 from serving.decisioning.candidates import (
     NO_OFFER,
     REWARD_ITEM_COLUMNS,
@@ -211,7 +211,7 @@ class PolicyBench:
 
 
 def swap(model: lgb.Booster, data: Dataset, bench: PolicyBench) -> None:
-    s = score_rewards(model, bench.snap, bench.items, data.service_features)
+    s = score_rewards(model, bench.snap, bench.items, data.service_features, data.vocabulary)
     t = bench.truth
     true_uplift = t["p_convert_offer"] - t["p_convert_control"]
     for name, (uplift, p_redeem, basket) in {
@@ -338,9 +338,10 @@ def refit(variant: str, extra: Extra, learners: set[str], data: Dataset, bench: 
     item_cols = _columns(bench.items, list(REWARD_ITEM_COLUMNS))
     n, m = len(bench.ids), len(bench.items)
     offer = _with(extra, reward_matrix(cross(member_cols, item_cols), np.ones(n * m),
-                                       data.service_features), names, np.repeat(bench.ids, m))
+                                       data.service_features, VOCABULARY), names,
+                  np.repeat(bench.ids, m))
     control = _with(extra, reward_matrix({**member_cols, **no_offer_items(n)}, np.zeros(n),
-                                         data.service_features), names, bench.ids)
+                                         data.service_features, VOCABULARY), names, bench.ids)
     proba = np.concatenate([predict(offer).reshape(n, m, -1), predict(control).reshape(n, 1, -1)],
                            axis=1).reshape(n * (m + 1), -1)
     s = scores_from_proba(proba, n)

@@ -5,8 +5,8 @@ from feast import Entity, ValueType
 member = Entity(
     name="member",
     join_keys=["member_id"],
-    value_type=ValueType.INT64,
-    description="A loyalty-program member (pseudonymous id).",
+    value_type=ValueType.STRING,
+    description="A loyalty-program member (the program's own id: 1-64 of [A-Za-z0-9_.:-]).",
 )
 
 reward = Entity(

@@ -6,9 +6,7 @@ Change a service's features only by adding a new version (propensity_v2, ...).
 """
 
 from feast import FeatureService
-from feature_views import challenge_attributes, member_daily, reward_attributes
-
-from training.data.features import member_feature_names
+from feature_views import MEMBER_FEATURES, challenge_attributes, member_daily, reward_attributes
 
 # Consent steers business rules, never scores. Counts that only grow with time (points balance,
 # offers or challenges ever received, 90-day totals on a young history) drift between the
@@ -17,7 +15,7 @@ NOT_MODEL_INPUTS = {
     "consent", "points_balance", "offers_received", "challenges_assigned",
     "visits_90d", "purchases_90d", "spend_90d", "reviews_90d", "referrals_90d",
 }
-MODEL_MEMBER_FEATURES = [n for n in member_feature_names() if n not in NOT_MODEL_INPUTS]
+MODEL_MEMBER_FEATURES = [n for n in MEMBER_FEATURES if n not in NOT_MODEL_INPUTS]
 
 propensity_v1 = FeatureService(
     name="propensity_v1",

@@ -1,17 +1,21 @@
 """Feature views over the parquet sources.
 
-The member view's columns are exactly what the feature pipeline computes
-(`training.data.features.member_feature_names`), so the two cannot drift apart.
+The member view's columns are exactly what the feature pipeline computed
+(`training.data.features.member_feature_names` under the vocabulary the features were built with,
+`<features>/vocabulary.json`), so the two cannot drift apart.
 """
 
 from datetime import timedelta
 
-from data_sources import challenge_source, member_daily_source, reward_source
+from data_sources import FEATURES_DIR, challenge_source, member_daily_source, reward_source
 from entities import challenge, member, reward
 from feast import FeatureView, Field
 from feast.types import Float32
 
-from training.data.features import member_feature_names
+from training.data.features import built_vocabulary, member_feature_names
+
+#: The catalog's vocabulary names the per-category, per-type and per-kind features.
+MEMBER_FEATURES = member_feature_names(built_vocabulary(FEATURES_DIR))
 
 # Rows are daily; a row older than two days means the daily job stopped, and stale features
 # must not silently feed training.
@@ -19,7 +23,7 @@ member_daily = FeatureView(
     name="member_daily",
     entities=[member],
     ttl=timedelta(days=2),
-    schema=[Field(name=name, dtype=Float32) for name in member_feature_names()],
+    schema=[Field(name=name, dtype=Float32) for name in MEMBER_FEATURES],
     source=member_daily_source,
     online=True,
     description="Point-in-time engagement, redemption and challenge history per member.",

@@ -48,6 +48,11 @@ class StoreSettings(BaseSettings):
         None, pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|TB|KiB|MiB|GiB|TiB)$",
         description="cap on the DuckDB offline store's memory for training-set retrieval, "
         "e.g. '6GB' (spills to <data>/duckdb_tmp beyond it); default: DuckDB's own, 80% of RAM")
+    # -- the program's business constants (read when features and labels are built) --
+    attribution_window_days: int = Field(
+        7, gt=0, le=365, description="a purchase or redemption counts for an offer when it "
+                                     "happens within this many days of the impression")
+    margin: float = Field(0.3, gt=0, le=1, description="profit margin on incremental spend")
 
     @model_validator(mode="after")
     def _profile_defaults(self) -> Self:
@@ -138,7 +143,6 @@ class ServeSettings(ModelSettings):
 
     events_url: str | None = Field(None, description="default: sqlite:///<data>/events.db")
     rules_file: Path | None = Field(None, description="default: <home>/config/rules.toml")
-    catalog_dir: Path | None = Field(None, description="default: <data>/world")
     model_poll_seconds: float = Field(30.0, ge=0, description="0 disables polling")
     budget_refresh_seconds: float = Field(5.0, gt=0)
     online_timeout_ms: float = Field(200.0, gt=0)
@@ -185,9 +189,6 @@ class ServeSettings(ModelSettings):
 
     def rules(self, store: StoreSettings) -> Path:
         return self.rules_file or store.home / "config" / "rules.toml"
-
-    def catalog(self, store: StoreSettings) -> Path:
-        return self.catalog_dir or store.world_dir
 
 
 @lru_cache

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pandas as pd
 from pydantic import ValidationError
 
-from serving.decisioning.candidates import (
-    CHALLENGE_ITEM_COLUMNS, DIFFICULTY_DERIVED, REWARD_DERIVED, REWARD_ITEM_COLUMNS,
-)
+from serving.decisioning.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
 from serving import worker_group
 from serving.config import ServeSettings, StoreSettings
 from serving.contract.events import EventIn, ExposureRecord
@@ -27,8 +25,9 @@ from serving.stores.models import ChampionSource, ModelManager
 from serving.api.observability import Metrics
 from serving.stores.features import MemberRow, OnlineFeatureReader
 from serving.decisioning.recommend import Decision, MemberFacts, Recommender
-from serving.decisioning.catalog import Catalog
-from serving.stores.catalog import read_catalog
+from serving.stores.catalog import (
+    CatalogSettings, CatalogStore, open_catalog_store,
+)
 from serving.decisioning.rules import cost_multiplier, day_fraction, load_rules
 from serving.worker_group import HEARTBEAT_SECONDS, WorkerGroup
 from serving.stores.writer import GroupCommitter
@@ -68,11 +67,15 @@ class Services:
     loaded_generation: int = 0
     #: the model versions last reported as loaded in the metrics
     reported_versions: dict[str, str] = field(default_factory=dict)
+    #: the catalog tables, polled for a new version (None: the catalog never changes)
+    catalog_store: CatalogStore | None = None
+    catalog_refresh_seconds: float = 5.0
+    _catalog_lock: threading.Lock = field(default_factory=threading.Lock)
     _decision_counters: dict[tuple[str, str, str], Any] = field(default_factory=dict)
 
     # -- request path -------------------------------------------------------------------------
 
-    async def member_facts(self, member_id: int, now: datetime) -> MemberFacts:
+    async def member_facts(self, member_id: str, now: datetime) -> MemberFacts:
         """Online features + event-store facts; any failure degrades, never raises."""
         reasons: list[str] = []
         row: MemberRow | None = None
@@ -115,7 +118,7 @@ class Services:
         caps = self.recommender.rules.budget.reward_daily_caps
         return {r for r, cap in caps.items() if self.budget.redemptions_today.get(r, 0) >= cap}
 
-    async def decide(self, member_id: int, *, channel: str, k_rewards: int, k_challenges: int,
+    async def decide(self, member_id: str, *, channel: str, k_rewards: int, k_challenges: int,
                      exclude: set[str], tier_hint: str | None) -> Decision:
         now = datetime.now(UTC)
         facts = await self.member_facts(member_id, now)
@@ -163,6 +166,24 @@ class Services:
                 self.metrics.model_version.labels(name, version).set(1)
                 self.reported_versions[name] = version
         return outcomes
+
+    def refresh_catalog(self) -> bool:
+        """Swap in the store's catalog when its version moved (otherwise one indexed read);
+        True when a new catalog serves from the next request on. Requests in flight finish
+        on the catalog they started with (Recommender.set_catalog)."""
+        if self.catalog_store is None:
+            return False
+        with self._catalog_lock:  # the poller and an admin write: one reload at a time
+            if self.catalog_store.version() == self.recommender.catalog.version:
+                return False
+            catalog = self.catalog_store.catalog()
+            self.recommender.set_catalog(catalog)
+            if len(catalog.rewards) or len(catalog.challenges):
+                self.problems.pop("catalog", None)
+        log.info("catalog reloaded", extra={"version": catalog.version,
+                                            "rewards": len(catalog.rewards),
+                                            "challenges": len(catalog.challenges)})
+        return True
 
     def refresh_budget(self) -> None:
         start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -225,6 +246,9 @@ class Services:
             self._every(self.settings.budget_refresh_seconds, self.refresh_budget, "budget")))
         self.tasks.append(asyncio.create_task(self._every(
             self.settings.budget_refresh_seconds, self.experiments.refresh, "experiments")))
+        if self.catalog_store is not None:
+            self.tasks.append(asyncio.create_task(self._every(
+                self.catalog_refresh_seconds, self.refresh_catalog, "catalog")))
 
     def close(self) -> None:
         for t in self.tasks:
@@ -236,6 +260,8 @@ class Services:
             self.exposure_writer.close()
         self.event_writer.close()
         self.events.close()
+        if self.catalog_store is not None:
+            self.catalog_store.close()
 
 
 def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metrics) -> Services:
@@ -247,18 +273,19 @@ def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metri
     rules = load_rules(settings.rules(store))
     reader: OnlineFeatureReader | None = None
     feast_store = None
-    items = read_catalog(settings.catalog(store))  # once: ids for Feast, then the Catalog
+    # The catalog: tables in the event store's database, item features computed from the rows
+    # (no feature store).
+    catalog_settings = CatalogSettings()
+    catalog_store = open_catalog_store(settings.events(store))
+    catalog = catalog_store.catalog()
+    if not (len(catalog.rewards) or len(catalog.challenges)):
+        problems.setdefault("catalog", "the catalog is empty: `rewards catalog import FILE` or "
+                                       "PUT /v1/catalog/rewards/{id} (served without a restart)")
     try:
         feast_store = open_store(store)
         reader = OnlineFeatureReader(feast_store, MEMBER_VIEW)
-        reward_features, challenge_features = _item_features(feast_store, settings, *items)
     except Exception as exc:  # noqa: BLE001
         problems["feature_store"] = f"{type(exc).__name__}: {exc}"
-        reward_features = pd.read_parquet(store.features_dir / "reward_features.parquet")
-        challenge_features = pd.read_parquet(store.features_dir / "challenge_features.parquet")
-    catalog = Catalog.build(*items, reward_features.drop(
-        columns=["event_timestamp"], errors="ignore"), challenge_features.drop(
-        columns=["event_timestamp"], errors="ignore"))
 
     def service_features(service: str) -> list[str]:
         if feast_store is None:
@@ -270,14 +297,16 @@ def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metri
     manager.add(settings.difficulty_model_name, settings.difficulty_service, DIFFICULTY_DERIVED)
     services = Services(
         store=store, settings=settings, metrics=metrics, events=events, models=manager,
-        recommender=Recommender(catalog, rules, settings.seed), reader=reader,
+        recommender=Recommender(catalog, rules, settings.seed,
+                                catalog_settings.new_reward_epsilon), reader=reader,
         event_writer=GroupCommitter(events.add_events, "event-writer"),
         decision_writer=GroupCommitter(_log_decisions(events), "decision-writer",
                                        linger_seconds=settings.decision_log_linger_ms / 1000),
         experiments=ExperimentCache(events.experiments),
         exposure_writer=GroupCommitter(_log_exposures(events), "exposure-writer",
                                        linger_seconds=settings.decision_log_linger_ms / 1000),
-        problems=problems, group=worker_group.current())
+        problems=problems, group=worker_group.current(), catalog_store=catalog_store,
+        catalog_refresh_seconds=catalog_settings.catalog_refresh_seconds)
     if services.group is not None:  # before loading: a reload asked for meanwhile still counts
         services.loaded_generation = services.group.generation()
     services.refresh_models()
@@ -308,20 +337,3 @@ def _log_exposures(events: EventStore):  # noqa: ANN202
 
     return commit
 
-
-def _item_features(feast_store: Any, settings: ServeSettings, catalog_rewards: pd.DataFrame,
-                   catalog_challenges: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Catalog item features from the online store, once: they change with the catalog only."""
-    ids = catalog_rewards["reward_id"].tolist()
-    rewards = feast_store.get_online_features(
-        features=feast_store.get_feature_service(settings.reward_service),
-        entity_rows=[{"reward_id": r, "member_id": 0} for r in ids]).to_df()
-    cids = catalog_challenges["challenge_id"].tolist()
-    challenges = feast_store.get_online_features(
-        features=feast_store.get_feature_service(settings.difficulty_service),
-        entity_rows=[{"challenge_id": c, "member_id": 0} for c in cids]).to_df()
-    out_r = rewards[["reward_id", *REWARD_ITEM_COLUMNS]]
-    out_c = challenges[["challenge_id", *CHALLENGE_ITEM_COLUMNS]]
-    if out_r.isna().any().any() or out_c.isna().any().any():
-        raise RuntimeError("catalog features missing from the online store: run materialize")
-    return out_r, out_c

@@ -22,23 +22,23 @@ def tiny_world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_store(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    """A 2,000-member, 42-day world with features built and loaded into Feast (SQLite)."""
-    import json
-
-    import pandas as pd
-
-    from serving.config import StoreSettings
+    """A 2,000-member, 42-day world imported into the event store (as `rewards simulate`
+    does), with features built from the store and loaded into Feast (SQLite)."""
+    from serving.config import ServeSettings, StoreSettings
+    from training.cli.data import build_store_features
     from training.data.feast_ops import apply_repo, materialize_world
-    from training.data.features import build_features
+    from training.data.history import read_history_meta
     from training.simulate import WorldConfig, simulate_world
+    from training.simulate.onboard import onboard
 
     root = tmp_path_factory.mktemp("small_store")
     settings = StoreSettings(data_dir=root / "data", models_dir=root / "models")
     simulate_world(WorldConfig(members=2_000, days=42, seed=5), settings.world_dir, progress=False)
-    build_features(settings.world_dir, settings.features_dir, progress=False)
-    meta = json.loads((settings.world_dir / "world.json").read_text())
+    onboard(settings.world_dir, ServeSettings().events(settings), progress=False)
+    build_store_features(settings, progress=False)
+    meta = read_history_meta(settings.features_dir)
     apply_repo(settings)
-    materialize_world(settings, pd.Timestamp(meta["start"], tz="UTC").to_pydatetime(), meta["days"])
+    materialize_world(settings, meta.start_ts.to_pydatetime(), meta.days)
     return settings
 
 
@@ -52,6 +52,36 @@ def trained_store(small_store):  # noqa: ANN001, ANN201
     reward = train_reward(small_store, settings)
     difficulty = train_difficulty(small_store, settings)
     return small_store, settings, reward, difficulty
+
+
+@pytest.fixture(scope="session")
+def with_catalog(small_store):  # noqa: ANN001, ANN201
+    """Import the small world's catalog (vocabulary, rewards, challenges) into the database at a
+    URL, through `rewards catalog import`'s path, as `rewards simulate` does for its own store:
+    for apps given a fresh event store; with ``members``, the member profiles too. Returns the
+    URL."""
+    from serving.stores.catalog import import_file, open_catalog_store
+
+    def load(url: str, members: bool = False) -> str:
+        program = small_store.world_dir / "program"
+        store = open_catalog_store(url)
+        try:
+            for name in ("vocabulary.json", "rewards.parquet", "challenges.parquet"):
+                assert not import_file(store, program / name).errors
+        finally:
+            store.close()
+        if members:
+            from serving.stores.events import open_event_store
+            from training.data.imports import import_members_file
+
+            events = open_event_store(url)
+            try:
+                assert import_members_file(program / "members.parquet", events).rejected == 0
+            finally:
+                events.close()
+        return url
+
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ from training.data.datasets import (
     difficulty_dataset,
     reward_dataset,
 )
-from training.data.world import read_world_meta
+from training.data.history import read_history_meta
 from training.evaluation import plots
 from training.evaluation.difficulty import evaluate_difficulty
 from training.evaluation.evaluate import Evaluation, fit_value_params
@@ -97,12 +97,12 @@ def train_reward(store: StoreSettings, settings: TrainSettings,
     shares = (settings.valid_share, settings.test_share)
     with timer.step("training set (Feast get_historical_features)"):
         features = service_feature_names(open_store(store), service)
-        data = reward_dataset(store, store.world_dir, shares, service, features)
+        data = reward_dataset(store, store.features_dir, shares, service, features)
     with timer.step(f"LightGBM on {int((data.part == 'train').sum()):,} offers"):
         model = fit_classifier(data, settings, objective="multiclass", client=client)
     split = data.split
     with timer.step("held-out evaluation (test period)"):
-        value_params = fit_value_params(data, read_world_meta(store.world_dir).margin)
+        value_params = fit_value_params(data, read_history_meta(store.features_dir).margin)
         ev = evaluate_reward(model, data, split, store.features_dir,
                              settings.policy_eval_members, value_params, settings.seed)
     oracle = _oracle(store.world_dir)
@@ -134,7 +134,7 @@ def train_difficulty(store: StoreSettings, settings: TrainSettings,
     shares = (settings.valid_share, settings.test_share)
     with timer.step("training set (Feast get_historical_features)"):
         features = service_feature_names(open_store(store), service)
-        data = difficulty_dataset(store, store.world_dir, shares, service, features)
+        data = difficulty_dataset(store, store.features_dir, shares, service, features)
     with timer.step(f"LightGBM (monotone in target) on {int((data.part == 'train').sum()):,} "
                     "assignments"):
         model = fit_classifier(data, settings, objective="binary",
@@ -214,7 +214,7 @@ def evaluate_registered(store: StoreSettings, settings: TrainSettings, alias: st
 
     tracking.configure_mlflow(store.tracking_uri, store.artifact_root,
                               settings.experiment)
-    margin = read_world_meta(store.world_dir).margin
+    margin = read_history_meta(store.features_dir).margin
     oracle = _oracle(store.world_dir)
     out: dict[str, object] = {}
     versions: dict[str, str] = {}
@@ -233,7 +233,7 @@ def evaluate_registered(store: StoreSettings, settings: TrainSettings, alias: st
         onnx_path = tracking.download_champion(name, store.models) if alias == "champion" else None
         meta = read_onnx_metadata(onnx_path) if onnx_path else None
         features = service_feature_names(open_store(store), service)
-        data = build(store, store.world_dir, shares, service, features)
+        data = build(store, store.features_dir, shares, service, features)
         if name == settings.reward_model_name:
             params = ({"margin": margin, **meta.value_params} if meta and meta.value_params
                       else fit_value_params(data, margin))

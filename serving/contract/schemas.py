@@ -1,17 +1,25 @@
-"""Request and response schemas of the HTTP API. Unknown fields are rejected everywhere."""
+"""Request and response schemas of the HTTP API. Unknown fields are rejected everywhere.
+
+Request fields take JSON types as they are: numbers must be JSON numbers (``false`` is not 0,
+``"3"`` is not 3), member ids JSON strings (``42`` is not ``"42"``); see
+``serving.contract.events`` for the shared field types.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
-from serving.contract.events import MAX_MEMBER_ID, EventIn
-from serving.contract.vocabulary import REGIONS, TIERS
+from serving.contract.events import (
+    NUMBER, Attributes, DateOrTimestamp, EventIn, ItemId, MemberId, ShortText, Tier,
+)
 
-ItemId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,16}$")]
 Channel = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
-MemberId = Annotated[int, Field(ge=1, le=MAX_MEMBER_ID)]
+#: A vocabulary value (tier, region), as the catalog's vocabularies allow them.
+VocabularyValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+TierHint = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,16}$")]
+Count = Annotated[int, Field(ge=0, le=20), NUMBER]
 MAX_BATCH = 1_000
 
 
@@ -22,15 +30,17 @@ class _Strict(BaseModel):
 class RequestContext(_Strict):
     """What the caller knows that the feature store may not (used for cold starts)."""
 
-    tier: Literal[TIERS] | None = None  # type: ignore[valid-type]
-    region: Literal[REGIONS] | None = None  # type: ignore[valid-type]
+    tier: TierHint | None = Field(None, description="the member's tier, for a member without "
+                                                    "history (a tier the catalog does not "
+                                                    "list counts as no hint)")
+    region: VocabularyValue | None = None
 
 
 class RecommendationRequest(_Strict):
     member_id: MemberId
     channel: Channel = "app"
-    k_rewards: int = Field(3, ge=0, le=20)
-    k_challenges: int = Field(3, ge=0, le=20)
+    k_rewards: Count = 3
+    k_challenges: Count = 3
     context: RequestContext | None = None
     exclude: list[ItemId] = Field(default_factory=list, max_length=100,
                                   description="reward or challenge ids never to return")
@@ -39,8 +49,8 @@ class RecommendationRequest(_Strict):
 class BatchRecommendationRequest(_Strict):
     member_ids: list[MemberId] = Field(min_length=1, max_length=MAX_BATCH)
     channel: Channel = "crm"
-    k_rewards: int = Field(3, ge=0, le=20)
-    k_challenges: int = Field(3, ge=0, le=20)
+    k_rewards: Count = 3
+    k_challenges: Count = 3
     exclude: list[ItemId] = Field(default_factory=list, max_length=100)
 
 
@@ -72,7 +82,7 @@ class ChallengeOut(BaseModel):
 
 class RecommendationResponse(BaseModel):
     decision_id: str
-    member_id: int
+    member_id: str
     rewards: list[RewardOut]
     challenges: list[ChallengeOut]
     model_versions: dict[str, str]
@@ -90,7 +100,8 @@ class BatchRecommendationResponse(BaseModel):
 
 
 class EventsRequest(_Strict):
-    events: list[EventIn] = Field(min_length=1, max_length=MAX_BATCH)
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_BATCH,
+                                  description="one schema per event_type")
 
 
 class EventAck(BaseModel):
@@ -112,13 +123,30 @@ class ReloadResponse(BaseModel):
     workers: int = Field(1, description="live workers of this server")
 
 
+class MemberProfile(_Strict):
+    """Body of PUT /v1/members/{member_id}: the member's profile, replaced as a whole."""
+
+    joined_at: DateOrTimestamp
+    tier: Tier
+    region: ShortText | None = None
+    consent: StrictBool | None = Field(None, description="consent to personalization; absent: "
+                                                         "unknown")
+    attributes: Attributes | None = Field(None, description="any other facts the program "
+                                                            "keeps (text, number or boolean)")
+
+
+class MemberUpserted(BaseModel):
+    member_id: str
+    status: Literal["created", "updated"]
+
+
 class ErasureResponse(BaseModel):
     """What DELETE /v1/members/{id} removed, per store."""
 
-    member_id: int
-    erased: dict[str, int] = Field(description="rows deleted: events, decisions, "
-                                               "decision_items, experiment_exposures, "
-                                               "online_features")
+    member_id: str
+    erased: dict[str, int] = Field(description="rows deleted per table: events, decisions, "
+                                               "decision_items, experiment_exposures, members "
+                                               "(the profile), online_features")
 
 
 class ErrorItem(BaseModel):
@@ -127,7 +155,8 @@ class ErrorItem(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    """Every error of the API: 401, 403, 413, 422, 429, 500."""
+    """Every error of the API (401, 403, 404, 405, 409, 413, 422, 429, 500, 503): each item
+    names the offending field (``body.events.1.amount``, ``path.member_id``, ``method``...)."""
 
     errors: list[ErrorItem]
 

@@ -4,6 +4,11 @@ A model's input is its FeatureService's features (in the service's order) follow
 derived columns that depend on the (member, item) pair. Training calls these functions on
 logged pairs; serving calls them on a member crossed with every candidate. Any difference
 between the two would be training/serving skew, so there is exactly one implementation.
+
+The derived picks (the member's redeem rate for the reward's type, share of its category, ...)
+read member features named after the catalog's vocabulary (``redeem_rate_<type>``); a value
+appended to the vocabulary after the features were defined has no such feature yet, and reads
+as "no history" (MISSING_RATE, or 0 for counts and shares) until it does.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from serving.contract.vocabulary import CATEGORIES, CHALLENGE_KINDS, MISSING_RATE, REWARD_TYPES
+from serving.contract.vocabulary import MISSING_RATE, Vocabulary
 
 Columns = Mapping[str, np.ndarray]
 
@@ -34,8 +39,16 @@ CHALLENGE_ITEM_COLUMNS: tuple[str, ...] = (
 
 
 def _pick(cols: Columns, names: Sequence[str], index: np.ndarray, missing: float) -> np.ndarray:
-    """Per row, the column ``names[index]``; ``missing`` where index is -1."""
-    values = [np.asarray(cols[n], dtype=np.float32) for n in names]
+    """Per row, the column ``names[index]``; ``missing`` where index is -1 or the column is
+    absent (a vocabulary value without its member feature)."""
+    index = np.asarray(index)
+    if not names:  # an empty vocabulary: nothing to pick from
+        return np.full(index.shape, missing, dtype=np.float32)
+    values = [np.asarray(cols[n], dtype=np.float32) if n in cols else np.float32(missing)
+              for n in names]
+    if any(v.ndim for v in values):  # rows of members: a missing column is a column of missing
+        rows = len(index)
+        values = [v if v.ndim else np.full(rows, v, dtype=np.float32) for v in values]
     safe = np.clip(index, 0, len(names) - 1)
     if all(v.ndim == 0 for v in values):  # one member's scalars (the request path): a lookup
         picked = np.array(values, dtype=np.float32)[safe]
@@ -45,14 +58,19 @@ def _pick(cols: Columns, names: Sequence[str], index: np.ndarray, missing: float
     return np.where(index >= 0, picked, np.float32(missing)).astype(np.float32)
 
 
-def reward_derived(cols: Columns, treated: np.ndarray) -> dict[str, np.ndarray]:
-    """Pair features: the member's history with this reward's type and category."""
+def reward_derived(cols: Columns, treated: np.ndarray, vocabulary: Vocabulary
+                   ) -> dict[str, np.ndarray]:
+    """Pair features: the member's history with this reward's type and category.
+
+    ``vocabulary``: the catalog's, which names the member features picked."""
+    vocab = vocabulary
     type_code = np.asarray(cols["reward_type_code"]).astype(np.int64)
     cat_code = np.asarray(cols["reward_category_code"]).astype(np.int64)
     treated = np.asarray(treated, dtype=np.float32)
-    type_rate = _pick(cols, [f"redeem_rate_{t}" for t in REWARD_TYPES], type_code, MISSING_RATE)
-    type_offers = _pick(cols, [f"offers_{t}" for t in REWARD_TYPES], type_code, 0.0)
-    share = _pick(cols, [f"share_{c}_90d" for c in CATEGORIES], cat_code, 0.0)
+    type_rate = _pick(cols, [f"redeem_rate_{t}" for t in vocab.reward_types], type_code,
+                      MISSING_RATE)
+    type_offers = _pick(cols, [f"offers_{t}" for t in vocab.reward_types], type_code, 0.0)
+    share = _pick(cols, [f"share_{c}_90d" for c in vocab.categories], cat_code, 0.0)
     tier_gap = (np.asarray(cols["tier_rank"], dtype=np.float32)
                 - np.asarray(cols["reward_min_tier_rank"], dtype=np.float32))
     off = treated == 0
@@ -65,8 +83,10 @@ def reward_derived(cols: Columns, treated: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def difficulty_derived(cols: Columns, target: np.ndarray) -> dict[str, np.ndarray]:
+def difficulty_derived(cols: Columns, target: np.ndarray, vocabulary: Vocabulary
+                       ) -> dict[str, np.ndarray]:
     """Pair features: the target, how hard it is within the template, the member's kind record."""
+    vocab = vocabulary
     target = np.asarray(target, dtype=np.float32)
     lo = np.asarray(cols["challenge_min_target"], dtype=np.float32)
     hi = np.asarray(cols["challenge_max_target"], dtype=np.float32)
@@ -76,7 +96,7 @@ def difficulty_derived(cols: Columns, target: np.ndarray) -> dict[str, np.ndarra
         "target": target,
         "target_ratio": ((target - lo) / span).astype(np.float32),
         "kind_completion_rate": _pick(
-            cols, [f"completion_rate_{k}" for k in CHALLENGE_KINDS], kind, MISSING_RATE),
+            cols, [f"completion_rate_{k}" for k in vocab.challenge_kinds], kind, MISSING_RATE),
     }
 
 
@@ -105,15 +125,18 @@ def assemble(cols: Columns, derived: Mapping[str, np.ndarray], service_features:
     return X
 
 
-def reward_matrix(cols: Columns, treated: np.ndarray, service_features: Sequence[str]) -> np.ndarray:
+def reward_matrix(cols: Columns, treated: np.ndarray, service_features: Sequence[str],
+                  vocabulary: Vocabulary) -> np.ndarray:
     """Reward-model inputs for (member, reward) rows; treated=0 rows are the no-offer control."""
-    return assemble(cols, reward_derived(cols, treated), service_features, REWARD_DERIVED)
+    return assemble(cols, reward_derived(cols, treated, vocabulary), service_features,
+                    REWARD_DERIVED)
 
 
-def difficulty_matrix(cols: Columns, target: np.ndarray,
-                      service_features: Sequence[str]) -> np.ndarray:
+def difficulty_matrix(cols: Columns, target: np.ndarray, service_features: Sequence[str],
+                      vocabulary: Vocabulary) -> np.ndarray:
     """Difficulty-model inputs for (member, template, target) rows."""
-    return assemble(cols, difficulty_derived(cols, target), service_features, DIFFICULTY_DERIVED)
+    return assemble(cols, difficulty_derived(cols, target, vocabulary), service_features,
+                    DIFFICULTY_DERIVED)
 
 
 def cross(members: Columns, items: Columns) -> dict[str, np.ndarray]:

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from serving.decisioning.rules import Slate, select_slate
+
 
 def expected_value(uplift: np.ndarray, p_redeem: np.ndarray, basket_value: np.ndarray,
                    cost: np.ndarray, margin: float, cost_multiplier: float = 1.0) -> np.ndarray:
@@ -85,3 +87,58 @@ def flow_zone_targets(p_complete: np.ndarray, layout: np.ndarray,
     distance[np.isnan(distance)] = np.inf
     nearest = distance[:, layout].argmin(axis=2)  # first minimum: the lowest target
     return layout[np.arange(len(layout)), nearest]
+
+
+def select_slate_exploring_new(value: np.ndarray, category: np.ndarray, k: int,
+                               max_per_category: int, epsilon: float, rng: np.random.Generator,
+                               new: np.ndarray, new_epsilon: float) -> tuple[Slate, bool]:
+    """:func:`~serving.decisioning.rules.select_slate` with the exploration of new items.
+
+    A new item (one the model has never seen: no history to score it by) would rarely win a
+    slot, so nothing would ever be learnt about it. Rule: the slate's first k - 1 slots are
+    chosen as by ``select_slate``; in its last slot (slot k - 1), when some eligible new item
+    remains (not shown yet, its category under the cap), a uniformly drawn one of them is
+    shown with probability ``new_epsilon``, else the slot is chosen as ``select_slate`` would.
+    The logged probability of the last slot's item is the mixture's, exactly:
+
+        (1 - new_epsilon) x [(1 - epsilon) x [it is the best] + epsilon / n]
+        + new_epsilon x [it is new] / n_new
+
+    (n: items allowed in the slot, n_new: new ones among them), and every slot's probabilities
+    over its candidates still sum to 1. Without new items (or ``new_epsilon`` 0) this is
+    ``select_slate`` itself, random draws included. Returns the slate and whether its last
+    slot was the new-item exploration's draw.
+    """
+    new = np.asarray(new, dtype=bool)
+    if k <= 0 or new_epsilon <= 0 or not new.any():
+        return select_slate(value, category, k, max_per_category, epsilon, rng), False
+    head = select_slate(value, category, k - 1, max_per_category, epsilon, rng)
+    category = np.asarray(category)
+    if category.dtype.kind not in "iu":  # labels: integer codes, as select_slate does
+        category = np.unique(category, return_inverse=True)[1]
+    cat_code = category.tolist()
+    taken = set(head.index.tolist())
+    per_cat: dict[int, int] = {}
+    for i in taken:
+        per_cat[cat_code[i]] = per_cat.get(cat_code[i], 0) + 1
+    candidates = [i for i in range(len(cat_code))
+                  if i not in taken and per_cat.get(cat_code[i], 0) < max_per_category]
+    if len(head.index) < k - 1 or not candidates:  # the slate ran out before its last slot
+        return head, False
+    allowed = set(candidates)
+    # best first, equal values by index, NaN last: select_slate's order
+    order = np.argsort(-np.asarray(value, dtype=np.float64), kind="stable").tolist()
+    best = next(i for i in order if i in allowed)
+    fresh = [i for i in candidates if new[i]]
+    explored = bool(fresh) and rng.random() < new_epsilon
+    if explored:  # uniform draws by index: rng.integers costs a fraction of rng.choice
+        pick = fresh[int(rng.integers(len(fresh)))]
+    elif rng.random() >= epsilon:
+        pick = best
+    else:
+        pick = candidates[int(rng.integers(len(candidates)))]
+    p = (1.0 - epsilon) * (pick == best) + epsilon / len(candidates)
+    if fresh:
+        p = (1.0 - new_epsilon) * p + new_epsilon * bool(new[pick]) / len(fresh)
+    return Slate(np.array([*head.index.tolist(), pick], dtype=np.int64),
+                 np.array([*head.probability.tolist(), p], dtype=np.float64)), explored

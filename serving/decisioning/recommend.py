@@ -3,6 +3,10 @@
 The route gathers the inputs (online features, event-store facts, models); this module turns
 them into a decision with no I/O, so every flag and rule is testable on plain values. Each
 model is called once per request on the whole candidate matrix.
+
+The catalog can change while serving (``Recommender.set_catalog``): a request reads the
+recommender's current catalog once, with the candidate matrices compiled for it, and uses that
+pair throughout, so a swap never mixes two catalogs in one decision.
 """
 
 from __future__ import annotations
@@ -23,18 +27,23 @@ from serving.decisioning.candidates import (
     CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, MemberRows, difficulty_matrix, no_offer_items,
     reward_matrix,
 )
-from serving.contract.vocabulary import NEVER_DAYS, TIERS, code
+from serving.contract.vocabulary import (
+    MISSING_RATE, NEVER_DAYS, Vocabulary,
+)
 from serving.contract.events import DecisionRecord, ExposureRecord
 from serving.decisioning.ids import random_bits
 from serving.decisioning.ranking import (
-    flow_zone_choice, flow_zone_targets, member_basket,
+    flow_zone_choice, flow_zone_targets, member_basket, select_slate_exploring_new,
 )
-from serving.decisioning.catalog import Catalog
+from serving.decisioning.catalog import Catalog, model_cutoff_us
 from serving.decisioning.scoring import ScoringModel, scores_from_proba
 from serving.decisioning.rules import Rules, Slate, novelty_factor, select_slate
 from serving.contract.schemas import ChallengeOut, RecommendationResponse, RewardOut
 
 DEFAULT_MARGIN = 0.3
+#: Probability that a slate's last reward slot shows a reward new to the reward model
+#: (serving.stores.catalog.CatalogSettings.new_reward_epsilon; README "Catalog").
+NEW_REWARD_EPSILON = 0.1
 log = logging.getLogger("rewards.recommend")
 
 
@@ -56,7 +65,7 @@ def new_decision_id() -> str:
 class MemberFacts:
     """Everything known about the member at decision time, gathered by the route."""
 
-    member_id: int
+    member_id: str
     features: dict[str, float] | None  # None: not in the online store (cold start)
     consent: bool
     recent: dict[str, datetime] = field(default_factory=dict)  # item id -> last shown
@@ -77,10 +86,11 @@ class Decision:
         return DecisionRecord(**self.record_fields)
 
 
-def cold_start_features(names: list[str], tier: str | None) -> dict[str, float]:
-    """A brand-new member of the given tier: no history, every rate 'unknown'."""
-    from serving.contract.vocabulary import MISSING_RATE
-
+def cold_start_features(names: list[str], tier: str | None,
+                        vocabulary: Vocabulary) -> dict[str, float]:
+    """A brand-new member of the given tier (the lowest when none or unknown): no history,
+    every rate 'unknown'. Tier ranks are positions in the catalog's ``vocabulary``."""
+    tiers = vocabulary.tiers
     values = {}
     for n in names:
         if n.startswith(("redeem_rate_", "completion_rate_")) or n.endswith("_rate") or n in (
@@ -91,12 +101,12 @@ def cold_start_features(names: list[str], tier: str | None) -> dict[str, float]:
             values[n] = NEVER_DAYS
         else:
             values[n] = 0.0
-    values["tier_rank"] = float(code(TIERS, tier or TIERS[0]))
+    values["tier_rank"] = float(max(tiers.index(tier) if tier in tiers else 0, 0))
     return values
 
 
 def reward_inputs(features: dict[str, float], rewards: Mapping[str, Any],
-                  names: list[str]) -> np.ndarray:
+                  names: list[str], vocabulary: Vocabulary) -> np.ndarray:
     """Model rows for one member x every candidate reward, then the member's no-offer row."""
     member = {f: features.get(f, 0.0) for f in names if f not in REWARD_ITEM_COLUMNS}
     items = {c: np.asarray(rewards[c], dtype=np.float32) for c in REWARD_ITEM_COLUMNS}
@@ -105,27 +115,28 @@ def reward_inputs(features: dict[str, float], rewards: Mapping[str, Any],
     # reward_matrix(cross(...)) (tests/unit/test_serving_logic.py), without a column per feature
     control = no_offer_items(1)
     both = {c: np.append(items[c], control[c]) for c in REWARD_ITEM_COLUMNS}
-    return reward_matrix({**member, **both}, np.append(np.ones(m), 0.0), names)
+    return reward_matrix({**member, **both}, np.append(np.ones(m), 0.0), names, vocabulary)
 
 
 def difficulty_inputs(features: dict[str, float], grid: Mapping[str, Any],
-                      names: list[str]) -> np.ndarray:
+                      names: list[str], vocabulary: Vocabulary) -> np.ndarray:
     """Model rows for one member x every (template, allowed target) in ``grid``."""
     member = {f: features.get(f, 0.0) for f in names if f not in CHALLENGE_ITEM_COLUMNS}
     items = {c: np.asarray(grid[c], dtype=np.float32) for c in CHALLENGE_ITEM_COLUMNS}
-    return difficulty_matrix({**member, **items}, np.asarray(grid["target"]), names)
+    return difficulty_matrix({**member, **items}, np.asarray(grid["target"]), names, vocabulary)
 
 
-def item_rows(kind: str, items: Mapping[str, Any], service_features: Sequence[str]
-              ) -> MemberRows:
+def item_rows(kind: str, items: Mapping[str, Any], service_features: Sequence[str],
+              vocabulary: Vocabulary) -> MemberRows:
     """A model's compiled candidate matrix over ``items`` (columns by name): every reward then
-    the no-offer row (``kind`` "reward"), or every (template, target) row ("difficulty")."""
+    the no-offer row (``kind`` "reward"), or every (template, target) row ("difficulty").
+    ``vocabulary`` (the catalog's) names the member features the derived columns pick."""
     names = list(service_features)
     if kind == "reward":
-        build = lambda m: reward_inputs(m, items, names)  # noqa: E731
+        build = lambda m: reward_inputs(m, items, names, vocabulary)  # noqa: E731
         item_names = REWARD_ITEM_COLUMNS
     else:
-        build = lambda m: difficulty_inputs(m, items, names)  # noqa: E731
+        build = lambda m: difficulty_inputs(m, items, names, vocabulary)  # noqa: E731
         item_names = CHALLENGE_ITEM_COLUMNS
     return MemberRows(build, [f for f in names if f not in item_names])
 
@@ -135,40 +146,87 @@ def candidate_rows(catalog: Catalog, kind: str, service_features: Sequence[str])
     template x allowed target ("difficulty"). The request path (one member), batch scoring
     (member chunks) and offline evaluation all build their rows this way."""
     cols = catalog.reward_cols if kind == "reward" else catalog.target_cols  # type: ignore[attr-defined]
-    return item_rows(kind, cols, service_features)
+    return item_rows(kind, cols, service_features, catalog.vocabulary)
+
+
+RowsKey = tuple[str, tuple[str, ...]]
+
+
+class _Loaded:
+    """A catalog and the candidate matrices compiled for it: swapped together, never apart."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.rows: dict[RowsKey, MemberRows] = {}
+
+    def member_rows(self, kind: str, service_features: Sequence[str]) -> MemberRows:
+        key = (kind, tuple(service_features))
+        rows = self.rows.get(key)
+        if rows is None:
+            rows = self.rows[key] = candidate_rows(self.catalog, kind, service_features)
+        return rows
 
 
 class Recommender:
-    """Scores and ranks for one member; holds no mutable state except its random generator."""
+    """Scores and ranks for one member. Its mutable state: its random generator and the
+    current catalog, replaced whole by ``set_catalog``."""
 
-    def __init__(self, catalog: Catalog, rules: Rules, seed: int | None = None) -> None:
-        self.catalog = catalog
+    def __init__(self, catalog: Catalog, rules: Rules, seed: int | None = None,
+                 new_reward_epsilon: float = NEW_REWARD_EPSILON) -> None:
+        if not 0.0 <= new_reward_epsilon <= 1.0:
+            raise ValueError(f"new_reward_epsilon must be in [0, 1], got {new_reward_epsilon}")
+        self._loaded = _Loaded(catalog)
         self.rules = rules
         self.rng = np.random.default_rng(seed)
-        self._rows: dict[tuple[str, tuple[str, ...]], MemberRows] = {}
+        self.new_reward_epsilon = new_reward_epsilon
+        self._cutoffs: dict[tuple[str, str], int | None] = {}
+
+    @property
+    def catalog(self) -> Catalog:
+        return self._loaded.catalog
+
+    def set_catalog(self, catalog: Catalog) -> None:
+        """Serve ``catalog`` from the next request on. The candidate matrices of the models
+        served so far are compiled before the swap, so no request pays for them; requests in
+        flight finish on the catalog they started with."""
+        loaded = _Loaded(catalog)
+        for kind, names in list(self._loaded.rows):
+            loaded.member_rows(kind, names)
+        self._loaded = loaded  # one reference assignment: atomic for every reader
 
     def member_rows(self, kind: str, service_features: list[str]) -> MemberRows:
-        """The compiled candidate matrix of a model over the whole catalog (built on first use
-        per feature list, i.e. once per model contract): every reward then the no-offer row,
-        or every template x allowed target. Requests pick their eligible rows from it."""
-        key = (kind, tuple(service_features))
-        rows = self._rows.get(key)
-        if rows is None:
-            rows = self._rows[key] = candidate_rows(self.catalog, kind, service_features)
-        return rows
+        """The compiled candidate matrix of a model over the whole current catalog (built on
+        first use per feature list, i.e. once per model contract and catalog): every reward
+        then the no-offer row, or every template x allowed target. Requests pick their
+        eligible rows from it."""
+        return self._loaded.member_rows(kind, service_features)
+
+    def new_rewards(self, catalog: Catalog, model: ScoringModel | None) -> np.ndarray:
+        """Per reward of ``catalog``: new to the reward ``model`` (created at or after the end
+        of its data window); none without a model (nothing has been learnt about any)."""
+        if model is None:
+            return np.zeros(len(catalog.rewards), dtype=bool)
+        key = (model.meta.name, model.meta.version)
+        if key not in self._cutoffs:  # parsed once per model version
+            self._cutoffs[key] = model_cutoff_us(model.meta.data_window, model.meta.trained_at)
+        return catalog.new_rewards(self._cutoffs[key])
 
     def recommend(self, facts: MemberFacts, reward_model: ScoringModel | None,
                   difficulty_model: ScoringModel | None, *, k_rewards: int, k_challenges: int,
                   channel: str, exclude: set[str], now: datetime, cost_multiplier: float,
                   tier_hint: str | None = None, arm: str | None = None,
                   experiment_id: str | None = None) -> Decision:
+        loaded = self._loaded  # this request's catalog, whatever set_catalog does meanwhile
+        vocabulary = loaded.catalog.vocabulary
         reasons = list(facts.degraded_reasons)
         cold = facts.unknown
         personalized = facts.consent or not self.rules.eligibility.respect_consent
         if facts.features is None or not personalized:
             # New member, failed read, or no consent: score a history-less member of the tier.
-            tier = tier_hint if facts.features is None else _tier_of(facts.features)
-            features = cold_start_features(_member_names(reward_model, difficulty_model), tier)
+            tier = (tier_hint if facts.features is None
+                    else _tier_of(facts.features, vocabulary.tiers))
+            features = cold_start_features(_member_names(reward_model, difficulty_model), tier,
+                                           vocabulary)
         else:
             features = facts.features
         history = facts.features is not None and personalized
@@ -176,7 +234,8 @@ class Recommender:
 
         # Experiment arms (serving.experiments.definition.ARM_BEHAVIOUR): the reward model scores
         # in every arm, so the model's uplift score is logged for holdout members too (Qini).
-        rewards, reward_items, uplift_score = self._rewards(features, tier_rank, reward_model,
+        rewards, reward_items, uplift_score = self._rewards(loaded, features, tier_rank,
+                                              reward_model,
                                               max(k_rewards, 1) if arm else k_rewards,
                                               exclude, facts.recent, now, cost_multiplier,
                                               reasons, history, personalized,
@@ -187,8 +246,8 @@ class Recommender:
             rewards, reward_items, challenges, challenge_items = [], [], [], []
         else:
             challenges, challenge_items = self._challenges(
-                features, difficulty_model, k_challenges, exclude, facts.recent, now, reasons,
-                history)
+                loaded, features, difficulty_model, k_challenges, exclude, facts.recent, now,
+                reasons, history)
         versions = {m.meta.name: m.meta.version for m in (reward_model, difficulty_model) if m}
         decision_id = new_decision_id()
         response = RecommendationResponse(
@@ -207,19 +266,21 @@ class Recommender:
         if experiment_id is not None and arm is not None:
             exposure = ExposureRecord(
                 experiment_id=experiment_id, member_id=facts.member_id, arm=arm, exposed_at=now,
-                decision_id=decision_id, channel=channel, tier=_tier_of(features),
+                decision_id=decision_id, channel=channel,
+                tier=_tier_of(features, vocabulary.tiers),
                 uplift_score=uplift_score)
         return Decision(response, record, exposure)
 
     # -- rewards ------------------------------------------------------------------------------
 
-    def _rewards(self, features: dict[str, float], tier_rank: float, model: ScoringModel | None,
+    def _rewards(self, loaded: _Loaded, features: dict[str, float], tier_rank: float,
+                 model: ScoringModel | None,
                  k: int, exclude: set[str], recent: dict[str, datetime], now: datetime,
                  lam: float, reasons: list[str], history: bool, consent: bool,
                  random_arm: bool = False
                  ) -> tuple[list[RewardOut], list[dict[str, Any]], float | None]:
         """Ranked rewards, their log items, and the model's uplift for its first offer."""
-        catalog = self.catalog
+        catalog = loaded.catalog
         cat = catalog.reward_cols  # type: ignore[attr-defined]
         ok = np.ones(len(cat["reward_id"]), dtype=bool)
         if exclude:
@@ -237,7 +298,7 @@ class Recommender:
         if model is not None:
             try:
                 # the eligible rewards' rows, then the no-offer row (last in the compiled matrix)
-                X = self.member_rows("reward", model.meta.service_features).matrix(
+                X = loaded.member_rows("reward", model.meta.service_features).matrix(
                     features, np.append(idx, len(ok)))
                 proba = model.predict(X)  # one call: every candidate + the no-offer row
             except Exception as exc:  # noqa: BLE001 - a broken model degrades, never fails
@@ -259,23 +320,28 @@ class Recommender:
             nov = self.rules.novelty
             ranked = value * np.where(value > 0, novelty_factor(days_since[idx], nov.window_days,
                                                                 nov.decay), 1.0)
-        slate = select_slate(ranked, catalog.reward_category_index[idx], k,  # type: ignore[attr-defined]
-                             self.rules.diversity.max_per_category,
-                             self.rules.exploration.epsilon, self.rng)
+        slate, explored = select_slate_exploring_new(
+            ranked, catalog.reward_category_index[idx], k,  # type: ignore[attr-defined]
+            self.rules.diversity.max_per_category, self.rules.exploration.epsilon, self.rng,
+            self.new_rewards(catalog, model)[idx], self.new_reward_epsilon)
         model_uplift = None
         if model is not None and len(slate.index):
             # what the model expects its first offer to add: the score the Qini curve ranks by
             model_uplift = _f(scores["uplift"][slate.index[0]])
         if random_arm:  # uniform over eligible rewards, drawn without replacement
             index = self.rng.permutation(n)[:k]
-            slate = Slate(index, 1.0 / (n - np.arange(len(index))))
+            slate, explored = Slate(index, 1.0 / (n - np.arange(len(index)))), False
         out, items = [], []
         for rank, (i, p) in enumerate(zip(slate.index.tolist(), slate.probability.tolist(),
                                           strict=True)):
             j = int(idx[i])
             reward_id, item_value, item_cost = cat["reward_id"][j], _f(value[i]), float(cost[i])
-            reason = ("random arm of an experiment: a random eligible reward" if random_arm
-                      else _reward_reason(scores, i, value[i], history, consent, model))
+            if random_arm:
+                reason = "random arm of an experiment: a random eligible reward"
+            elif explored and rank == len(slate.index) - 1:
+                reason = "exploring a reward new to the model: no history to rank it by yet"
+            else:
+                reason = _reward_reason(scores, i, value[i], history, consent, model)
             out.append(_item_out(RewardOut,
                 reward_id=reward_id, name=cat["name"][j], type=cat["reward_type"][j],
                 category=cat["category"][j], propensity=_f(scores["propensity"][i]),
@@ -287,11 +353,12 @@ class Recommender:
 
     # -- challenges ---------------------------------------------------------------------------
 
-    def _challenges(self, features: dict[str, float], model: ScoringModel | None, k: int,
+    def _challenges(self, loaded: _Loaded, features: dict[str, float],
+                    model: ScoringModel | None, k: int,
                     exclude: set[str], recent: dict[str, datetime], now: datetime,
                     reasons: list[str], history: bool
                     ) -> tuple[list[ChallengeOut], list[dict[str, Any]]]:
-        catalog = self.catalog
+        catalog = loaded.catalog
         cols = catalog.target_cols  # type: ignore[attr-defined]
         cooldown = self.rules.frequency.challenge_cooldown_days
         blocked = [c for c in catalog.template_ids  # type: ignore[attr-defined]
@@ -299,14 +366,14 @@ class Recommender:
                    ] if exclude or recent else []
         # rows: the allowed (template, target) pairs, as indices into the catalog's grid
         rows = np.flatnonzero(~np.isin(cols["challenge_id"], blocked)) if blocked else None
-        if k == 0 or (rows is not None and len(rows) == 0):
+        if k == 0 or len(cols["challenge_id"]) == 0 or (rows is not None and len(rows) == 0):
             return [], []
         grid = slice(None) if rows is None else rows
         template, target = catalog.target_template_index[grid], cols["target"][grid]  # type: ignore[attr-defined]
         flow = self.rules.challenges.flow_zone
         if model is not None:
             try:
-                X = self.member_rows("difficulty", model.meta.service_features).matrix(
+                X = loaded.member_rows("difficulty", model.meta.service_features).matrix(
                     features, rows)
                 p = model.predict(X)[:, 1]  # one call: every template x allowed target
             except Exception as exc:  # noqa: BLE001
@@ -378,9 +445,11 @@ def _member_names(*models: ScoringModel | None) -> list[str]:
     return names or ["tier_rank"]
 
 
-def _tier_of(features: dict[str, float] | None) -> str:
+def _tier_of(features: dict[str, float] | None, tiers: Sequence[str]) -> str:
+    if not tiers:
+        return ""
     rank = int((features or {}).get("tier_rank", 0))
-    return TIERS[min(max(rank, 0), len(TIERS) - 1)]
+    return tiers[min(max(rank, 0), len(tiers) - 1)]
 
 
 def _days_since(ids: np.ndarray, recent: dict[str, datetime], now: datetime) -> np.ndarray:

@@ -16,13 +16,13 @@ import numpy as np
 _SCALE = float(2**64)
 
 
-def bucket(member_id: int, salt: str) -> float:
+def bucket(member_id: str, salt: str) -> float:
     """A member's position in [0, 1) for this salt: the first 8 bytes of SHA-256, scaled."""
-    digest = hashlib.sha256(f"{salt}:{int(member_id)}".encode()).digest()
+    digest = hashlib.sha256(f"{salt}:{member_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / _SCALE
 
 
-def assign(member_id: int, salt: str, arms: Sequence[tuple[str, float]]) -> str:
+def assign(member_id: str, salt: str, arms: Sequence[tuple[str, float]]) -> str:
     """The arm whose cumulative share interval holds the member's bucket.
 
     ``arms`` is ``[(name, share), ...]`` in a fixed order with shares summing to 1; the order is
@@ -37,10 +37,10 @@ def assign(member_id: int, salt: str, arms: Sequence[tuple[str, float]]) -> str:
     return arms[-1][0]  # shares summing to 1 - 1e-12 must not leave a gap at the top
 
 
-def assign_many(member_ids: Sequence[int] | np.ndarray, salt: str,
+def assign_many(member_ids: Sequence[str] | np.ndarray, salt: str,
                 arms: Sequence[tuple[str, float]]) -> np.ndarray:
     """Vectorised over members (for reports and simulations); same answer as :func:`assign`."""
-    u = np.array([bucket(int(m), salt) for m in member_ids])
+    u = np.array([bucket(str(m), salt) for m in member_ids])
     edges = np.cumsum([share for _, share in arms])
     names = np.array([name for name, _ in arms], dtype=object)
     return names[np.minimum(np.searchsorted(edges, u, side="right"), len(arms) - 1)]

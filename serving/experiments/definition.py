@@ -15,6 +15,7 @@ from pydantic import (
     field_validator,
 )
 
+from serving.contract.events import NUMBER, Timestamp
 from serving.experiments.assignment import assign
 
 ArmName = Literal["model", "random", "holdout"]
@@ -35,7 +36,8 @@ class Arm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: ArmName
-    share: float = Field(gt=0, le=1, allow_inf_nan=False, description="fraction of members")
+    share: Annotated[float, NUMBER] = Field(gt=0, le=1, allow_inf_nan=False,
+                                            description="fraction of members")
 
 
 class ExperimentCreate(BaseModel):
@@ -46,10 +48,10 @@ class ExperimentCreate(BaseModel):
     name: ExperimentName
     description: Annotated[str, StringConstraints(max_length=500)] = ""
     arms: list[Arm] = Field(min_length=2, max_length=3)
-    start: AwareDatetime
-    end: AwareDatetime
+    start: Timestamp
+    end: Timestamp
     primary_metric: PrimaryMetric = "redemption"
-    attribution_window_days: int = Field(7, ge=1, le=90)
+    attribution_window_days: Annotated[int, NUMBER] = Field(7, ge=1, le=90)
     salt: Salt | None = Field(None, description="default: the experiment id")
 
     @field_validator("arms")
@@ -98,6 +100,6 @@ class Experiment(ExperimentCreate):
     def arm_shares(self) -> list[tuple[str, float]]:
         return [(a.name, a.share) for a in self.arms]
 
-    def arm_of(self, member_id: int) -> str:
+    def arm_of(self, member_id: str) -> str:
         """This member's arm: a pure function of (salt, shares, member id)."""
         return assign(member_id, self.salt, self.arm_shares())

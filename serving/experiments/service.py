@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pandas as pd
 
@@ -50,15 +49,16 @@ def create_experiment(events: EventStore, body: ExperimentCreate, now: datetime)
     return experiment
 
 
-def load_segments(world_dir: Path | None) -> pd.DataFrame | None:
-    """Member attributes for the segment table (region), from the catalog's members file.
+def load_segments(events: EventStore) -> pd.DataFrame | None:
+    """Member attributes for the segment table (region), from the member profiles in the event
+    store; None when no profile has one.
 
     Optional: the report works without it (tier and channel come from the exposure log).
     """
-    if world_dir is None or not (world_dir / "members.parquet").is_file():
+    members = events.members_frame()
+    if members.empty or members["region"].isna().all():
         return None
-    members = pd.read_parquet(world_dir / "members.parquet")
-    return members[[c for c in ("member_id", "region") if c in members.columns]]
+    return members[["member_id", "region"]]
 
 
 def compute_report(events: EventStore, experiment: Experiment, as_of: datetime,

@@ -101,9 +101,9 @@ class OnlineFeatureReader:
             f"SELECT feature_name, value, CAST(event_ts AS INTEGER) "
             f"FROM {self._sqlite_table} WHERE entity_key = ?")
 
-    def _key(self, entity_id: int) -> object:
+    def _key(self, entity_id: str) -> object:
         return self._entity_key(join_keys=[self._join_key],
-                                entity_values=[self._value(int64_val=int(entity_id))])
+                                entity_values=[self._value(string_val=str(entity_id))])
 
     def _serialized(self, key: object) -> bytes:
         """The entity key as Feast stores it (SQLite's ``entity_key`` column)."""
@@ -113,7 +113,7 @@ class OnlineFeatureReader:
         return serialize_entity_key(  # type: ignore[no-any-return]
             key, entity_key_serialization_version=version)
 
-    def read(self, entity_id: int) -> MemberRow | None:
+    def read(self, entity_id: str) -> MemberRow | None:
         """The entity's features, or None if the online store has no row for it."""
         key = self._key(entity_id)
         with self._lock:
@@ -171,7 +171,7 @@ class OnlineFeatureReader:
                 pass
             self._online._conn = None
 
-    def erase(self, entity_id: int) -> int:
+    def erase(self, entity_id: str) -> int:
         """Delete the entity's row from the online store (privacy erasure); feature values removed
         (the same count on every store, so the erasure receipt does not depend on the backend).
 

@@ -13,19 +13,20 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.config import ServeSettings, StoreSettings
-from serving.contract.vocabulary import TIERS
+from training.simulate.generate.catalog import TIERS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
 def app_client(trained_store, tmp_path_factory: pytest.TempPathFactory,  # noqa: ANN001
-               make_api_key) -> Iterator[TestClient]:  # noqa: ANN001
+               make_api_key, with_catalog) -> Iterator[TestClient]:  # noqa: ANN001
     from serving.main import create_app
 
     store = trained_store[0]
     events = tmp_path_factory.mktemp("events") / "events.db"
-    settings = ServeSettings(events_url=f"sqlite:///{events}", model_poll_seconds=0, seed=3)
+    settings = ServeSettings(events_url=with_catalog(f"sqlite:///{events}"), model_poll_seconds=0,
+                             seed=3)
     key = make_api_key(settings.events_url, "recommend", "events", "admin")
     with TestClient(create_app(store, settings),
                     headers={"Authorization": f"Bearer {key}"}) as client:
@@ -63,9 +64,15 @@ def test_ready_and_healthy(app_client: TestClient) -> None:
     assert ready.json()["models"]["reward"]["version"] == "1"
 
 
+def mid(value: object) -> str:
+    """A member id as the API takes it: a string (the simulator's members are "1", "2"...)."""
+    return str(value)
+
+
 def test_personalized_recommendation(app_client: TestClient, members: pd.DataFrame) -> None:
     m = members[members["consent"]].iloc[0]
-    body = recommend(app_client, member_id=int(m["member_id"]), k_rewards=3, k_challenges=3)
+    body = recommend(app_client, member_id=mid(m["member_id"]), k_rewards=3, k_challenges=3)
+    assert body["member_id"] == mid(m["member_id"])
     assert body["personalized"] and not body["cold_start"] and not body["degraded"]
     assert body["model_versions"] == {"reward": "1", "difficulty": "1"}
     assert 1 <= len(body["rewards"]) <= 3 and 1 <= len(body["challenges"]) <= 3
@@ -84,14 +91,14 @@ def test_personalized_recommendation(app_client: TestClient, members: pd.DataFra
 
 
 def test_cold_start_member(app_client: TestClient) -> None:
-    body = recommend(app_client, member_id=987_654_321, context={"tier": "Gold"})
+    body = recommend(app_client, member_id="NEW:6f1c2b9e-8a2d-4a47", context={"tier": "Gold"})
     assert body["cold_start"] and not body["personalized"] and not body["degraded"]
     assert body["rewards"] and body["challenges"]
 
 
 def test_consent_withdrawal_stops_personalization(app_client: TestClient,
                                                   members: pd.DataFrame) -> None:
-    member_id = int(members[members["consent"]].iloc[1]["member_id"])
+    member_id = mid(members[members["consent"]].iloc[1]["member_id"])
     assert recommend(app_client, member_id=member_id)["personalized"]
     event = {"event_id": f"consent-{member_id}", "event_type": "consent_withdrawn",
              "member_id": member_id, "timestamp": datetime.now(UTC).isoformat()}
@@ -103,7 +110,7 @@ def test_consent_withdrawal_stops_personalization(app_client: TestClient,
 
 def test_member_without_consent_in_profile(app_client: TestClient, members: pd.DataFrame) -> None:
     no_consent = members[~members["consent"]]
-    body = recommend(app_client, member_id=int(no_consent.iloc[0]["member_id"]))
+    body = recommend(app_client, member_id=mid(no_consent.iloc[0]["member_id"]))
     assert not body["personalized"]
 
 
@@ -111,12 +118,12 @@ def test_online_store_failure_degrades(app_client: TestClient, members: pd.DataF
     svc = services(app_client)
 
     class Broken:
-        def read(self, member_id: int) -> None:
+        def read(self, member_id: str) -> None:
             raise ConnectionError("online store down")
 
     reader, svc.reader = svc.reader, Broken()
     try:
-        body = recommend(app_client, member_id=int(members.iloc[2]["member_id"]))
+        body = recommend(app_client, member_id=mid(members.iloc[2]["member_id"]))
     finally:
         svc.reader = reader
     assert body["degraded"] and not body["cold_start"]
@@ -125,7 +132,7 @@ def test_online_store_failure_degrades(app_client: TestClient, members: pd.DataF
 
 
 def test_frequency_cap_after_a_decision(app_client: TestClient, members: pd.DataFrame) -> None:
-    member_id = int(members[members["consent"]].iloc[5]["member_id"])
+    member_id = mid(members[members["consent"]].iloc[5]["member_id"])
     before = services(app_client).events.count_decisions()
     first = {r["reward_id"] for r in recommend(app_client, member_id=member_id)["rewards"]}
     wait_for_decisions(app_client, before + 1)
@@ -136,39 +143,108 @@ def test_frequency_cap_after_a_decision(app_client: TestClient, members: pd.Data
 def test_daily_budget_cap_excludes_a_reward(app_client: TestClient,
                                             members: pd.DataFrame) -> None:
     svc = services(app_client)
-    member_id = int(members[members["consent"]].iloc[7]["member_id"])
+    member_id = mid(members[members["consent"]].iloc[7]["member_id"])
     top = recommend(app_client, member_id=member_id, k_rewards=1)["rewards"][0]["reward_id"]
     svc.recommender.rules.budget.reward_daily_caps[top] = 1
     now = datetime.now(UTC).isoformat()
     app_client.post("/v1/events", json={"events": [{
-        "event_id": f"cap-{top}", "event_type": "redemption", "member_id": 1, "reward_id": top,
+        "event_id": f"cap-{top}", "event_type": "redemption", "member_id": "1", "reward_id": top,
         "timestamp": now, "cost": 5.0}]})
     svc.refresh_budget()
-    other = int(members[members["consent"]].iloc[8]["member_id"])
+    other = mid(members[members["consent"]].iloc[8]["member_id"])
     offered = {r["reward_id"] for r in recommend(app_client, member_id=other,
                                                  k_rewards=10)["rewards"]}
     assert top not in offered
 
 
 def test_events_are_idempotent(app_client: TestClient) -> None:
-    ev = {"event_id": "imp-1", "event_type": "impression", "member_id": 3, "reward_id": "R01",
+    ev = {"event_id": "imp-1", "event_type": "impression", "member_id": "3", "reward_id": "R01",
           "timestamp": "2026-11-23T10:00:00+00:00"}
     first = app_client.post("/v1/events", json={"events": [ev]}).json()
     again = app_client.post("/v1/events", json={"events": [ev, {**ev, "event_id": "imp-2"}]})
     assert first["accepted"] == 1
     assert again.json()["accepted"] == 1 and again.json()["duplicates"] == 1
-    stored = services(app_client).events.member_events(3)
+    stored = services(app_client).events.member_events("3")
     assert sorted(e["event_id"] for e in stored if e["event_id"].startswith("imp-")) == [
         "imp-1", "imp-2"]
 
 
+def test_every_event_type_is_taken_and_stored(app_client: TestClient) -> None:
+    """One event of each type, for a member named as a real program names them: each is
+    stored with its own columns, and a replay of the batch adds nothing."""
+    member = "M-000172"
+    fields = {
+        "visit": {}, "purchase": {"amount": 42.5, "category": "home", "quantity": 2,
+                                  "points": 42, "reward_id": "R01"},
+        "review": {"points": 5}, "referral": {"points": 50},
+        "points_earned": {"points": 100}, "points_spent": {"points": -80},
+        "tier_change": {"tier": "Gold"},
+        "impression": {"challenge_id": "C01", "target": 3.0, "propensity": 0.25},
+        "holdout": {"reward_id": "R02", "propensity": 0.1}, "click": {"reward_id": "R02"},
+        "redemption": {"reward_id": "R01", "cost": 4.0, "points": -20},
+        "challenge_progress": {"challenge_id": "C01", "value": 1.5},
+        "challenge_completed": {"challenge_id": "C01", "points": 30},
+        "consent_granted": {}, "consent_withdrawn": {},
+    }
+    events = [{"event_id": f"all-{i}", "event_type": kind, "member_id": member,
+               "timestamp": f"1997-03-{i + 1:02d}T09:00:00+01:00", **extra}
+              for i, (kind, extra) in enumerate(fields.items())]
+    r = app_client.post("/v1/events", json={"events": events})
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == len(events) == 15
+    again = app_client.post("/v1/events", json={"events": events}).json()
+    assert again["accepted"] == 0 and again["duplicates"] == len(events)
+    stored = {e["event_id"]: e for e in services(app_client).events.member_events(member)}
+    for event in events:
+        row = stored[event["event_id"]]
+        assert row["event_type"] == event["event_type"] and row["member_id"] == member
+        for name, value in event.items():
+            if name not in ("event_id", "event_type", "member_id", "timestamp"):
+                assert row[name] == value, (event["event_type"], name, row)
+    first = stored["all-0"]["timestamp"]
+    assert pd.Timestamp(first) == pd.Timestamp("1997-03-01T08:00:00Z")  # an old history, UTC
+
+
+def test_a_schema_violating_event_is_refused_whole_batch(app_client: TestClient) -> None:
+    """A purchase without its amount is a 422 naming the field, and nothing of the batch is
+    stored (the published schema says the same: see tests/unit/test_contract.py)."""
+    good = {"event_id": "batch-ok", "event_type": "visit", "member_id": "M-9",
+            "timestamp": "2026-11-23T10:00:00Z"}
+    bad = {**good, "event_id": "batch-bad", "event_type": "purchase"}
+    r = app_client.post("/v1/events", json={"events": [good, bad]})
+    assert r.status_code == 422
+    assert r.json()["errors"] == [{"field": "body.events.1.amount", "reason": "Field required"}]
+    assert services(app_client).events.member_events("M-9") == []
+
+
+def test_member_profile_upsert(app_client: TestClient) -> None:
+    svc = services(app_client)
+    if not hasattr(svc.events, "upsert_member"):
+        pytest.skip("the event store has no upsert_member yet (issue #20, event store part)")
+    profile = {"joined_at": "1997-05-01", "tier": "Gold", "region": "north", "consent": True,
+               "attributes": {"birth_year": 1980, "store": "Lyon 2", "newsletter": False}}
+    first = app_client.put("/v1/members/M-profile-1", json=profile)
+    assert first.status_code == 201, first.text
+    assert first.json() == {"member_id": "M-profile-1", "status": "created"}
+    second = app_client.put("/v1/members/M-profile-1", json={**profile, "tier": "Platinum"})
+    assert second.status_code == 200 and second.json()["status"] == "updated"
+    bad = app_client.put("/v1/members/M-profile-1", json={**profile, "consent": "yes"})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.consent"
+    bad = app_client.put("/v1/members/..", json=profile)
+    assert bad.status_code in (404, 422)  # ".." is a path step, never a member
+    assert app_client.options("/v1/members/M-profile-1").headers["allow"] == (
+        "PUT, DELETE, OPTIONS")
+
+
 @pytest.mark.parametrize(("body", "field"), [
-    ({"member_id": 1, "unexpected": True}, "body.unexpected"),
-    ({"member_id": "abc"}, "body.member_id"),
-    ({"member_id": 1, "k_rewards": 99}, "body.k_rewards"),
-    ({"member_id": 0}, "body.member_id"),
-    ({"member_id": 1, "exclude": ["../etc"]}, "body.exclude.0"),
-    ({"member_id": 1, "context": {"tier": "Diamond"}}, "body.context.tier"),
+    ({"member_id": "1", "unexpected": True}, "body.unexpected"),
+    ({"member_id": 1}, "body.member_id"),  # ids are JSON strings
+    ({"member_id": ".."}, "body.member_id"),
+    ({"member_id": "1", "k_rewards": 99}, "body.k_rewards"),
+    ({"member_id": "1", "k_challenges": False}, "body.k_challenges"),  # not 0
+    ({"member_id": "1", "k_rewards": "2"}, "body.k_rewards"),
+    ({"member_id": "1", "exclude": ["../etc"]}, "body.exclude.0"),
+    ({"member_id": "1", "context": {"tier": "Gold!"}}, "body.context.tier"),
 ])
 def test_bad_input_names_the_field(app_client: TestClient, body: dict, field: str) -> None:
     r = app_client.post("/v1/recommendations", json=body)
@@ -177,7 +253,8 @@ def test_bad_input_names_the_field(app_client: TestClient, body: dict, field: st
 
 
 def test_oversized_and_malformed_requests(app_client: TestClient) -> None:
-    r = app_client.post("/v1/recommendations/batch", json={"member_ids": list(range(1, 1002))})
+    r = app_client.post("/v1/recommendations/batch",
+                        json={"member_ids": [str(i) for i in range(1, 1002)]})
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body.member_ids"
     r = app_client.post("/v1/recommendations", content=b"{not json",
                         headers={"content-type": "application/json"})
@@ -188,7 +265,7 @@ def test_oversized_and_malformed_requests(app_client: TestClient) -> None:
 
 
 def test_batch_recommendations(app_client: TestClient, members: pd.DataFrame) -> None:
-    ids = [int(i) for i in members["member_id"].iloc[20:30]]
+    ids = [mid(i) for i in members["member_id"].iloc[20:30]]
     r = app_client.post("/v1/recommendations/batch", json={"member_ids": ids, "k_rewards": 2})
     assert r.status_code == 200
     assert [x["member_id"] for x in r.json()["results"]] == ids
@@ -212,7 +289,7 @@ def test_training_and_serving_build_identical_rows(app_client: TestClient, train
     store = trained_store[0]
     svc = services(app_client)
     catalog = svc.recommender.catalog
-    member_id = int(members.iloc[11]["member_id"])
+    member_id = mid(members.iloc[11]["member_id"])
     meta = pd.read_json(store.world_dir / "world.json", typ="series")
     instant = pd.Timestamp(meta["start"], tz="UTC") + pd.Timedelta(days=int(meta["days"]),
                                                                     hours=1)
@@ -223,8 +300,9 @@ def test_training_and_serving_build_identical_rows(app_client: TestClient, train
     hist = historical_features(store, pd.DataFrame({
         "member_id": [member_id], "reward_id": [reward_id], "event_timestamp": [instant]}),
         "propensity_v1")
-    train_row = reward_matrix({c: hist[c].to_numpy() for c in names}, np.ones(1), names)
-    serve_rows = reward_inputs(online, catalog.rewards, names)
+    train_row = reward_matrix({c: hist[c].to_numpy() for c in names}, np.ones(1), names,
+                              catalog.vocabulary)
+    serve_rows = reward_inputs(online, catalog.rewards, names, catalog.vocabulary)
     np.testing.assert_array_equal(train_row[0], serve_rows[4])
 
     names = svc.models.get("difficulty").meta.service_features
@@ -233,8 +311,8 @@ def test_training_and_serving_build_identical_rows(app_client: TestClient, train
         "member_id": [member_id], "challenge_id": option["challenge_id"].to_list(),
         "event_timestamp": [instant]}), "difficulty_v1")
     train_row = difficulty_matrix({c: hist[c].to_numpy() for c in names},
-                                  option["target"].to_numpy(), names)
-    serve_rows = difficulty_inputs(online, catalog.targets, names)
+                                  option["target"].to_numpy(), names, catalog.vocabulary)
+    serve_rows = difficulty_inputs(online, catalog.targets, names, catalog.vocabulary)
     np.testing.assert_array_equal(train_row[0], serve_rows[7])
     assert not np.isnan(serve_rows).any()
 
@@ -247,7 +325,7 @@ def test_champion_swap_under_traffic(app_client: TestClient, trained_store,  # n
 
     store, settings = trained_store[0], trained_store[1]
     new = train_reward(store, settings)  # v2, registered as challenger
-    ids = [int(i) for i in members["member_id"].iloc[:50]]
+    ids = [mid(i) for i in members["member_id"].iloc[:50]]
     failures: list[int] = []
     seen: set[str] = set()
 
@@ -288,11 +366,11 @@ def test_fast_path_answers_like_the_route(app_client: TestClient, members: pd.Da
     # the answers must not depend on the order they were asked in: no frequency caps/novelty
     monkeypatch.setattr(svc.events, "member_context",
                         lambda member_id, since: ({}, svc.events.consent(member_id)))
-    ids = [int(m) for m in members["member_id"].iloc[:12]]
+    ids = [mid(m) for m in members["member_id"].iloc[:12]]
     bodies: list[dict] = [{"member_id": m} for m in ids] + [
         {"member_id": ids[0], "channel": "email", "k_rewards": 1, "k_challenges": 5,
          "exclude": ["C01", "R02"], "context": {"tier": "Gold"}},
-        {"member_id": 10**9, "context": {"tier": "Silver"}},  # cold start
+        {"member_id": "M-unknown-1", "context": {"tier": "Silver"}},  # cold start
     ]
 
     def ask(enabled: bool) -> list[tuple[int, str, dict]]:
@@ -328,16 +406,17 @@ def test_fast_path_answers_like_the_route(app_client: TestClient, members: pd.Da
         post = app_client.post
         to_route = [
             post("/v1/recommendations", json={"member_id": 0}),
-            post("/v1/recommendations", json={"member_id": 5, "surprise": 1}),
+            post("/v1/recommendations", json={"member_id": "5", "surprise": 1}),
+            post("/v1/recommendations", json={"member_id": "5", "k_rewards": True}),
             post("/v1/recommendations", content=b"{not json",
                  headers={"content-type": "application/json"}),
             post("/v1/recommendations", content=b"[" * 5000,  # RecursionError in json.loads
                  headers={"content-type": "application/json"}),
-            post("/v1/recommendations", content=b'{"member_id": 5}',
+            post("/v1/recommendations", content=b'{"member_id": "5"}',
                  headers={"content-type": "text/plain"}),
         ]
         assert (state.answered, state.refused) == (answered, refused)
-        assert [r.status_code for r in to_route] == [422] * 5
+        assert [r.status_code for r in to_route] == [422] * 6
         assert to_route[0].json()["errors"][0]["field"] == "body.member_id"
 
         # auth errors on a valid body are rendered here exactly as the route renders them

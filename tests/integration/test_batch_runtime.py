@@ -40,8 +40,10 @@ def reference_score_members(members: pd.DataFrame, catalog, reward_model,  # noq
     member_cols = {c: members[c].to_numpy(np.float32) for c in r_names
                    if c not in REWARD_ITEM_COLUMNS}
     items = {c: rw[c].to_numpy(np.float32) for c in REWARD_ITEM_COLUMNS}
-    X = np.vstack([reward_matrix(cross(member_cols, items), np.ones(n * m), r_names),
-                   reward_matrix({**member_cols, **no_offer_items(n)}, np.zeros(n), r_names)])
+    X = np.vstack([reward_matrix(cross(member_cols, items), np.ones(n * m), r_names,
+                                 catalog.vocabulary),
+                   reward_matrix({**member_cols, **no_offer_items(n)}, np.zeros(n), r_names,
+                                 catalog.vocabulary)])
     proba = reward_model.predict(X)
     offer, control = proba[: n * m], proba[n * m:]
     control = np.repeat(control, m, axis=0)  # the old ranking.reward_scores, inlined:
@@ -64,7 +66,7 @@ def reference_score_members(members: pd.DataFrame, catalog, reward_model,  # noq
                 if c not in CHALLENGE_ITEM_COLUMNS}
     d_items = {c: grid[c].to_numpy(np.float32) for c in CHALLENGE_ITEM_COLUMNS}
     Xd = difficulty_matrix(cross(d_member, d_items), np.tile(grid["target"].to_numpy(), n),
-                           d_names)
+                           d_names, catalog.vocabulary)
     p = difficulty_model.predict(Xd)[:, 1]
     template = np.tile(pd.factorize(grid["challenge_id"])[0], n)
     group = np.repeat(np.arange(n), g) * 1000 + template
@@ -93,7 +95,8 @@ def world(trained_store):  # noqa: ANN001, ANN201
     from serving.batch.scoring import latest_member_features
     from serving.stores.features import open_store, service_feature_names
     from serving.stores.models import ChampionSource, load_onnx
-    from serving.stores.catalog import load_offline_catalog
+    from serving.config import ServeSettings
+    from serving.stores.catalog import load_store_catalog
 
     store: StoreSettings = trained_store[0]
     feast_store = open_store(store)
@@ -106,7 +109,7 @@ def world(trained_store):  # noqa: ANN001, ANN201
         native[name] = source.native(name, version)
     features = store.features_dir / "member_features.parquet"
     return {"store": store, "features": features, "members": latest_member_features(features),
-            "catalog": load_offline_catalog(store.world_dir, store.features_dir),
+            "catalog": load_store_catalog(ServeSettings().events(store)),
             "onnx": onnx, "native": native}
 
 

@@ -55,11 +55,12 @@ def test_batch_scores_are_identical(trained_store, champions, client,  # noqa: A
                                     tmp_path: Path) -> None:
     from serving.batch.scoring import score_batch
     from serving.batch.partitioned import score_batch_dask
-    from serving.stores.catalog import load_offline_catalog
+    from serving.config import ServeSettings
+    from serving.stores.catalog import load_store_catalog
 
     store: StoreSettings = trained_store[0]
     features = store.features_dir / "member_features.parquet"
-    catalog = load_offline_catalog(store.world_dir, store.features_dir)
+    catalog = load_store_catalog(ServeSettings().events(store))
     local, dask = tmp_path / "local.parquet", tmp_path / "dask.parquet"
     n_local = score_batch(features, catalog, champions["reward"], champions["difficulty"], local,
                           chunk_size=2_000)
@@ -81,11 +82,12 @@ def test_compiled_runtime_on_dask_equals_single_process(trained_store, champions
     from serving.batch.partitioned import ShippedCompiled, score_batch_dask, score_partition
     from serving.batch.compiled import ParityRefused, compile_native
     from serving.stores.models import ChampionSource
-    from serving.stores.catalog import load_offline_catalog
+    from serving.config import ServeSettings
+    from serving.stores.catalog import load_store_catalog
 
     store: StoreSettings = trained_store[0]
     features = store.features_dir / "member_features.parquet"
-    catalog = load_offline_catalog(store.world_dir, store.features_dir)
+    catalog = load_store_catalog(ServeSettings().events(store))
     source = ChampionSource(store.tracking_uri, store.models)
     compiled = {name: compile_native(source.native(name, source.champion(name)[0]), model,
                                      tmp_path / "compiled")
@@ -151,9 +153,9 @@ def datasets(trained_store):  # noqa: ANN001, ANN201
     store, settings = trained_store[0], trained_store[1]
     shares = (settings.valid_share, settings.test_share)
     feast_store = open_store(store)
-    reward = reward_dataset(store, store.world_dir, shares, "propensity_v1",
+    reward = reward_dataset(store, store.features_dir, shares, "propensity_v1",
                             service_feature_names(feast_store, "propensity_v1"))
-    difficulty = difficulty_dataset(store, store.world_dir, shares, "difficulty_v1",
+    difficulty = difficulty_dataset(store, store.features_dir, shares, "difficulty_v1",
                                     service_feature_names(feast_store, "difficulty_v1"))
     return settings, reward, difficulty
 

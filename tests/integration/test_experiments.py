@@ -138,7 +138,7 @@ def test_arm_is_applied_and_returned(client: TestClient, live: dict[str, Any]) -
 
     exp = Experiment.model_validate(live["experiment"])
     seen: dict[str, int] = {}
-    for member_id in range(1, 120):
+    for member_id in map(str, range(1, 120)):
         body = client.post("/v1/recommendations", json={
             "member_id": member_id, "k_rewards": 2, "k_challenges": 2}).json()
         arm = body["experiment_arm"]

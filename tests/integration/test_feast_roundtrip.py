@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -10,10 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.config import StoreSettings
+from serving.config import ServeSettings, StoreSettings
 from serving.stores.features import open_store, service_feature_names, service_feature_refs
+from training.cli.data import build_store_features
 from training.data.feast_ops import apply_repo, historical_features, materialize_world
-from training.data.features import build_features, member_feature_names
+from training.data.features import built_vocabulary, member_feature_names
+from training.data.history import read_history_meta
+from training.simulate.onboard import onboard
 
 pytestmark = pytest.mark.integration
 
@@ -23,10 +25,11 @@ def store_settings(tiny_world_dir: Path, tmp_path_factory: pytest.TempPathFactor
     data = tmp_path_factory.mktemp("feast_data")
     shutil.copytree(tiny_world_dir, data / "world")
     settings = StoreSettings(data_dir=data)
-    build_features(settings.world_dir, settings.features_dir, chunk_size=150, progress=False)
-    meta = json.loads((settings.world_dir / "world.json").read_text())
+    onboard(settings.world_dir, ServeSettings().events(settings), progress=False)
+    build_store_features(settings, chunk_size=150, progress=False)
+    meta = read_history_meta(settings.features_dir)
     apply_repo(settings)
-    materialize_world(settings, pd.Timestamp(meta["start"], tz="UTC").to_pydatetime(), meta["days"])
+    materialize_world(settings, meta.start_ts.to_pydatetime(), meta.days)
     return settings
 
 
@@ -37,7 +40,8 @@ def test_services_are_the_model_contracts(store_settings: StoreSettings) -> None
     assert reward_part == ["reward_type_code", "reward_category_code", "reward_cost",
                            "reward_min_tier_rank"]
     # the service projects the view: a subset, in the view's order, without consent
-    assert member_part == [n for n in member_feature_names() if n in set(member_part)]
+    vocabulary = built_vocabulary(store_settings.features_dir)
+    assert member_part == [n for n in member_feature_names(vocabulary) if n in set(member_part)]
     assert "consent" not in member_part and "visits_per_day_90d" in member_part
     assert "challenge_min_target" in service_feature_names(store, "difficulty_v1")
 
@@ -49,7 +53,7 @@ def test_online_values_are_the_latest_offline_rows(store_settings: StoreSettings
     latest = offline.sort_values("event_timestamp").groupby("member_id").tail(1).set_index("member_id")
     ids = latest.index.to_numpy()[:120]
     online = store.get_online_features(
-        features=refs, entity_rows=[{"member_id": int(m)} for m in ids]).to_df().set_index("member_id")
+        features=refs, entity_rows=[{"member_id": str(m)} for m in ids]).to_df().set_index("member_id")
     names = [r.split(":")[1] for r in refs]
     np.testing.assert_array_equal(online.loc[ids, names].to_numpy(np.float32),
                                   latest.loc[ids, names].to_numpy(np.float32))
@@ -65,7 +69,7 @@ def test_item_features_online(store_settings: StoreSettings) -> None:
 
 
 def test_historical_join_is_point_in_time(store_settings: StoreSettings) -> None:
-    offers = pd.read_parquet(store_settings.world_dir / "offers.parquet").head(200)
+    offers = pd.read_parquet(store_settings.features_dir / "offers.parquet").head(200)
     entity_df = offers[["member_id", "reward_id", "event_timestamp"]]
     joined = historical_features(store_settings, entity_df, "propensity_v1")
     offline = pd.read_parquet(store_settings.features_dir / "member_features.parquet")
@@ -91,9 +95,9 @@ def test_serving_reader_returns_what_feast_returns(store_settings: StoreSettings
     reader = OnlineFeatureReader(store, MEMBER_VIEW)
     assert reader._sqlite_sql is not None  # the direct path is the one under test
     members = pd.read_parquet(store_settings.world_dir / "members.parquet")["member_id"]
-    for member_id in [*members.astype(int), 10**9]:
+    for member_id in [*members.astype(str), "no-such-member"]:
         key = reader._entity_key(join_keys=["member_id"],
-                                 entity_values=[reader._value(int64_val=member_id)])
+                                 entity_values=[reader._value(string_val=member_id)])
         [(feast_ts, feast_values)] = reader._online.online_read(store.config, reader._view, [key])
         row = reader._read_sqlite(key)
         assert (row is None) == (feast_values is None)
@@ -105,4 +109,33 @@ def test_serving_reader_returns_what_feast_returns(store_settings: StoreSettings
             assert (np.array(list(row.values.values()), np.float64).tobytes()
                     == np.array(list(expected.values()), np.float64).tobytes())
             assert reader.read(member_id) == row
-    assert reader.read(10**9) is None
+    assert reader.read("no-such-member") is None
+
+
+def test_features_show_is_the_point_in_time_row(store_settings: StoreSettings) -> None:
+    """`rewards features show MEMBER --as-of T --json` prints what a training set built at T
+    holds for the member: the offline row stamped at T's midnight, named as in the service."""
+    import json as jsonlib
+
+    from typer.testing import CliRunner
+
+    from training.cli.app import app
+
+    offline = pd.read_parquet(store_settings.features_dir / "member_features.parquet")
+    member = str(offline["member_id"].iloc[0])
+    day = offline["event_timestamp"].sort_values().unique()[10]
+    as_of = (pd.Timestamp(day) + pd.Timedelta(hours=15)).isoformat()
+    result = CliRunner().invoke(app, ["features", "show", member, "--as-of", as_of, "--json",
+                                      "--data-dir", str(store_settings.data)])
+    assert result.exit_code == 0, result.output
+    shown = jsonlib.loads(result.stdout)
+    expected = offline[(offline["member_id"] == member) & (offline["event_timestamp"] == day)]
+    store = open_store(store_settings)
+    names = [r.split(":")[1] for r in service_feature_refs(store, "propensity_v1")
+             if r.startswith("member_daily:")]
+    assert list(shown["features"]) == names and shown["member_id"] == member
+    np.testing.assert_allclose([shown["features"][n] for n in names],
+                               expected[names].to_numpy(np.float64)[0], rtol=1e-6)
+    unknown = CliRunner().invoke(app, ["features", "show", "nobody", "--as-of", as_of,
+                                       "--data-dir", str(store_settings.data)])
+    assert unknown.exit_code == 2 and "no features for member 'nobody'" in unknown.output

@@ -60,7 +60,7 @@ def start_server(store: StoreSettings, events_url: str, port: int, log: Path) ->
 
 
 def event(i: int) -> dict:
-    return {"event_id": f"burst-{i:05d}", "event_type": "purchase", "member_id": 1 + i % 2000,
+    return {"event_id": f"burst-{i:05d}", "event_type": "purchase", "member_id": str(1 + i % 2000),
             "amount": 10.0 + i % 7, "timestamp": "2026-11-23T10:00:00Z"}
 
 
@@ -149,12 +149,12 @@ def test_sigkill_during_event_burst_loses_no_acknowledged_event(
 
 
 @pytest.fixture
-def private_app(copy_store, make_api_key,  # noqa: ANN001
+def private_app(copy_store, make_api_key, with_catalog,  # noqa: ANN001
                 tmp_path: Path) -> Iterator[tuple[TestClient, StoreSettings]]:
     from serving.main import create_app
 
     store = copy_store(tmp_path)
-    url = f"sqlite:///{tmp_path / 'events.db'}"
+    url = with_catalog(f"sqlite:///{tmp_path / 'events.db'}")
     key = make_api_key(url, "recommend", "admin")
     settings = ServeSettings(events_url=url, model_poll_seconds=0, seed=5)
     with TestClient(create_app(store, settings),
@@ -167,7 +167,7 @@ def test_online_store_outage_under_traffic(private_app, request_traffic) -> None
     answers during the outage are flagged degraded, and personalization comes back."""
     client, store = private_app
     members = pd.read_parquet(store.world_dir / "members.parquet")
-    ids = [int(i) for i in members[members["consent"]]["member_id"].iloc[:40]]
+    ids = [str(i) for i in members[members["consent"]]["member_id"].iloc[:40]]
     db = store.data / "feast" / "online_store.db"
     saved = db.read_bytes()
     results: list[tuple[str, int, bool, bool, list[str]]] = []
@@ -257,7 +257,7 @@ def check_refusals(client: TestClient, store: StoreSettings) -> None:
     outcome = client.post("/v1/admin/reload").json()["outcomes"]["reward"]
     assert outcome == f"refused v{mismatching}"
 
-    r = client.post("/v1/recommendations", json={"member_id": 7})
+    r = client.post("/v1/recommendations", json={"member_id": "7"})
     assert r.status_code == 200 and r.json()["model_versions"]["reward"] == str(v1.version)
     ready = client.get("/readyz").json()
     assert ready["models"]["reward"]["version"] == str(v1.version)

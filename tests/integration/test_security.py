@@ -21,11 +21,12 @@ TTL = 0.3
 
 @pytest.fixture(scope="module")
 def secured(trained_store, tmp_path_factory: pytest.TempPathFactory,  # noqa: ANN001
-            make_api_key) -> Iterator[tuple[TestClient, dict[str, str], str]]:  # noqa: ANN001
+            make_api_key, with_catalog  # noqa: ANN001
+            ) -> Iterator[tuple[TestClient, dict[str, str], str]]:
     """An app with a test-only HTML page behind `experiments:read`, and keys for each role."""
     from serving.main import create_app
 
-    url = f"sqlite:///{tmp_path_factory.mktemp('security') / 'events.db'}"
+    url = with_catalog(f"sqlite:///{tmp_path_factory.mktemp('security') / 'events.db'}")
     settings = ServeSettings(events_url=url, model_poll_seconds=0, seed=3,
                              auth_cache_ttl_seconds=TTL)
     keys = {
@@ -50,7 +51,7 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-REC = ("/v1/recommendations", {"member_id": 5})
+REC = ("/v1/recommendations", {"member_id": "5"})
 
 
 def test_missing_and_wrong_keys_are_401(secured) -> None:  # noqa: ANN001
@@ -68,23 +69,27 @@ def test_missing_and_wrong_keys_are_401(secured) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize(("method", "path", "body", "scope"), [
-    ("POST", "/v1/recommendations", {"member_id": 5}, "recommend"),
-    ("POST", "/v1/recommendations/batch", {"member_ids": [5]}, "recommend"),
+    ("POST", "/v1/recommendations", {"member_id": "5"}, "recommend"),
+    ("POST", "/v1/recommendations/batch", {"member_ids": ["5"]}, "recommend"),
     ("POST", "/v1/events", {"events": [{"event_id": "sec-1", "event_type": "consent_granted",
-                                        "member_id": 9, "timestamp": "2026-11-01T00:00:00Z"}]},
+                                        "member_id": "9", "timestamp": "2026-11-01T00:00:00Z"}]},
      "events"),
+    ("PUT", "/v1/members/M-sec-1", {"joined_at": "2020-01-31", "tier": "Silver"}, "events"),
     ("POST", "/v1/admin/reload", None, "admin"),
     ("DELETE", "/v1/members/123456789", None, "admin"),
 ])
 def test_each_route_needs_its_scope(secured, method: str, path: str, body: dict | None,  # noqa: ANN001
                                     scope: str) -> None:
     client, keys, _ = secured
+    if method == "PUT" and not hasattr(client.app.state.services.events, "upsert_member"):
+        pytest.skip("the event store has no upsert_member yet (issue #20, event store part)")
     for role, key in keys.items():
         if role == "slow":
             continue
         r = client.request(method, path, json=body, headers=bearer(key))
         allowed = scope == role or (role == "admin" and scope in ("recommend", "events"))
-        assert r.status_code == (200 if allowed else 403), (role, path, r.text)
+        # a profile PUT answers 201 when it creates the member, 200 afterwards
+        assert r.status_code in ((200, 201) if allowed else (403,)), (role, path, r.text)
         if not allowed:
             assert scope in r.json()["errors"][0]["reason"]
 
@@ -194,12 +199,11 @@ def test_erase_member_removes_events_decisions_and_online_features(secured, trai
     client, keys, _ = secured
     svc = client.app.state.services
     members = pd.read_parquet(trained_store[0].world_dir / "members.parquet")
-    member_id = int(members[members["consent"]].iloc[-1]["member_id"])
+    member_id = str(members[members["consent"]].iloc[-1]["member_id"])
     reader = svc.reader
     online = reader._online
     config = reader._store.config
-    key = reader._entity_key(join_keys=["member_id"],
-                             entity_values=[reader._value(int64_val=member_id)])
+    key = reader._key(member_id)
     [(ts, saved)] = online.online_read(config, reader._view, [key])
     assert saved, "the member has online features before the erasure"
     try:
@@ -209,26 +213,35 @@ def test_erase_member_removes_events_decisions_and_online_features(secured, trai
                  "member_id": member_id, "timestamp": datetime.now(UTC).isoformat()}
         assert client.post("/v1/events", json={"events": [event]},
                            headers=bearer(keys["events"])).status_code == 200
+        profiles = hasattr(svc.events, "upsert_member")  # the event store part of issue #20
+        if profiles:
+            assert client.put(f"/v1/members/{member_id}", headers=bearer(keys["events"]),
+                              json={"joined_at": "2020-01-31", "tier": "Gold"}
+                              ).status_code in (200, 201)
         assert client.delete(f"/v1/members/{member_id}",
                              headers=bearer(keys["recommend"])).status_code == 403
         r = client.delete(f"/v1/members/{member_id}", headers=bearer(keys["admin"]))
         assert r.status_code == 200, r.text
+        assert r.json()["member_id"] == member_id
         erased = r.json()["erased"]
         assert erased["events"] == 1 and erased["decisions"] == 1
+        if profiles:
+            assert erased["members"] == 1
         assert erased["decision_items"] >= 1
         assert erased["online_features"] == len(saved)
         assert svc.events.member_events(member_id) == []
         assert reader.read(member_id) is None
         assert svc.events.consent(member_id) is None
         again = client.delete(f"/v1/members/{member_id}", headers=bearer(keys["admin"]))
-        assert again.json()["erased"] == {"events": 0, "decisions": 0, "decision_items": 0,
-                                          "experiment_exposures": 0, "online_features": 0}
+        counts = again.json()["erased"]
+        assert {"events", "decisions", "decision_items", "experiment_exposures",
+                "online_features"} <= set(counts) and not any(counts.values())
         after = client.post(REC[0], json={"member_id": member_id}, headers=bearer(keys["admin"]))
         assert after.json()["cold_start"] and not after.json()["personalized"]
     finally:
         online.online_write_batch(config, reader._view, [(key, saved, ts, None)], None)
     assert reader.read(member_id) is not None
-    bad = client.delete("/v1/members/0", headers=bearer(keys["admin"]))
+    bad = client.delete(f"/v1/members/{'m' * 65}", headers=bearer(keys["admin"]))
     assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "path.member_id"
 
 
@@ -256,20 +269,25 @@ def test_metrics_can_require_an_admin_key(trained_store, tmp_path, make_api_key)
         assert client.get("/metrics", headers=bearer(admin)).status_code == 200
 
 
-GOOD_EVENT = {"event_id": "h-1", "event_type": "purchase", "member_id": 3, "amount": 5.0,
+GOOD_EVENT = {"event_id": "h-1", "event_type": "purchase", "member_id": "3", "amount": 5.0,
               "timestamp": "2026-11-01T00:00:00Z"}
 
 
 @pytest.mark.parametrize(("change", "field"), [
-    ({"member_id": 2**63}, "body.events.0.member_id"),
-    ({"member_id": -1}, "body.events.0.member_id"),
+    ({"member_id": 3}, "body.events.0.member_id"),  # a JSON integer is not an id
+    ({"member_id": "m" * 65}, "body.events.0.member_id"),
+    ({"member_id": "a b"}, "body.events.0.member_id"),
+    ({"member_id": "M'; DROP TABLE events;--"}, "body.events.0.member_id"),
     ({"event_id": "a" * 65}, "body.events.0.event_id"),
     ({"event_id": "x'; DROP TABLE events;--"}, "body.events.0.event_id"),
     ({"timestamp": "2026-11-01T00:00:00"}, "body.events.0.timestamp"),  # naive
     ({"timestamp": "9999-12-31T23:59:59-23:00"}, "body.events.0.timestamp"),  # overflows UTC
     ({"amount": 1e300}, "body.events.0.amount"),
     ({"cost": 1e12}, "body.events.0.cost"),
-    ({"reward_id": "R" * 17}, "body.events.0.reward_id"),
+    ({"reward_id": "R" * 65}, "body.events.0.reward_id"),
+    ({"category": "x\u0000y"}, "body.events.0.category"),  # no control characters stored
+    ({"amount": True}, "body.events.0.amount"),
+    ({"timestamp": 1772442000}, "body.events.0.timestamp"),
     ({"email": "a@b.c"}, "body.events.0.email"),  # unknown fields never get stored
     ({"properties": {"k": "v" * 257}}, "body.events.0.properties.k"),
     ({"properties": {f"k{i}": i for i in range(21)}}, "body.events.0.properties"),

@@ -80,7 +80,7 @@ def check_shared_rate_limit(port: int, key: str, pids: set[int]) -> None:
     began = time.monotonic()
     for _ in range(30):
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-            r = client.post("/v1/recommendations", json={"member_id": 5},
+            r = client.post("/v1/recommendations", json={"member_id": "5"},
                             headers={"Authorization": f"Bearer {key}"})
             codes.append(r.status_code)
             if r.status_code == 429:
@@ -151,7 +151,7 @@ def test_two_workers_share_the_port_and_stop_with_the_supervisor(
         answered: set[int] = set()
         for _ in range(40):
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-                r = client.post("/v1/recommendations", json={"member_id": 5},
+                r = client.post("/v1/recommendations", json={"member_id": "5"},
                                 headers={"Authorization": f"Bearer {key}"})
                 assert r.status_code == 200, r.text
                 assert set(r.json()["model_versions"]) == {"reward", "difficulty"}

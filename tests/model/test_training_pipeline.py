@@ -93,6 +93,7 @@ def test_difficulty_never_rises_with_the_target(trained) -> None:  # noqa: ANN00
     """Directional: for any member and template, a harder target is never likelier to finish."""
     import mlflow.lightgbm
 
+    from training.data.features import built_vocabulary
     from training.evaluation.evaluate import member_snapshot
     from training.evaluation.scoring import score_targets
 
@@ -101,7 +102,8 @@ def test_difficulty_never_rises_with_the_target(trained) -> None:  # noqa: ANN00
     meta = read_onnx_metadata(difficulty.onnx_path)
     snap = member_snapshot(store.features_dir, pd.Timestamp("2026-01-20", tz="UTC")).head(200)
     templates = pd.read_parquet(store.features_dir / "challenge_features.parquet")
-    grid = score_targets(model, snap, templates, meta.service_features)
+    grid = score_targets(model, snap, templates, meta.service_features,
+                         built_vocabulary(store.features_dir))
     grid = grid.sort_values(["member_id", "challenge_id", "target"])
     steps = grid.groupby(["member_id", "challenge_id"])["p_complete"].diff().dropna()
     assert (steps <= 1e-12).all()
@@ -205,12 +207,12 @@ def test_evaluate_and_promote_without_truth(truthless) -> None:  # noqa: ANN001
 def test_observable_eligibility_is_the_truths(small_store) -> None:  # noqa: ANN001
     """Eligibility from the features (tier rank vs the reward's minimum tier rank, serving's
     rule) is the truth's eligibility matrix, and every logged offer respected it."""
-    from training.data.world import read_world_meta
+    from training.data.history import read_history_meta
     from training.evaluation.evaluate import eligible_rewards, member_snapshot
     from training.simulate.oracle import WorldTruth
 
     store = small_store
-    at = read_world_meta(store.world_dir).start_ts + pd.Timedelta(days=21)
+    at = read_history_meta(store.features_dir).start_ts + pd.Timedelta(days=21)
     snapshot = member_snapshot(store.features_dir, at)
     items = pd.read_parquet(store.features_dir / "reward_features.parquet")
     observable = eligible_rewards(snapshot, items)
@@ -219,7 +221,7 @@ def test_observable_eligibility_is_the_truths(small_store) -> None:  # noqa: ANN
     assert np.array_equal(observable, truth["eligible"])
     assert 0 < observable.mean() < 1  # some members may not have some rewards
 
-    offers = pd.read_parquet(store.world_dir / "offers.parquet")
+    offers = pd.read_parquet(store.features_dir / "offers.parquet")
     offered = offers[offers["treated"]].merge(snapshot[["member_id", "tier_rank"]],
                                               on="member_id")
     min_rank = items.set_index("reward_id")["reward_min_tier_rank"]

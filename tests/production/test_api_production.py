@@ -20,13 +20,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.production, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def app_client(trained_store, servers, make_api_key) -> Iterator[TestClient]:  # noqa: ANN001
+def app_client(trained_store, servers, make_api_key,  # noqa: ANN001
+               with_catalog) -> Iterator[TestClient]:  # noqa: ANN001
     from serving.main import create_app
 
     store = trained_store[0]
     # A generous network timeout: the shared 2-core CI machine can stall a thread for longer
     # than the 200 ms default; timeouts themselves are tested with a broken reader.
-    settings = ServeSettings(events_url=servers.database("events_api"), model_poll_seconds=0,
+    settings = ServeSettings(events_url=with_catalog(servers.database("events_api")),
+                             model_poll_seconds=0,
                              seed=3, online_timeout_ms=5_000)
     # Keys live in PostgreSQL beside the events, as in a deployment.
     key = make_api_key(settings.events_url, "recommend", "events", "admin")
@@ -57,15 +59,15 @@ def test_decisions_and_events_land_in_postgres(app_client: TestClient, servers) 
     """Read back with a separate PostgreSQL connection, not through the service."""
     import psycopg
 
-    ev = {"event_id": "pg-check-1", "event_type": "purchase", "member_id": 5, "amount": 12.5,
+    ev = {"event_id": "pg-check-1", "event_type": "purchase", "member_id": "5", "amount": 12.5,
           "timestamp": "2026-11-23T10:00:00+00:00"}
     assert app_client.post("/v1/events", json={"events": [ev]}).json()["accepted"] == 1
-    recommend(app_client, member_id=6)  # noqa: F821 - from the reused module
+    recommend(app_client, member_id="6")  # noqa: F821 - from the reused module
     wait_for_decisions(app_client, 1)  # noqa: F821
     url = services(app_client).settings.events_url
     with psycopg.connect(url) as conn:
         amount = conn.execute("SELECT amount FROM events WHERE event_id = 'pg-check-1'").fetchone()
-        decided = conn.execute("SELECT COUNT(*) FROM decisions WHERE member_id = 6").fetchone()
+        decided = conn.execute("SELECT COUNT(*) FROM decisions WHERE member_id = '6'").fetchone()
     assert amount == (12.5,) and decided[0] >= 1
 
 
@@ -80,11 +82,11 @@ def test_erasure_reaches_redis_and_postgres(app_client: TestClient, trained_stor
 
     svc = services(app_client)
     members = pd.read_parquet(trained_store[0].world_dir / "members.parquet")
-    member_id = int(members[members["consent"]].iloc[-2]["member_id"])
+    member_id = str(members[members["consent"]].iloc[-2]["member_id"])
     reader = svc.reader
     config = reader._store.config
     key = reader._entity_key(join_keys=["member_id"],
-                             entity_values=[reader._value(int64_val=member_id)])
+                             entity_values=[reader._value(string_val=member_id)])
     [(ts, saved)] = reader._online.online_read(config, reader._view, [key],
                                                reader.feature_names)
     assert saved and reader.read(member_id) is not None
@@ -119,7 +121,8 @@ def test_erasure_reaches_redis_and_postgres(app_client: TestClient, trained_stor
 
 
 def test_redis_that_hangs_degrades_answers_then_recovers(trained_store, servers,  # noqa: ANN001
-                                                        make_api_key) -> None:  # noqa: ANN001
+                                                        make_api_key,  # noqa: ANN001
+                                                        with_catalog) -> None:  # noqa: ANN001
     """Redis stops answering (CLIENT PAUSE: connections stay open, replies wait): each request
     gives up after REWARDS_ONLINE_TIMEOUT_MS with a 200 flagged degraded, not a hang or a 5xx;
     when Redis answers again, so does personalization, without a restart."""
@@ -127,12 +130,12 @@ def test_redis_that_hangs_degrades_answers_then_recovers(trained_store, servers,
 
     from serving.main import create_app
 
-    settings = ServeSettings(events_url=servers.database("events_hang"), model_poll_seconds=0,
-                             seed=3, online_timeout_ms=150)
+    settings = ServeSettings(events_url=with_catalog(servers.database("events_hang")),
+                             model_poll_seconds=0, seed=3, online_timeout_ms=150)
     key = make_api_key(settings.events_url, "recommend")
     host, port = servers.redis_url.split(":")
     raw = redis.Redis(host=host, port=int(port))
-    body = {"member_id": 3, "k_rewards": 2, "k_challenges": 2}
+    body = {"member_id": "3", "k_rewards": 2, "k_challenges": 2}
     with TestClient(create_app(trained_store[0], settings),
                     headers={"Authorization": f"Bearer {key}"}) as client:
         before = client.post("/v1/recommendations", json=body).json()
@@ -140,7 +143,7 @@ def test_redis_that_hangs_degrades_answers_then_recovers(trained_store, servers,
         raw.execute_command("CLIENT", "PAUSE", "2000", "ALL")
         try:
             answers, started = [], time.monotonic()
-            for member_id in (3, 4, 5):
+            for member_id in ("3", "4", "5"):
                 t0 = time.monotonic()
                 r = client.post("/v1/recommendations", json={**body, "member_id": member_id})
                 answers.append((r.status_code, r.json(), time.monotonic() - t0))

@@ -17,8 +17,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.production, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def settings(store: StoreSettings, servers) -> ServeSettings:  # noqa: ANN001
-    return ServeSettings(events_url=servers.database("experiments"), model_poll_seconds=0,
+def settings(store: StoreSettings, servers, with_catalog) -> ServeSettings:  # noqa: ANN001
+    return ServeSettings(events_url=with_catalog(servers.database("experiments"), members=True),
+                         model_poll_seconds=0,
                          seed=3, online_timeout_ms=5_000)
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.contract.vocabulary import CATEGORIES, CHALLENGE_KINDS, REWARD_TYPES
+from training.simulate.generate.catalog import CATEGORIES, CHALLENGE_KINDS, REWARD_TYPES
+from training.simulate.generate.catalog import VOCABULARY as VOCAB  # the simulated program's
 
 
 def _member_names() -> list[str]:
@@ -39,8 +40,8 @@ def test_stacked_member_rows_equal_each_members_matrix() -> None:
             "challenge_target_step": np.ones(20, np.float32),
             "challenge_points": np.full(20, 50, np.float32), "target": lo + 1}
     d_names = [*names, *CHALLENGE_ITEM_COLUMNS]
-    for rows in (MemberRows(lambda m: reward_inputs(m, rewards, r_names), names),
-                 MemberRows(lambda m: difficulty_inputs(m, grid, d_names), names)):
+    for rows in (MemberRows(lambda m: reward_inputs(m, rewards, r_names, VOCAB), names),
+                 MemberRows(lambda m: difficulty_inputs(m, grid, d_names, VOCAB), names)):
         values = rng.normal(0, 5, (9, len(names))).astype(np.float32)
         values[:, 0] = rng.integers(0, 4, 9)
         values[rng.random(values.shape) < 0.05] = np.nan

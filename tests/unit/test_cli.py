@@ -22,7 +22,8 @@ runner = CliRunner()
     (["simulate", "--days", "0"], "--days"),
     (["simulate", "--bogus"], "No such option"),
     (["simulate", "--start", "2026-13-45", "--members", "10", "--days", "2"], "--start"),
-    (["features", "build", "--world", "/nonexistent/world"], "rewards simulate"),
+    (["features", "build", "--start", "1997-02-30"], "--start"),
+    (["features", "show", "M-1", "--as-of", "yesterday-ish"], "--as-of"),
     (["models", "promote", "nonsense"], "unknown model"),
     (["score-batch", "--out", "/tmp/x.txt"], "--out"),
     (["evaluate", "--alias", "staging"], "--alias"),
@@ -46,18 +47,20 @@ def _one_clear_line(result: Result) -> str:
 
 
 FIRST_RUN = [
-    (["serve"], "no catalog", "rewards demo"),
-    (["train", "rewards"], "no world", "rewards simulate"),
-    (["train", "difficulty"], "no world", "rewards simulate"),
-    (["train", "all"], "no world", "rewards simulate"),
-    (["evaluate"], "no world", "rewards simulate"),
-    (["score-batch", "--out", "{tmp}/scores.parquet"], "no world", "rewards simulate"),
+    (["serve"], "no features", "rewards features build"),
+    (["train", "rewards"], "no features", "rewards features build"),
+    (["train", "difficulty"], "no features", "rewards features build"),
+    (["train", "all"], "no features", "rewards features build"),
+    (["evaluate"], "no features", "rewards features build"),
+    (["score-batch", "--out", "{tmp}/scores.parquet"], "no features", "rewards features build"),
     (["models", "list"], "no model registry", "rewards train all"),
     (["models", "promote", "reward"], "no model registry", "rewards train all"),
     (["models", "rollback", "reward"], "no model registry", "rewards train all"),
-    (["features", "build"], "no world", "rewards simulate"),
-    (["features", "apply"], "no world", "rewards simulate"),
-    (["features", "materialize"], "no world", "rewards simulate"),
+    (["features", "build"], "no event store", "rewards import"),
+    (["features", "refresh"], "no features", "rewards features build"),
+    (["features", "show", "M-1"], "no features", "rewards features build"),
+    (["features", "apply"], "no features", "rewards features build"),
+    (["features", "materialize"], "no features", "rewards features build"),
     (["keys", "list"], "no API keys", "rewards keys create"),
     (["keys", "revoke", "abc"], "no API keys", "rewards keys create"),
 ]
@@ -86,7 +89,8 @@ def test_serve_reads_the_data_folder_from_the_environment(tmp_path: Path,
         line = _one_clear_line(runner.invoke(app, ["serve"]))
     finally:
         get_store_settings.cache_clear()
-    assert f"no catalog at {tmp_path / 'world'}" in line and "`rewards simulate`" in line
+    assert f"no features in {tmp_path / 'features'}" in line
+    assert "`rewards features build`" in line
 
 
 def _touch(folder: Path, *names: str) -> None:
@@ -101,14 +105,13 @@ def test_each_step_names_the_next(tmp_path: Path) -> None:
     def first_line(*args: str) -> str:
         return _one_clear_line(runner.invoke(app, [*args, "--data-dir", str(tmp_path)]))
 
-    _touch(tmp_path / "world", "world.json")
-    assert "no catalog" in first_line("serve")
-    _touch(tmp_path / "world", "rewards.parquet", "challenges.parquet")
+    assert "`rewards import members FILE`" in first_line("features", "build")
     for args in (("serve",), ("train", "all"), ("features", "apply")):
         assert "`rewards features build` first" in first_line(*args)
     _touch(tmp_path / "features", "member_features.parquet")
     assert "`rewards features build` again" in first_line("train", "all")
-    _touch(tmp_path / "features", "reward_features.parquet", "challenge_features.parquet")
+    _touch(tmp_path / "features", "reward_features.parquet", "challenge_features.parquet",
+           "offers.parquet", "assignments.parquet", "history.json")
     for args in (("train", "all"), ("evaluate",), ("features", "materialize", "--no-apply")):
         assert "`rewards features apply`" in first_line(*args)
     _touch(tmp_path / "feast", "registry.db")
@@ -137,10 +140,12 @@ def test_simulate_and_build_from_the_command_line(tmp_path: Path) -> None:
 
     fresh = rewards("serve", "--data-dir", str(data))  # a fresh clone's first command
     assert fresh.returncode == 2 and "Traceback" not in fresh.stderr
-    assert fresh.stderr.startswith("error: no catalog") and "`rewards demo`" in fresh.stderr
+    assert fresh.stderr.startswith("error: no features") and "`rewards features build`" in (
+        fresh.stderr)
     sim = rewards("simulate", "--members", "300", "--days", "14", "--data-dir", str(data))
     assert sim.returncode == 0, sim.stderr
-    assert (data / "world" / "offers.parquet").is_file()
+    assert (data / "world" / "program" / "events.parquet").is_file()
+    assert (data / "events.db").is_file()  # imported, as a program would be
     feats = rewards("features", "build", "--data-dir", str(data))
     assert feats.returncode == 0, feats.stderr
     assert '"member_features": 4500' in feats.stdout  # 300 members x (14 + 1) days

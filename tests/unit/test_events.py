@@ -1,5 +1,7 @@
-"""The event and decision store on SQLite: validation, idempotency, concurrency, durability and
-known-answer queries. Each test gets its own database file under tmp_path."""
+"""The event and decision store on SQLite: idempotency, concurrency, durability, member
+profiles, bulk imports, training frames, upgrades of older stores and known-answer queries. Each
+test gets its own database file under tmp_path. tests/production/test_events_production.py runs
+the engine-independent ones again on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,27 +17,31 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from serving.contract.events import DecisionRecord, EventIn
+from serving.contract.events import DecisionRecord, parse_event
 from serving.stores.events import EventStore, open_event_store
+from serving.stores.sql import dialect_for
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+TS = "datetime64[us, UTC]"
 
 
-def event(event_id: str, event_type: str = "purchase", member_id: int = 1,
-          timestamp: datetime = T0, **fields: Any) -> EventIn:
+def event(event_id: str, event_type: str = "purchase", member_id: str = "m1",
+          timestamp: datetime = T0, **fields: Any) -> Any:
     if event_type == "purchase":
         fields.setdefault("amount", 10.0)
-    if event_type in ("impression", "redemption"):
+    if event_type in ("impression", "redemption", "click") and "challenge_id" not in fields:
         fields.setdefault("reward_id", "R01")
-    return EventIn.model_validate({"event_id": event_id, "event_type": event_type,
-                                   "member_id": member_id, "timestamp": timestamp, **fields})
+    return parse_event({"event_id": event_id, "event_type": event_type,
+                        "member_id": member_id, "timestamp": timestamp, **fields})
 
 
-def decision(decision_id: str, member_id: int = 1, created_at: datetime = T0,
+def decision(decision_id: str, member_id: str = "m1", created_at: datetime = T0,
              items: list[dict[str, Any]] | None = None, **fields: Any) -> DecisionRecord:
     return DecisionRecord.model_validate({
         "decision_id": decision_id, "member_id": member_id, "created_at": created_at,
@@ -57,54 +63,24 @@ def store(url: str) -> Iterator[EventStore]:
     s.close()
 
 
-# --- validation ------------------------------------------------------------------------------
+def raw_execute(url: str, *statements: str) -> None:
+    """Run SQL on the database behind a store URL with the engine's own driver (no store)."""
+    conn = dialect_for(url, "test").connect()
+    try:
+        for statement in statements:
+            conn.execute(statement)
+    finally:
+        conn.close()
 
 
-VALID = {"event_id": "e-1", "event_type": "purchase", "member_id": 7,
-         "timestamp": "2026-03-02T09:00:00Z", "amount": 12.5}
+def index_names(store: EventStore, url: str) -> set[str]:
+    sql = ("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'"
+           if url.startswith("sqlite") else
+           "SELECT indexname FROM pg_indexes WHERE tablename = 'events'")
+    return {row[0] for row in store._query(sql)}  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("change", "loc"), [
-    ({"event_id": ""}, ("event_id",)),
-    ({"event_id": "has space"}, ("event_id",)),
-    ({"event_id": "x" * 65}, ("event_id",)),
-    ({"event_type": "visit"}, ("event_type",)),
-    ({"member_id": 0}, ("member_id",)),
-    ({"timestamp": "2026-03-02T09:00:00"}, ("timestamp",)),  # naive
-    ({"amount": None}, ("amount",)),  # required for a purchase
-    ({"amount": -1.0}, ("amount",)),
-    ({"amount": 2e7}, ("amount",)),
-    ({"amount": float("nan")}, ("amount",)),
-    ({"cost": -0.5}, ("cost",)),
-    ({"decision_id": "d" * 65}, ("decision_id",)),
-    ({"event_type": "redemption"}, ("reward_id",)),
-    ({"event_type": "impression"}, ("reward_id",)),
-    ({"event_type": "challenge_completed"}, ("challenge_id",)),
-    ({"reward_id": "R" * 17}, ("reward_id",)),
-    ({"properties": {f"k{i}": i for i in range(21)}}, ("properties",)),
-    ({"properties": {"note": "x" * 257}}, ("properties", "note")),
-    ({"properties": {"nested": {"a": 1}}}, ("properties", "nested")),
-    ({"surprise": 1}, ("surprise",)),
-])
-def test_validation_errors_name_the_field(change: dict[str, Any], loc: tuple[str, ...]) -> None:
-    with pytest.raises(ValidationError) as info:
-        EventIn.model_validate({**VALID, **change})
-    # Union members add their own tag after the field (e.g. "int"): compare the prefix.
-    assert loc in [error["loc"][:len(loc)] for error in info.value.errors()]
-
-
-def test_naive_timestamp_error_says_why() -> None:
-    with pytest.raises(ValidationError, match="timezone"):
-        EventIn.model_validate({**VALID, "timestamp": "2026-03-02T09:00:00"})
-
-
-def test_valid_events_are_normalised_to_utc() -> None:
-    e = EventIn.model_validate({**VALID, "timestamp": "2026-03-02T10:00:00+01:00",
-                                "properties": {"store": "north", "items": 3, "vip": True}})
-    assert e.timestamp == T0 and e.timestamp.tzinfo == UTC
-    assert e.properties == {"store": "north", "items": 3, "vip": True}
-    # A challenge impression needs no reward_id.
-    EventIn.model_validate({**VALID, "event_type": "impression", "challenge_id": "C01"})
+# --- contract records the store takes --------------------------------------------------------
 
 
 def test_decision_record_rejects_an_item_offered_twice() -> None:
@@ -133,7 +109,7 @@ def test_replay_is_inserted_once_and_never_overwrites(store: EventStore) -> None
     assert store.add_events([event("e1", amount=10.0)]) == [("e1", False)]
     assert store.add_events([event("e1", amount=99.0)]) == [("e1", False)]  # same id, new payload
     assert store.count_events() == 1
-    assert store.member_events(1)[0]["amount"] == 10.0
+    assert store.member_events("m1")[0]["amount"] == 10.0
     assert store.replay_counts() == {"replayed": 2, "conflicting": 1}
 
 
@@ -160,7 +136,7 @@ def test_concurrent_writers_store_each_id_exactly_once(url: str) -> None:
             for start in range(0, per_thread, batch):
                 results = stores[t % 2].add_events([event(i) for i in ids[start:start + batch]])
                 inserted[t] += [event_id for event_id, new in results if new]
-        except BaseException as exc:  # surfaced in the main thread below
+        except BaseException as exc:  # noqa: BLE001 - surfaced in the main thread below
             errors.append(exc)
 
     workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
@@ -191,14 +167,14 @@ def test_store_runs_wal_with_full_sync(url: str, store: EventStore) -> None:
 CHILD = """
 import sys
 from datetime import UTC, datetime
-from serving.contract.events import EventIn
+from serving.contract.events import PurchaseEvent
 from serving.stores.events import open_event_store
 
 store = open_event_store(sys.argv[1])
 now = datetime.now(UTC)
 for i in range(1_000_000):
-    store.add_events([EventIn(event_id=f"k{i}", event_type="purchase", member_id=1 + i % 50,
-                              timestamp=now, amount=1.0)])
+    store.add_events([PurchaseEvent(event_id=f"k{i}", event_type="purchase",
+                                    member_id=f"M-{i % 50}", timestamp=now, amount=1.0)])
     print(f"k{i}", flush=True)  # acknowledge only after add_events returned
 """
 
@@ -249,7 +225,7 @@ def test_decisions_are_logged_once_and_flattened(store: EventStore) -> None:
         {"item_type": "challenge", "item_id": "C02", "rank": 1, "score": 0.2,
          "shown_probability": 0.6, "target": 5.0},
     ], arm="model", experiment_id="exp-1"))
-    store.log_decisions([decision("d2", member_id=2, created_at=T0 + timedelta(minutes=1),
+    store.log_decisions([decision("d2", member_id="m2", created_at=T0 + timedelta(minutes=1),
                                   items=[], arm="holdout"),
                          decision("d1", items=[])])  # a retry of d1 keeps the first copy
     assert store.count_decisions() == 2
@@ -285,11 +261,11 @@ def world(store: EventStore) -> EventStore:
     store.add_events([
         event("i1", "impression", timestamp=T0 + h, reward_id="R02"),
         event("i2", "impression", timestamp=T0 + 2 * h, reward_id="R01"),
-        event("i3", "impression", member_id=2, timestamp=T0, reward_id="R09"),
+        event("i3", "impression", member_id="m2", timestamp=T0, reward_id="R09"),
         event("r1", "redemption", timestamp=T0 + 3 * h, reward_id="R01", decision_id="d1"),
-        event("r2", "redemption", member_id=2, timestamp=T0 + 3 * h, reward_id="R02", cost=5.0),
-        event("r3", "redemption", member_id=3, timestamp=T0 + 4 * h, reward_id="R03"),
-        event("r0", "redemption", member_id=3, timestamp=T0 - 24 * h, reward_id="R01",
+        event("r2", "redemption", member_id="m2", timestamp=T0 + 3 * h, reward_id="R02", cost=5.0),
+        event("r3", "redemption", member_id="m3", timestamp=T0 + 4 * h, reward_id="R03"),
+        event("r0", "redemption", member_id="m3", timestamp=T0 - 24 * h, reward_id="R01",
               cost=100.0),
         event("p1", "purchase", timestamp=T0 + 3 * h, amount=50.0),
     ])
@@ -298,26 +274,26 @@ def world(store: EventStore) -> EventStore:
 
 def test_recent_offers(world: EventStore) -> None:
     h = timedelta(hours=1)
-    assert world.recent_offers(1, T0 - h) == {"R01": T0 + 2 * h, "R02": T0 + h, "C01": T0}
-    assert world.recent_offers(1, T0 + 90 * timedelta(minutes=1)) == {"R01": T0 + 2 * h}
-    assert world.recent_offers(4, T0 - h) == {}
+    assert world.recent_offers("m1", T0 - h) == {"R01": T0 + 2 * h, "R02": T0 + h, "C01": T0}
+    assert world.recent_offers("m1", T0 + 90 * timedelta(minutes=1)) == {"R01": T0 + 2 * h}
+    assert world.recent_offers("m4", T0 - h) == {}
 
 
 def test_member_context_is_recent_offers_and_consent_in_one_query(world: EventStore) -> None:
     h = timedelta(hours=1)
     world.add_events([
-        event("c1", "consent_granted", member_id=1, timestamp=T0),
-        event("c2", "consent_withdrawn", member_id=1, timestamp=T0 + h),
-        event("c3", "consent_granted", member_id=2, timestamp=T0 - h),
+        event("c1", "consent_granted", member_id="m1", timestamp=T0),
+        event("c2", "consent_withdrawn", member_id="m1", timestamp=T0 + h),
+        event("c3", "consent_granted", member_id="m2", timestamp=T0 - h),
     ])
-    for member in (1, 2, 3, 4):
+    for member in ("m1", "m2", "m3", "m4"):
         for since in (T0 - h, T0 + 90 * timedelta(minutes=1), T0 + 10 * h):
             assert world.member_context(member, since) == (
                 world.recent_offers(member, since), world.consent(member))
-    assert world.member_context(1, T0 - h) == (
+    assert world.member_context("m1", T0 - h) == (
         {"R01": T0 + 2 * h, "R02": T0 + h, "C01": T0}, False)
-    assert world.member_context(2, T0 - h) == ({"R09": T0}, True)
-    assert world.member_context(4, T0 - h) == ({}, None)
+    assert world.member_context("m2", T0 - h) == ({"R09": T0}, True)
+    assert world.member_context("m4", T0 - h) == ({}, None)
 
 
 def test_redemptions_and_spend(world: EventStore) -> None:
@@ -331,18 +307,18 @@ def test_redemptions_and_spend(world: EventStore) -> None:
 def test_consent_follows_the_latest_event_time_not_arrival(store: EventStore) -> None:
     h = timedelta(hours=1)
     store.add_events([
-        event("c1", "consent_withdrawn", member_id=1, timestamp=T0 + h),
-        event("c2", "consent_granted", member_id=1, timestamp=T0),  # arrives later, older
-        event("c3", "consent_granted", member_id=2, timestamp=T0),
-        event("c4", "consent_granted", member_id=4, timestamp=T0),
-        event("c5", "consent_withdrawn", member_id=4, timestamp=T0),  # a tie: withdrawn wins
+        event("c1", "consent_withdrawn", member_id="m1", timestamp=T0 + h),
+        event("c2", "consent_granted", member_id="m1", timestamp=T0),  # arrives later, older
+        event("c3", "consent_granted", member_id="m2", timestamp=T0),
+        event("c4", "consent_granted", member_id="m4", timestamp=T0),
+        event("c5", "consent_withdrawn", member_id="m4", timestamp=T0),  # a tie: withdrawn wins
     ])
-    assert store.consent(1) is False
-    assert store.consent(2) is True
-    assert store.consent(3) is None
-    assert store.consent(4) is False
+    assert store.consent("m1") is False
+    assert store.consent("m2") is True
+    assert store.consent("m3") is None
+    assert store.consent("m4") is False
     with pytest.raises(ValueError, match="naive"):
-        store.recent_offers(1, datetime(2026, 1, 1))
+        store.recent_offers("m1", datetime(2026, 1, 1))
 
 
 def test_events_between_is_half_open_and_filters_types(world: EventStore) -> None:
@@ -353,18 +329,321 @@ def test_events_between_is_half_open_and_filters_types(world: EventStore) -> Non
     redemptions = world.events_between(T0, T0 + 5 * h, event_types=["redemption"])
     assert list(redemptions["event_id"]) == ["r1", "r2", "r3"]
     assert world.events_between(T0, T0 + 5 * h, event_types=[]).empty
-    record = world.member_events(1)[-1]
+    record = world.member_events("m1")[-1]
     assert record["event_id"] == "r1" and record["timestamp"] == T0 + 3 * h
     assert record["received_at"].tzinfo == UTC
 
 
 def test_erase_member_removes_exactly_that_member(world: EventStore) -> None:
-    before_other = world.member_events(2)
-    assert world.erase_member(1) == {"events": 4, "decisions": 1, "decision_items": 2,
-                                     "experiment_exposures": 0}
-    assert world.member_events(1) == [] and world.recent_offers(1, T0 - timedelta(days=1)) == {}
-    assert world.member_events(2) == before_other
+    world.upsert_member("m1", T0, "Gold", None, True, None)
+    world.upsert_member("m2", T0, "Gold", None, True, None)
+    before_other = world.member_events("m2")
+    assert world.erase_member("m1") == {"events": 4, "decisions": 1, "decision_items": 2,
+                                        "experiment_exposures": 0, "members": 1}
+    assert world.member_events("m1") == []
+    assert world.recent_offers("m1", T0 - timedelta(days=1)) == {}
+    assert world.member_events("m2") == before_other
+    assert list(world.members_frame()["member_id"]) == ["m2"]
     assert world.count_events() == 4 and world.count_decisions() == 0
-    assert world.erase_member(1) == {"events": 0, "decisions": 0, "decision_items": 0,
-                                     "experiment_exposures": 0}
+    assert world.erase_member("m1") == {"events": 0, "decisions": 0, "decision_items": 0,
+                                        "experiment_exposures": 0, "members": 0}
     assert world.ping()
+
+
+# --- every event type's columns ----------------------------------------------------------------
+
+
+def test_each_type_stores_its_columns_and_a_replay_compares_them(store: EventStore) -> None:
+    events = [
+        event("p", "purchase", amount=12.5, category="home", quantity=2, points=25,
+              reward_id="R07", properties={"store": "north"}),
+        event("t", "tier_change", tier="Gold"),
+        event("i", "impression", challenge_id="C03", target=150.0, propensity=0.25),
+        event("g", "challenge_progress", challenge_id="C03", value=75.5),
+        event("s", "points_spent", points=-40),
+        event("v", "visit"),
+    ]
+    assert all(new for _, new in store.add_events(events))
+    records = {r["event_id"]: r for r in store.member_events("m1")}
+    assert {k: records["p"][k] for k in ("amount", "category", "quantity", "points",
+                                         "reward_id", "properties", "tier")} == {
+        "amount": 12.5, "category": "home", "quantity": 2, "points": 25, "reward_id": "R07",
+        "properties": {"store": "north"}, "tier": None}
+    assert records["t"]["tier"] == "Gold" and records["s"]["points"] == -40
+    assert (records["i"]["challenge_id"], records["i"]["target"], records["i"]["propensity"]) == (
+        "C03", 150.0, 0.25)
+    assert records["g"]["value"] == 75.5 and records["v"]["amount"] is None
+    # a replay with the same content is honest, one with other content conflicts
+    assert store.add_events([event("p", "purchase", amount=12.5, category="home", quantity=2,
+                                   points=25, reward_id="R07", properties={"store": "north"}),
+                             event("t", "tier_change", tier="Silver")]) == [
+        ("p", False), ("t", False)]
+    assert store.replay_counts() == {"replayed": 2, "conflicting": 1}
+
+
+# --- member profiles ----------------------------------------------------------------------------
+
+
+def members(**changes: list[Any]) -> pd.DataFrame:
+    frame = pd.DataFrame({
+        "member_id": ["M-000172", "6f1c2b9e-8a2d-4a47-9d4e-1b2c3d4e5f60", "42"],
+        "joined_at": pd.to_datetime(["1997-03-14", "2001-12-31T23:00:00Z", "2026-01-01"], format="ISO8601",
+                                    utc=True).astype(TS),
+        "tier": ["Gold", "Bronze", "Silver"],
+        "region": ["north", None, "south"],
+        "consent": pd.array([True, None, False], dtype="boolean"),
+        "attributes": [{"store": "A12", "vip": True}, None, '{"age_band": "30-39"}'],
+    })
+    for name, values in changes.items():
+        frame[name] = values
+    return frame
+
+
+def test_members_upsert_counts_only_what_changed(store: EventStore) -> None:
+    assert store.upsert_members(members()) == 3
+    assert store.upsert_members(members()) == 0  # re-importing the same file changes nothing
+    assert store.upsert_members(members(tier=["Gold", "Silver", "Silver"])) == 1
+    frame = store.members_frame()
+    assert list(frame["member_id"]) == ["42", "6f1c2b9e-8a2d-4a47-9d4e-1b2c3d4e5f60",
+                                        "M-000172"]  # sorted
+    assert str(frame["joined_at"].dtype) == TS and str(frame["consent"].dtype) == "boolean"
+    row = frame.set_index("member_id").loc["M-000172"]
+    assert row["joined_at"] == pd.Timestamp("1997-03-14", tz="UTC")
+    assert (row["tier"], row["region"], bool(row["consent"])) == ("Gold", "north", True)
+    assert row["attributes"] == {"store": "A12", "vip": True}
+    other = frame.set_index("member_id").loc["6f1c2b9e-8a2d-4a47-9d4e-1b2c3d4e5f60"]
+    assert other["tier"] == "Silver" and other["region"] is None
+    assert pd.isna(other["consent"]) and other["attributes"] is None
+    assert frame.set_index("member_id").loc["42", "attributes"] == {"age_band": "30-39"}
+    assert list(store.members_frame(["42", "nobody", "42"])["member_id"]) == ["42"]
+    assert store.members_frame([]).empty
+
+
+def test_upsert_member_says_whether_it_created(store: EventStore) -> None:
+    assert store.upsert_member("M-1", T0, "Gold", "north", None, {"vip": True}) is True
+    assert store.upsert_member("M-1", T0, "Gold", "north", None, {"vip": True}) is False
+    assert store.upsert_member("M-1", T0, "Silver", None, False, None) is False
+    row = store.members_frame(["M-1"]).iloc[0]
+    assert (row["tier"], row["region"], bool(row["consent"]), row["attributes"]) == (
+        "Silver", None, False, None)  # the whole profile is replaced
+
+
+def test_profile_consent_combines_with_consent_events(store: EventStore) -> None:
+    h = timedelta(hours=1)
+    store.upsert_member("yes", T0, "Gold", None, True, None)
+    store.upsert_member("no", T0, "Gold", None, False, None)
+    store.upsert_member("unknown", T0, "Gold", None, None, None)
+    store.add_events([event("w", "consent_withdrawn", member_id="yes", timestamp=T0 + h),
+                      event("g", "consent_granted", member_id="no", timestamp=T0 + h),
+                      event("u", "consent_granted", member_id="unknown", timestamp=T0)])
+    assert store.consent("yes") is False  # withdrawn by an event
+    assert store.consent("no") is False  # a "no" in the profile stands until the CRM changes it
+    assert store.consent("unknown") is True
+    store.upsert_member("no", T0, "Gold", None, True, None)
+    assert store.consent("no") is True
+    store.upsert_member("profile-only", T0, "Gold", None, False, None)
+    assert store.member_context("profile-only", T0) == ({}, False)
+    for member in ("yes", "no", "unknown", "profile-only", "nobody"):
+        assert store.member_context(member, T0)[1] == store.consent(member)
+
+
+def test_members_changed_since_sees_events_and_profile_changes(store: EventStore) -> None:
+    start = datetime.now(UTC) - timedelta(seconds=1)
+    store.upsert_members(members())
+    store.add_events([event("e1", member_id="M-9")])
+    assert store.members_changed_since(start) == sorted(
+        ["M-000172", "6f1c2b9e-8a2d-4a47-9d4e-1b2c3d4e5f60", "42", "M-9"])
+    later = datetime.now(UTC)
+    assert store.members_changed_since(later) == []
+    store.upsert_members(members())  # unchanged: nobody moves
+    store.add_events([event("e1", member_id="M-9")])  # a replay adds nothing
+    assert store.members_changed_since(later) == []
+    store.upsert_member("42", T0, "Platinum", None, None, None)
+    store.import_events(frame_of([("x1", "visit", "M-7", T0)]))
+    assert store.members_changed_since(later) == ["42", "M-7"]
+    again = datetime.now(UTC)
+    store.import_events(frame_of([("x1", "visit", "M-7", T0)]))  # importing again: nobody
+    assert store.members_changed_since(again) == []
+
+
+# --- bulk imports -----------------------------------------------------------------------------
+
+
+def frame_of(rows: list[tuple[Any, ...]], **columns: list[Any]) -> pd.DataFrame:
+    """An import frame: (event_id, event_type, member_id, timestamp) rows plus columns."""
+    frame = pd.DataFrame(rows, columns=["event_id", "event_type", "member_id",
+                                        "event_timestamp"])
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True).astype(TS)
+    for name, values in columns.items():
+        frame[name] = values
+    return frame
+
+
+OLD = datetime(1997, 6, 30, 23, 59, 59, tzinfo=UTC)
+
+
+def test_import_events_skips_stored_and_repeated_ids_and_never_overwrites(
+        store: EventStore) -> None:
+    store.add_events([event("a", "purchase", member_id="M-1", amount=5.0)])
+    chunk = frame_of([("a", "purchase", "M-1", T0), ("b", "purchase", "M-2", OLD),
+                      ("b", "purchase", "M-2", T0), ("c", "visit", "M-1", T0),
+                      ("d", "redemption", "M-1", T0)],
+                     amount=[99.0, 20.5, 1.0, np.nan, np.nan],
+                     category=["x", "home", None, None, None],
+                     points=pd.array([None, 7, None, None, -50], dtype="Int64"),
+                     reward_id=[None, None, None, None, "R03"],
+                     properties=[None, '{"b": 1, "a": "z"}', None, None, {"k": True}])
+    assert store.import_events(chunk) == 3
+    assert store.import_events(chunk) == 0  # idempotent
+    frame = store.events_frame()
+    assert list(frame["event_id"]) == ["a", "c", "d", "b"]  # member, then time
+    by_id = frame.set_index("event_id")
+    assert by_id.loc["a", "amount"] == 5.0  # the first copy wins
+    assert (by_id.loc["b", "amount"], by_id.loc["b", "category"], by_id.loc["b", "points"],
+            by_id.loc["b", "event_timestamp"]) == (20.5, "home", 7, pd.Timestamp(OLD))
+    assert by_id.loc["b", "properties"] == {"a": "z", "b": 1}
+    assert (by_id.loc["d", "reward_id"], by_id.loc["d", "points"], by_id.loc["d", "properties"]
+            ) == ("R03", -50, {"k": True})
+    assert np.isnan(by_id.loc["c", "amount"]) and by_id.loc["c", "category"] is None
+    # an imported event replayed through the API with the same content is an honest replay
+    assert store.add_events([event("b", "purchase", member_id="M-2", timestamp=OLD,
+                                   amount=20.5, category="home", points=7,
+                                   properties={"a": "z", "b": 1})]) == [("b", False)]
+    assert store.replay_counts() == {"replayed": 1, "conflicting": 0}
+
+
+def test_import_events_is_one_transaction(store: EventStore) -> None:
+    """A failure inside a chunk (here the database refusing a missing member id) leaves
+    nothing of that chunk, however many statements it took."""
+    rows = [(f"e{i}", "visit" if i % 3 else "purchase", f"M-{i}", T0) for i in range(3000)]
+    chunk = frame_of(rows, amount=[1.0 if i % 3 == 0 else np.nan for i in range(3000)])
+    chunk.loc[2999, "member_id"] = None
+    with pytest.raises(Exception, match="(?i)null"):
+        store.import_events(chunk)
+    assert store.count_events() == 0
+    chunk.loc[2999, "member_id"] = "M-2999"
+    chunk.loc[1500, "event_id"] = None  # a key the database refuses too, on either engine
+    with pytest.raises(Exception, match="(?i)null"):
+        store.import_events(chunk)
+    assert store.count_events() == 0
+    chunk.loc[1500, "event_id"] = "e1500"
+    assert store.import_events(chunk) == 3000
+
+
+def test_import_events_refuses_frames_it_cannot_store_exactly(store: EventStore) -> None:
+    with pytest.raises(ValueError, match="missing column"):
+        store.import_events(pd.DataFrame({"event_id": ["a"]}))
+    naive = frame_of([("a", "visit", "M-1", T0)])
+    naive["event_timestamp"] = naive["event_timestamp"].dt.tz_localize(None)
+    with pytest.raises(ValueError, match="tz-aware"):
+        store.import_events(naive)
+    assert store.import_events(frame_of([])) == 0
+
+
+def test_bulk_load_defers_indexes_only_on_an_empty_store(store: EventStore, url: str) -> None:
+    indexes = {"events_member_type_ts", "events_type_ts"}
+    assert indexes <= index_names(store, url)
+    with store.bulk_load() as deferred:
+        assert deferred and not indexes & index_names(store, url)
+        assert "events_received" in index_names(store, url)
+        store.import_events(frame_of([("a", "visit", "M-1", T0)]))
+        assert store.events_frame(member_ids=["M-1"])["event_id"].tolist() == ["a"]
+    assert indexes <= index_names(store, url)
+    with store.bulk_load() as deferred:
+        assert not deferred and indexes <= index_names(store, url)
+    with pytest.raises(RuntimeError), store.bulk_load():
+        raise RuntimeError("the import failed")
+    assert indexes <= index_names(store, url)  # rebuilt whatever happened
+
+
+# --- frames for features and training -------------------------------------------------------
+
+
+def test_events_frame_filters_orders_and_types(store: EventStore) -> None:
+    h = timedelta(hours=1)
+    store.import_events(frame_of(
+        [("e3", "purchase", "M-2", T0), ("e1", "visit", "M-10", T0 + h),
+         ("e2", "purchase", "M-10", T0), ("e0", "purchase", "M-10", T0),
+         ("e4", "challenge_completed", "M-2", OLD)],
+        amount=[1.0, np.nan, 2.0, 3.0, np.nan], challenge_id=[None] * 4 + ["C01"],
+        points=pd.array([None, None, None, None, 300], dtype="Int64")))
+    frame = store.events_frame()
+    assert list(frame["event_id"]) == ["e0", "e2", "e1", "e4", "e3"]  # "M-10" < "M-2"
+    assert list(frame.columns) == [
+        "event_id", "event_type", "member_id", "event_timestamp", "decision_id", "reward_id",
+        "challenge_id", "amount", "cost", "category", "quantity", "points", "tier", "target",
+        "value", "propensity", "properties", "received_at"]
+    dtypes = frame.dtypes.astype(str).to_dict()
+    assert (dtypes["event_timestamp"], dtypes["received_at"]) == (TS, TS)
+    assert (dtypes["amount"], dtypes["propensity"], dtypes["points"], dtypes["quantity"]) == (
+        "float64", "float64", "Int64", "Int64")
+    assert frame["points"].tolist()[3] == 300 and frame["points"].isna().sum() == 4
+    assert frame["received_at"].min() > pd.Timestamp(T0)
+    picked = store.events_frame(member_ids=["M-2", "M-404"], until=T0,
+                                columns=["member_id", "challenge_id", "event_timestamp"])
+    assert list(picked.columns) == ["member_id", "challenge_id", "event_timestamp"]
+    assert picked.to_dict("records") == [
+        {"member_id": "M-2", "challenge_id": "C01", "event_timestamp": pd.Timestamp(OLD)}]
+    purchases = store.events_frame(event_types=["purchase"], columns=["event_id"])
+    assert list(purchases["event_id"]) == ["e0", "e2", "e3"]
+    empty = store.events_frame(event_types=[])
+    assert empty.empty and empty.dtypes.astype(str).to_dict() == dtypes
+    assert store.events_frame(member_ids=[]).empty
+    with pytest.raises(ValueError, match="unknown column"):
+        store.events_frame(columns=["ts_us"])
+
+
+def test_events_between_has_every_column(store: EventStore) -> None:
+    store.add_events([event("i", "impression", member_id="M-1", reward_id="R01",
+                            propensity=0.5, decision_id="d9")])
+    frame = store.events_between(T0, T0 + timedelta(seconds=1))
+    row = frame.iloc[0]
+    assert (row["member_id"], row["propensity"], row["decision_id"]) == ("M-1", 0.5, "d9")
+    assert np.isnan(row["amount"]) and str(frame["event_timestamp"].dtype) == TS
+
+
+# --- upgrade of a store written before string member ids -------------------------------------
+
+
+OLD_SCHEMA = (
+    """CREATE TABLE events (event_id VARCHAR(64) PRIMARY KEY, event_type VARCHAR(32) NOT NULL,
+        member_id BIGINT NOT NULL, ts_us BIGINT NOT NULL, decision_id VARCHAR(64),
+        challenge_id VARCHAR(16), reward_id VARCHAR(16), amount DOUBLE PRECISION,
+        cost DOUBLE PRECISION, properties TEXT, received_us BIGINT NOT NULL,
+        payload_sha256 CHAR(64) NOT NULL)""",
+    "CREATE INDEX events_member_type_ts ON events (member_id, event_type, ts_us)",
+    """CREATE TABLE decisions (decision_id VARCHAR(64) PRIMARY KEY, member_id BIGINT NOT NULL,
+        created_us BIGINT NOT NULL, channel VARCHAR(32) NOT NULL, arm VARCHAR(32),
+        experiment_id VARCHAR(64), model_versions TEXT NOT NULL, flags TEXT NOT NULL)""",
+    """CREATE TABLE decision_items (decision_id VARCHAR(64) NOT NULL,
+        item_type VARCHAR(16) NOT NULL, item_id VARCHAR(16) NOT NULL, member_id BIGINT NOT NULL,
+        created_us BIGINT NOT NULL, item_rank INTEGER NOT NULL, score DOUBLE PRECISION NOT NULL,
+        shown_probability DOUBLE PRECISION NOT NULL, target DOUBLE PRECISION,
+        cost DOUBLE PRECISION, PRIMARY KEY (decision_id, item_type, item_id))""",
+    ("INSERT INTO events VALUES ('e1', 'purchase', 42, 1772442000000000, NULL, NULL, NULL, "
+     "12.5, NULL, NULL, 1772442000000001, 'digest-of-the-old-request-body')"),
+    "INSERT INTO decisions VALUES ('d1', 42, 1772442000000000, 'app', NULL, NULL, '{}', '{}')",
+    ("INSERT INTO decision_items VALUES ('d1', 'reward', 'R01', 42, 1772442000000000, 0, 0.5, "
+     "0.9, NULL, 8.0)"),
+)
+
+
+def test_a_store_with_integer_member_ids_is_upgraded_in_place(url: str) -> None:
+    raw_execute(url, "BEGIN", *OLD_SCHEMA, "COMMIT")
+    store = open_event_store(url)
+    try:
+        assert store.member_events("42")[0] | {"received_at": None} == {
+            "event_id": "e1", "event_type": "purchase", "member_id": "42", "timestamp": T0,
+            "decision_id": None, "reward_id": None, "challenge_id": None, "amount": 12.5,
+            "cost": None, "category": None, "quantity": None, "points": None, "tier": None,
+            "target": None, "value": None, "propensity": None, "properties": None,
+            "received_at": None}
+        assert store.recent_offers("42", T0) == {"R01": T0}
+        # the old digest is gone: a replay compares the stored columns
+        assert store.add_events([event("e1", member_id="42", amount=12.5)]) == [("e1", False)]
+        assert store.replay_counts()["conflicting"] == 0
+        store.add_events([event("e2", member_id="M-000172", reward_id="R" + "1" * 40)])
+        assert store.events_frame()["member_id"].tolist() == ["42", "M-000172"]
+    finally:
+        store.close()
+    open_event_store(url).close()  # upgrading is done once; reopening changes nothing

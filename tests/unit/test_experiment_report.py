@@ -121,15 +121,15 @@ def test_store_keeps_experiments_and_first_exposures(tmp_path: Path) -> None:
         later = create_experiment(store, _create(start=T0 + timedelta(days=20),
                                                      end=T0 + timedelta(days=30)), T0)
         assert len(store.experiments()) == 2 and later.id != exp.id
-        first = ExposureRecord(experiment_id=exp.id, member_id=5, arm="model", exposed_at=T0,
+        first = ExposureRecord(experiment_id=exp.id, member_id="5", arm="model", exposed_at=T0,
                                decision_id="d1", channel="app", tier="Gold", uplift_score=0.1)
         again = first.model_copy(update={"exposed_at": T0 + timedelta(days=1),
                                          "decision_id": "d2"})
         store.log_exposures([first])
-        store.log_exposures([again, first.model_copy(update={"member_id": 6, "arm": "holdout",
+        store.log_exposures([again, first.model_copy(update={"member_id": "6", "arm": "holdout",
                                                              "uplift_score": None})])
         frame = store.exposures(exp.id)
-        assert list(frame["member_id"]) == [5, 6]
+        assert list(frame["member_id"]) == ["5", "6"]
         assert frame.loc[0, "decision_id"] == "d1" and frame.loc[0, "exposed_at"] == T0
         assert np.isnan(frame.loc[1, "uplift_score"])
         report = compute_report(store, exp, T0 + timedelta(days=9))

@@ -93,7 +93,9 @@ def test_simulate_live_says_what_each_missing_input_needs(tiny_world_dir: Path,
     experiment: each stops with its own one line, before any service starts."""
     import shutil
 
-    from training.data.features import build_features
+    from serving.config import ServeSettings, StoreSettings
+    from training.cli.data import build_store_features
+    from training.simulate.onboard import onboard
 
     data = tmp_path / "data"
     shutil.copytree(tiny_world_dir, data / "world", ignore=shutil.ignore_patterns("truth"))
@@ -101,7 +103,9 @@ def test_simulate_live_says_what_each_missing_input_needs(tiny_world_dir: Path,
     _one_line_error(*run(*live), "no hidden truth")
     shutil.copytree(tiny_world_dir / "truth", data / "world" / "truth")
     _one_line_error(*run(*live), "`rewards features build`")
-    build_features(data / "world", data / "features", progress=False)
+    settings = StoreSettings(data_dir=data)
+    onboard(settings.world_dir, ServeSettings().events(settings), progress=False)
+    build_store_features(settings, progress=False)
     _one_line_error(*run(*live), "`rewards experiments create`")
     assert run(*CREATE, "--data-dir", str(data))[0] == 0  # (an experiment, but not exp-1)
     _one_line_error(*run(*live), "ID: no experiment 'exp-1'")

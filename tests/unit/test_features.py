@@ -6,13 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.contract.vocabulary import MISSING_RATE, NEVER_DAYS
-from training.data.features import (
-    World, challenge_item_features, compute_member_features, member_feature_names,
-    reward_item_features,
-)
+from serving.contract.vocabulary import MISSING_RATE, NEVER_DAYS, Vocabulary
+from serving.decisioning.catalog import challenge_item_features, reward_item_features
+from training.data.features import World, compute_member_features, member_feature_names
 
 START = pd.Timestamp("2026-01-01", tz="UTC")
+#: This little program's own vocabulary (the catalog's, as the feature pipeline receives it).
+VOCAB = Vocabulary(tiers=("Bronze", "Silver", "Gold"), regions=("north", "south", "east"),
+                   categories=("fashion", "books"), reward_types=("discount", "free_shipping"),
+                   challenge_kinds=("purchase_streak", "review"))
 
 
 def ts(day: float, hour: float = 0.0) -> pd.Timestamp:
@@ -35,8 +37,8 @@ ASSIGN_COLS = ["assignment_id", "member_id", "event_timestamp", "challenge_id", 
 def world() -> World:
     """Member 1 is active with a gap; member 2 has no events at all; member 3 has offers only."""
     members = pd.DataFrame({
-        "member_id": [1, 2, 3],
-        "signup_date": [ts(-10), ts(-100), ts(0)],
+        "member_id": ["1", "2", "3"],
+        "joined_at": [ts(-10), ts(-100), ts(0)],
         "tier": ["Silver", "Bronze", "Gold"],
         "region": ["north", "south", "east"],
         "consent": [True, False, True],
@@ -86,7 +88,9 @@ def world() -> World:
         {"assignment_id": 2, "member_id": 1, "event_timestamp": ts(1), "challenge_id": "C01",
          "target": 6.0, "propensity": 0.2, "completed": 0, "outcome_timestamp": ts(5)},
     ], ASSIGN_COLS)
-    return World(START, 7, members, rewards, challenges, events, offers, assignments)
+    for table in (events, offers, assignments):  # member ids are the program's strings
+        table["member_id"] = table["member_id"].astype(str)
+    return World(START, 7, members, rewards, challenges, events, offers, assignments, VOCAB)
 
 
 @pytest.fixture
@@ -96,11 +100,11 @@ def feats(world: World) -> pd.DataFrame:
 
 
 def at(feats: pd.DataFrame, member: int, day: int, name: str) -> float:
-    return float(feats.loc[(member, day), name])
+    return float(feats.loc[(str(member), day), name])
 
 
 def test_shape_and_columns(feats: pd.DataFrame) -> None:
-    assert list(feats.columns) == ["event_timestamp", *member_feature_names()]
+    assert list(feats.columns) == ["event_timestamp", *member_feature_names(VOCAB)]
     assert len(feats) == 3 * 8  # days 0..7 inclusive for each member
     assert str(feats["event_timestamp"].dtype) == "datetime64[us, UTC]"
 
@@ -121,12 +125,12 @@ def test_events_on_the_feature_day_are_not_visible(feats: pd.DataFrame) -> None:
 
 def test_rolling_window_drops_old_events(world: World) -> None:
     longer = World(world.start, 12, world.members, world.rewards, world.challenges,
-                   world.events, world.offers, world.assignments)
+                   world.events, world.offers, world.assignments, VOCAB)
     f = compute_member_features(longer).set_index(["member_id", "event_timestamp"])
     # visits on days 0, 1, 2; the 7-day window at day 9 covers days 2..8
-    assert f.loc[(1, ts(9)), "visits_7d"] == 1
-    assert f.loc[(1, ts(10)), "visits_7d"] == 0
-    assert f.loc[(1, ts(10)), "visits_30d"] == 3
+    assert f.loc[("1", ts(9)), "visits_7d"] == 1
+    assert f.loc[("1", ts(10)), "visits_7d"] == 0
+    assert f.loc[("1", ts(10)), "visits_30d"] == 3
 
 
 def test_recency_streak_and_gaps(feats: pd.DataFrame) -> None:
@@ -141,7 +145,7 @@ def test_recency_streak_and_gaps(feats: pd.DataFrame) -> None:
 
 
 def test_member_without_events(feats: pd.DataFrame) -> None:
-    row = feats.loc[(2, 7)]
+    row = feats.loc[("2", 7)]
     assert row["visits_90d"] == 0 and row["spend_90d"] == 0 and row["points_balance"] == 0
     assert row["days_since_last_visit"] == NEVER_DAYS
     assert row["redemption_rate"] == MISSING_RATE
@@ -187,22 +191,31 @@ def test_chunked_equals_whole(world: World) -> None:
 
 
 def test_item_features(world: World) -> None:
-    rewards = reward_item_features(world.rewards)
+    rewards = reward_item_features(world.rewards, VOCAB)
     assert rewards["reward_category_code"].tolist() == [0.0, -1.0]  # 'any' -> -1
     assert rewards["reward_min_tier_rank"].tolist() == [0.0, 1.0]
-    challenges = challenge_item_features(world.challenges)
+    challenges = challenge_item_features(world.challenges, VOCAB)
     assert challenges["challenge_kind_code"].tolist() == [0.0]
     assert np.isclose(challenges["challenge_max_target"].iloc[0], 6.0)
 
 
+def test_feature_names_follow_the_catalog_vocabulary() -> None:
+    names = member_feature_names(VOCAB)
+    assert {"share_fashion_90d", "share_books_90d", "redeem_rate_free_shipping",
+            "offers_discount", "completion_rate_review"} <= set(names)
+    assert not [n for n in names if "electronics" in n or "vip_experience" in n]
+    other = member_feature_names(VOCAB.appended("category", ["pets"]))
+    assert other[:len(names)] != names or "share_pets_90d" in other
+
+
 def test_observed_days_counts_history_we_have(world: World) -> None:
-    late = world.members.assign(signup_date=[ts(-10), ts(-100), ts(3)])
+    late = world.members.assign(joined_at=[ts(-10), ts(-100), ts(3)])
     f = compute_member_features(World(world.start, 7, late, world.rewards, world.challenges,
-                                      world.events, world.offers, world.assignments))
+                                      world.events, world.offers, world.assignments, VOCAB))
     f = f.set_index(["member_id", f["event_timestamp"].dt.day - 1])
-    assert f.loc[(1, 5), "observed_days"] == 5  # world started 5 days ago
-    assert f.loc[(3, 5), "observed_days"] == 2  # joined on day 3
-    assert f.loc[(3, 2), "observed_days"] == 0  # not a member yet
+    assert f.loc[("1", 5), "observed_days"] == 5  # world started 5 days ago
+    assert f.loc[("3", 5), "observed_days"] == 2  # joined on day 3
+    assert f.loc[("3", 2), "observed_days"] == 0  # not a member yet
 
 
 def test_rates_divide_by_observed_history(feats: pd.DataFrame) -> None:

@@ -14,7 +14,9 @@ from serving.decisioning.candidates import (
     DIFFICULTY_DERIVED, NO_OFFER, REWARD_DERIVED, cross, difficulty_matrix, no_offer_items,
     reward_matrix,
 )
-from serving.contract.vocabulary import CATEGORIES, CHALLENGE_KINDS, MISSING_RATE, REWARD_TYPES
+from serving.contract.vocabulary import MISSING_RATE
+from training.simulate.generate.catalog import CATEGORIES, CHALLENGE_KINDS, REWARD_TYPES
+from training.simulate.generate.catalog import VOCABULARY as VOCAB  # the simulated program's
 from serving.decisioning.ranking import basket_estimate, expected_value, flow_zone_choice
 from serving.decisioning.scoring import scores_from_proba
 from serving.decisioning.rules import Rules, cost_multiplier, load_rules, novelty_factor, select_slate
@@ -39,7 +41,7 @@ def test_reward_rows_pick_the_members_history_for_the_rewards_type_and_category(
              "reward_cost": np.array([5.0, 2.0], np.float32),
              "reward_min_tier_rank": np.array([1.0, 3.0], np.float32)}
     names = ["tier_rank", "reward_cost"]
-    X = reward_matrix(cross(member_cols(), items), np.ones(2), names)
+    X = reward_matrix(cross(member_cols(), items), np.ones(2), names, VOCAB)
     assert X.shape == (2, len(names) + len(REWARD_DERIVED))
     derived = dict(zip(REWARD_DERIVED, X[:, len(names):].T, strict=True))
     np.testing.assert_allclose(derived["type_redeem_rate"], [0.2, 0.0])
@@ -49,7 +51,8 @@ def test_reward_rows_pick_the_members_history_for_the_rewards_type_and_category(
 
 
 def test_control_row_carries_the_no_offer_sentinel() -> None:
-    X = reward_matrix({**member_cols(), **no_offer_items(1)}, np.zeros(1), ["reward_cost"])
+    X = reward_matrix({**member_cols(), **no_offer_items(1)}, np.zeros(1), ["reward_cost"],
+                      VOCAB)
     assert X[0, 0] == NO_OFFER
     assert list(X[0, 1:]) == [0.0, NO_OFFER, NO_OFFER, NO_OFFER, NO_OFFER]
 
@@ -58,7 +61,7 @@ def test_difficulty_rows() -> None:
     items = {"challenge_min_target": np.array([2.0, 2.0], np.float32),
              "challenge_max_target": np.array([6.0, 6.0], np.float32),
              "challenge_kind_code": np.array([1.0, 1.0], np.float32)}
-    X = difficulty_matrix(cross(member_cols(), items), np.array([2.0, 5.0]), [])
+    X = difficulty_matrix(cross(member_cols(), items), np.array([2.0, 5.0]), [], VOCAB)
     np.testing.assert_allclose(X, [[2.0, 0.0, 0.05], [5.0, 0.75, 0.05]])
     assert X.shape[1] == len(DIFFICULTY_DERIVED)
 
@@ -67,7 +70,7 @@ def test_missing_kind_rate_is_the_sentinel() -> None:
     items = {"challenge_min_target": np.array([1.0], np.float32),
              "challenge_max_target": np.array([1.0], np.float32),  # zero span: no division
              "challenge_kind_code": np.array([-1.0], np.float32)}
-    X = difficulty_matrix(cross(member_cols(), items), np.array([1.0]), [])
+    X = difficulty_matrix(cross(member_cols(), items), np.array([1.0]), [], VOCAB)
     np.testing.assert_allclose(X, [[1.0, 0.0, MISSING_RATE]])
 
 
@@ -86,9 +89,9 @@ def test_request_path_rows_equal_the_crossed_rows_bit_for_bit() -> None:
                "reward_min_tier_rank": rng.integers(0, 4, 30).astype(np.float32)}
     names = [*features, "reward_cost", "reward_type_code"]
     one = {k: np.array([v], np.float32) for k, v in features.items()}
-    expected = np.vstack([reward_matrix(cross(one, rewards), np.ones(30), names),
-                          reward_matrix({**one, **no_offer_items(1)}, np.zeros(1), names)])
-    got = reward_inputs(features, rewards, names)
+    expected = np.vstack([reward_matrix(cross(one, rewards), np.ones(30), names, VOCAB),
+                          reward_matrix({**one, **no_offer_items(1)}, np.zeros(1), names, VOCAB)])
+    got = reward_inputs(features, rewards, names, VOCAB)
     assert got.dtype == np.float32 and got.tobytes() == expected.tobytes()
 
     lo = rng.integers(1, 4, 40).astype(np.float32)
@@ -100,8 +103,8 @@ def test_request_path_rows_equal_the_crossed_rows_bit_for_bit() -> None:
     grid["target"] = grid["challenge_min_target"] + 1
     names = [*features, *CHALLENGE_ITEM_COLUMNS[:3]]
     items = {c: grid[c] for c in CHALLENGE_ITEM_COLUMNS}
-    expected = difficulty_matrix(cross(one, items), grid["target"], names)
-    got = difficulty_inputs(features, grid, names)
+    expected = difficulty_matrix(cross(one, items), grid["target"], names, VOCAB)
+    got = difficulty_inputs(features, grid, names, VOCAB)
     assert got.tobytes() == expected.tobytes()
     assert not set(REWARD_ITEM_COLUMNS) & set(features)
 
@@ -127,10 +130,10 @@ def test_compiled_member_rows_equal_the_builders_rows() -> None:
             "challenge_target_step": np.ones(40, np.float32),
             "challenge_points": np.full(40, 50, np.float32), "target": lo + 1}
     d_names = [*member_names, *CHALLENGE_ITEM_COLUMNS]
-    compiled = [(MemberRows(lambda m: reward_inputs(m, rewards, r_names), member_names),
-                 lambda m: reward_inputs(m, rewards, r_names), 31),
-                (MemberRows(lambda m: difficulty_inputs(m, grid, d_names), member_names),
-                 lambda m: difficulty_inputs(m, grid, d_names), 40)]
+    compiled = [(MemberRows(lambda m: reward_inputs(m, rewards, r_names, VOCAB), member_names),
+                 lambda m: reward_inputs(m, rewards, r_names, VOCAB), 31),
+                (MemberRows(lambda m: difficulty_inputs(m, grid, d_names, VOCAB), member_names),
+                 lambda m: difficulty_inputs(m, grid, d_names, VOCAB), 40)]
     for rows, build, n in compiled:
         for _ in range(50):
             member = {k: float(v) for k, v in zip(
@@ -415,7 +418,7 @@ def test_decision_records_are_validated_by_the_log_writer(tmp_path: Path,
     from serving.decisioning.recommend import Decision
     from serving.services import _log_decisions
 
-    def decision(decision_id: str, member_id: int) -> Decision:
+    def decision(decision_id: str, member_id: str) -> Decision:
         return Decision(response=None, record_fields=dict(  # type: ignore[arg-type]
             decision_id=decision_id, member_id=member_id, created_at=datetime.now(UTC),
             channel="web", model_versions={"reward": "1"}, flags={"degraded": False},
@@ -425,7 +428,8 @@ def test_decision_records_are_validated_by_the_log_writer(tmp_path: Path,
     store = open_event_store(f"sqlite:///{tmp_path / 'events.db'}")
     commit = _log_decisions(store)
     with caplog.at_level("ERROR", logger="rewards.services"):
-        assert commit([decision("a1", 7), decision("a2", 0), decision("a3", 8)]) == [None] * 3
-    assert store.count_decisions() == 2  # member_id 0 breaks the schema: only it is dropped
+        assert commit([decision("a1", "7"), decision("a2", "bad id!"),
+                       decision("a3", "8")]) == [None] * 3
+    assert store.count_decisions() == 2  # "bad id!" breaks the schema: only it is dropped
     assert "outside its schema" in caplog.text
     store.close()

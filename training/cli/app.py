@@ -1,9 +1,9 @@
 """The `rewards` command: the Typer app and where each command comes from.
 
-Commands live in modules by what they work on: ``data`` (simulate, features), ``train`` (train,
-evaluate, models), ``serve`` (serve, score-batch, keys, demo) and ``experiments`` (experiments,
-uplift). They import ``common`` only, never this module, so registering them here makes no
-cycle. Heavy libraries are imported inside commands, so `--help` is instant.
+Commands live in modules by what they work on: ``program`` (import, catalog), ``data``
+(simulate, features), ``train`` (train, evaluate, models), ``serve`` (serve, score-batch, keys,
+demo) and ``experiments`` (experiments, uplift). They import ``common`` only, never this
+module, so registering them here makes no cycle. Heavy libraries are imported inside commands, so `--help` is instant.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import typer
 
 from training.cli.data import features_app, simulate
 from training.cli.experiments import experiments_app, uplift_app
+from training.cli.program import catalog_app, import_app
 from training.cli.serve import demo, keys_app, score_batch_cmd, serve
 from training.cli.train import evaluate, models_app, train_app
 
@@ -26,6 +27,8 @@ app.command()(evaluate)
 app.command("score-batch")(score_batch_cmd)
 app.command()(serve)
 app.command()(demo)
+app.add_typer(import_app, name="import")
+app.add_typer(catalog_app, name="catalog")
 app.add_typer(features_app, name="features")
 app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")

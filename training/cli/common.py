@@ -20,7 +20,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: What `rewards features build` writes; every reader of features needs all three.
 FEATURE_FILES = ("member_features.parquet", "reward_features.parquet",
-                 "challenge_features.parquet")
+                 "challenge_features.parquet", "offers.parquet", "assignments.parquet",
+                 "history.json")
 
 
 class UserError(Exception):
@@ -80,7 +81,8 @@ def check_runtime(runtime: str) -> str:
 
 
 # -- inputs: each check names the command that makes what is missing ---------------------------
-# The pipeline's order is simulate -> features build -> features apply/materialize -> train; a
+# The pipeline's order is import (or simulate) -> features build -> features apply/materialize ->
+# train; a
 # command checks every step it depends on, in that order, so the message names the first step
 # to run. The checks look at files only: they cost nothing and import nothing heavy.
 
@@ -90,6 +92,19 @@ def require_world(world_dir: Path) -> None:
     if not world_exists(world_dir):
         raise UserError(f"no world at {world_dir} ({META_FILE} missing): run `rewards simulate` "
                         "(or `rewards demo`) first")
+
+
+def require_event_store(store: StoreSettings) -> str:
+    """The event store's URL; for SQLite, the database must exist (reading must not leave an
+    empty one behind)."""
+    from serving.config import get_serve_settings
+
+    url = get_serve_settings().events(store)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"no event store at {url.removeprefix('sqlite:///')}: run `rewards "
+                        "import members FILE` and `rewards import events FILE` (or `rewards "
+                        "simulate`) first")
+    return url
 
 
 def require_features(store: StoreSettings) -> None:
@@ -139,15 +154,14 @@ def require_model_registry(store: StoreSettings) -> None:
                         "(or `rewards demo`) first")
 
 
-Step = Literal["world", "features", "feast", "models"]
-PIPELINE: tuple[Step, ...] = ("world", "features", "feast", "models")
+Step = Literal["features", "feast", "models"]
+PIPELINE: tuple[Step, ...] = ("features", "feast", "models")
 
 
 def require_pipeline(store: StoreSettings, *, through: Step) -> None:
     """Every step of the pipeline up to ``through``, in order: the first one missing is the
     one reported, so the message names the next command to run."""
     checks: dict[Step, Callable[[], None]] = {
-        "world": lambda: require_world(store.world_dir),
         "features": lambda: require_features(store),
         "feast": lambda: require_feast(store),
         "models": lambda: require_model_registry(store),

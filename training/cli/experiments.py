@@ -115,8 +115,22 @@ def list_cmd(data_dir: DataDirOpt = None) -> None:
     typer.echo(json.dumps([e.model_dump(mode="json") for e in found], indent=2))
 
 
-def _segments(store: Any, serve: Any, segments: Path | None) -> Any:
-    """Region from the world's members, player type when the world is a simulated one (its
+def _reward_costs(url: str) -> dict[str, float] | None:
+    """Each reward's cost from the catalog store (retired ones too); None for no catalog."""
+    from serving.stores.catalog import open_catalog_store
+
+    catalog = open_catalog_store(url)
+    try:
+        rewards = catalog.frame("rewards", include_retired=True)
+    finally:
+        catalog.close()
+    if rewards.empty:
+        return None
+    return dict(zip(rewards["reward_id"], rewards["cost"].astype(float), strict=True))
+
+
+def _segments(store: Any, events: Any, segments: Path | None) -> Any:
+    """Region from the member profiles, player type when the world is a simulated one (its
     hidden traits; a real program has none), or a user's own table."""
     from serving.experiments.service import load_segments
     from training.evaluation.uplift import read_table
@@ -127,9 +141,8 @@ def _segments(store: Any, serve: Any, segments: Path | None) -> Any:
         if "member_id" not in table.columns:
             raise UserError("--segments: the table needs a member_id column")
         return table
-    world = serve.catalog(store)
-    table = load_segments(world)
-    types = player_types(world)
+    table = load_segments(events)
+    types = player_types(store.world_dir)
     if table is not None and types is not None:
         table = table.merge(types, on="member_id", how="left")
     return table
@@ -148,8 +161,6 @@ def report_cmd(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Write the marketer's report (same HTML as GET /experiments/ID) and log it to MLflow."""
-    import pandas as pd
-
     from serving.config import get_serve_settings
     from serving.experiments.render import write_report
     from serving.experiments.service import compute_report, get_experiment
@@ -160,13 +171,9 @@ def report_cmd(
         experiment = get_experiment(events, experiment_id)
         if experiment is None:
             raise UserError(f"ID: no experiment {experiment_id!r} (see `rewards experiments list`)")
-        costs = None
-        rewards_file = serve.catalog(store) / "rewards.parquet"
-        if rewards_file.is_file():
-            rewards = pd.read_parquet(rewards_file, columns=["reward_id", "cost"])
-            costs = dict(zip(rewards["reward_id"], rewards["cost"].astype(float), strict=True))
+        costs = _reward_costs(serve.events(store))
         report = compute_report(events, experiment, datetime.now(UTC), costs,
-                                _segments(store, serve, segments))
+                                _segments(store, events, segments))
     finally:
         events.close()
     files = write_report(report, out)
@@ -231,7 +238,7 @@ def simulate_live_cmd(
     from training.simulate.live import ServiceRefused, missing_world
 
     store, serve = _settings(data_dir), get_serve_settings()
-    world = serve.catalog(store)
+    world = store.world_dir
     problem = missing_world(world)
     if problem:
         raise UserError(problem)

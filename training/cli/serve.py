@@ -4,8 +4,10 @@ the champion models, online or in batch, and who may ask."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -47,17 +49,12 @@ def _use_data_dir(data_dir: Path | None) -> None:
 
 
 def _require_servable(store: StoreSettings) -> None:
-    """What the server cannot start without (serving.services.build_services): the catalog and
-    its item features. No model yet is fine: the server answers in cold start until one is
-    trained (it polls the registry)."""
+    """What the server cannot start without (serving.services.build_services): the features and
+    the rules. An empty catalog or no model yet is fine: the server answers what it can (empty
+    or cold-start answers, reported by /readyz) and picks them up when they arrive."""
     from serving.config import get_serve_settings
-    from serving.stores.catalog import catalog_exists
 
     settings = get_serve_settings()
-    catalog = settings.catalog(store)
-    if not catalog_exists(catalog):
-        raise UserError(f"no catalog at {catalog}: run `rewards demo` (or `rewards simulate` "
-                        "then `rewards features build` and `rewards features materialize`) first")
     require_features(store)
     rules = settings.rules(store)
     if not rules.is_file():
@@ -80,6 +77,10 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(
         min=1, max=64, help="Worker processes, each on its own SO_REUSEPORT socket.")] = 1,
+    refresh_seconds: Annotated[float, typer.Option(
+        min=0, help="Recompute members with new events and push them to the online store "
+                    "every N seconds, beside the server (0: off; `rewards features refresh "
+                    "--watch N` does the same as a separate process).")] = 0,
     data_dir: DataDirOpt = None,
 ) -> None:
     """Start the recommendation API (OpenAPI docs at /docs)."""
@@ -88,7 +89,36 @@ def serve(
     _use_data_dir(data_dir)
     from serving.workers import serve as run
 
-    run(host, port, workers)
+    stop = _start_refresher(store, refresh_seconds) if refresh_seconds > 0 else None
+    try:
+        run(host, port, workers)
+    finally:
+        if stop is not None:
+            stop.set()
+
+
+def _start_refresher(store: StoreSettings, every: float) -> threading.Event:
+    """The feature refresher as a daemon thread of the serve command (one per server, not per
+    worker): a failed round is logged and retried at the next one, never fatal to serving."""
+    from training.cli.data import refresh_loop
+
+    require_pipeline(store, through="feast")
+    stop = threading.Event()
+    log = logging.getLogger("rewards.refresh")
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                for result in refresh_loop(store, every, stop):
+                    if result["members"]:
+                        log.info("features refreshed", extra=result)
+                return
+            except Exception:  # noqa: BLE001 - keep refreshing; the server must not care
+                log.exception("feature refresh failed; retrying in %s s", every)
+                stop.wait(every)
+
+    threading.Thread(target=run, name="feature-refresh", daemon=True).start()
+    return stop
 
 
 def _key_store(data_dir: Path | None, *, create: bool = False) -> KeyStore:
@@ -203,7 +233,7 @@ def score_batch_cmd(
     from serving.config import get_model_settings, get_serve_settings
     from serving.decisioning.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
     from serving.decisioning.rules import load_rules
-    from serving.stores.catalog import load_offline_catalog
+    from serving.stores.catalog import open_catalog_store
     from serving.stores.features import open_store, service_feature_names
     from serving.stores.models import ChampionSource, ModelRefused, load_onnx
 
@@ -229,7 +259,13 @@ def score_batch_cmd(
                     models[name].compile_seconds, 1)
         reward, difficulty = models[names.reward_model_name], models[names.difficulty_model_name]
         features = store.features_dir / "member_features.parquet"
-        catalog = load_offline_catalog(serve_settings.catalog(store), store.features_dir)
+        catalog_store = open_catalog_store(serve_settings.events(store))
+        try:
+            if catalog_store.is_empty():
+                raise UserError("the catalog is empty: run `rewards catalog import FILE` first")
+            catalog = catalog_store.catalog()  # what serving answers from, retired items out
+        finally:
+            catalog_store.close()
         flow = load_rules(serve_settings.rules(store)).challenges.flow_zone
         t0 = time.perf_counter()  # reading the features counts: it is part of the job
         members = latest_member_features(features)  # read once: the bar's total, then scored
@@ -270,14 +306,17 @@ def demo(
     port: Annotated[int, typer.Option(min=1, max=65535, help="API port.")] = 8000,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """The main job on embedded defaults: simulate -> features -> Feast -> train -> serve."""
-    from training.cli.data import materialize
+    """The main job on embedded defaults: simulate -> features -> Feast -> train -> serve.
+
+    The simulated world is imported into the event store, and features come from there."""
+    from serving.config import ServeSettings
+    from training.cli.data import build_store_features, materialize
     from training.cli.train import promote_if_better
     from training.config import get_train_settings
     from training.data.feast_ops import apply_repo
-    from training.data.features import build_features
     from training.pipeline import train_difficulty, train_reward
     from training.simulate import WorldConfig, simulate_world
+    from training.simulate.onboard import onboard, summaries
 
     settings = _settings(data_dir)
     _use_data_dir(data_dir)  # the server reads it too
@@ -287,11 +326,13 @@ def demo(
     def step(i: int, label: str) -> None:
         typer.secho(f"[{i}/{total}] {label}", fg=typer.colors.CYAN, bold=True, err=True)
 
-    step(1, f"simulate {members:,} members x {days} days (seed {seed})")
+    step(1, f"simulate {members:,} members x {days} days (seed {seed}) and import them")
     counts = simulate_world(WorldConfig(members=members, days=days, seed=seed), settings.world_dir)
     echo_err(f"    world written to {settings.world_dir}: {counts}")
-    step(2, "build point-in-time features")
-    echo_err(f"    {build_features(settings.world_dir, settings.features_dir)}")
+    imported = onboard(settings.world_dir, ServeSettings().events(settings))
+    echo_err(f"    imported into the event store: {summaries(imported)}")
+    step(2, "build point-in-time features from the event store")
+    echo_err(f"    {build_store_features(settings)}")
     step(3, "feast apply + materialize into the online store")
     echo_err(f"    {apply_repo(settings)}")
     materialize(settings, apply=False)
@@ -313,7 +354,7 @@ def demo(
     try:
       curl -s -X POST http://127.0.0.1:{port}/v1/recommendations \\
            -H "Authorization: Bearer $REWARDS_KEY" \\
-           -H 'content-type: application/json' -d '{{"member_id": 42, "k_rewards": 3}}'
+           -H 'content-type: application/json' -d '{{"member_id": "42", "k_rewards": 3}}'
     reports in a browser: http://127.0.0.1:{port}/login (paste the key)""")
         serve(host="127.0.0.1", port=port, workers=1, data_dir=data_dir)
 

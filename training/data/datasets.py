@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.data.world import read_world_meta
+from serving.contract.vocabulary import Vocabulary
+from training.data.features import built_vocabulary
+from training.data.history import HistoryMeta, read_history_meta
 from serving.decisioning.candidates import NO_OFFER, REWARD_ITEM_COLUMNS, difficulty_matrix, reward_matrix
 from serving.config import StoreSettings
 from training.data.feast_ops import historical_features
@@ -35,14 +37,13 @@ class TimeSplit:
     end: pd.Timestamp
 
     @classmethod
-    def for_decisions(cls, world_dir: Path, decisions: pd.Series, valid_share: float,
+    def for_decisions(cls, meta: HistoryMeta, decisions: pd.Series, valid_share: float,
                       test_share: float) -> TimeSplit:
         """Whole-day boundaries over the span of decisions whose outcome is known.
 
         Splitting that span (not the whole world) keeps every period non-empty when outcomes
         take long to resolve (a 14-day challenge started near the end is not yet labelled).
         """
-        meta = read_world_meta(world_dir)
         start, end = meta.start_ts, meta.end_ts
         span = int((decisions.max() - start) / pd.Timedelta(days=1)) + 1 if len(decisions) else 0
         test_days = max(1, round(span * test_share))
@@ -72,6 +73,8 @@ class Dataset:
     service_features: list[str]
     derived_features: list[str]
     split: TimeSplit
+    #: the catalog vocabulary the features were built with (derived inputs pick by it)
+    vocabulary: Vocabulary
 
     def subset(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         mask = self.part == name
@@ -90,19 +93,23 @@ class Dataset:
         return h.hexdigest()[:16]
 
 
-def _final_outcomes(logged: pd.DataFrame, world_dir: Path) -> pd.DataFrame:
-    end = read_world_meta(world_dir).end_ts
-    known = logged[logged["outcome_timestamp"] < end]
+def _final_outcomes(logged: pd.DataFrame, meta: HistoryMeta) -> pd.DataFrame:
+    known = logged[logged["outcome_timestamp"] < meta.end_ts]
     return known.sort_values(["event_timestamp", "member_id"], kind="stable").reset_index(drop=True)
 
 
-def reward_dataset(store: StoreSettings, world_dir: Path, shares: tuple[float, float],
+def reward_dataset(store: StoreSettings, features_dir: Path, shares: tuple[float, float],
                    service: str, service_features: list[str]) -> Dataset:
-    """Offers (treated and holdout) with propensity_v1 features; label in REWARD_CLASSES."""
+    """Offers (treated and holdout) with propensity_v1 features; label in REWARD_CLASSES.
+
+    The offers and their outcomes are those `rewards features build` derived from the event
+    store (training.data.history), over the same calendar as the features.
+    """
     from serving.decisioning.candidates import REWARD_DERIVED
 
-    offers = _final_outcomes(pd.read_parquet(world_dir / "offers.parquet"), world_dir)
-    split = TimeSplit.for_decisions(world_dir, offers["event_timestamp"], *shares)
+    meta = read_history_meta(features_dir)
+    offers = _final_outcomes(pd.read_parquet(features_dir / "offers.parquet"), meta)
+    split = TimeSplit.for_decisions(meta, offers["event_timestamp"], *shares)
     entity_df = offers[["member_id", "reward_id", "event_timestamp"]].copy()
     joined = historical_features(store, entity_df, service)
     joined = offers.merge(joined, on=["member_id", "reward_id", "event_timestamp"], how="left",
@@ -112,29 +119,32 @@ def reward_dataset(store: StoreSettings, world_dir: Path, shares: tuple[float, f
     _require_complete(joined, service_features, service)
     cols = {c: joined[c].to_numpy() for c in service_features}
     treated = joined["treated"].to_numpy(dtype=np.float32)
-    X = reward_matrix(cols, treated, service_features)
+    vocabulary = built_vocabulary(features_dir)
+    X = reward_matrix(cols, treated, service_features, vocabulary)
     y = np.where(joined["redeemed"] == 1, 2, np.where(joined["converted"] == 1, 1, 0))
     return Dataset(X, y.astype(np.int64), split.part(joined["event_timestamp"]), joined,
-                   list(service_features), list(REWARD_DERIVED), split)
+                   list(service_features), list(REWARD_DERIVED), split, vocabulary)
 
 
-def difficulty_dataset(store: StoreSettings, world_dir: Path, shares: tuple[float, float],
+def difficulty_dataset(store: StoreSettings, features_dir: Path, shares: tuple[float, float],
                        service: str, service_features: list[str]) -> Dataset:
     """Challenge assignments with difficulty_v1 features; label = completed."""
     from serving.decisioning.candidates import DIFFICULTY_DERIVED
 
-    asg = _final_outcomes(pd.read_parquet(world_dir / "assignments.parquet"), world_dir)
-    split = TimeSplit.for_decisions(world_dir, asg["event_timestamp"], *shares)
+    meta = read_history_meta(features_dir)
+    asg = _final_outcomes(pd.read_parquet(features_dir / "assignments.parquet"), meta)
+    split = TimeSplit.for_decisions(meta, asg["event_timestamp"], *shares)
     entity_df = asg[["member_id", "challenge_id", "event_timestamp"]].copy()
     joined = historical_features(store, entity_df, service)
     joined = asg.merge(joined, on=["member_id", "challenge_id", "event_timestamp"], how="left",
                        validate="one_to_one")
     _require_complete(joined, service_features, service)
     cols = {c: joined[c].to_numpy() for c in service_features}
-    X = difficulty_matrix(cols, joined["target"].to_numpy(), service_features)
+    vocabulary = built_vocabulary(features_dir)
+    X = difficulty_matrix(cols, joined["target"].to_numpy(), service_features, vocabulary)
     y = joined["completed"].to_numpy(dtype=np.int64)
     return Dataset(X, y, split.part(joined["event_timestamp"]), joined,
-                   list(service_features), list(DIFFICULTY_DERIVED), split)
+                   list(service_features), list(DIFFICULTY_DERIVED), split, vocabulary)
 
 
 def _require_complete(frame: pd.DataFrame, features: list[str], service: str) -> None:

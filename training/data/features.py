@@ -12,6 +12,7 @@ with no per-member Python loop. Large worlds are processed in member chunks so m
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +23,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from training.data.world import read_world_meta
-from serving.contract.vocabulary import (
-    CATEGORIES, CHALLENGE_KINDS, MISSING_RATE, NEVER_DAYS, REWARD_TYPES, TIERS, code,
-)
+from serving.contract.vocabulary import MISSING_RATE, NEVER_DAYS, Vocabulary
+from serving.decisioning.catalog import challenge_item_features, reward_item_features
 
 DAY = np.timedelta64(1, "D")
 WINDOWS = (7, 30, 90)
@@ -33,11 +32,15 @@ WINDOWS = (7, 30, 90)
 #: we have is an underestimate, and the per-day rate stays comparable across history lengths.
 RATE_BASES = ("visits", "purchases", "spend", "reviews", "referrals")
 TS_DTYPE = "datetime64[us, UTC]"
+#: The vocabulary the features were built with (feature names depend on it), beside them.
+VOCABULARY_FILE = "vocabulary.json"
 
 
 @dataclass(frozen=True)
 class World:
-    """The observable part of a simulated (or real) world, as the data contract defines it."""
+    """A program's history as features see it (training.data.history builds it from the event
+    store): members (member_id str, joined_at, tier, consent), the catalog, every event, and
+    the logged decisions with their outcomes (offers, assignments)."""
 
     start: pd.Timestamp
     days: int
@@ -47,22 +50,8 @@ class World:
     events: pd.DataFrame
     offers: pd.DataFrame
     assignments: pd.DataFrame
-
-
-def load_world(world_dir: Path) -> World:
-    """Read a world folder written by ``rewards simulate`` (never the ``truth/`` subfolder)."""
-    meta = read_world_meta(world_dir)
-    read = lambda name: pd.read_parquet(world_dir / f"{name}.parquet")  # noqa: E731
-    return World(
-        start=meta.start_ts,
-        days=meta.days,
-        members=read("members"),
-        rewards=read("rewards"),
-        challenges=read("challenges"),
-        events=read("events"),
-        offers=read("offers"),
-        assignments=read("assignments"),
-    )
+    #: the catalog's vocabulary: tier codes, and the per-category / type / kind features
+    vocabulary: Vocabulary
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,8 +103,11 @@ def _last_true_before(mask: np.ndarray) -> np.ndarray:
 # feature computation (pure)
 
 
-def member_feature_names() -> list[str]:
-    """Column order of the member feature table (the Feast feature views declare the same)."""
+def member_feature_names(vocabulary: Vocabulary) -> list[str]:
+    """Column order of the member feature table (the Feast feature views declare the same).
+
+    Per-category, per-reward-type and per-challenge-kind features are named from the catalog's
+    vocabulary, so a program with other categories gets its own features."""
     names = ["tier_rank", "tenure_days", "observed_days", "consent",
              "days_since_last_visit", "days_since_last_purchase", "current_streak",
              "active_days_30d"]
@@ -126,13 +118,13 @@ def member_feature_names() -> list[str]:
     names += [f"{n}_per_day_90d" for n in RATE_BASES]
     names += ["active_day_share_90d", "visits_per_active_day_90d", "repeat_active_share_90d",
               "reviews_per_visit_90d", "referrals_per_visit_90d"]
-    names += [f"share_{c}_90d" for c in CATEGORIES]
+    names += [f"share_{c}_90d" for c in vocabulary.categories]
     names += ["offers_received", "redemption_rate", "conversion_rate_offered",
               "conversion_rate_holdout"]
-    names += [f"redeem_rate_{t}" for t in REWARD_TYPES]
-    names += [f"offers_{t}" for t in REWARD_TYPES]
+    names += [f"redeem_rate_{t}" for t in vocabulary.reward_types]
+    names += [f"offers_{t}" for t in vocabulary.reward_types]
     names += ["challenges_assigned", "challenge_completion_rate", "mean_completed_target_ratio"]
-    names += [f"completion_rate_{k}" for k in CHALLENGE_KINDS]
+    names += [f"completion_rate_{k}" for k in vocabulary.challenge_kinds]
     return names
 
 
@@ -143,15 +135,17 @@ def compute_member_features(world: World, members: pd.DataFrame | None = None) -
     last row of a member describes it at the end of the window (what materialize serves).
     """
     members = (world.members if members is None else members).sort_values("member_id")
-    ids = members["member_id"].to_numpy()
+    ids = members["member_id"].to_numpy(dtype=str)
     n, days, start = len(ids), world.days, world.start
     if n == 0:
-        return pd.DataFrame(columns=["member_id", "event_timestamp", *member_feature_names()])
+        return pd.DataFrame(columns=["member_id", "event_timestamp",
+                                     *member_feature_names(world.vocabulary)])
 
     def rows_of(frame: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
-        pos = np.searchsorted(ids, frame["member_id"].to_numpy())
+        member = frame["member_id"].to_numpy(dtype=str)
+        pos = np.searchsorted(ids, member)
         pos_c = np.minimum(pos, n - 1)
-        keep = ids[pos_c] == frame["member_id"].to_numpy()
+        keep = ids[pos_c] == member
         return frame[keep], pos_c[keep]
 
     ev, ev_rows = rows_of(world.events)
@@ -165,22 +159,23 @@ def compute_member_features(world: World, members: pd.DataFrame | None = None) -
     is_visit, is_purchase = etype == "visit", etype == "purchase"
     visits_d = daily_of(is_visit)
     purch_d = daily_of(is_purchase)
-    spend_d = daily_of(is_purchase, ev["amount"].to_numpy(dtype=np.float64))
+    spend_d = daily_of(is_purchase, np.nan_to_num(ev["amount"].to_numpy(dtype=np.float64)))
     active_d = (visits_d + purch_d)[:, :-1] > 0
 
     f: dict[str, np.ndarray] = {}
     d_axis = np.arange(days + 1)[None, :]
     f["tier_rank"] = np.repeat(
-        np.array([code(TIERS, t) for t in members["tier"]], dtype=np.float64)[:, None],
+        np.array(world.vocabulary.codes("tier", members["tier"]), dtype=np.float64)[:, None],
         days + 1, axis=1)
-    signup = members["signup_date"].to_numpy(dtype="datetime64[us]")
+    signup = members["joined_at"].dt.tz_convert(None).to_numpy(dtype="datetime64[us]")
     day0 = np.datetime64(start.tz_convert(None).to_datetime64(), "us")
     tenure0 = (day0 - signup) / DAY
     f["tenure_days"] = tenure0[:, None] + d_axis
     # Days of history behind the windowed counts: a member seen for 10 days cannot have 30
     # days of visits, and the model must be able to tell "quiet" from "new to us".
     f["observed_days"] = np.clip(np.minimum(f["tenure_days"], d_axis), 0, max(WINDOWS))
-    f["consent"] = np.repeat(members["consent"].to_numpy(dtype=np.float64)[:, None],
+    # Consent never recorded counts as not given (0).
+    f["consent"] = np.repeat(members["consent"].astype("float64").fillna(0.0).to_numpy()[:, None],
                              days + 1, axis=1)
 
     def recency(mask_daily: np.ndarray) -> np.ndarray:
@@ -215,12 +210,12 @@ def compute_member_features(world: World, members: pd.DataFrame | None = None) -
     f["repeat_active_share_90d"] = _ratio(repeat_90, active_90, missing=0.0)
     f["reviews_per_visit_90d"] = _ratio(f["reviews_90d"], f["visits_90d"], missing=0.0)
     f["referrals_per_visit_90d"] = _ratio(f["referrals_90d"], f["visits_90d"], missing=0.0)
-    f["points_balance"] = _cumulative(daily_of(np.ones(len(ev), dtype=bool),
-                                               ev["points"].to_numpy(dtype=np.float64)))
+    f["points_balance"] = _cumulative(daily_of(
+        np.ones(len(ev), dtype=bool), np.nan_to_num(ev["points"].to_numpy(dtype=np.float64))))
 
     cat = ev["category"].to_numpy()
     n_categories = np.zeros((n, days + 1))
-    for c in CATEGORIES:
+    for c in world.vocabulary.categories:
         count = _window(_cumulative(daily_of(is_purchase & (cat == c))), 90)
         f[f"share_{c}_90d"] = _ratio(count, f["purchases_90d"], missing=0.0)
         n_categories += count > 0
@@ -229,7 +224,7 @@ def compute_member_features(world: World, members: pd.DataFrame | None = None) -
     _offer_features(world, rows_of, n, f)
     _challenge_features(world, rows_of, n, f)
 
-    names = member_feature_names()
+    names = member_feature_names(world.vocabulary)
     out = pd.DataFrame({
         "member_id": np.repeat(ids, days + 1),
         "event_timestamp": pd.DatetimeIndex(
@@ -261,7 +256,7 @@ def _offer_features(world: World, rows_of, n: int, f: dict[str, np.ndarray]) -> 
 
     rtype = offers["reward_id"].map(
         world.rewards.set_index("reward_id")["reward_type"]).fillna("").to_numpy()
-    for t in REWARD_TYPES:
+    for t in world.vocabulary.reward_types:
         m = treated & (rtype == t)
         f[f"offers_{t}"] = cum(m)  # how much evidence stands behind the rate
         f[f"redeem_rate_{t}"] = _ratio(cum(m, redeemed), f[f"offers_{t}"])
@@ -288,36 +283,9 @@ def _challenge_features(world: World, rows_of, n: int, f: dict[str, np.ndarray])
     f["challenges_assigned"] = n_assigned
     f["challenge_completion_rate"] = _ratio(n_done, n_assigned)
     f["mean_completed_target_ratio"] = _ratio(cum(every, done * ratio), n_done)
-    for k in CHALLENGE_KINDS:
+    for k in world.vocabulary.challenge_kinds:
         m = kind == k
         f[f"completion_rate_{k}"] = _ratio(cum(m, done), cum(m))
-
-
-def reward_item_features(rewards: pd.DataFrame) -> pd.DataFrame:
-    """Numeric reward features keyed by reward_id (codes from the shared vocabularies)."""
-    return pd.DataFrame({
-        "reward_id": rewards["reward_id"].astype(str),
-        "event_timestamp": rewards["event_timestamp"].astype(TS_DTYPE),
-        "reward_type_code": [float(code(REWARD_TYPES, t)) for t in rewards["reward_type"]],
-        "reward_category_code": [float(code(CATEGORIES, c)) for c in rewards["category"]],
-        "reward_cost": rewards["cost"].astype(np.float32),
-        "reward_min_tier_rank": [float(code(TIERS, t)) for t in rewards["min_tier"]],
-    }).astype({"reward_type_code": np.float32, "reward_category_code": np.float32,
-               "reward_min_tier_rank": np.float32})
-
-
-def challenge_item_features(challenges: pd.DataFrame) -> pd.DataFrame:
-    """Numeric challenge-template features keyed by challenge_id."""
-    return pd.DataFrame({
-        "challenge_id": challenges["challenge_id"].astype(str),
-        "event_timestamp": challenges["event_timestamp"].astype(TS_DTYPE),
-        "challenge_kind_code": [float(code(CHALLENGE_KINDS, k)) for k in challenges["kind"]],
-        "challenge_duration_days": challenges["duration_days"].astype(np.float32),
-        "challenge_min_target": challenges["min_target"].astype(np.float32),
-        "challenge_max_target": challenges["max_target"].astype(np.float32),
-        "challenge_target_step": challenges["target_step"].astype(np.float32),
-        "challenge_points": challenges["points"].astype(np.float32),
-    }).astype({"challenge_kind_code": np.float32})
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,26 +294,26 @@ def challenge_item_features(challenges: pd.DataFrame) -> pd.DataFrame:
 
 def _member_chunks(world: World, chunk_size: int) -> Iterator[World]:
     """Slice the world by member so each chunk's dense arrays stay small."""
-    ids = np.sort(world.members["member_id"].to_numpy())
+    ids = np.sort(world.members["member_id"].to_numpy(dtype=str))
     frames = {name: getattr(world, name).sort_values("member_id", kind="stable")
               for name in ("events", "offers", "assignments")}
+    columns = {name: frame["member_id"].to_numpy(dtype=str) for name, frame in frames.items()}
     for lo in range(0, len(ids), chunk_size):
         chunk_ids = ids[lo:lo + chunk_size]
         first, last = chunk_ids[0], chunk_ids[-1]
         sliced = {}
         for name, frame in frames.items():
-            col = frame["member_id"].to_numpy()
+            col = columns[name]
             a, b = np.searchsorted(col, first, "left"), np.searchsorted(col, last, "right")
             sliced[name] = frame.iloc[a:b]
         yield World(world.start, world.days,
                     world.members[world.members["member_id"].isin(chunk_ids)],
-                    world.rewards, world.challenges, **sliced)
+                    world.rewards, world.challenges, **sliced, vocabulary=world.vocabulary)
 
 
-def build_features(world_dir: Path, out_dir: Path, chunk_size: int = 20_000,
+def build_features(world: World, out_dir: Path, chunk_size: int = 20_000,
                    progress: bool = True) -> dict[str, int]:
     """Write member/reward/challenge feature parquet files for Feast; returns row counts."""
-    world = load_world(world_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     member_path = out_dir / "member_features.parquet"
     tmp = member_path.with_suffix(".parquet.tmp")
@@ -364,8 +332,24 @@ def build_features(world_dir: Path, out_dir: Path, chunk_size: int = 20_000,
         if writer is not None:
             writer.close()
     tmp.replace(member_path)  # readers never see a half-written table
-    reward_item_features(world.rewards).to_parquet(out_dir / "reward_features.parquet", index=False)
-    challenge_item_features(world.challenges).to_parquet(
+    # Catalog attributes are static (an edit replaces them), so every item's row is stamped
+    # before the history: a point-in-time join of any logged decision finds it.
+    stamp = world.start - pd.Timedelta(days=1)
+    reward_item_features(world.rewards.assign(event_timestamp=stamp), world.vocabulary).to_parquet(
+        out_dir / "reward_features.parquet", index=False)
+    challenge_item_features(world.challenges.assign(event_timestamp=stamp),
+                            world.vocabulary).to_parquet(
         out_dir / "challenge_features.parquet", index=False)
+    (out_dir / VOCABULARY_FILE).write_text(json.dumps(world.vocabulary.as_dict(), indent=2) + "\n")
     return {"member_features": rows, "reward_features": len(world.rewards),
             "challenge_features": len(world.challenges)}
+
+
+def built_vocabulary(features_dir: Path) -> Vocabulary:
+    """The vocabulary the features in ``features_dir`` were built with (the Feast repo names
+    its member features from it); FileNotFoundError saying what to run when absent."""
+    path = features_dir / VOCABULARY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {VOCABULARY_FILE} in {features_dir}: run `rewards features "
+                                "build` first")
+    return Vocabulary.from_dict(json.loads(path.read_text()))

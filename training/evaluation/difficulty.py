@@ -21,7 +21,6 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
-from serving.contract.vocabulary import TIERS
 from serving.decisioning.ranking import flow_zone_choice
 from training.data.datasets import Dataset, TimeSplit
 from training.evaluation import metrics
@@ -74,9 +73,9 @@ def evaluate_difficulty(model: lgb.LGBMClassifier, data: Dataset, split: TimeSpl
         snapshot = snapshot.iloc[np.sort(rng.choice(len(snapshot), DIFFICULTY_EVAL_MEMBERS,
                                                     replace=False))]
     templates = pd.read_parquet(features_dir / "challenge_features.parquet")
-    grid = score_targets(model, snapshot, templates, data.service_features)
+    grid = score_targets(model, snapshot, templates, data.service_features, data.vocabulary)
     tier_rank = snapshot.set_index("member_id")["tier_rank"]
-    grid["tier"] = np.asarray(TIERS, dtype=object)[
+    grid["tier"] = np.asarray(data.vocabulary.tiers, dtype=object)[
         tier_rank.loc[grid["member_id"]].to_numpy(dtype=int)]
     group = grid.groupby(["member_id", "challenge_id"], sort=False).ngroup().to_numpy()
     chosen = grid.iloc[flow_zone_choice(group, grid["target"].to_numpy(),

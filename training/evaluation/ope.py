@@ -20,6 +20,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from serving.contract.vocabulary import Vocabulary
 from training.evaluation import metrics
 from training.evaluation.evaluate import eligible_rewards, member_baskets
 from training.evaluation.scoring import score_rewards
@@ -45,14 +46,15 @@ def logged_columns(rows: pd.DataFrame, items: pd.DataFrame) -> np.ndarray:
 
 def off_policy(model: lgb.LGBMClassifier, service_features: list[str], rows: pd.DataFrame,
                items: pd.DataFrame, value_params: dict[str, float],
-               rng: np.random.Generator) -> tuple[dict[str, float], LoggedDecisions]:
+               rng: np.random.Generator, vocabulary: Vocabulary
+               ) -> tuple[dict[str, float], LoggedDecisions]:
     """``ope.*`` metrics of the model policy and of the baselines, and what they scored."""
     if len(rows) > OPE_MAX_ROWS:
         rows = rows.iloc[np.sort(rng.choice(len(rows), OPE_MAX_ROWS, replace=False))]
     rows = rows.reset_index(drop=True)
     margin, n = float(value_params["margin"]), len(rows)
     r_idx = np.arange(n)
-    scores = score_rewards(model, rows, items, service_features)
+    scores = score_rewards(model, rows, items, service_features, vocabulary)
     cost = items["reward_cost"].to_numpy(dtype=np.float64)
     basket = member_baskets(rows, value_params)
     # Reward model's expected profit of offering each reward, and of no offer.

@@ -80,9 +80,11 @@ def evaluate_reward(model: lgb.LGBMClassifier, data: Dataset, split: TimeSplit,
     pair_cols = {**member_cols, **{c: items[c].to_numpy(np.float32)[pair]
                                    for c in REWARD_ITEM_COLUMNS}}
     n = len(rows)
-    offer = predict_proba(model, reward_matrix(pair_cols, np.ones(n), data.service_features))
+    offer = predict_proba(model, reward_matrix(pair_cols, np.ones(n), data.service_features,
+                                               data.vocabulary))
     control = predict_proba(model, reward_matrix({**member_cols, **no_offer_items(n)},
-                                                 np.zeros(n), data.service_features))
+                                                 np.zeros(n), data.service_features,
+                                                 data.vocabulary))
     # each row's candidate rows as serving lays them out: the offer, then no offer
     model_uplift = scores_from_proba(np.stack([offer, control], axis=1).reshape(2 * n, -1),
                                      n).uplift[:, 0]
@@ -93,7 +95,8 @@ def evaluate_reward(model: lgb.LGBMClassifier, data: Dataset, split: TimeSplit,
     ev.curves["qini_model"] = metrics.qini_curve(converted, t, model_uplift)
 
     members = policy_members(features_dir, split.test_from, n_policy_members, rng)
-    ope_metrics, logged = off_policy(model, data.service_features, rows, items, value_params, rng)
+    ope_metrics, logged = off_policy(model, data.service_features, rows, items, value_params, rng,
+                                     vocabulary=data.vocabulary)
     ev.metrics.update(ope_metrics)
     ev.holdout = RewardHoldout(rows, items, pair, members, logged)
     return ev

@@ -13,6 +13,7 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
+from serving.contract.vocabulary import Vocabulary
 from serving.decisioning.candidates import CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS
 from serving.decisioning.recommend import item_rows
 from serving.decisioning.scoring import (
@@ -28,10 +29,12 @@ def _predict(model: lgb.LGBMClassifier):  # noqa: ANN202 - a serving.decisioning
 
 
 def score_rewards(model: lgb.LGBMClassifier, members: pd.DataFrame, items: pd.DataFrame,
-                  service_features: list[str]) -> RewardScores:
-    """Score every member against every reward of ``items``, plus each member's no-offer row."""
+                  service_features: list[str], vocabulary: Vocabulary
+                  ) -> RewardScores:
+    """Score every member against every reward of ``items``, plus each member's no-offer row
+    (derived inputs pick member features by the catalog ``vocabulary``)."""
     cols = {c: items[c].to_numpy(np.float32) for c in REWARD_ITEM_COLUMNS}
-    rows = item_rows("reward", cols, service_features)
+    rows = item_rows("reward", cols, service_features, vocabulary)
     return score_member_rows(_predict(model), member_matrix(members, rows.member_names), rows,
                              chunk_rows=CHUNK_ROWS)
 
@@ -43,7 +46,8 @@ def reward_values(scores: RewardScores, basket: np.ndarray, cost: np.ndarray,
 
 
 def score_targets(model: lgb.LGBMClassifier, members: pd.DataFrame, templates: pd.DataFrame,
-                  service_features: list[str]) -> pd.DataFrame:
+                  service_features: list[str], vocabulary: Vocabulary
+                  ) -> pd.DataFrame:
     """P(complete) for every member x template x allowed target (long format)."""
     grid = []
     for _, t in templates.iterrows():
@@ -52,7 +56,7 @@ def score_targets(model: lgb.LGBMClassifier, members: pd.DataFrame, templates: p
         grid.append(pd.DataFrame({"challenge_id": t["challenge_id"], "target": targets}))
     options = pd.concat(grid, ignore_index=True).merge(templates, on="challenge_id")
     cols = {c: options[c].to_numpy(np.float32) for c in (*CHALLENGE_ITEM_COLUMNS, "target")}
-    rows = item_rows("difficulty", cols, service_features)
+    rows = item_rows("difficulty", cols, service_features, vocabulary)
     values = member_matrix(members, rows.member_names)
     m = len(options)
     step = max(1, CHUNK_ROWS // m)

@@ -1,8 +1,9 @@
 """Synthetic loyalty world: a population of members with hidden traits, and that truth.
 
-``generate/`` writes a world folder (the tables of docs/data_contract.md) with
-``simulate_world(WorldConfig(...), out_dir)``; ``truth`` is the hidden model outcomes are drawn
-from. This package is the only reader of a world's hidden truth: ``oracle`` adds figures against
+``generate/`` writes a world folder (the tables of docs/data_contract.md, and the import files
+a program would hand over, in ``program/``) with ``simulate_world(WorldConfig(...), out_dir)``;
+``onboard`` imports those files through the product's import path; ``truth`` is the hidden model
+outcomes are drawn from. This package is the only reader of a world's hidden truth: ``oracle`` adds figures against
 it to a held-out evaluation (training.pipeline calls it only when ``oracle.available(world_dir)``),
 ``live`` answers the live API as members with those traits would.
 

@@ -91,12 +91,12 @@ def simulate_live(client: Any, world_dir: Any, experiment_id: str, members: int,
     # 1. decisions through the API: the service assigns arms and applies them
     answers: list[dict[str, Any]] = []
     for k, start in enumerate(range(0, len(ids), CHUNK)):
-        chunk = [int(i) for i in ids[start:start + CHUNK]]
+        chunk = [str(int(i)) for i in ids[start:start + CHUNK]]  # the API's ids are strings
         body = {"member_ids": chunk, "channel": CHANNELS[k % len(CHANNELS)],
                 "k_rewards": 1, "k_challenges": 1}
         answers += _post(client, "/v1/recommendations/batch", body)["results"]
     frame = pd.DataFrame({
-        "member_id": [a["member_id"] for a in answers],
+        "member_id": [int(a["member_id"]) for a in answers],  # back to the simulator's ids
         "arm": [a["experiment_arm"] for a in answers],
         "decision_id": [a["decision_id"] for a in answers],
         "reward_id": [a["rewards"][0]["reward_id"] if a["rewards"] else None for a in answers],
@@ -140,7 +140,7 @@ def simulate_live(client: Any, world_dir: Any, experiment_id: str, members: int,
     events: list[dict[str, Any]] = []
     offset = rng.uniform(0.01, 0.9 * window, len(frame))
     for i, rec in enumerate(frame.itertuples(index=False)):
-        base = {"member_id": int(rec.member_id), "decision_id": rec.decision_id}
+        base = {"member_id": str(rec.member_id), "decision_id": rec.decision_id}
         when = (t0 + timedelta(days=float(offset[i]))).isoformat()
         if rec.reward_id is not None:
             events.append({**base, "event_type": "impression", "reward_id": rec.reward_id,

@@ -36,6 +36,7 @@ from training.evaluation.evaluate import Evaluation, eligible_rewards, member_ba
 from training.evaluation.reward import RewardHoldout
 from training.evaluation.scoring import reward_values, score_rewards
 from training.simulate import truth
+from training.simulate.generate.catalog import VOCABULARY  # the simulated program's
 
 TRUTH_DIR = "truth"
 TRUTH_FILES = ("member_traits.parquet", "offers.parquet", "assignments.parquet")
@@ -56,7 +57,9 @@ def player_types(world_dir: Path) -> pd.DataFrame | None:
     path = truth_dir(world_dir) / "member_traits.parquet"
     if not path.is_file():
         return None
-    return pd.read_parquet(path, columns=["member_id", "player_type"])
+    types = pd.read_parquet(path, columns=["member_id", "player_type"])
+    types["member_id"] = types["member_id"].astype(str)  # the product's ids are strings
+    return types
 
 
 @dataclass
@@ -84,7 +87,7 @@ class WorldTruth:
     def reward_response(self, member_ids: np.ndarray) -> dict[str, np.ndarray]:
         """True response matrices with one row per entry of ``member_ids`` (repeats allowed);
         columns follow the catalog (rewards.parquet) order."""
-        uniq, inverse = np.unique(member_ids, return_inverse=True)
+        uniq, inverse = np.unique(_member_ints(member_ids), return_inverse=True)
         out = truth.reward_response(self.traits.loc[uniq].reset_index(),
                                     self.members.loc[uniq].reset_index(),
                                     self.rewards, self.margin, self.window_days)
@@ -94,13 +97,21 @@ class WorldTruth:
                    target: np.ndarray) -> np.ndarray:
         """True P(complete) of each (member, template, target)."""
         return truth.completion_probability(self.traits.reset_index(), self.challenges,
-                                            member_id, challenge_id, target)
+                                            _member_ints(member_id), challenge_id, target)
 
-    def logged_truth(self, name: str, key: str, ids: pd.Series, column: str) -> np.ndarray:
-        """A truth column of logged decisions (``offers``/``assignments``), by their ids."""
+    def logged_truth(self, name: str, key: str, decision_ids: pd.Series,
+                     column: str) -> np.ndarray:
+        """A truth column of logged decisions (``offers``/``assignments``), by the decision ids
+        the simulator gave them in its import files (``o<offer_id>``, ``a<assignment_id>``)."""
         table = pd.read_parquet(truth_dir(self.world_dir) / f"{name}.parquet",
                                 columns=[key, column])
+        ids = decision_ids.astype(str).str[1:].astype(np.int64)
         return table.set_index(key).loc[ids, column].to_numpy()
+
+
+def _member_ints(member_ids: np.ndarray | pd.Series) -> np.ndarray:
+    """The simulator's integer ids of members the product knows by their string ids."""
+    return np.asarray(member_ids).astype(str).astype(np.int64)
 
 
 def policy_value(score: np.ndarray, true_value: np.ndarray, eligible: np.ndarray) -> float:
@@ -125,7 +136,7 @@ def add_reward_figures(ev: Evaluation, model: lgb.LGBMClassifier, service_featur
     _check_catalog_order(world, hold.items)
     rows = hold.rows
     treated = rows["treated"].to_numpy(dtype=bool)
-    true_p_redeem = world.logged_truth("offers", "offer_id", rows["offer_id"], "p_redeem")
+    true_p_redeem = world.logged_truth("offers", "offer_id", rows["decision_id"], "p_redeem")
     ev.metrics["propensity.oracle_auc"] = metrics.auc(rows["redeemed"].to_numpy()[treated],
                                                       true_p_redeem[treated])
 
@@ -145,7 +156,7 @@ def _policy_values(ev: Evaluation, model: lgb.LGBMClassifier, service_features: 
                    world: WorldTruth, hold: RewardHoldout, value_params: dict[str, float]) -> None:
     snapshot = hold.policy_members
     ids = snapshot["member_id"].to_numpy()
-    scores = score_rewards(model, snapshot, hold.items, service_features)
+    scores = score_rewards(model, snapshot, hold.items, service_features, VOCABULARY)
     eligible = eligible_rewards(snapshot, hold.items)
     cost = hold.items["reward_cost"].to_numpy(dtype=np.float64)
     value_hat = reward_values(scores, member_baskets(snapshot, value_params), cost,
@@ -163,7 +174,7 @@ def _policy_values(ev: Evaluation, model: lgb.LGBMClassifier, service_features: 
     model_choice = np.argmax(value_hat + neg, axis=1)
     oracle_choice = np.argmax(true_value + neg, axis=1)
     ev.curves["policy_by_type"] = pd.DataFrame({
-        "player_type": world.traits.loc[ids, "player_type"].to_numpy(),
+        "player_type": world.traits.loc[_member_ints(ids), "player_type"].to_numpy(),
         "model": true_value[r, model_choice], "oracle": true_value[r, oracle_choice],
     }).groupby("player_type").mean()
 
@@ -185,7 +196,8 @@ def add_difficulty_figures(ev: Evaluation, world_dir: Path, flow_zone: float) ->
     rows = hold.rows
     ev.metrics["difficulty.oracle_auc"] = metrics.auc(
         rows["completed"].to_numpy(),
-        world.logged_truth("assignments", "assignment_id", rows["assignment_id"], "p_complete"))
+        world.logged_truth("assignments", "assignment_id", rows["decision_id"],
+                           "p_complete"))
     chosen = hold.chosen
     true_p = world.completion(chosen["member_id"].to_numpy(), chosen["challenge_id"].to_numpy(),
                               chosen["target"].to_numpy())
@@ -194,7 +206,8 @@ def add_difficulty_figures(ev: Evaluation, world_dir: Path, flow_zone: float) ->
     ev.metrics["difficulty.target_mean_abs_error"] = float(np.abs(true_p - flow_zone).mean())
 
     grid = hold.grid.copy()
-    grid["player_type"] = world.traits.loc[grid["member_id"], "player_type"].to_numpy()
+    grid["player_type"] = world.traits.loc[_member_ints(grid["member_id"]),
+                                           "player_type"].to_numpy()
     examples = curve_examples(grid, "player_type")
     examples["true_p"] = world.completion(examples["member_id"].to_numpy(),
                                           examples["challenge_id"].to_numpy(),

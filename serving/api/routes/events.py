@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Annotated
 
-from serving.api.deps import ServicesDep
+from fastapi import APIRouter, Body, Depends
+
+from serving.api import examples
 from serving.api.auth import require_scope
+from serving.api.deps import ServicesDep
 from serving.contract.schemas import AUTH_ERRORS, EventAck, EventsRequest, EventsResponse
 
 router = APIRouter(prefix="/v1/events", tags=["events"],
@@ -13,8 +16,13 @@ router = APIRouter(prefix="/v1/events", tags=["events"],
 
 
 @router.post("", response_model=EventsResponse)
-async def post_events(req: EventsRequest, services: ServicesDep) -> EventsResponse:
-    """Store impressions, redemptions, completions and purchases (idempotent by event_id)."""
+async def post_events(req: Annotated[EventsRequest, Body(openapi_examples=examples.EVENTS)],
+                      services: ServicesDep) -> EventsResponse:
+    """Store a batch of events, each of its own type (visit, purchase, impression, redemption,
+    points, tier change, consent...; one schema per `event_type`), idempotent by `event_id`.
+
+    Acknowledged only once durably committed; a replayed `event_id` is reported as `duplicate`
+    and keeps its first copy."""
     results = await services.event_writer.write(list(req.events))
     acks = [EventAck(event_id=eid, status="stored" if new else "duplicate")
             for eid, new in results]

@@ -6,26 +6,27 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Body, Depends, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from serving.api.deps import ServicesDep
+from serving.api import examples
 from serving.api.auth import require_scope
+from serving.api.deps import ServicesDep
+from serving.contract.events import ID_DESCRIPTION, ID_PATTERN
+from serving.contract.schemas import AUTH_ERRORS, error_responses
+from serving.experiments import service as experiment_service
 from serving.experiments.definition import Experiment, ExperimentCreate
 from serving.experiments.report import ExperimentReport
-from serving.experiments.service import (
-    ExperimentConflict, compute_report, create_experiment, get_experiment, list_experiments,
-    load_segments,
-)
-from serving.contract.schemas import AUTH_ERRORS, error_responses
+from serving.experiments.service import ExperimentConflict, compute_report, load_segments
 from serving.services import Services
 
 # Scopes per route, not per router: a write-only key can still create experiments.
 router = APIRouter(prefix="/v1/experiments", tags=["experiments"], responses=AUTH_ERRORS)
 READ = [Depends(require_scope("experiments:read"))]
 WRITE = [Depends(require_scope("experiments:write"))]
-ExperimentId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+ExperimentId = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN,
+                                   description=ID_DESCRIPTION)]
 
 
 class ExperimentList(BaseModel):
@@ -39,11 +40,13 @@ def _not_found(experiment_id: str) -> JSONResponse:
 
 @router.post("", response_model=Experiment, status_code=201, dependencies=WRITE,
              responses=error_responses(409))
-async def create(body: ExperimentCreate, services: ServicesDep) -> Experiment | JSONResponse:
+async def create_experiment(
+        body: Annotated[ExperimentCreate, Body(openapi_examples=examples.EXPERIMENT)],
+        services: ServicesDep) -> Experiment | JSONResponse:
     """Define an experiment; members are assigned to arms by a salted hash of their id."""
     try:
-        experiment = await asyncio.to_thread(create_experiment, services.events, body,
-                                             datetime.now(UTC))
+        experiment = await asyncio.to_thread(experiment_service.create_experiment,
+                                             services.events, body, datetime.now(UTC))
     except ExperimentConflict as exc:
         return JSONResponse(status_code=409, content={"errors": [
             {"field": exc.field, "reason": exc.reason}]})
@@ -52,32 +55,39 @@ async def create(body: ExperimentCreate, services: ServicesDep) -> Experiment | 
 
 
 @router.get("", response_model=ExperimentList, dependencies=READ)
-async def list_all(services: ServicesDep) -> ExperimentList:
-    return ExperimentList(experiments=await asyncio.to_thread(list_experiments, services.events))
+async def list_experiments(services: ServicesDep) -> ExperimentList:
+    """Every experiment defined, past and present."""
+    found = await asyncio.to_thread(experiment_service.list_experiments, services.events)
+    return ExperimentList(experiments=found)
 
 
 @router.get("/{experiment_id}", response_model=Experiment, dependencies=READ,
             responses=error_responses(404))
-async def get_one(experiment_id: ExperimentId, services: ServicesDep
-                  ) -> Experiment | JSONResponse:
-    found = await asyncio.to_thread(get_experiment, services.events, experiment_id)
+async def get_experiment(experiment_id: ExperimentId, services: ServicesDep
+                         ) -> Experiment | JSONResponse:
+    """One experiment's definition."""
+    found = await asyncio.to_thread(experiment_service.get_experiment, services.events,
+                                    experiment_id)
     return found if found is not None else _not_found(experiment_id)
 
 
 def service_report(services: Services, experiment: Experiment) -> ExperimentReport:
     """The report as the service computes it (item costs from the catalog, region segments)."""
-    rewards = services.recommender.catalog.rewards
+    # retired rewards too: an experiment may have offered one before it was retired
+    rewards = (services.catalog_store.frame("rewards", include_retired=True)
+               if services.catalog_store is not None else services.recommender.catalog.rewards)
     costs = dict(zip(rewards["reward_id"], rewards["cost"].astype(float), strict=True))
-    segments = load_segments(services.settings.catalog(services.store))
+    segments = load_segments(services.events)
     return compute_report(services.events, experiment, datetime.now(UTC), costs, segments)
 
 
 @router.get("/{experiment_id}/report", response_model=ExperimentReport, dependencies=READ,
             responses=error_responses(404))
-async def report(experiment_id: ExperimentId, services: ServicesDep
-                 ) -> ExperimentReport | JSONResponse:
+async def experiment_report(experiment_id: ExperimentId, services: ServicesDep
+                            ) -> ExperimentReport | JSONResponse:
     """Per-arm rates with 95% CIs, uplift vs holdout and random, Qini, segments, budget."""
-    found = await asyncio.to_thread(get_experiment, services.events, experiment_id)
+    found = await asyncio.to_thread(experiment_service.get_experiment, services.events,
+                                    experiment_id)
     if found is None:
         return _not_found(experiment_id)
     return await asyncio.to_thread(service_report, services, found)

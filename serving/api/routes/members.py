@@ -1,4 +1,4 @@
-"""Privacy: erase everything the service holds about one member (admin only)."""
+"""Members: their profiles (upserted by the program's CRM) and, for privacy, their erasure."""
 
 from __future__ import annotations
 
@@ -6,21 +6,48 @@ import asyncio
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Body, Path
+from fastapi.responses import JSONResponse
 
-from serving.api.deps import AdminKey, ServicesDep
+from serving.api import examples
 from serving.api.auth import ApiError
-from serving.contract.schemas import AUTH_ERRORS, MAX_MEMBER_ID, ErasureResponse, error_responses
+from serving.api.deps import AdminKey, EventsKey, ServicesDep
+from serving.contract.events import ID_DESCRIPTION, ID_PATTERN
+from serving.contract.schemas import (
+    AUTH_ERRORS, ErasureResponse, MemberProfile, MemberUpserted, error_responses,
+)
 
-router = APIRouter(prefix="/v1/members", tags=["privacy"], responses=AUTH_ERRORS)
+router = APIRouter(prefix="/v1/members", tags=["members"], responses=AUTH_ERRORS)
 log = logging.getLogger("rewards.audit")
+#: The member id in the path: the same rule as in bodies (serving.contract.events.MemberId).
+MemberIdPath = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN,
+                                   description=ID_DESCRIPTION)]
 
 
-@router.delete("/{member_id}", response_model=ErasureResponse,
+@router.put("/{member_id}", response_model=MemberUpserted,
+            responses={201: {"model": MemberUpserted, "description": "profile created"},
+                       200: {"description": "profile updated"}})
+async def upsert_member(member_id: MemberIdPath,
+                        profile: Annotated[MemberProfile, Body(openapi_examples=examples.MEMBER)],
+                        services: ServicesDep, _: EventsKey) -> JSONResponse:
+    """Create or replace the member's profile: 201 when created, 200 when updated.
+
+    Needs the `events` scope: profiles come from the same CRM feeds as the events. The whole
+    profile is replaced (a field left out is cleared), so replays are harmless.
+    """
+    created = await asyncio.to_thread(
+        services.events.upsert_member, member_id, profile.joined_at, profile.tier,
+        profile.region, profile.consent, profile.attributes)
+    body = MemberUpserted(member_id=member_id, status="created" if created else "updated")
+    return JSONResponse(body.model_dump(), status_code=201 if created else 200)
+
+
+@router.delete("/{member_id}", response_model=ErasureResponse, tags=["privacy"],
                responses=error_responses(503))
-async def erase_member(member_id: Annotated[int, Path(ge=1, le=MAX_MEMBER_ID)],
-                       services: ServicesDep, principal: AdminKey) -> ErasureResponse:
-    """Delete the member's events, decisions and online features; counts of what was erased.
+async def erase_member(member_id: MemberIdPath, services: ServicesDep,
+                       principal: AdminKey) -> ErasureResponse:
+    """Delete the member's profile, events, decisions and online features; counts of what was
+    erased. Needs the `admin` scope.
 
     Writes already queued (a decision served a moment ago) are committed first, so none lands
     after the erasure. Consent is separate: a `consent_withdrawn` event stops personalization

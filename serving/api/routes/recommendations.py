@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Body, Depends, Response
 
-from serving.api.deps import ServicesDep
+from serving.api import examples
 from serving.api.auth import require_scope
-from serving.services import Services
+from serving.api.deps import ServicesDep
 from serving.contract.schemas import (
     AUTH_ERRORS, BatchRecommendationRequest, BatchRecommendationResponse, RecommendationRequest,
     RecommendationResponse,
 )
+from serving.services import Services
 
 router = APIRouter(prefix="/v1/recommendations", tags=["recommendations"],
                    dependencies=[Depends(require_scope("recommend"))], responses=AUTH_ERRORS)
@@ -37,13 +39,17 @@ async def answer(req: RecommendationRequest, services: Services) -> Recommendati
 
 
 @router.post("", response_model=RecommendationResponse)
-async def recommend(req: RecommendationRequest, services: ServicesDep) -> Response:
+async def recommend(req: Annotated[RecommendationRequest,
+                                   Body(openapi_examples=examples.RECOMMENDATION)],
+                    services: ServicesDep) -> Response:
     """Ranked rewards (by incremental value) and challenges (personal flow-zone targets)."""
     return json_response(await answer(req, services))
 
 
 @router.post("/batch", response_model=BatchRecommendationResponse)
-async def recommend_batch(req: BatchRecommendationRequest, services: ServicesDep) -> Response:
+async def recommend_batch(req: Annotated[BatchRecommendationRequest,
+                                         Body(openapi_examples=examples.BATCH)],
+                          services: ServicesDep) -> Response:
     """Up to 1,000 members in one call (CRM campaigns); each answer is logged as a decision."""
     results = []
     for member_id in req.member_ids:

@@ -12,12 +12,27 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-# One vocabulary for simulator, features and serving; re-exported for the simulator modules.
-from serving.contract.vocabulary import (  # noqa: F401
-    CATEGORIES, CHALLENGE_KINDS, EVENT_TYPES, REGIONS, REWARD_TYPES, TIERS,
-)
+from serving.contract.vocabulary import ANY_CATEGORY, Vocabulary  # noqa: F401 - re-exported
 
-ANY_CATEGORY = "any"
+# The synthetic program's vocabularies. The product learns them like any program's: from the
+# catalog the simulator imports (program/vocabulary.json), never from this module.
+TIERS: tuple[str, ...] = ("Bronze", "Silver", "Gold", "Platinum")
+REGIONS: tuple[str, ...] = ("north", "south", "east", "west", "central")
+CATEGORIES: tuple[str, ...] = (
+    "fashion", "electronics", "grocery", "beauty", "home", "sports", "books", "travel",
+)
+REWARD_TYPES: tuple[str, ...] = (
+    "discount", "free_product", "free_shipping", "early_access", "vip_experience",
+    "charity_donation", "points_multiplier",
+)
+CHALLENGE_KINDS: tuple[str, ...] = (
+    "purchase_streak", "spend_target", "visit_count", "review", "referral",
+    "profile_completion", "explore_category", "community_mission",
+)
+EVENT_TYPES: tuple[str, ...] = (
+    "visit", "purchase", "review", "referral", "redemption", "challenge_completed",
+)
+VOCABULARY = Vocabulary(TIERS, REGIONS, CATEGORIES, REWARD_TYPES, CHALLENGE_KINDS)
 PLAYER_TYPES: tuple[str, ...] = ("achiever", "explorer", "socializer", "competitor")
 
 # (reward_id, name, reward_type, category, cost, min_tier)

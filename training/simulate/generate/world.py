@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from training.simulate.generate.catalog import (
     CATEGORIES,
     EVENT_TYPES,
+    VOCABULARY,
     challenge_catalog,
     reward_catalog,
 )
@@ -36,6 +37,7 @@ from training.simulate.generate.logs import (
     simulate_offers,
 )
 from training.simulate.generate.members import sample_members
+from training.simulate.generate.program import IMPORT_EVENTS_SCHEMA, program_events
 from training.simulate.generate.tables import (
     ASSIGNMENTS_SCHEMA,
     EVENTS_SCHEMA,
@@ -52,11 +54,22 @@ from training.simulate.truth import PREF_COLUMNS, MemberArrays, RewardArrays, re
 CHUNK_MEMBERS = 20_000
 
 _MEMBER_STREAM, _CHUNK_STREAM = 0, 1
+#: Sub-folder of the world holding its import files (members, events, catalog).
+PROGRAM_DIR = "program"
 
 MEMBERS_SCHEMA = pa.schema(
     [
         ("member_id", pa.int64()),
         ("signup_date", TIMESTAMP),
+        ("tier", pa.string()),
+        ("region", pa.string()),
+        ("consent", pa.bool_()),
+    ]
+)
+PROGRAM_MEMBERS_SCHEMA = pa.schema(
+    [
+        ("member_id", pa.string()),
+        ("joined_at", TIMESTAMP),
         ("tier", pa.string()),
         ("region", pa.string()),
         ("consent", pa.bool_()),
@@ -117,6 +130,9 @@ class _WorldWriter:
         self.events = ParquetSink(out_dir / "events.parquet", EVENTS_SCHEMA)
         self.offers = ParquetSink(out_dir / "offers.parquet", OFFERS_SCHEMA)
         self.assignments = ParquetSink(out_dir / "assignments.parquet", ASSIGNMENTS_SCHEMA)
+        # What a real program would import: the product reads the world only through these.
+        self.program_events = ParquetSink(out_dir / PROGRAM_DIR / "events.parquet",
+                                          IMPORT_EVENTS_SCHEMA)
         self.truth_offers = ParquetSink(out_dir / "truth" / "offers.parquet", TRUTH_OFFERS_SCHEMA)
         self.truth_assignments = ParquetSink(
             out_dir / "truth" / "assignments.parquet", TRUTH_ASSIGNMENTS_SCHEMA
@@ -127,6 +143,7 @@ class _WorldWriter:
             "events": self.events,
             "offers": self.offers,
             "assignments": self.assignments,
+            f"{PROGRAM_DIR}/events": self.program_events,
             "truth/offers": self.truth_offers,
             "truth/assignments": self.truth_assignments,
         }
@@ -144,14 +161,19 @@ def simulate_world(config: WorldConfig, out_dir: Path, progress: bool = True) ->
     """
     out_dir = Path(out_dir)
     (out_dir / "truth").mkdir(parents=True, exist_ok=True)
+    (out_dir / PROGRAM_DIR).mkdir(exist_ok=True)
     (out_dir / "world.json").unlink(missing_ok=True)  # a stale one would vouch for this run
     rewards = reward_catalog(config.start)
     challenges = challenge_catalog(config.start)
     member_rng = _rng(config.seed, _MEMBER_STREAM)
     members, traits = sample_members(member_rng, config.members, config.start)
 
+    _write_program_catalog(out_dir / PROGRAM_DIR, rewards, challenges)
     counts = {
         "members": _write_frame(members, MEMBERS_SCHEMA, out_dir / "members.parquet"),
+        f"{PROGRAM_DIR}/members": _write_frame(
+            program_members(members), PROGRAM_MEMBERS_SCHEMA,
+            out_dir / PROGRAM_DIR / "members.parquet"),
         "rewards": _write_frame(rewards, REWARDS_SCHEMA, out_dir / "rewards.parquet"),
         "challenges": _write_frame(challenges, CHALLENGES_SCHEMA, out_dir / "challenges.parquet"),
         "truth/member_traits": _write_frame(
@@ -176,6 +198,11 @@ def simulate_world(config: WorldConfig, out_dir: Path, progress: bool = True) ->
                 _rng(config.seed, _CHUNK_STREAM, index), chunk, reward_arrays, templates, config
             )
             writer.events.write(events.to_table(EVENT_TYPES, CATEGORIES, reward_ids))
+            writer.program_events.write(program_events(
+                events, EVENT_TYPES, CATEGORIES, reward_ids, challenge_ids,
+                writer.program_events.rows,
+                _offer_arrays(offers, writer.offers.rows + 1, config),
+                _assignment_arrays(assignments, writer.assignments.rows + 1, templates)))
             offer_table, offer_truth = offers.tables(writer.offers.rows + 1, reward_ids)
             writer.offers.write(offer_table)
             writer.truth_offers.write(offer_truth)
@@ -190,6 +217,39 @@ def simulate_world(config: WorldConfig, out_dir: Path, progress: bool = True) ->
     # Written last: a world.json means the world is complete.
     (out_dir / "world.json").write_text(json.dumps(config.to_world_json(), indent=2) + "\n")
     return counts
+
+
+def _write_program_catalog(folder: Path, rewards: pd.DataFrame, challenges: pd.DataFrame) -> None:
+    """The catalog as a program imports it (`rewards catalog import`): vocabulary first."""
+    (folder / "vocabulary.json").write_text(json.dumps(VOCABULARY.as_dict(), indent=2) + "\n")
+    for frame, name in ((rewards, "rewards"), (challenges, "challenges")):
+        frame.rename(columns={"event_timestamp": "created_at"}).to_parquet(
+            folder / f"{name}.parquet", index=False)
+
+
+def program_members(members: pd.DataFrame) -> pd.DataFrame:
+    """The members import file: string ids and the profile a program keeps."""
+    return pd.DataFrame({"member_id": members["member_id"].astype(str),
+                         "joined_at": members["signup_date"], "tier": members["tier"],
+                         "region": members["region"], "consent": members["consent"]})
+
+
+def _offer_arrays(offers: OfferLog, first_id: int, config: WorldConfig) -> dict[str, np.ndarray]:
+    n = offers.ts.size
+    return {"id": np.arange(first_id, first_id + n), "member_id": offers.member_id,
+            "ts": offers.ts, "end": offers.ts + config.attribution_window_days * DAY_US,
+            "reward": offers.reward, "treated": offers.treated,
+            "propensity": offers.propensity}
+
+
+def _assignment_arrays(assignments: AssignmentLog, first_id: int,
+                       templates: ChallengeArrays) -> dict[str, np.ndarray]:
+    n = assignments.ts.size
+    return {"id": np.arange(first_id, first_id + n), "member_id": assignments.member_id,
+            "ts": assignments.ts,
+            "end": assignments.ts + templates.duration_days[assignments.template] * DAY_US,
+            "template": assignments.template, "target": assignments.target,
+            "propensity": np.broadcast_to(assignments.propensity, (n,))}
 
 
 def _simulate_chunk(
