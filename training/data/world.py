@@ -1,7 +1,7 @@
 """The world folder's metadata (``world.json``): the program's calendar and business constants.
 
-A world folder is what `rewards simulate` writes, and what a real program's import will write:
-members, catalog, logged decisions and outcomes. ``world.json`` says when its history starts
+A world folder is what `rewards simulate` writes (the product reads only its ``program/`` import
+files, through `rewards import`). ``world.json`` says when its history starts
 and ends and the program's margin and attribution window. It is read here and only here, so a
 missing or incomplete file is one clear error, whoever asks.
 """
@@ -11,31 +11,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from training.data.history import HistoryMeta
 
 META_FILE = "world.json"
 
 
-class WorldMeta(BaseModel):
-    """What training and feature building need to know about a world's history."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    start: str = Field(description="first day of the history, ISO date")
-    days: int = Field(gt=0)
-    members: int = Field(ge=0)
-    margin: float = Field(0.3, gt=0, description="profit margin on incremental spend")
-    attribution_window_days: int = Field(7, gt=0)
-
-    @property
-    def start_ts(self) -> pd.Timestamp:
-        return pd.Timestamp(self.start, tz="UTC")
-
-    @property
-    def end_ts(self) -> pd.Timestamp:
-        """First instant after the history (outcomes at or after it are not known yet)."""
-        return self.start_ts + pd.Timedelta(days=self.days)
+class WorldMeta(HistoryMeta):
+    """A simulated world's calendar and constants (``world.json``): the same facts as the
+    features' ``history.json``, written by the simulator for its own runs (oracle figures)."""
 
 
 def world_exists(world_dir: Path) -> bool:
