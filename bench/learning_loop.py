@@ -88,6 +88,9 @@ def main() -> None:
     ap.add_argument("--history-days", type=int, default=60)
     ap.add_argument("--round-days", type=int, default=14)
     ap.add_argument("--spread-days", type=float, default=7.0)
+    ap.add_argument("--decisions-per-member", type=int, default=1,
+                    help="decisions per member per round, --spread-days apart (a window "
+                         "still open at the retrain is labelled by the next one)")
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "learning_loop.png")
     args = ap.parse_args()
 
@@ -130,9 +133,15 @@ def main() -> None:
         for r in range(args.rounds):
             start = history_end + timedelta(days=r * args.round_days)
             t0 = time.perf_counter()
-            frame, times = run_round(client, services, ids, start, args.spread_days, rng)
+            parts, n_events = [], 0
+            for k in range(args.decisions_per_member):
+                at = start + timedelta(days=k * args.spread_days)
+                part, times = run_round(client, services, ids, at, args.spread_days, rng)
+                n_events += answer_round(client, world_dir, part, times, window, truth.rewards,
+                                         rng)
+                parts.append(part)
+            frame = pd.concat(parts, ignore_index=True)
             decide_s = time.perf_counter() - t0
-            n_events = answer_round(client, world_dir, frame, times, window, truth.rewards, rng)
             shares = round_shares(services, frame, truth, start)
             versions = frame["versions"].value_counts().index[0]
             served_model = (json.loads(versions).get(services.settings.reward_model_name)
@@ -157,7 +166,11 @@ def main() -> None:
                          "ope_ci_high": met.get("gate.candidate.dr_ci_high"),
                          "true_value": true_value, "promoted": fam["promoted"],
                          "reason": fam["reason"],
-                         "champion_dr": met.get("gate.champion.dr")}
+                         "champion_dr": met.get("gate.champion.dr"),
+                         "champion_true_value": (
+                             truth.policy_value(pd.read_parquet(gate_file), "p_champion")
+                             if gate_file.is_file() and "p_champion" in pd.read_parquet(
+                                 gate_file, columns=None).columns else None)}
             client.post("/v1/admin/reload").raise_for_status()
             log(f"  retrain in {retrain_s:.0f} s: candidate v{fam['candidate']} DR "
                 f"{candidate['ope_dr']} [{candidate['ope_ci_low']}, {candidate['ope_ci_high']}]"
@@ -166,7 +179,7 @@ def main() -> None:
             rounds.append({"round": r, "decisions": len(frame), "outcome_events": n_events,
                            "served_model": served_model, **shares, "candidate": candidate,
                            "difficulty": record["families"][1],
-                           "seconds": {"decide": round(decide_s, 1),
+                           "seconds": {"serve_and_answer": round(decide_s, 1),
                                        "retrain": round(retrain_s, 1)}})
     result = {"members": args.members, "rounds": rounds, "seed": args.seed,
               "seconds": round(time.perf_counter() - t_all, 1),

@@ -100,7 +100,7 @@ def test_cold_start_then_retrain_from_own_decisions(loop_world, monkeypatch) -> 
     assert gate.groupby("decision_id")["logged"].sum().eq(1).all()
 
     # cron-ready: the same closed decisions, nothing to do
-    again = retrain(store, train, loop, as_of=as_of + timedelta(hours=1))
+    again = retrain(store, train, loop, as_of=as_of)
     assert again["status"] == "unchanged" and again["snapshot"]["id"] == record["snapshot"]
 
     report = join_report_for(store, pd.Timestamp(as_of))

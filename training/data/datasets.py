@@ -55,7 +55,20 @@ class TimeSplit:
             raise ValueError(f"decisions span {span} days: too short to split into "
                              "train/valid/test; simulate more days")
         test_from = first + pd.Timedelta(days=span - test_days)
-        return cls(start, test_from - pd.Timedelta(days=valid_days), test_from, end)
+        split = cls(start, test_from - pd.Timedelta(days=valid_days), test_from, end)
+        if set(split.part(decisions)) == {"train", "valid", "test"}:
+            return split
+        # Decisions with gaps between them (a service deciding in rounds, a campaign calendar):
+        # a share of days can fall in a gap and leave a period empty, so take day boundaries
+        # at shares of the decisions instead.
+        days = decisions.dt.floor("D").value_counts().sort_index()
+        after = days[::-1].cumsum()[::-1] / days.sum()  # share of decisions on or after a day
+        test_day = after[after >= test_share].index.max()
+        valid_day = after[after >= test_share + valid_share].index.max()
+        if not (days.index.min() < valid_day < test_day):
+            raise ValueError(f"decisions on {len(days)} days: too few to split into "
+                             "train/valid/test; simulate more days")
+        return cls(start, valid_day, test_day, end)
 
     def part(self, ts: pd.Series) -> np.ndarray:
         """'train' | 'valid' | 'test' for each decision timestamp."""

@@ -52,11 +52,11 @@ def freeze(kind: str, frame: pd.DataFrame, ledger_dir: Path,
            as_of: pd.Timestamp) -> tuple[pd.DataFrame, dict[str, int]]:
     """The closed rows of ``frame`` with their labels frozen: rows the ledger already holds
     take the ledger's labels; newly closed rows are added to the ledger (labelled at
-    ``as_of``). Open rows are left out. Returns the rows and counts."""
+    ``as_of``, at the wall-clock time). Open rows are left out. Returns the rows and counts."""
     keys, labels = KEYS[kind], LABELS[kind]
     path = ledger_dir / f"ledger_{kind}.parquet"
     ledger = (pd.read_parquet(path) if path.is_file()
-              else pd.DataFrame(columns=[*keys, *labels, "labelled_at"]))
+              else pd.DataFrame(columns=[*keys, *labels, "labelled_at", "as_of"]))
     closed = frame[_closed(frame, as_of)]
     index = pd.MultiIndex.from_frame(closed[keys])
     known = pd.MultiIndex.from_frame(ledger[keys]) if len(ledger) else pd.MultiIndex.from_tuples(
@@ -67,7 +67,10 @@ def freeze(kind: str, frame: pd.DataFrame, ledger_dir: Path,
         stored = ledger.set_index(keys)[labels].reindex(index[frozen])
         for col in labels:
             out.loc[out.index[frozen], col] = stored[col].to_numpy()
-    new = closed[~frozen][[*keys, *labels]].assign(labelled_at=pd.Timestamp(as_of))
+    # labelled_at: when the label was frozen (wall clock, what "late" compares receipts with);
+    # as_of: the instant the snapshot read the store as of (a simulation's clock may differ)
+    new = closed[~frozen][[*keys, *labels]].assign(
+        labelled_at=pd.Timestamp.now(tz="UTC"), as_of=pd.Timestamp(as_of))
     if len(new):
         merged = pd.concat([ledger, new], ignore_index=True) if len(ledger) else new
         ledger_dir.mkdir(parents=True, exist_ok=True)

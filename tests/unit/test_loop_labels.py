@@ -110,6 +110,12 @@ def test_outcomes_join_by_id_then_by_member_and_item() -> None:
     assert report.outcomes["unmatched_unknown_decision_id"] == 1
     assert report.outcomes["unmatched_no_decision_in_window"] == 1
     assert "matched by member and item" in report.text()
+    # d1's label frozen at 1.5 days: its redemption and completion received later are late
+    frozen = pd.Series({"d1": ts(1.5)}).astype(UTC_US)
+    late = join_report(labelled.events, labelled.offers, labelled.assignments, as_of=ts(8),
+                       window_days=7, labelled_at=frozen)
+    assert late.outcomes["late_after_labelling"] == 2
+    assert report.outcomes["late_after_labelling"] == 0
 
 
 def test_without_the_fallback_an_unlabelled_redemption_is_lost() -> None:
