@@ -2,7 +2,8 @@
 
 Commands live in modules by what they work on: ``program`` (import, catalog), ``data``
 (simulate, features), ``train`` (train, evaluate, models), ``serve`` (serve, score-batch, keys,
-demo) and ``experiments`` (experiments, uplift). They import ``common`` only, never this
+demo), ``experiments`` (experiments, uplift), ``ope`` (off-policy evaluation of any
+policy) and ``loop`` (retrain, data join-report). They import ``common`` only, never this
 module, so registering them here makes no cycle. Heavy libraries are imported inside commands, so `--help` is instant.
 """
 
