@@ -7,9 +7,8 @@ in BENCHMARKS.md:
 
     REWARDS_DATA_DIR=/path/to/data PYTHONPATH=$TREE .venv/bin/python bench/bench_decide.py
 """
-import json, sys, time
+import json, time
 from datetime import UTC, datetime
-import numpy as np
 from serving.config import get_store_settings, get_serve_settings
 try:
     from serving.stores.catalog import load_store_catalog

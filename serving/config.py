@@ -156,6 +156,18 @@ class ServeSettings(ModelSettings):
         True, description="answer well-formed POST /v1/recommendations without FastAPI's "
                           "per-request machinery (serving/api/fast_path.py)")
     seed: int | None = None
+    # -- exploration and the decision log (README "Exploration and the decision log") --
+    no_offer_share: float = Field(
+        0.05, ge=0, le=0.5, description="outside experiments, the probability that a decision "
+                                        "asking for rewards offers none (the control group "
+                                        "uplift is learnt from); logged with every decision")
+    exploration_floor: float = Field(
+        0.002, ge=0, le=0.5, description="once a family has a model, the least probability of "
+                                         "every eligible item in each slot")
+    target_exploration: float = Field(
+        0.05, ge=0, le=1 / 3, description="with a difficulty model, the probability that each "
+                                          "neighbouring allowed target (one step lower, one "
+                                          "higher) is served instead of the flow-zone pick")
     # -- security (serving/api/auth.py, docs/security.md) --
     auth_disabled: bool = Field(
         False, description="local development only: every route open, no key needed; logged as "

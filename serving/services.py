@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +25,7 @@ from serving.experiments.registry import ExperimentCache
 from serving.stores.models import ChampionSource, ModelManager
 from serving.api.observability import Metrics
 from serving.stores.features import MemberRow, OnlineFeatureReader
-from serving.decisioning.recommend import Decision, MemberFacts, Recommender
+from serving.decisioning.recommend import FAMILIES, Decision, MemberFacts, Recommender
 from serving.stores.catalog import (
     CatalogSettings, CatalogStore, open_catalog_store,
 )
@@ -34,6 +35,11 @@ from serving.stores.writer import GroupCommitter
 
 log = logging.getLogger("rewards.services")
 MEMBER_VIEW = "member_daily"
+
+
+def wall_clock() -> datetime:
+    """Now, in UTC: the decision time of a served request (``Services.clock``)."""
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -70,6 +76,10 @@ class Services:
     #: the catalog tables, polled for a new version (None: the catalog never changes)
     catalog_store: CatalogStore | None = None
     catalog_refresh_seconds: float = 5.0
+    #: the time of a decision (and of "today" for the budget): wall-clock UTC. A simulation
+    #: running the app in-process replaces it (``app.state.services.clock = sim.now``) so
+    #: that decisions are made and logged at simulated times.
+    clock: Callable[[], datetime] = wall_clock
     _catalog_lock: threading.Lock = field(default_factory=threading.Lock)
     _decision_counters: dict[tuple[str, str, str], Any] = field(default_factory=dict)
 
@@ -114,13 +124,21 @@ class Services:
         return cost_multiplier(self.budget.spent_today, b.daily_budget, day_fraction(now),
                                b.lambda_gain, b.lambda_max)
 
+    def no_champion(self) -> tuple[str, ...]:
+        """The families ("reward", "difficulty") whose registry never promoted a model: they
+        are served by uniform exploration (cold start), not by the degraded fallback. What
+        the last model refresh learnt: no registry call on the request path."""
+        names = (self.settings.reward_model_name, self.settings.difficulty_model_name)
+        return tuple(family for family, name in zip(FAMILIES, names, strict=True)
+                     if self.models.never_promoted(name))
+
     def capped_rewards(self) -> set[str]:
         caps = self.recommender.rules.budget.reward_daily_caps
         return {r for r, cap in caps.items() if self.budget.redemptions_today.get(r, 0) >= cap}
 
     async def decide(self, member_id: str, *, channel: str, k_rewards: int, k_challenges: int,
                      exclude: set[str], tier_hint: str | None) -> Decision:
-        now = datetime.now(UTC)
+        now = self.clock()
         facts = await self.member_facts(member_id, now)
         experiment = self.experiments.active(now)  # in memory: no query per request
         decision = self.recommender.recommend(
@@ -130,7 +148,8 @@ class Services:
             exclude=exclude | self.capped_rewards(), now=now,
             cost_multiplier=self.cost_multiplier(now), tier_hint=tier_hint,
             arm=experiment.arm_of(member_id) if experiment else None,
-            experiment_id=experiment.id if experiment else None)
+            experiment_id=experiment.id if experiment else None,
+            no_champion=self.no_champion())
         self._count(decision)
         # group-committed, not awaited; the writer validates the record (Decision.record)
         self.decision_writer.submit([decision])
@@ -186,9 +205,10 @@ class Services:
         return True
 
     def refresh_budget(self) -> None:
-        start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        now = self.clock()
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
         self.budget = BudgetState(self.events.spend_since(start),
-                                  self.events.reward_redemptions_since(start), datetime.now(UTC))
+                                  self.events.reward_redemptions_since(start), now)
 
     async def _every(self, seconds: float, fn: Any, label: str) -> None:
         while True:
@@ -298,7 +318,10 @@ def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metri
     services = Services(
         store=store, settings=settings, metrics=metrics, events=events, models=manager,
         recommender=Recommender(catalog, rules, settings.seed,
-                                catalog_settings.new_reward_epsilon), reader=reader,
+                                catalog_settings.new_reward_epsilon,
+                                no_offer_share=settings.no_offer_share,
+                                exploration_floor=settings.exploration_floor,
+                                target_exploration=settings.target_exploration), reader=reader,
         event_writer=GroupCommitter(events.add_events, "event-writer"),
         decision_writer=GroupCommitter(_log_decisions(events), "decision-writer",
                                        linger_seconds=settings.decision_log_linger_ms / 1000),

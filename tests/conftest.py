@@ -10,6 +10,17 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_offer_share_zero() -> Iterator[None]:
+    """Outside experiments a decision withholds every reward with REWARDS_NO_OFFER_SHARE
+    (default 5 %): tests about anything else expect rewards in every answer, so the session
+    pins the share to 0 (subprocesses inherit it). The tests of the share set it themselves
+    (tests/unit/test_exploration.py, tests/integration/test_decision_log.py)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("REWARDS_NO_OFFER_SHARE", "0")
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 400-member, 28-day world: big enough for every table to be non-trivial, fast to make."""

@@ -50,6 +50,21 @@ class TrainResult:
     metrics: dict[str, float]
     onnx_path: Path
     timings: dict[str, float] = field(default_factory=dict)
+    #: the fitted model and its data (what `rewards retrain`'s gate evaluates further)
+    model: Any = None
+    data: Dataset | None = None
+
+
+@dataclass(frozen=True)
+class Publish:
+    """How a training run is published. ``first_is_champion``: the first version of a model
+    becomes champion (`rewards train`); `rewards retrain` gates every version itself.
+    ``oracle``: add a simulated world's oracle figures when it has them (never on the retrain
+    path, which must work on a real program's data alone). ``tags``: extra MLflow run tags."""
+
+    first_is_champion: bool = True
+    oracle: bool = True
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 def _quiet(_: str) -> None:
@@ -88,7 +103,8 @@ class _Step:
 
 
 def train_reward(store: StoreSettings, settings: TrainSettings,
-                 progress: Progress = _quiet, client: Any | None = None) -> TrainResult:
+                 progress: Progress = _quiet, client: Any | None = None,
+                 publish: Publish = Publish()) -> TrainResult:
     """Reward propensity + uplift: one 3-class LightGBM over offers and the no-offer holdout.
 
     ``client``: the Dask client when ``settings.engine == "dask"`` (else a LocalCluster)."""
@@ -105,7 +121,7 @@ def train_reward(store: StoreSettings, settings: TrainSettings,
         value_params = fit_value_params(data, read_history_meta(store.features_dir).margin)
         ev = evaluate_reward(model, data, split, store.features_dir,
                              settings.policy_eval_members, value_params, settings.seed)
-    oracle = _oracle(store.world_dir)
+    oracle = _oracle(store.world_dir) if publish.oracle else None
     if oracle is not None:
         with timer.step("oracle figures (simulated world)"):
             oracle.add_reward_figures(ev, model, data.service_features, store.world_dir,
@@ -123,11 +139,12 @@ def train_reward(store: StoreSettings, settings: TrainSettings,
                 "Reward model: feature importance", plot_dir / "feature_importance.png"),
         }
     return _publish(settings.reward_model_name, model, data, split, ev, pngs, REWARD_CLASSES,
-                    service, store, settings, timer, value_params)
+                    service, store, settings, timer, publish, value_params)
 
 
 def train_difficulty(store: StoreSettings, settings: TrainSettings,
-                     progress: Progress = _quiet, client: Any | None = None) -> TrainResult:
+                     progress: Progress = _quiet, client: Any | None = None,
+                     publish: Publish = Publish()) -> TrainResult:
     """Challenge difficulty: binary LightGBM, monotone decreasing in the target."""
     timer = _Timer(progress)
     service = settings.difficulty_service
@@ -143,7 +160,7 @@ def train_difficulty(store: StoreSettings, settings: TrainSettings,
     with timer.step("held-out evaluation (test period)"):
         ev = evaluate_difficulty(model, data, split, store.features_dir, settings.flow_zone,
                                  settings.seed)
-    oracle = _oracle(store.world_dir)
+    oracle = _oracle(store.world_dir) if publish.oracle else None
     if oracle is not None:
         with timer.step("oracle figures (simulated world)"):
             oracle.add_difficulty_figures(ev, store.world_dir, settings.flow_zone)
@@ -161,12 +178,12 @@ def train_difficulty(store: StoreSettings, settings: TrainSettings,
                 "Difficulty model: feature importance", plot_dir / "feature_importance.png"),
         }
     return _publish(settings.difficulty_model_name, model, data, split, ev, pngs,
-                    DIFFICULTY_CLASSES, service, store, settings, timer)
+                    DIFFICULTY_CLASSES, service, store, settings, timer, publish)
 
 
 def _publish(name: str, model, data: Dataset, split: TimeSplit, ev: Evaluation,  # noqa: ANN001
              pngs: dict[str, Path], classes: list[str], service: str, store: StoreSettings,
-             settings: TrainSettings, timer: _Timer,
+             settings: TrainSettings, timer: _Timer, publish: Publish,
              value_params: dict[str, float] | None = None) -> TrainResult:
     """Export + parity check, MLflow run, registration, local model cache."""
     from training.models import export, tracking
@@ -194,12 +211,15 @@ def _publish(name: str, model, data: Dataset, split: TimeSplit, ev: Evaluation, 
         run_id = tracking.log_training_run(
             name=name, params=params, metrics=metrics, feature_service=service,
             data_fingerprint=meta.data_fingerprint, plots=pngs, native_model=model,
-            onnx_path=onnx_path, tags={"rows.train": str(int((data.part == "train").sum()))})
-        version = tracking.register_model(name, run_id)
+            onnx_path=onnx_path, tags={"rows.train": str(int((data.part == "train").sum())),
+                                       "weighted": str(data.weight is not None).lower(),
+                                       **publish.tags})
+        version = tracking.register_model(name, run_id,
+                                          first_is_champion=publish.first_is_champion)
     final = meta.model_copy(update={"version": version, "mlflow_run_id": run_id})
     out = export.export_onnx(model, final, store.models / name / version)
     (store.data / "reports" / name / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return TrainResult(name, version, run_id, metrics, out, timer.timings)
+    return TrainResult(name, version, run_id, metrics, out, timer.timings, model, data)
 
 
 def evaluate_registered(store: StoreSettings, settings: TrainSettings, alias: str = "champion",

@@ -427,13 +427,24 @@ class DecisionItem(BaseModel):
     item_id: ItemId
     rank: int = Field(ge=0)
     score: Annotated[float, Field(allow_inf_nan=False)]
-    shown_probability: float = Field(ge=0, le=1)  # logging propensity, for off-policy evaluation
+    #: the logging propensity (off-policy evaluation): the probability that this slot showed
+    #: this item, the no-offer share and, for a challenge, its target's draw included
+    shown_probability: float = Field(ge=0, le=1)
     target: Annotated[float, Field(allow_inf_nan=False)] | None = None
+    #: challenges: P(this target | this template was picked); 1 when the target was not drawn
+    target_probability: float | None = Field(None, ge=0, le=1)
     cost: float | None = Field(None, ge=0, allow_inf_nan=False)
 
 
+#: Who chose a decision's items: the models; rules with uniform exploration because no model
+#: of a family was ever promoted; or the rules' fallback because a promoted model is broken.
+Policy = Literal["model", "cold_start", "fallback"]
+
+
 class DecisionRecord(BaseModel):
-    """A recommendation as served: who, when, which arm and models, and what was offered."""
+    """A recommendation as served: who, when, which arm and models, and what was offered,
+    with what learning needs later: the feature values the models were given and, per item,
+    the probability it was shown with (the decision log, ``EventStore.decision_log``)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -445,7 +456,16 @@ class DecisionRecord(BaseModel):
     experiment_id: Identifier | None = None
     model_versions: dict[str, str] = Field(default_factory=dict)
     items: list[DecisionItem] = Field(default_factory=list)
+    #: personalized, cold_start (a member without history), degraded, no_offer (the no-offer
+    #: draw withheld every reward)
     flags: dict[str, bool] = Field(default_factory=dict)
+    policy: Policy = "model"
+    #: the member's values of the models' input features (after cold-start and consent
+    #: substitution); None when no model served the decision. NaN is kept (stored as null).
+    features: dict[str, float] | None = None
+    #: probability that this decision offers no reward; None inside experiments (their arms
+    #: decide) or when no reward was asked for
+    no_offer_probability: float | None = Field(None, ge=0, le=1)
 
     _created_at_utc = field_validator("created_at")(_utc)
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StringConstraints
 
 from serving.contract.events import (
-    NUMBER, Attributes, DateOrTimestamp, EventIn, ItemId, MemberId, ShortText, Tier,
+    NUMBER, Attributes, DateOrTimestamp, EventIn, ItemId, MemberId, Policy, ShortText, Tier,
 )
 
 Channel = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
@@ -93,6 +93,10 @@ class RecommendationResponse(BaseModel):
     degraded: bool
     degraded_reasons: list[str] = Field(default_factory=list)
     cost_multiplier: float = 1.0
+    policy: Policy = Field(
+        "model", description="model: both model families served; cold_start: a family has no "
+                             "promoted model yet, its items come from uniform exploration; "
+                             "fallback: a promoted model failed, rules served (degraded)")
 
 
 class BatchRecommendationResponse(BaseModel):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from serving.decisioning.rules import Slate, select_slate
+from serving.decisioning.rules import Slate, select_slate, slot_epsilon
 
 
 def expected_value(uplift: np.ndarray, p_redeem: np.ndarray, basket_value: np.ndarray,
@@ -91,7 +91,8 @@ def flow_zone_targets(p_complete: np.ndarray, layout: np.ndarray,
 
 def select_slate_exploring_new(value: np.ndarray, category: np.ndarray, k: int,
                                max_per_category: int, epsilon: float, rng: np.random.Generator,
-                               new: np.ndarray, new_epsilon: float) -> tuple[Slate, bool]:
+                               new: np.ndarray, new_epsilon: float,
+                               floor: float = 0.0) -> tuple[Slate, bool]:
     """:func:`~serving.decisioning.rules.select_slate` with the exploration of new items.
 
     A new item (one the model has never seen: no history to score it by) would rarely win a
@@ -108,11 +109,16 @@ def select_slate_exploring_new(value: np.ndarray, category: np.ndarray, k: int,
     over its candidates still sum to 1. Without new items (or ``new_epsilon`` 0) this is
     ``select_slate`` itself, random draws included. Returns the slate and whether its last
     slot was the new-item exploration's draw.
+
+    ``floor``: every candidate of every slot keeps at least this probability (epsilon raised
+    per slot, rules.slot_epsilon); in a last slot that may explore new items, the floor is
+    divided by (1 - new_epsilon), the share left to the epsilon-greedy choice, so that the
+    items that are not new keep it too.
     """
     new = np.asarray(new, dtype=bool)
     if k <= 0 or new_epsilon <= 0 or not new.any():
-        return select_slate(value, category, k, max_per_category, epsilon, rng), False
-    head = select_slate(value, category, k - 1, max_per_category, epsilon, rng)
+        return select_slate(value, category, k, max_per_category, epsilon, rng, floor), False
+    head = select_slate(value, category, k - 1, max_per_category, epsilon, rng, floor)
     category = np.asarray(category)
     if category.dtype.kind not in "iu":  # labels: integer codes, as select_slate does
         category = np.unique(category, return_inverse=True)[1]
@@ -130,15 +136,93 @@ def select_slate_exploring_new(value: np.ndarray, category: np.ndarray, k: int,
     order = np.argsort(-np.asarray(value, dtype=np.float64), kind="stable").tolist()
     best = next(i for i in order if i in allowed)
     fresh = [i for i in candidates if new[i]]
+    share = 1.0 - new_epsilon if fresh else 1.0  # of the slot left to the epsilon-greedy choice
+    e = slot_epsilon(epsilon, len(candidates), floor / share if share > 0 else floor)
     explored = bool(fresh) and rng.random() < new_epsilon
     if explored:  # uniform draws by index: rng.integers costs a fraction of rng.choice
         pick = fresh[int(rng.integers(len(fresh)))]
-    elif rng.random() >= epsilon:
+    elif rng.random() >= e:
         pick = best
     else:
         pick = candidates[int(rng.integers(len(candidates)))]
-    p = (1.0 - epsilon) * (pick == best) + epsilon / len(candidates)
+    p = (1.0 - e) * (pick == best) + e / len(candidates)
     if fresh:
         p = (1.0 - new_epsilon) * p + new_epsilon * bool(new[pick]) / len(fresh)
     return Slate(np.array([*head.index.tolist(), pick], dtype=np.int64),
                  np.array([*head.probability.tolist(), p], dtype=np.float64)), explored
+
+
+# -- exploration: cold start and targets ------------------------------------------------------
+
+def uniform_slate(n: int, k: int, rng: np.random.Generator) -> Slate:
+    """Up to ``k`` of ``n`` items drawn uniformly without replacement: the slot of rank r shows
+    each remaining item with probability 1 / (n - r), the logged probability.
+
+    What a family without a model serves (cold start) and an experiment's random arm: every
+    eligible item equally likely, so the first model learns from all of them alike.
+    """
+    index = rng.permutation(n)[:k]
+    return Slate(index, 1.0 / (n - np.arange(len(index), dtype=np.float64)))
+
+
+def uniform_targets(templates: np.ndarray, layout: np.ndarray, n_grid: int,
+                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Per template (codes into ``layout``, see :func:`target_layout`), a grid row drawn
+    uniformly among the template's targets, and its probability 1 / (its number of targets).
+
+    Cold start of the difficulty family: with no model the whole difficulty curve is unknown,
+    so every allowed target is tried as often as any other.
+    """
+    templates = np.asarray(templates, dtype=np.int64)
+    if len(templates) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    counts = (layout[templates] < n_grid).sum(axis=1)  # a template's rows come first, then pads
+    position = np.minimum((rng.random(len(templates)) * counts).astype(np.int64), counts - 1)
+    return layout[templates, position], 1.0 / counts
+
+
+def target_neighbours(layout: np.ndarray, n_grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per grid row, the grid row of the next lower and of the next higher target of the same
+    template (``n_grid`` where there is none), from :func:`target_layout`'s ``layout``.
+    Computed once per catalog: the request path then looks neighbours up."""
+    lower = np.full(n_grid, n_grid, dtype=np.int64)
+    higher = np.full(n_grid, n_grid, dtype=np.int64)
+    if layout.size:
+        here, left = layout[:, 1:], layout[:, :-1]
+        real = here < n_grid  # a pad has no neighbour (and no row of its own)
+        lower[here[real]] = left[real]
+        higher[left[real]] = here[real]
+    return lower, higher
+
+
+def explore_targets(rows: Sequence[int], lower: Sequence[int], higher: Sequence[int],
+                    n_grid: int, share: float, rng: np.random.Generator
+                    ) -> tuple[list[int], list[float]]:
+    """Around each flow-zone pick (grid ``rows``), its neighbouring targets: the template's
+    next lower and next higher allowed target (``lower`` / ``higher`` per grid row, see
+    :func:`target_neighbours`), each served instead of the pick with probability ``share``
+    when it exists; the pick keeps 1 - share x (its neighbours).
+
+    Returns the grid rows served and P(served target | template picked) per row. Without it
+    the service would only ever log the flow-zone targets, and a difficulty model retrained on
+    its own decisions could never learn the curve around them. One draw for all rows; plain
+    Python over the few rows of a slate (numpy's per-call cost would exceed the work).
+    """
+    if share <= 0 or not len(rows):
+        return list(rows), [1.0] * len(rows)
+    served: list[int] = []
+    probability: list[float] = []
+    for row, u in zip(rows, rng.random(len(rows)).tolist(), strict=True):
+        down, up = int(lower[row]), int(higher[row])
+        has_down, has_up = down < n_grid, up < n_grid
+        cut = share if has_down else 0.0  # the lower neighbour's slice of [0, 1)
+        if has_down and u < share:
+            served.append(down)
+            probability.append(share)
+        elif has_up and cut <= u < cut + share:
+            served.append(up)
+            probability.append(share)
+        else:
+            served.append(int(row))
+            probability.append(1.0 - share * (has_down + has_up))
+    return served, probability

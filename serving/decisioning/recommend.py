@@ -7,6 +7,12 @@ model is called once per request on the whole candidate matrix.
 The catalog can change while serving (``Recommender.set_catalog``): a request reads the
 recommender's current catalog once, with the candidate matrices compiled for it, and uses that
 pair throughout, so a swap never mixes two catalogs in one decision.
+
+Every item is drawn with a known probability, logged with the decision so that the service can
+learn from its own decisions (README "Exploration and the decision log"): outside experiments a
+share of decisions offers no reward (the control group of uplift); a family whose model was
+never promoted explores uniformly (cold start); once it has one, epsilon-greedy slots keep a
+floor per item, and challenge targets move to a neighbour of the flow-zone pick now and then.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from datetime import datetime
@@ -30,20 +36,29 @@ from serving.decisioning.candidates import (
 from serving.contract.vocabulary import (
     MISSING_RATE, NEVER_DAYS, Vocabulary,
 )
-from serving.contract.events import DecisionRecord, ExposureRecord
+from serving.contract.events import DecisionRecord, ExposureRecord, Policy
 from serving.decisioning.ids import random_bits
 from serving.decisioning.ranking import (
-    flow_zone_choice, flow_zone_targets, member_basket, select_slate_exploring_new,
+    explore_targets, flow_zone_choice, flow_zone_targets, member_basket,
+    select_slate_exploring_new, target_neighbours, uniform_slate, uniform_targets,
 )
 from serving.decisioning.catalog import Catalog, model_cutoff_us
 from serving.decisioning.scoring import ScoringModel, scores_from_proba
-from serving.decisioning.rules import Rules, Slate, novelty_factor, select_slate
+from serving.decisioning.rules import Rules, novelty_factor, select_slate
 from serving.contract.schemas import ChallengeOut, RecommendationResponse, RewardOut
 
 DEFAULT_MARGIN = 0.3
 #: Probability that a slate's last reward slot shows a reward new to the reward model
 #: (serving.stores.catalog.CatalogSettings.new_reward_epsilon; README "Catalog").
 NEW_REWARD_EPSILON = 0.1
+#: Defaults of the exploration settings (serving.config.ServeSettings: no_offer_share,
+#: exploration_floor, target_exploration).
+NO_OFFER_SHARE = 0.05
+EXPLORATION_FLOOR = 0.002
+TARGET_EXPLORATION = 0.05
+COLD_START_REASON = "cold start: uniform exploration until a first model is promoted"
+#: The model families, as ``Recommender.recommend``'s ``no_champion`` names them.
+FAMILIES = ("reward", "difficulty")
 log = logging.getLogger("rewards.recommend")
 
 
@@ -80,10 +95,19 @@ class Decision:
     #: the log writer asks for ``record``, off the request path (~30 us a request)
     record_fields: dict[str, Any]
     exposure: ExposureRecord | None = None  # set when the member is in an active experiment
+    #: the member's values and the models' input names: the logged ``features``, built with
+    #: the record, off the request path
+    feature_values: Mapping[str, float] | None = None
+    feature_names: Sequence[str] = ()
 
     @functools.cached_property
     def record(self) -> DecisionRecord:
-        return DecisionRecord(**self.record_fields)
+        fields = self.record_fields
+        if self.feature_values is not None and "features" not in fields:
+            values = self.feature_values
+            fields = {**fields, "features": {n: float(values.get(n, 0.0))
+                                             for n in self.feature_names}}
+        return DecisionRecord(**fields)
 
 
 def cold_start_features(names: list[str], tier: str | None,
@@ -158,6 +182,24 @@ class _Loaded:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.rows: dict[RowsKey, MemberRows] = {}
+        self.logged: dict[tuple[tuple[str, ...], ...], list[str]] = {}
+        #: per grid row, the rows of the next lower and higher target (target exploration),
+        #: as lists: a request looks up a few of them
+        lower, higher = target_neighbours(catalog.target_layout,  # type: ignore[attr-defined]
+                                          len(catalog.targets))
+        self.lower_target, self.higher_target = lower.tolist(), higher.tolist()
+
+    def logged_names(self, models: Sequence[ScoringModel]) -> list[str]:
+        """The member features the models read (their inputs less the item columns), each
+        once, in order: what a decision logs as its ``features``. Cached per model contract."""
+        key = tuple(tuple(m.meta.service_features) for m in models)
+        names = self.logged.get(key)
+        if names is None:
+            items = set(REWARD_ITEM_COLUMNS) | set(CHALLENGE_ITEM_COLUMNS)
+            seen = dict.fromkeys(n for m in models for n in m.meta.service_features
+                                 if n not in items)
+            names = self.logged[key] = list(seen)
+        return names
 
     def member_rows(self, kind: str, service_features: Sequence[str]) -> MemberRows:
         key = (kind, tuple(service_features))
@@ -172,13 +214,26 @@ class Recommender:
     current catalog, replaced whole by ``set_catalog``."""
 
     def __init__(self, catalog: Catalog, rules: Rules, seed: int | None = None,
-                 new_reward_epsilon: float = NEW_REWARD_EPSILON) -> None:
-        if not 0.0 <= new_reward_epsilon <= 1.0:
-            raise ValueError(f"new_reward_epsilon must be in [0, 1], got {new_reward_epsilon}")
+                 new_reward_epsilon: float = NEW_REWARD_EPSILON, *,
+                 no_offer_share: float = NO_OFFER_SHARE,
+                 exploration_floor: float = EXPLORATION_FLOOR,
+                 target_exploration: float = TARGET_EXPLORATION) -> None:
+        for name, value, high in (("new_reward_epsilon", new_reward_epsilon, 1.0),
+                                  ("no_offer_share", no_offer_share, 0.5),
+                                  ("exploration_floor", exploration_floor, 0.5),
+                                  ("target_exploration", target_exploration, 1 / 3)):
+            if not 0.0 <= value <= high:
+                raise ValueError(f"{name} must be in [0, {high:g}], got {value}")
         self._loaded = _Loaded(catalog)
         self.rules = rules
         self.rng = np.random.default_rng(seed)
         self.new_reward_epsilon = new_reward_epsilon
+        #: outside experiments, the probability that a decision asking for rewards offers none
+        self.no_offer_share = no_offer_share
+        #: least probability of each eligible item per slot once its family has a model
+        self.exploration_floor = exploration_floor
+        #: probability of each neighbour of a flow-zone target (difficulty model only)
+        self.target_exploration = target_exploration
         self._cutoffs: dict[tuple[str, str], int | None] = {}
 
     @property
@@ -215,7 +270,14 @@ class Recommender:
                   difficulty_model: ScoringModel | None, *, k_rewards: int, k_challenges: int,
                   channel: str, exclude: set[str], now: datetime, cost_multiplier: float,
                   tier_hint: str | None = None, arm: str | None = None,
-                  experiment_id: str | None = None) -> Decision:
+                  experiment_id: str | None = None,
+                  no_champion: Collection[str] = ()) -> Decision:
+        """One member's decision and its log record.
+
+        A family ("reward", "difficulty") passed without a model is in cold start when it is
+        in ``no_champion`` (no model was ever promoted: uniform exploration, not degraded),
+        else it falls back to the rules (its model is broken: degraded).
+        """
         loaded = self._loaded  # this request's catalog, whatever set_catalog does meanwhile
         vocabulary = loaded.catalog.vocabulary
         reasons = list(facts.degraded_reasons)
@@ -231,37 +293,58 @@ class Recommender:
             features = facts.features
         history = facts.features is not None and personalized
         tier_rank = features.get("tier_rank", 0.0)
+        reward_cold = reward_model is None and "reward" in no_champion
+        difficulty_cold = difficulty_model is None and "difficulty" in no_champion
+        fell_back: list[str] = []  # families whose model failed in this decision
 
+        # The no-offer draw (outside experiments, whose arms decide who gets what): the
+        # control group uplift is learnt from. Drawn first, so a withheld offer costs no
+        # reward scoring; no draw at all with a share of 0 (the random stream is unchanged).
+        no_offer_p = self.no_offer_share if arm is None and k_rewards > 0 else None
+        no_offer = bool(no_offer_p) and self.rng.random() < self.no_offer_share
         # Experiment arms (serving.experiments.definition.ARM_BEHAVIOUR): the reward model scores
         # in every arm, so the model's uplift score is logged for holdout members too (Qini).
-        rewards, reward_items, uplift_score = self._rewards(loaded, features, tier_rank,
-                                              reward_model,
-                                              max(k_rewards, 1) if arm else k_rewards,
-                                              exclude, facts.recent, now, cost_multiplier,
-                                              reasons, history, personalized,
-                                              random_arm=arm == "random")
+        rewards: list[RewardOut]
+        reward_items: list[dict[str, Any]]
+        uplift_score: float | None
+        if no_offer:
+            rewards, reward_items, uplift_score = [], [], None
+        else:
+            rewards, reward_items, uplift_score = self._rewards(
+                loaded, features, tier_rank, reward_model,
+                max(k_rewards, 1) if arm else k_rewards, exclude, facts.recent, now,
+                cost_multiplier, reasons, history, personalized, random_arm=arm == "random",
+                cold=reward_cold, offer_share=1.0 - (no_offer_p or 0.0), fell_back=fell_back)
         if arm is not None:
             rewards, reward_items = rewards[:k_rewards], reward_items[:k_rewards]
+        challenges: list[ChallengeOut]
+        challenge_items: list[dict[str, Any]]
         if arm == "holdout":
             rewards, reward_items, challenges, challenge_items = [], [], [], []
         else:
             challenges, challenge_items = self._challenges(
                 loaded, features, difficulty_model, k_challenges, exclude, facts.recent, now,
-                reasons, history)
-        versions = {m.meta.name: m.meta.version for m in (reward_model, difficulty_model) if m}
+                reasons, history, cold=difficulty_cold, fell_back=fell_back)
+        models = [m for m in (reward_model, difficulty_model) if m is not None]
+        versions = {m.meta.name: m.meta.version for m in models}
+        policy: Policy = (
+            "fallback" if fell_back or (reward_model is None and not reward_cold)
+            or (difficulty_model is None and not difficulty_cold)
+            else "cold_start" if reward_cold or difficulty_cold else "model")
         decision_id = new_decision_id()
         response = RecommendationResponse(
             decision_id=decision_id, member_id=facts.member_id, rewards=rewards,
             challenges=challenges, model_versions=versions, experiment_arm=arm,
             experiment_id=experiment_id,
             personalized=history, cold_start=cold, degraded=bool(reasons),
-            degraded_reasons=reasons, cost_multiplier=round(cost_multiplier, 4))
+            degraded_reasons=reasons, cost_multiplier=round(cost_multiplier, 4), policy=policy)
         record = dict(
             decision_id=decision_id, member_id=facts.member_id, created_at=now, channel=channel,
             arm=arm, experiment_id=experiment_id, model_versions=versions,
             items=reward_items + challenge_items,
             flags={"personalized": response.personalized, "cold_start": cold,
-                   "degraded": response.degraded})
+                   "degraded": response.degraded, "no_offer": no_offer},
+            policy=policy, no_offer_probability=no_offer_p)
         exposure = None
         if experiment_id is not None and arm is not None:
             exposure = ExposureRecord(
@@ -269,7 +352,10 @@ class Recommender:
                 decision_id=decision_id, channel=channel,
                 tier=_tier_of(features, vocabulary.tiers),
                 uplift_score=uplift_score)
-        return Decision(response, record, exposure)
+        if not models:  # cold start: no model contract names the inputs; the first model will
+            # learn from these decisions, so log every member value the service read
+            return Decision(response, record, exposure, features, sorted(features))
+        return Decision(response, record, exposure, features, loaded.logged_names(models))
 
     # -- rewards ------------------------------------------------------------------------------
 
@@ -277,9 +363,15 @@ class Recommender:
                  model: ScoringModel | None,
                  k: int, exclude: set[str], recent: dict[str, datetime], now: datetime,
                  lam: float, reasons: list[str], history: bool, consent: bool,
-                 random_arm: bool = False
+                 random_arm: bool = False, cold: bool = False, offer_share: float = 1.0,
+                 fell_back: list[str] | None = None
                  ) -> tuple[list[RewardOut], list[dict[str, Any]], float | None]:
-        """Ranked rewards, their log items, and the model's uplift for its first offer."""
+        """Ranked rewards, their log items, and the model's uplift for its first offer.
+
+        ``cold``: no reward model was ever promoted, the rewards are drawn uniformly.
+        ``offer_share``: the probability that this decision offers rewards at all (1 - the
+        no-offer share), a factor of every shown probability.
+        """
         catalog = loaded.catalog
         cat = catalog.reward_cols  # type: ignore[attr-defined]
         ok = np.ones(len(cat["reward_id"]), dtype=bool)
@@ -295,6 +387,8 @@ class Recommender:
             return [], [], None
         n = len(idx)
         cost = cat["cost"][idx].astype(np.float64)
+        if cold and not random_arm:
+            return self._uniform_rewards(cat, idx, cost, k, offer_share)
         if model is not None:
             try:
                 # the eligible rewards' rows, then the no-offer row (last in the compiled matrix)
@@ -304,8 +398,11 @@ class Recommender:
             except Exception as exc:  # noqa: BLE001 - a broken model degrades, never fails
                 reasons.append(f"reward model error: {type(exc).__name__}")
                 model = None
-        if model is None:
+                if fell_back is not None:
+                    fell_back.append("reward")
+        if model is None and not cold:  # cold: the random arm of an experiment, below
             reasons.append("reward model unavailable: cheapest eligible rewards")
+        if model is None:
             value = -cost
             scores = {"propensity": np.full(n, np.nan), "uplift": np.full(n, np.nan)}
         else:
@@ -323,14 +420,14 @@ class Recommender:
         slate, explored = select_slate_exploring_new(
             ranked, catalog.reward_category_index[idx], k,  # type: ignore[attr-defined]
             self.rules.diversity.max_per_category, self.rules.exploration.epsilon, self.rng,
-            self.new_rewards(catalog, model)[idx], self.new_reward_epsilon)
+            self.new_rewards(catalog, model)[idx], self.new_reward_epsilon,
+            self.exploration_floor)
         model_uplift = None
         if model is not None and len(slate.index):
             # what the model expects its first offer to add: the score the Qini curve ranks by
             model_uplift = _f(scores["uplift"][slate.index[0]])
         if random_arm:  # uniform over eligible rewards, drawn without replacement
-            index = self.rng.permutation(n)[:k]
-            slate, explored = Slate(index, 1.0 / (n - np.arange(len(index)))), False
+            slate, explored = uniform_slate(n, k, self.rng), False
         out, items = [], []
         for rank, (i, p) in enumerate(zip(slate.index.tolist(), slate.probability.tolist(),
                                           strict=True)):
@@ -342,6 +439,7 @@ class Recommender:
                 reason = "exploring a reward new to the model: no history to rank it by yet"
             else:
                 reason = _reward_reason(scores, i, value[i], history, consent, model)
+            p *= offer_share
             out.append(_item_out(RewardOut,
                 reward_id=reward_id, name=cat["name"][j], type=cat["reward_type"][j],
                 category=cat["category"][j], propensity=_f(scores["propensity"][i]),
@@ -351,13 +449,38 @@ class Recommender:
                                       score=item_value, shown_probability=p, cost=item_cost))
         return out, items, model_uplift
 
+    def _uniform_rewards(self, cat: Mapping[str, np.ndarray], idx: np.ndarray,
+                         cost: np.ndarray, k: int, offer_share: float
+                         ) -> tuple[list[RewardOut], list[dict[str, Any]], None]:
+        """Cold start: up to k of the eligible rewards ``idx`` drawn uniformly without
+        replacement (diversity caps do not apply, as in an experiment's random arm: every
+        eligible reward equally likely), each shown with offer_share / (n - rank)."""
+        slate = uniform_slate(len(idx), k, self.rng)
+        out, items = [], []
+        for rank, (i, p) in enumerate(zip(slate.index.tolist(), slate.probability.tolist(),
+                                          strict=True)):
+            j, p = int(idx[i]), p * offer_share
+            reward_id, item_cost = cat["reward_id"][j], float(cost[i])
+            out.append(_item_out(RewardOut,
+                reward_id=reward_id, name=cat["name"][j], type=cat["reward_type"][j],
+                category=cat["category"][j], propensity=0.0, uplift=0.0, expected_value=0.0,
+                cost=item_cost, shown_probability=round(p, 6), reason=COLD_START_REASON))
+            items.append(dict(item_type="reward", item_id=reward_id, rank=rank, score=0.0,
+                              shown_probability=p, cost=item_cost))
+        return out, items, None
+
     # -- challenges ---------------------------------------------------------------------------
 
     def _challenges(self, loaded: _Loaded, features: dict[str, float],
                     model: ScoringModel | None, k: int,
                     exclude: set[str], recent: dict[str, datetime], now: datetime,
-                    reasons: list[str], history: bool
+                    reasons: list[str], history: bool, cold: bool = False,
+                    fell_back: list[str] | None = None
                     ) -> tuple[list[ChallengeOut], list[dict[str, Any]]]:
+        """Challenges and their log items: templates ranked by the engagement value of each
+        one's flow-zone target, then (with a difficulty model) each shown template's target
+        moved to a neighbour with a small logged probability. ``cold``: no difficulty model
+        was ever promoted, templates and targets are drawn uniformly."""
         catalog = loaded.catalog
         cols = catalog.target_cols  # type: ignore[attr-defined]
         cooldown = self.rules.frequency.challenge_cooldown_days
@@ -370,6 +493,8 @@ class Recommender:
             return [], []
         grid = slice(None) if rows is None else rows
         template, target = catalog.target_template_index[grid], cols["target"][grid]  # type: ignore[attr-defined]
+        if cold:
+            return self._uniform_challenges(loaded, template, rows is None, k)
         flow = self.rules.challenges.flow_zone
         if model is not None:
             try:
@@ -379,6 +504,8 @@ class Recommender:
             except Exception as exc:  # noqa: BLE001
                 reasons.append(f"difficulty model error: {type(exc).__name__}")
                 model = None
+                if fell_back is not None:
+                    fell_back.append("difficulty")
         if model is None:
             reasons.append("difficulty model unavailable: easiest targets")
             p = np.full(len(target), np.nan)
@@ -399,14 +526,27 @@ class Recommender:
             value = value * novelty_factor(_days_since(cols["challenge_id"][picked], recent, now),
                                            nov.window_days, nov.decay)
         slate = select_slate(value, catalog.target_kind_index[picked], k, 1,  # type: ignore[attr-defined]
-                             self.rules.exploration.epsilon, self.rng)
+                             self.rules.exploration.epsilon, self.rng, self.exploration_floor)
+        shown = picked[slate.index].tolist()
+        served, target_p = shown, [1.0] * len(shown)
+        if model is not None and self.target_exploration > 0:
+            served, target_p = explore_targets(shown, loaded.lower_target, loaded.higher_target,
+                                               len(cols["target"]), self.target_exploration,
+                                               self.rng)
         out, items = [], []
         for rank, (i, prob) in enumerate(zip(slate.index.tolist(), slate.probability.tolist(),
                                              strict=True)):
-            j = int(picked[i])
-            pc, row_target = _f(picked_p[i]), float(cols["target"][j])
+            j, tp = served[rank], target_p[rank]
+            prob *= tp
+            # a neighbour's prediction: p is over the allowed rows, ascending in the grid
+            pc = _f(picked_p[i] if j == shown[rank]
+                    else p[j if rows is None else int(np.searchsorted(rows, j))])
+            row_target = float(cols["target"][j])
             if model is None:
                 reason = "model unavailable: easiest target"
+            elif j != shown[rank]:
+                reason = (f"exploring a target next to the flow-zone pick ({pc:.0%} predicted "
+                          "completion)")
             elif history:
                 reason = (f"target {row_target:g} {cols['unit'][j]} puts predicted completion "
                           f"at {pc:.0%}, nearest the {flow:.0%} flow zone")
@@ -419,7 +559,36 @@ class Recommender:
                 points=int(cols["points"][j]), shown_probability=round(prob, 6), reason=reason))
             items.append(dict(item_type="challenge", item_id=cols["challenge_id"][j],
                                       rank=rank, score=float(value[i]), shown_probability=prob,
-                                      target=row_target))
+                                      target=row_target, target_probability=tp))
+        return out, items
+
+    def _uniform_challenges(self, loaded: _Loaded, template: np.ndarray, whole_grid: bool,
+                            k: int) -> tuple[list[ChallengeOut], list[dict[str, Any]]]:
+        """Cold start: up to k allowed templates (codes of the allowed grid rows' templates
+        in ``template``) drawn uniformly without replacement (no cap per kind: every template
+        equally likely), each with a target drawn uniformly among its allowed ones; shown with
+        1 / (n_templates - rank) x 1 / n_targets."""
+        catalog = loaded.catalog
+        cols = catalog.target_cols  # type: ignore[attr-defined]
+        layout = catalog.target_layout  # type: ignore[attr-defined]
+        allowed = np.arange(len(layout)) if whole_grid else np.unique(template)
+        slate = uniform_slate(len(allowed), k, self.rng)
+        served, target_p = uniform_targets(allowed[slate.index], layout, len(cols["target"]),
+                                           self.rng)
+        out, items = [], []
+        for rank, (prob, row, tp) in enumerate(zip(slate.probability.tolist(), served.tolist(),
+                                                   target_p.tolist(), strict=True)):
+            prob *= tp
+            row_target = float(cols["target"][row])
+            out.append(_item_out(ChallengeOut,
+                challenge_id=cols["challenge_id"][row], name=cols["name"][row],
+                kind=cols["kind"][row], target=row_target, unit=cols["unit"][row],
+                duration_days=int(cols["duration_days"][row]), completion_probability=0.0,
+                points=int(cols["points"][row]), shown_probability=round(prob, 6),
+                reason=COLD_START_REASON))
+            items.append(dict(item_type="challenge", item_id=cols["challenge_id"][row],
+                              rank=rank, score=0.0, shown_probability=prob, target=row_target,
+                              target_probability=tp))
         return out, items
 
 

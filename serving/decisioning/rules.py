@@ -103,13 +103,23 @@ class Slate:
     probability: np.ndarray
 
 
+def slot_epsilon(epsilon: float, n_candidates: int, floor: float) -> float:
+    """A slot's exploration weight: ``epsilon``, raised to ``n_candidates x floor`` (at most 1)
+    so that each of the slot's candidates is shown with probability at least ``floor``
+    (e / n of the uniform draw): no eligible item is ever out of off-policy evaluation's
+    support, however the model ranks it."""
+    return min(1.0, max(epsilon, n_candidates * floor))
+
+
 def select_slate(value: np.ndarray, category: np.ndarray, k: int, max_per_category: int,
-                 epsilon: float, rng: np.random.Generator) -> Slate:
+                 epsilon: float, rng: np.random.Generator, floor: float = 0.0) -> Slate:
     """Greedy top-k under a per-category cap, with epsilon-greedy exploration per slot.
 
-    In each slot the best remaining item is taken with probability 1 - epsilon, otherwise a
+    In each slot the best remaining item is taken with probability 1 - e, otherwise a
     uniformly drawn remaining item; the logged probability of the shown item is
-    (1 - eps) x [it is the best] + eps / n_remaining, which is what off-policy evaluation needs.
+    (1 - e) x [it is the best] + e / n_remaining, which is what off-policy evaluation needs.
+    e is ``epsilon``, raised where needed so that every candidate keeps ``floor``
+    (:func:`slot_epsilon`); with ``floor`` 0 it is ``epsilon``, draws included.
     """
     # Plain Python over a pre-sorted order: slates are a few items out of a few dozen, where
     # numpy's per-call overhead (the earlier vectorized loop) cost more than the work itself.
@@ -136,13 +146,14 @@ def select_slate(value: np.ndarray, category: np.ndarray, k: int, max_per_catego
             break
         best = next(i for i in order
                     if remaining[i] and per_cat.get(cat_code[i], 0) < max_per_category)
-        if rng.random() >= epsilon:
+        e = slot_epsilon(epsilon, n_candidates, floor)
+        if rng.random() >= e:
             pick = best
         else:
             candidates = [i for i, r in enumerate(remaining)
                           if r and per_cat.get(cat_code[i], 0) < max_per_category]
             pick = int(rng.choice(np.array(candidates, dtype=np.int64)))
-        probs.append((1.0 - epsilon) * (pick == best) + epsilon / n_candidates)
+        probs.append((1.0 - e) * (pick == best) + e / n_candidates)
         chosen.append(pick)
         remaining[pick] = False
         c = cat_code[pick]

@@ -94,6 +94,9 @@ class ModelSlot:
     current: LoadedModel | None = None
     last_error: str | None = None
     refusals: int = 0
+    #: what the registry last said: True a champion exists (loaded or not), False none was
+    #: ever promoted, None not known (not asked yet, or the registry was unreachable)
+    champion_registered: bool | None = None
 
 
 @dataclass
@@ -110,6 +113,14 @@ class ModelManager:
 
     def get(self, name: str) -> LoadedModel | None:
         return self.slots[name].current
+
+    def never_promoted(self, name: str) -> bool:
+        """True while the registry has no champion of ``name`` and none is loaded: the
+        family's cold start (rules with uniform exploration, not degraded), as opposed to a
+        champion that failed to load or to predict (the degraded fallback). Read from what
+        the last refresh learnt, so the request path never asks the registry."""
+        slot = self.slots[name]
+        return slot.current is None and slot.champion_registered is False
 
     def versions(self) -> dict[str, str]:
         return {n: s.current.meta.version for n, s in self.slots.items() if s.current}
@@ -129,7 +140,9 @@ class ModelManager:
             slot.last_error = f"registry unavailable: {exc}"
             return "registry unavailable"
         if found is None:
+            slot.champion_registered = False
             return "no champion"
+        slot.champion_registered = True
         version, path = found
         if slot.current is not None and slot.current.meta.version == version:
             return f"unchanged v{version}"

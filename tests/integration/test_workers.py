@@ -111,8 +111,12 @@ def check_metrics_cover_every_worker(port: int, decisions: int, pids: set[int]) 
 def check_reload_reaches_every_worker(port: int, key: str, store, pids: set[int]) -> None:  # noqa: ANN001
     """POST /v1/admin/reload reaches one worker; it answers once both run the new champion
     (model polling is off here, so only the reload can have told the other one)."""
+    import mlflow
     from mlflow import MlflowClient
 
+    # the registry resolves a models:/ source through the process-wide tracking URI, which an
+    # earlier test may have pointed at its own store
+    mlflow.set_tracking_uri(store.tracking_uri)
     registry = MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
     old = registry.get_model_version_by_alias("reward", "champion")
     new = registry.create_model_version("reward", source=old.source, run_id=old.run_id)

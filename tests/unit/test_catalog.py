@@ -388,7 +388,9 @@ def test_the_recommender_explores_new_rewards_and_swaps_catalogs() -> None:
     challenges = pd.DataFrame([challenge()])
     old = Catalog.build(pd.DataFrame(rows), challenges, vocabulary=VOCAB, version=1)
     rules = Rules.model_validate({"exploration": {"epsilon": 0.0}})
-    rec = Recommender(old, rules, seed=1, new_reward_epsilon=1.0)
+    # no no-offer draws nor exploration floor: this test is about new rewards alone
+    rec = Recommender(old, rules, seed=1, new_reward_epsilon=1.0, no_offer_share=0.0,
+                      exploration_floor=0.0)
     model = _CostModel(["tier_rank", "reward_type_code", "reward_category_code", "reward_cost",
                         "reward_min_tier_rank"])
     facts = MemberFacts("M-1", {"tier_rank": 0.0}, True)

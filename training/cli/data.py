@@ -65,8 +65,11 @@ def simulate(
 
 def build_store_features(settings: StoreSettings, *, start: str | None = None,
                          end: str | None = None, out: Path | None = None,
-                         chunk_size: int = 20_000, progress: bool = True) -> dict[str, Any]:
-    """Features, labelled decisions and history.json from the event store (and the catalog)."""
+                         chunk_size: int = 20_000, progress: bool = True,
+                         as_of: Any = None) -> dict[str, Any]:
+    """Features, labelled decisions and history.json from the event store (and the catalog).
+
+    ``as_of`` (a tz-aware instant): read the store as of then (`rewards retrain`)."""
     import pandas as pd
 
     from serving.stores.events import open_event_store
@@ -92,7 +95,7 @@ def build_store_features(settings: StoreSettings, *, start: str | None = None,
         meta, counts = build_from_store(
             store, rewards, challenges, vocabulary, out or settings.features_dir,
             window_days=settings.attribution_window_days, margin=settings.margin,
-            start=first, end=until, chunk_size=chunk_size,
+            start=first, end=until, as_of=as_of, chunk_size=chunk_size,
             progress=progress)
     finally:
         store.close()
@@ -243,7 +246,8 @@ def features_materialize(
     materialize(_settings(data_dir), apply=apply)
 
 
-def materialize(settings: StoreSettings, apply: bool = True) -> dict[str, Any]:
+def materialize(settings: StoreSettings, apply: bool = True, echo: bool = True
+                ) -> dict[str, Any]:
     """Load the world's latest features into the online store (applying the repo first)."""
     from training.data.feast_ops import apply_repo, materialize_world
     from training.data.history import read_history_meta
@@ -257,5 +261,6 @@ def materialize(settings: StoreSettings, apply: bool = True) -> dict[str, Any]:
     materialize_world(settings, start, meta.days)
     result = {"materialized_through": str(meta.end_ts.date()),
               "seconds": round(time.perf_counter() - t0, 1)}
-    typer.echo(json.dumps(result))
+    if echo:
+        typer.echo(json.dumps(result))
     return result

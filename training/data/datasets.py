@@ -45,14 +45,30 @@ class TimeSplit:
         take long to resolve (a 14-day challenge started near the end is not yet labelled).
         """
         start, end = meta.start_ts, meta.end_ts
-        span = int((decisions.max() - start) / pd.Timedelta(days=1)) + 1 if len(decisions) else 0
+        # the span runs from the first decision's day: a program whose history predates its
+        # first logged decision (a service that started later) still splits its decisions
+        first = max(decisions.min().floor("D"), start) if len(decisions) else start
+        span = int((decisions.max() - first) / pd.Timedelta(days=1)) + 1 if len(decisions) else 0
         test_days = max(1, round(span * test_share))
         valid_days = max(1, round(span * valid_share))
         if test_days + valid_days >= span:
             raise ValueError(f"decisions span {span} days: too short to split into "
                              "train/valid/test; simulate more days")
-        test_from = start + pd.Timedelta(days=span - test_days)
-        return cls(start, test_from - pd.Timedelta(days=valid_days), test_from, end)
+        test_from = first + pd.Timedelta(days=span - test_days)
+        split = cls(start, test_from - pd.Timedelta(days=valid_days), test_from, end)
+        if set(split.part(decisions)) == {"train", "valid", "test"}:
+            return split
+        # Decisions with gaps between them (a service deciding in rounds, a campaign calendar):
+        # a share of days can fall in a gap and leave a period empty, so take day boundaries
+        # at shares of the decisions instead.
+        days = decisions.dt.floor("D").value_counts().sort_index()
+        after = days[::-1].cumsum()[::-1] / days.sum()  # share of decisions on or after a day
+        test_day = after[after >= test_share].index.max()
+        valid_day = after[after >= test_share + valid_share].index.max()
+        if not (days.index.min() < valid_day < test_day):
+            raise ValueError(f"decisions on {len(days)} days: too few to split into "
+                             "train/valid/test; simulate more days")
+        return cls(start, valid_day, test_day, end)
 
     def part(self, ts: pd.Series) -> np.ndarray:
         """'train' | 'valid' | 'test' for each decision timestamp."""
@@ -75,10 +91,15 @@ class Dataset:
     split: TimeSplit
     #: the catalog vocabulary the features were built with (derived inputs pick by it)
     vocabulary: Vocabulary
+    #: per-row training weights (None: all 1), see :func:`logging_weights`
+    weight: np.ndarray | None = None
 
     def subset(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         mask = self.part == name
         return self.X[mask], self.y[mask]
+
+    def weights(self, name: str) -> np.ndarray | None:
+        return None if self.weight is None else self.weight[self.part == name]
 
     @property
     def input_names(self) -> list[str]:
@@ -93,8 +114,37 @@ class Dataset:
         return h.hexdigest()[:16]
 
 
+#: Cap of a row's weight, in multiples of the median weight of its source: a rare action shown
+#: with a tiny exploration probability must not dominate a fit.
+WEIGHT_CAP = 20.0
+
+
+def logging_weights(rows: pd.DataFrame, probability: str = "propensity") -> np.ndarray | None:
+    """Inverse-probability weights for decisions the service chose with a non-uniform policy.
+
+    The service's model policy shows its favourite items far more often than the rest, so an
+    unweighted fit learns the favourites' region well and the others' badly; weighting each of
+    its rows by 1 / (logged probability) gives the fit the action mix of a uniform policy.
+    Imported rows and rows of uniform policies (cold start) keep weight 1 (their probabilities
+    are uniform already, or unknown). Weights are capped at WEIGHT_CAP x their median and scaled
+    to mean 1 among the weighted rows. None when no row needs a weight.
+    """
+    if "policy" not in rows or probability not in rows:
+        return None
+    chosen = (rows["policy"] == "model").to_numpy()
+    p = rows[probability].to_numpy(dtype=np.float64)
+    chosen &= np.isfinite(p) & (p > 0)
+    if not chosen.any():
+        return None
+    raw = 1.0 / p[chosen]
+    raw = np.minimum(raw, WEIGHT_CAP * float(np.median(raw)))
+    weight = np.ones(len(rows))
+    weight[chosen] = raw / raw.mean()
+    return weight
+
+
 def _final_outcomes(logged: pd.DataFrame, meta: HistoryMeta) -> pd.DataFrame:
-    known = logged[logged["outcome_timestamp"] < meta.end_ts]
+    known = logged[logged["outcome_timestamp"] < meta.known_until]
     return known.sort_values(["event_timestamp", "member_id"], kind="stable").reset_index(drop=True)
 
 
@@ -123,7 +173,8 @@ def reward_dataset(store: StoreSettings, features_dir: Path, shares: tuple[float
     X = reward_matrix(cols, treated, service_features, vocabulary)
     y = np.where(joined["redeemed"] == 1, 2, np.where(joined["converted"] == 1, 1, 0))
     return Dataset(X, y.astype(np.int64), split.part(joined["event_timestamp"]), joined,
-                   list(service_features), list(REWARD_DERIVED), split, vocabulary)
+                   list(service_features), list(REWARD_DERIVED), split, vocabulary,
+                   logging_weights(joined))
 
 
 def difficulty_dataset(store: StoreSettings, features_dir: Path, shares: tuple[float, float],
@@ -143,8 +194,10 @@ def difficulty_dataset(store: StoreSettings, features_dir: Path, shares: tuple[f
     vocabulary = built_vocabulary(features_dir)
     X = difficulty_matrix(cols, joined["target"].to_numpy(), service_features, vocabulary)
     y = joined["completed"].to_numpy(dtype=np.int64)
+    # the target was randomized around the flow-zone pick: weight by its probability
     return Dataset(X, y, split.part(joined["event_timestamp"]), joined,
-                   list(service_features), list(DIFFICULTY_DERIVED), split, vocabulary)
+                   list(service_features), list(DIFFICULTY_DERIVED), split, vocabulary,
+                   logging_weights(joined, "target_probability"))
 
 
 def _require_complete(frame: pd.DataFrame, features: list[str], service: str) -> None:

@@ -15,6 +15,7 @@ built for, so training splits and labels against the same window.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,10 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from training.data.decision_log import (
+    ASSIGNMENT_COLUMNS, OFFER_COLUMNS, assignments_from_log, attribute_by_item, combine,
+    offers_from_log,
+)
 from training.data.features import World, build_features
 
 if TYPE_CHECKING:
@@ -52,6 +57,8 @@ class HistoryMeta(BaseModel):
     events: int = Field(0, ge=0)
     margin: float = Field(0.3, gt=0)
     attribution_window_days: int = Field(7, gt=0)
+    as_of: str | None = Field(None, description="the instant the store was read as of (a "
+                              "retrain's snapshot); None: through the end of the calendar")
 
     @property
     def start_ts(self) -> pd.Timestamp:
@@ -61,6 +68,11 @@ class HistoryMeta(BaseModel):
     def end_ts(self) -> pd.Timestamp:
         """First instant after the history (outcomes at or after it are not known yet)."""
         return self.start_ts + pd.Timedelta(days=self.days)
+
+    @property
+    def known_until(self) -> pd.Timestamp:
+        """Outcomes at or after this instant were not known when the history was read."""
+        return pd.Timestamp(self.as_of) if self.as_of else self.end_ts
 
 
 def history_exists(features_dir: Path) -> bool:
@@ -114,14 +126,9 @@ def calendar(events: pd.Series, start: pd.Timestamp | None = None,
     return start, days
 
 
-def derive_offers(events: pd.DataFrame, window_days: int) -> pd.DataFrame:
-    """Reward decisions (impressions of a reward and holdouts) with their outcomes.
-
-    Columns: decision_id, member_id, event_timestamp, reward_id ('' for a holdout), treated,
-    propensity, redeemed, converted, spend, outcome_timestamp. An outcome counts when its event
-    carries the decision's id and happens before the window closes; a redemption must also name
-    the offered reward when it names one.
-    """
+def offer_rows(events: pd.DataFrame) -> pd.DataFrame:
+    """Reward decisions of an imported history: impressions of a reward (treated offers) and
+    holdouts (controls), with the probability the program logged, if any."""
     kind = events["event_type"]
     is_offer = ((kind == "impression") & events["reward_id"].notna()) | (kind == "holdout")
     offers = events.loc[is_offer, ["decision_id", "member_id", "event_timestamp", "reward_id",
@@ -129,9 +136,31 @@ def derive_offers(events: pd.DataFrame, window_days: int) -> pd.DataFrame:
     offers = offers[offers["decision_id"].notna()]
     offers["treated"] = (kind[offers.index] == "impression").to_numpy()
     offers["reward_id"] = offers["reward_id"].fillna("").astype(str)
-    offers["outcome_timestamp"] = offers["event_timestamp"] + pd.Timedelta(days=window_days)
     offers = offers.drop_duplicates(["decision_id", "reward_id"])
+    offers["source"], offers["policy"], offers["slot"] = "import", "", 0
+    return offers[OFFER_COLUMNS].reset_index(drop=True)
 
+
+def assignment_rows(events: pd.DataFrame) -> pd.DataFrame:
+    """Challenge decisions of an imported history: impressions of a template with a target."""
+    kind = events["event_type"]
+    rows = events[(kind == "impression") & events["challenge_id"].notna()
+                  & events["decision_id"].notna() & events["target"].notna()]
+    asg = rows[["decision_id", "member_id", "event_timestamp", "challenge_id", "target",
+                "propensity"]].drop_duplicates(["decision_id", "challenge_id"]).copy()
+    asg["target_probability"] = np.nan
+    asg["source"], asg["policy"], asg["slot"] = "import", "", 0
+    return asg[ASSIGNMENT_COLUMNS].reset_index(drop=True)
+
+
+def label_offers(offers: pd.DataFrame, events: pd.DataFrame, window_days: int) -> pd.DataFrame:
+    """Offers with their outcomes: redeemed, converted, spend, outcome_timestamp (the window's
+    end). An outcome counts when its event carries the decision's id (given, or attributed by
+    ``training.data.decision_log.attribute_by_item``) and happens before the window closes; a
+    redemption must also name the offered reward when it names one."""
+    offers = offers.copy()
+    offers["outcome_timestamp"] = offers["event_timestamp"] + pd.Timedelta(days=window_days)
+    kind = events["event_type"]
     outcomes = events[events["decision_id"].notna()
                       & kind.isin(("purchase", "redemption"))]
     keyed = offers[["decision_id", "reward_id", "event_timestamp", "outcome_timestamp"]]
@@ -151,22 +180,15 @@ def derive_offers(events: pd.DataFrame, window_days: int) -> pd.DataFrame:
     offers["converted"] = converted.astype(np.int8)
     offers["spend"] = np.round(spend.reindex(index).astype("float64").fillna(0.0).to_numpy(), 2)
     offers["propensity"] = offers["propensity"].astype("float64")
-    return _ordered(offers, ["decision_id", "member_id", "event_timestamp", "reward_id",
-                             "treated", "propensity", "redeemed", "converted", "spend",
+    return _ordered(offers, [*OFFER_COLUMNS, "redeemed", "converted", "spend",
                              "outcome_timestamp"])
 
 
-def derive_assignments(events: pd.DataFrame, challenges: pd.DataFrame) -> pd.DataFrame:
-    """Challenge decisions (impressions of a template with a target) with their outcomes.
-
-    Columns: decision_id, member_id, event_timestamp, challenge_id, target, propensity,
-    completed, outcome_timestamp (the completion, else the end of the challenge's duration).
-    """
+def label_assignments(asg: pd.DataFrame, events: pd.DataFrame,
+                      challenges: pd.DataFrame) -> pd.DataFrame:
+    """Assignments with their outcomes: completed, outcome_timestamp (the completion, else the
+    end of the challenge's duration). Templates the catalog does not know are left out."""
     kind = events["event_type"]
-    rows = events[(kind == "impression") & events["challenge_id"].notna()
-                  & events["decision_id"].notna() & events["target"].notna()]
-    asg = rows[["decision_id", "member_id", "event_timestamp", "challenge_id", "target",
-                "propensity"]].drop_duplicates(["decision_id", "challenge_id"])
     duration = asg["challenge_id"].map(challenges.set_index("challenge_id")["duration_days"])
     asg = asg[duration.notna()].copy()
     end = asg["event_timestamp"] + pd.to_timedelta(duration[asg.index].astype("int64"), unit="D")
@@ -183,8 +205,40 @@ def derive_assignments(events: pd.DataFrame, challenges: pd.DataFrame) -> pd.Dat
     asg["outcome_timestamp"] = finished_ts.where(completed, end)
     asg["target"] = asg["target"].astype("float64")
     asg["propensity"] = asg["propensity"].astype("float64")
-    return _ordered(asg, ["decision_id", "member_id", "event_timestamp", "challenge_id",
-                          "target", "propensity", "completed", "outcome_timestamp"])
+    return _ordered(asg, [*ASSIGNMENT_COLUMNS, "completed", "outcome_timestamp"])
+
+
+def derive_offers(events: pd.DataFrame, window_days: int) -> pd.DataFrame:
+    """Reward decisions of an imported history with their outcomes (:func:`offer_rows`,
+    :func:`label_offers`)."""
+    return label_offers(offer_rows(events), events, window_days)
+
+
+def derive_assignments(events: pd.DataFrame, challenges: pd.DataFrame) -> pd.DataFrame:
+    """Challenge decisions of an imported history with their outcomes."""
+    return label_assignments(assignment_rows(events), events, challenges)
+
+
+@dataclass
+class Decisions:
+    """Labelled decisions of both sources, and the attributed outcome events (for the report)."""
+
+    offers: pd.DataFrame
+    assignments: pd.DataFrame
+    events: pd.DataFrame
+    imported_duplicates: int
+
+
+def labelled_decisions(events: pd.DataFrame, decisions: pd.DataFrame, items: pd.DataFrame,
+                       challenges: pd.DataFrame, window_days: int) -> Decisions:
+    """Imported decisions and the service's own (its decision log), outcomes attributed by
+    decision id, else by member and item within the window, then labelled."""
+    offers, dup_o = combine(offer_rows(events), offers_from_log(decisions, items))
+    asg, dup_a = combine(assignment_rows(events), assignments_from_log(decisions, items))
+    durations = challenges.set_index("challenge_id")["duration_days"]
+    attributed = attribute_by_item(events, offers, asg, window_days, durations)
+    return Decisions(label_offers(offers, attributed, window_days),
+                     label_assignments(asg, attributed, challenges), attributed, dup_o + dup_a)
 
 
 def _ordered(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -198,28 +252,50 @@ def _ordered(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 def load_history(events_store: EventStore, rewards: pd.DataFrame, challenges: pd.DataFrame,
                  vocabulary: Vocabulary, *, window_days: int,
-                 start: pd.Timestamp | None = None, end: pd.Timestamp | None = None) -> World:
+                 start: pd.Timestamp | None = None, end: pd.Timestamp | None = None,
+                 as_of: pd.Timestamp | None = None) -> World:
     """Members, events and labelled decisions from the event store, over a calendar.
 
-    Events at or after ``end`` are left out (a history "as of" that day); the calendar defaults
-    to the events' own span.
+    Events at or after ``end`` (or ``as_of``, an exact instant) are left out (a history "as of"
+    that time); the calendar defaults to the span of the events and logged decisions.
     """
+    return read_history(events_store, rewards, challenges, vocabulary, window_days=window_days,
+                        start=start, end=end, as_of=as_of)[0]
+
+
+def read_history(events_store: EventStore, rewards: pd.DataFrame, challenges: pd.DataFrame,
+                 vocabulary: Vocabulary, *, window_days: int,
+                 start: pd.Timestamp | None = None, end: pd.Timestamp | None = None,
+                 as_of: pd.Timestamp | None = None,
+                 columns: tuple[str, ...] = EVENT_COLUMNS) -> tuple[World, Decisions]:
+    """:func:`load_history`, and the decisions with their attributed outcome events."""
     members = events_store.members_frame()
-    until = None if end is None else pd.Timestamp(end).to_pydatetime()
-    events = events_store.events_frame(until=until, columns=list(EVENT_COLUMNS))
-    first, days = calendar(events["event_timestamp"], start, end)
+    if as_of is not None:
+        as_of = pd.Timestamp(as_of)
+        end = as_of.ceil("D") if end is None else min(pd.Timestamp(end), as_of.ceil("D"))
+    cut = as_of if as_of is not None else end
+    until = None if cut is None else pd.Timestamp(cut).to_pydatetime()
+    events = events_store.events_frame(until=until, columns=list(columns))
+    decisions, items = events_store.decision_log(until=until)
+    first, days = calendar(pd.concat([events["event_timestamp"],
+                                      decisions["event_timestamp"].astype(TS_DTYPE)]),
+                           start, end)
     events = events[events["event_timestamp"] >= first].reset_index(drop=True)
-    return World(start=first, days=days, members=members, rewards=rewards,
-                 challenges=challenges, events=events,
-                 offers=derive_offers(events, window_days),
-                 assignments=derive_assignments(events, challenges), vocabulary=vocabulary)
+    decisions = decisions[decisions["event_timestamp"] >= first]
+    items = items[items["event_timestamp"] >= first]
+    labelled = labelled_decisions(events, decisions, items, challenges, window_days)
+    world = World(start=first, days=days, members=members, rewards=rewards,
+                  challenges=challenges, events=events, offers=labelled.offers,
+                  assignments=labelled.assignments, vocabulary=vocabulary)
+    return world, labelled
 
 
 def build_from_store(events_store: EventStore, rewards: pd.DataFrame,
                      challenges: pd.DataFrame, vocabulary: Vocabulary, out_dir: Path, *,
                      window_days: int,
                      margin: float, start: pd.Timestamp | None = None,
-                     end: pd.Timestamp | None = None, chunk_size: int = 20_000,
+                     end: pd.Timestamp | None = None, as_of: pd.Timestamp | None = None,
+                     chunk_size: int = 20_000,
                      progress: bool = True) -> tuple[HistoryMeta, dict[str, int]]:
     """`rewards features build`: features, labelled decisions and ``history.json``.
 
@@ -229,7 +305,7 @@ def build_from_store(events_store: EventStore, rewards: pd.DataFrame,
     """
     read_at = datetime.now(UTC)
     world = load_history(events_store, rewards, challenges, vocabulary,
-                         window_days=window_days, start=start, end=end)
+                         window_days=window_days, start=start, end=end, as_of=as_of)
     (out_dir / META_FILE).unlink(missing_ok=True)
     counts = build_features(world, out_dir, chunk_size=chunk_size, progress=progress)
     for name in ("offers", "assignments"):
@@ -239,7 +315,8 @@ def build_from_store(events_store: EventStore, rewards: pd.DataFrame,
         counts[name] = len(frame)
     meta = HistoryMeta(start=str(world.start.date()), days=world.days,
                        members=len(world.members), events=len(world.events), margin=margin,
-                       attribution_window_days=window_days)
+                       attribution_window_days=window_days,
+                       as_of=None if as_of is None else pd.Timestamp(as_of).isoformat())
     write_history_meta(out_dir, meta)
     # The build counted every event received before it read the store: `features refresh`
     # starts from there (members with later events), not from the history's end.

@@ -50,7 +50,7 @@ def fit_classifier_dask(data: Dataset, settings: TrainSettings, objective: str,
     # chunk is copied out of X only while it is sent, so the client never holds the whole
     # train period a second time (at 1M members that copy alone is gigabytes).
     rows = math.ceil(len(train_rows) / len(workers))
-    X_parts, y_parts = [], []
+    X_parts, y_parts, w_parts = [], [], []
     for i, worker in enumerate(workers):
         chunk = train_rows[i * rows:(i + 1) * rows]
         if len(chunk) == 0:
@@ -59,9 +59,13 @@ def fit_classifier_dask(data: Dataset, settings: TrainSettings, objective: str,
         X_parts.append(da.from_delayed(xf, shape=(len(chunk), data.X.shape[1]),
                                        dtype=data.X.dtype))
         y_parts.append(da.from_delayed(yf, shape=(len(chunk),), dtype=data.y.dtype))
+        if data.weight is not None:  # the service's own decisions: see logging_weights
+            [wf] = client.scatter([data.weight[chunk]], workers=[worker])
+            w_parts.append(da.from_delayed(wf, shape=(len(chunk),), dtype=data.weight.dtype))
         wait([xf, yf])
     model = DaskLGBMClassifier(client=client, **params)
     model.fit(da.concatenate(X_parts), da.concatenate(y_parts),
+              sample_weight=da.concatenate(w_parts) if w_parts else None,
               feature_name=list(data.input_names))
     local = model.to_local()
     best = replay_early_stopping(local.booster_, X_valid, y_valid,

@@ -30,10 +30,16 @@ def fit_classifier(data: Dataset, settings: TrainSettings, objective: str,
     if len(X_train) == 0 or len(X_valid) == 0:
         raise ValueError("empty train or validation period; simulate more days")
     model = lgb.LGBMClassifier(**lgbm_params(data, settings, objective, monotone_decreasing))
-    model.fit(X_train, y_train, eval_X=(X_valid,), eval_y=(y_valid,),
+    model.fit(X_train, y_train, sample_weight=data.weights("train"), eval_X=(X_valid,),
+              eval_y=(y_valid,), eval_sample_weight=_eval_weights(data),
               feature_name=list(data.input_names),
               callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False)])
     return model
+
+
+def _eval_weights(data: Dataset) -> list[np.ndarray] | None:
+    weights = data.weights("valid")
+    return None if weights is None else [weights]
 
 
 def predict_proba(model: lgb.LGBMClassifier | lgb.Booster, X: np.ndarray) -> np.ndarray:

@@ -318,11 +318,13 @@ def _logged_model_id(client: MlflowClient, run_id: str, artifact_path: str) -> s
     return found[0].model_id
 
 
-def register_model(name: str, run_id: str, artifact_path: str = ONNX_ARTIFACT) -> str:
+def register_model(name: str, run_id: str, artifact_path: str = ONNX_ARTIFACT,
+                   first_is_champion: bool = True) -> str:
     """Register the run's ONNX model as a new version of ``name`` and make it the challenger.
 
     The first version of a model also becomes champion, since there is nothing to compare it
-    with. Returns the new version.
+    with, unless ``first_is_champion`` is False (`rewards retrain` gates the first model
+    against the cold-start policy). Returns the new version.
     """
     client = MlflowClient()
     model_id = _logged_model_id(client, run_id, artifact_path)
@@ -342,7 +344,7 @@ def register_model(name: str, run_id: str, artifact_path: str = ONNX_ARTIFACT) -
     client.set_registered_model_alias(name, CHALLENGER, version)
     _record(client, model, "register", version, _alias(model, CHALLENGER),
             actor=None, reason=f"run {run_id}")
-    if _alias(model, CHAMPION) is None:
+    if first_is_champion and _alias(model, CHAMPION) is None:
         client.set_registered_model_alias(name, CHAMPION, version)
         _record(client, client.get_registered_model(name), "promote", version, None,
                 actor=None, reason="first model")

@@ -79,7 +79,6 @@ def simulate_live(client: Any, world_dir: Any, experiment_id: str, members: int,
                          f"({exp['start']} to {exp['end']})")
     window = int(exp["attribution_window_days"])
     rng = np.random.default_rng(seed)
-    world = json.loads((world_dir / "world.json").read_text())
     roster = pd.read_parquet(world_dir / "members.parquet")
     traits = pd.read_parquet(world_dir / "truth" / "member_traits.parquet")
     rewards = pd.read_parquet(world_dir / "rewards.parquet")
@@ -109,56 +108,17 @@ def simulate_live(client: Any, world_dir: Any, experiment_id: str, members: int,
         raise RuntimeError("some decisions carried no experiment arm: is the experiment active?")
 
     # 2. members answer as the hidden truth says
-    sel_traits = traits[traits["member_id"].isin(ids)].sort_values("member_id")
-    sel_members = roster[roster["member_id"].isin(ids)].sort_values("member_id")
-    m = MemberArrays.from_frames(sel_traits, sel_members)
-    truth = response_arrays(m, RewardArrays.from_frame(rewards), float(world["margin"]), window)
-    row = np.searchsorted(m.member_id, frame["member_id"].to_numpy())
-    col = pd.Index(rewards["reward_id"]).get_indexer(frame["reward_id"].fillna("-"))
-    offered = col >= 0
-    safe_col = np.where(offered, col, 0)
-    p_control = truth["p_convert_control"][row, 0]
-    p_offer = np.where(offered, truth["p_convert_offer"][row, safe_col], p_control)
-    p_redeem = np.where(offered, truth["p_redeem"][row, safe_col], 0.0)
-    basket = truth["basket_value"][row, 0]
-    convert = rng.random(len(frame)) < p_offer
-    redeem = convert & (rng.random(len(frame)) < np.divide(
-        p_redeem, p_offer, out=np.zeros_like(p_redeem), where=p_offer > 0))
-    spend = np.where(convert, basket * rng.lognormal(-AMOUNT_SIGMA**2 / 2, AMOUNT_SIGMA,
-                                                     len(frame)), 0.0)
-    has_ch = frame["challenge_id"].notna().to_numpy()
-    p_complete = np.zeros(len(frame))
-    if has_ch.any():
-        p_complete[has_ch] = completion_probability(
-            sel_traits, challenges, frame["member_id"].to_numpy()[has_ch],
-            frame["challenge_id"].to_numpy()[has_ch], frame["target"].to_numpy()[has_ch])
-    complete = has_ch & (rng.random(len(frame)) < p_complete)
+    resp = respond(world_dir, frame, window, rng, traits=traits, roster=roster,
+                   rewards=rewards, challenges=challenges)
+    p_offer, p_control, p_redeem = resp["p_offer"], resp["p_control"], resp["p_redeem"]
+    basket, convert, redeem, complete = (resp["basket"], resp["convert"], resp["redeem"],
+                                         resp["complete"])
 
     # 3. outcomes posted as events, inside each member's window
     t0 = datetime.now(UTC) + timedelta(seconds=1)  # after every decision (first exposure)
-    cost = dict(zip(rewards["reward_id"], rewards["cost"].astype(float), strict=True))
-    events: list[dict[str, Any]] = []
-    offset = rng.uniform(0.01, 0.9 * window, len(frame))
-    for i, rec in enumerate(frame.itertuples(index=False)):
-        base = {"member_id": str(rec.member_id), "decision_id": rec.decision_id}
-        when = (t0 + timedelta(days=float(offset[i]))).isoformat()
-        if rec.reward_id is not None:
-            events.append({**base, "event_type": "impression", "reward_id": rec.reward_id,
-                           "timestamp": t0.isoformat()})
-        if rec.challenge_id is not None:
-            events.append({**base, "event_type": "impression", "challenge_id": rec.challenge_id,
-                           "timestamp": t0.isoformat()})
-        if convert[i]:
-            events.append({**base, "event_type": "purchase", "amount": round(float(spend[i]), 2),
-                           "timestamp": when})
-        if redeem[i]:
-            events.append({**base, "event_type": "redemption", "reward_id": rec.reward_id,
-                           "cost": cost[rec.reward_id], "timestamp": when})
-        if complete[i]:
-            events.append({**base, "event_type": "challenge_completed",
-                           "challenge_id": rec.challenge_id, "timestamp": when})
-    for e in events:
-        e["event_id"] = f"sim-{uuid.uuid4().hex[:20]}"
+    events = outcome_events(frame, resp, [t0] * len(frame),
+                            rng.uniform(0.01, 0.9 * window, len(frame)), rewards,
+                            impressions=True)
     for start in range(0, len(events), 1000):
         _post(client, "/v1/events", {"events": events[start:start + 1000]})
 
@@ -188,3 +148,85 @@ def simulate_live(client: Any, world_dir: Any, experiment_id: str, members: int,
                  "effect of the reward offered vs no offer; vs random compares arm averages "
                  "of expected rates (members differ between arms).",
     }
+
+
+def respond(world_dir: Path, frame: pd.DataFrame, window: int, rng: np.random.Generator, *,
+            traits: pd.DataFrame | None = None, roster: pd.DataFrame | None = None,
+            rewards: pd.DataFrame | None = None, challenges: pd.DataFrame | None = None
+            ) -> dict[str, np.ndarray]:
+    """How each decision's member answers, drawn from the hidden truth.
+
+    ``frame``: member_id (the simulator's int ids), reward_id (None: no offer), challenge_id
+    (None: none) and target, one row per decision. Returns the true probabilities (p_offer:
+    P(convert) given what was offered, p_control, p_redeem, p_complete), the basket, and the
+    draws (convert, redeem, spend, complete).
+    """
+    world_dir = Path(world_dir)
+    world = json.loads((world_dir / "world.json").read_text())
+    roster = pd.read_parquet(world_dir / "members.parquet") if roster is None else roster
+    traits = (pd.read_parquet(world_dir / "truth" / "member_traits.parquet")
+              if traits is None else traits)
+    rewards = pd.read_parquet(world_dir / "rewards.parquet") if rewards is None else rewards
+    challenges = (pd.read_parquet(world_dir / "challenges.parquet")
+                  if challenges is None else challenges)
+    ids = np.unique(frame["member_id"].to_numpy())
+    sel_traits = traits[traits["member_id"].isin(ids)].sort_values("member_id")
+    sel_members = roster[roster["member_id"].isin(ids)].sort_values("member_id")
+    m = MemberArrays.from_frames(sel_traits, sel_members)
+    truth = response_arrays(m, RewardArrays.from_frame(rewards), float(world["margin"]), window)
+    row = np.searchsorted(m.member_id, frame["member_id"].to_numpy())
+    col = pd.Index(rewards["reward_id"]).get_indexer(frame["reward_id"].fillna("-"))
+    offered = col >= 0
+    safe_col = np.where(offered, col, 0)
+    p_control = truth["p_convert_control"][row, 0]
+    p_offer = np.where(offered, truth["p_convert_offer"][row, safe_col], p_control)
+    p_redeem = np.where(offered, truth["p_redeem"][row, safe_col], 0.0)
+    basket = truth["basket_value"][row, 0]
+    n = len(frame)
+    convert = rng.random(n) < p_offer
+    redeem = convert & (rng.random(n) < np.divide(
+        p_redeem, p_offer, out=np.zeros_like(p_redeem), where=p_offer > 0))
+    spend = np.where(convert, basket * rng.lognormal(-AMOUNT_SIGMA**2 / 2, AMOUNT_SIGMA, n),
+                     0.0)
+    has_ch = frame["challenge_id"].notna().to_numpy()
+    p_complete = np.zeros(n)
+    if has_ch.any():
+        p_complete[has_ch] = completion_probability(
+            sel_traits, challenges, frame["member_id"].to_numpy()[has_ch],
+            frame["challenge_id"].to_numpy()[has_ch], frame["target"].to_numpy()[has_ch])
+    complete = has_ch & (rng.random(n) < p_complete)
+    return {"p_offer": p_offer, "p_control": p_control, "p_redeem": p_redeem,
+            "p_complete": p_complete, "basket": basket, "convert": convert, "redeem": redeem,
+            "spend": spend, "complete": complete}
+
+
+def outcome_events(frame: pd.DataFrame, resp: dict[str, np.ndarray], decided_at: Any,
+                   offset_days: np.ndarray, rewards: pd.DataFrame, *,
+                   impressions: bool = False) -> list[dict[str, Any]]:
+    """The events a CRM would post for each decision of ``frame`` (with ``decision_id``):
+    optional impressions at the decision time, then a purchase, a redemption and a challenge
+    completion when drawn, ``offset_days`` after the decision."""
+    cost = dict(zip(rewards["reward_id"], rewards["cost"].astype(float), strict=True))
+    events: list[dict[str, Any]] = []
+    for i, rec in enumerate(frame.itertuples(index=False)):
+        base = {"member_id": str(rec.member_id), "decision_id": rec.decision_id}
+        at = decided_at[i]
+        when = (at + timedelta(days=float(offset_days[i]))).isoformat()
+        if impressions and rec.reward_id is not None:
+            events.append({**base, "event_type": "impression", "reward_id": rec.reward_id,
+                           "timestamp": at.isoformat()})
+        if impressions and rec.challenge_id is not None:
+            events.append({**base, "event_type": "impression", "challenge_id": rec.challenge_id,
+                           "timestamp": at.isoformat()})
+        if resp["convert"][i]:
+            events.append({**base, "event_type": "purchase",
+                           "amount": round(float(resp["spend"][i]), 2), "timestamp": when})
+        if resp["redeem"][i]:
+            events.append({**base, "event_type": "redemption", "reward_id": rec.reward_id,
+                           "cost": cost[rec.reward_id], "timestamp": when})
+        if resp["complete"][i]:
+            events.append({**base, "event_type": "challenge_completed",
+                           "challenge_id": rec.challenge_id, "timestamp": when})
+    for e in events:
+        e["event_id"] = f"sim-{uuid.uuid4().hex[:20]}"
+    return events

@@ -29,10 +29,12 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     """Models and stores loaded (readiness); 503 with the reasons otherwise."""
     models = {name: {"version": slot.current.meta.version if slot.current else None,
-                     "last_error": slot.last_error, "refusals": slot.refusals}
+                     "last_error": slot.last_error, "refusals": slot.refusals,
+                     "cold_start": services.models.never_promoted(name)}
               for name, slot in services.models.slots.items()}
     checks = {
-        "models": all(m["version"] for m in models.values()),
+        # a family never promoted serves by uniform exploration (cold start): ready
+        "models": all(m["version"] or m["cold_start"] for m in models.values()),
         "online_store": services.reader is not None,
         "event_store": await asyncio.to_thread(services.events.ping),
     }

@@ -7,8 +7,8 @@ simulator (which writes through the import path). SQLite (WAL) by default, Postg
 production.
 
 ``schema`` (tables, value conventions, upgrades of older stores), ``records`` (profiles, bulk
-imports, the frames features and training read), ``store`` (the API's writes and the business
-rules' queries; ``open_event_store``).
+imports, the frames features and training read, the decision log), ``store`` (the API's writes
+and the business rules' queries; ``open_event_store``).
 """
 
 from serving.stores.events.store import EventStore, SqlEventStore, open_event_store

@@ -36,6 +36,15 @@ FRAME_COLUMNS: dict[str, str] = {
     "event_id": "event_id", "event_type": "event_type", "member_id": "member_id",
     "event_timestamp": "ts_us", "decision_id": "decision_id",
     **{c: c for c in FIELD_COLUMNS}, "properties": "properties", "received_at": "received_us"}
+#: decision_log's two frames: one row per decision, and one row per item (a slot) served.
+DECISION_LOG_COLUMNS = ("decision_id", "member_id", "event_timestamp", "channel", "arm",
+                        "experiment_id", "policy", "no_offer", "no_offer_probability",
+                        "model_versions", "features", "personalized", "cold_start", "degraded")
+DECISION_ITEM_COLUMNS = ("decision_id", "member_id", "event_timestamp", "item_type", "item_id",
+                         "item_rank", "score", "shown_probability", "target",
+                         "target_probability", "cost")
+#: the flags stored as canonical JSON (schema.dumps) that decision_log spreads into columns
+_DECISION_FLAGS = ("no_offer", "personalized", "cold_start", "degraded")
 _REQUIRED = ("event_id", "event_type", "member_id", "event_timestamp")
 #: Optional columns of an import frame, stored only for the event types that carry a value.
 _OPTIONAL = ("decision_id", *FIELD_COLUMNS, "properties")
@@ -251,6 +260,85 @@ class RecordStore(SqlStore):
                            (after, after))
         return sorted(str(row[0]) for row in rows)
 
+    def decision_log(self, since: datetime | None = None, until: datetime | None = None
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The service's decisions made at ``since <= time < until`` (either bound optional),
+        as training and off-policy evaluation read them: (decisions, items).
+
+        decisions, one row each (DECISION_LOG_COLUMNS): member_id str, event_timestamp
+        datetime64[us, UTC] (the decision time), policy ("model", "cold_start", "fallback";
+        None for decisions logged before it was), no_offer_probability float64 (NaN: inside
+        an experiment, no reward asked for, or logged before), model_versions and features as
+        JSON text (features None when no model served), and the flags as bools (a flag a
+        decision did not record reads False).
+
+        items, one row per item served (DECISION_ITEM_COLUMNS): its slot (item_type,
+        item_rank), score, shown_probability (the logging propensity: the no-offer share and,
+        for a challenge, the target's draw included), target and target_probability
+        (challenges), cost (rewards); numbers float64, NaN when missing.
+
+        Both are ordered by time then decision id (items then rewards before challenges, by
+        rank), read as columns in batches (no Python object per row), without a join.
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        if since is not None:
+            where.append("created_us >= ?")
+            params.append(micros(since))
+        if until is not None:
+            where.append("created_us < ?")
+            params.append(micros(until))
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        binary = self._dialect.binary_collation
+        with paused_gc():
+            (decision_id, member_id, created, channel, arm, experiment_id, policy,
+             no_offer_p, versions, features, flags) = self._fetch_columns(
+                "SELECT decision_id, CAST(member_id AS TEXT), created_us, channel, arm, "
+                "experiment_id, policy, no_offer_probability, model_versions, features, flags "
+                f"FROM decisions{clause} ORDER BY created_us, decision_id COLLATE {binary}",
+                params, 11)
+            flag_text = pd.Series(flags, dtype=object)
+            decisions = pd.DataFrame({
+                "decision_id": np.array(decision_id, dtype=object),
+                "member_id": np.array(member_id, dtype=object),
+                "event_timestamp": _timestamps(created),
+                "channel": np.array(channel, dtype=object),
+                "arm": np.array(arm, dtype=object),
+                "experiment_id": np.array(experiment_id, dtype=object),
+                "policy": np.array(policy, dtype=object),
+                "no_offer_probability": _floats(no_offer_p),
+                "model_versions": np.array(versions, dtype=object),
+                "features": np.array(features, dtype=object),
+                # canonical JSON (sorted keys, no spaces): a substring test per flag, no parse
+                **{flag: flag_text.str.contains(f'"{flag}":true', regex=False)
+                   .to_numpy(dtype=bool) for flag in _DECISION_FLAGS},
+            }, columns=list(DECISION_LOG_COLUMNS))
+            # the items in table order, put in the decisions' order here: a sort in SQL of a
+            # row per slot costs more than the read itself; their member and time are the
+            # decision's. Items of a decision committed after the decisions were read (a live
+            # store) are left out: both frames describe the same decisions.
+            raw = self._fetch_columns(
+                "SELECT decision_id, item_type, item_id, item_rank, score, shown_probability, "
+                f"target, target_probability, cost FROM decision_items{clause}", params, 9)
+            at = pd.Index(decisions["decision_id"]).get_indexer(
+                np.array(raw[0], dtype=object))
+            rank = np.asarray(raw[3], dtype=np.int64)
+            kind = np.array(raw[1], dtype=object)
+            order = np.lexsort((rank, kind != "reward", at))
+            order = order[at[order] >= 0]
+            at = at[order]
+            items = pd.DataFrame({
+                "decision_id": decisions["decision_id"].to_numpy()[at],
+                "member_id": decisions["member_id"].to_numpy()[at],
+                "event_timestamp": decisions["event_timestamp"].array[at],
+                "item_type": kind[order],
+                "item_id": np.array(raw[2], dtype=object)[order],
+                "item_rank": rank[order],
+                **{name: _floats(values)[order] for name, values in zip(
+                    DECISION_ITEM_COLUMNS[6:], raw[4:], strict=True)},
+            }, columns=list(DECISION_ITEM_COLUMNS))
+        return decisions, items
+
     # -- helpers -----------------------------------------------------------------------------------
 
     def _fetch_ordered(self, sql: str, params: Sequence[Any], width: int,
@@ -312,6 +400,11 @@ def _timestamps(values: Sequence[int]) -> pd.arrays.DatetimeArray:
     """Microseconds since the epoch as datetime64[us, UTC]."""
     micros = np.asarray(values, dtype=np.int64).view("datetime64[us]")
     return pd.DatetimeIndex(micros).tz_localize("UTC").array
+
+
+def _floats(values: Sequence[Any]) -> np.ndarray:
+    """Numbers (None for NULL) as float64, NaN for the NULLs."""
+    return pa.array(values, pa.float64()).to_numpy(zero_copy_only=False)
 
 
 def frame_sql(name: str) -> str:

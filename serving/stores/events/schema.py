@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -65,6 +66,8 @@ TABLES = (
         attributes TEXT,
         updated_us BIGINT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS members_updated ON members (updated_us)",
+    # The decision log (what learning reads): policy ("model", "cold_start", "fallback"),
+    # the no-offer share of the draw, the member's feature values as canonical JSON.
     """CREATE TABLE IF NOT EXISTS decisions (
         decision_id VARCHAR(64) PRIMARY KEY,
         member_id VARCHAR(64) NOT NULL,
@@ -73,11 +76,14 @@ TABLES = (
         arm VARCHAR(32),
         experiment_id VARCHAR(64),
         model_versions TEXT NOT NULL,
-        flags TEXT NOT NULL)""",
+        flags TEXT NOT NULL,
+        policy VARCHAR(16),
+        no_offer_probability DOUBLE PRECISION,
+        features TEXT)""",
     "CREATE INDEX IF NOT EXISTS decisions_member_ts ON decisions (member_id, created_us)",
     "CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (created_us)",
     # member_id and created_us are copied from the decision so that per-member lookups and
-    # erasure need no join.
+    # erasure need no join. target_probability: a challenge's P(target | template).
     """CREATE TABLE IF NOT EXISTS decision_items (
         decision_id VARCHAR(64) NOT NULL,
         item_type VARCHAR(16) NOT NULL,
@@ -89,6 +95,7 @@ TABLES = (
         shown_probability DOUBLE PRECISION NOT NULL,
         target DOUBLE PRECISION,
         cost DOUBLE PRECISION,
+        target_probability DOUBLE PRECISION,
         PRIMARY KEY (decision_id, item_type, item_id))""",
     "CREATE INDEX IF NOT EXISTS decision_items_member_ts ON decision_items (member_id, created_us)",
     # Experiments (definition as JSON, validated by serving.experiments.definition) and each
@@ -146,6 +153,16 @@ def dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
+def feature_json(features: Mapping[str, float] | None) -> str | None:
+    """A decision's feature values as canonical JSON, each number rounded to 6 significant
+    digits (about what the float32 model inputs hold, in half the text of a full repr) and a
+    non-finite one as null (JSON has no NaN)."""
+    if features is None:
+        return None
+    return dumps({name: float(f"{v:.6g}") if math.isfinite(v) else None
+                  for name, v in features.items()})
+
+
 def loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
 
@@ -178,7 +195,37 @@ def _columns(cur: Any, table: str) -> list[str] | None:
     return names
 
 
+#: Columns added to a table after its first release: (column, type), each added in place to an
+#: older store (``ALTER TABLE ... ADD COLUMN``, NULL in its rows) when it is opened.
+ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    # the decision log fit for learning (issue 21)
+    "decisions": (("policy", "VARCHAR(16)"), ("no_offer_probability", "DOUBLE PRECISION"),
+                  ("features", "TEXT")),
+    "decision_items": (("target_probability", "DOUBLE PRECISION"),),
+}
+
+
 def migrate(cur: Any) -> None:
+    """Bring an older store up to date in place, keeping every row: the rebuild of a store
+    from before string member ids, then the columns added since (:data:`ADDED_COLUMNS`)."""
+    _string_ids(cur)
+    add_columns(cur)
+
+
+def add_columns(cur: Any) -> None:
+    """Add the :data:`ADDED_COLUMNS` a table lacks. ``ADD COLUMN`` of a nullable column is
+    portable (SQLite and PostgreSQL) and rewrites no row; a table not created yet is left to
+    the schema, whose DDL has every column."""
+    for table, added in ADDED_COLUMNS.items():
+        present = _columns(cur, table)
+        if present is None:
+            continue
+        for column, kind in added:
+            if column not in present:
+                cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+
+def _string_ids(cur: Any) -> None:
     """Bring a store written before string member ids up to date, keeping every row.
 
     That schema had BIGINT member ids, 16-character item ids, fewer event columns and a NOT NULL

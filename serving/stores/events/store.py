@@ -29,6 +29,7 @@ from serving.stores.events.schema import (
     PAYLOAD_COLUMNS,
     SCHEMA,
     dumps,
+    feature_json,
     from_micros,
     loads,
     micros,
@@ -60,6 +61,8 @@ class EventStore(Protocol):
     def events_between(self, start: datetime, end: datetime,
                        event_types: Sequence[str] | None = None) -> pd.DataFrame: ...
     def decisions_between(self, start: datetime, end: datetime) -> pd.DataFrame: ...
+    def decision_log(self, since: datetime | None = None, until: datetime | None = None
+                     ) -> tuple[pd.DataFrame, pd.DataFrame]: ...
     def erase_member(self, member_id: str) -> dict[str, int]: ...
     def upsert_members(self, members: pd.DataFrame) -> int: ...
     def upsert_member(self, member_id: str, joined_at: datetime, tier: str, region: str | None,
@@ -107,9 +110,9 @@ _MEMBER_CONTEXT = (  # both in one query: rows tagged 'o' (an offer), 'c' or 'p'
 _EXPOSURE_COLUMNS = ("experiment_id", "member_id", "arm", "exposed_us", "decision_id", "channel",
                      "tier", "uplift_score")
 _DECISION_COLUMNS = ("decision_id", "member_id", "created_us", "channel", "arm", "experiment_id",
-                     "model_versions", "flags")
+                     "model_versions", "flags", "policy", "no_offer_probability", "features")
 _ITEM_COLUMNS = ("decision_id", "item_type", "item_id", "member_id", "created_us", "item_rank",
-                 "score", "shown_probability", "target", "cost")
+                 "score", "shown_probability", "target", "cost", "target_probability")
 #: member_events' keys, in stored order (the API's field names: ``timestamp``).
 _RECORD_KEYS = ("event_id", "event_type", "member_id", "timestamp", "decision_id", *FIELD_COLUMNS,
                 "properties", "received_at")
@@ -215,12 +218,13 @@ class SqlEventStore(RecordStore):
         with self._write() as cur:
             added = self._insert(cur, "decisions", _DECISION_COLUMNS, "decision_id", [
                 (d.decision_id, d.member_id, created[d.decision_id], d.channel, d.arm,
-                 d.experiment_id, dumps(d.model_versions), dumps(d.flags))
+                 d.experiment_id, dumps(d.model_versions), dumps(d.flags), d.policy,
+                 d.no_offer_probability, feature_json(d.features))
                 for d in unique.values()
             ])
             self._insert(cur, "decision_items", _ITEM_COLUMNS, "decision_id, item_type, item_id", [
                 (d.decision_id, i.item_type, i.item_id, d.member_id, created[d.decision_id],
-                 i.rank, i.score, i.shown_probability, i.target, i.cost)
+                 i.rank, i.score, i.shown_probability, i.target, i.cost, i.target_probability)
                 for d in unique.values() if d.decision_id in added for i in d.items
             ])
 

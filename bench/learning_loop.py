@@ -1,0 +1,196 @@
+"""Proof of the learning loop (issue 21): from no model at all to a learnt policy, on the
+service's own decisions.
+
+A simulated world joins the product by import with its members and their behaviour only: no
+logged offers, no model. Then, round after round, its members ask the real app (in-process,
+FastAPI TestClient, the same routes and stores as `rewards serve`) for one reward and one
+challenge, answer as the simulator's hidden truth says, and post what happened through
+`/v1/events`; between rounds `rewards retrain` runs as a separate process, as cron would run
+it, and the app is told to reload. Round 0 is served by cold start (uniform exploration).
+
+Only this bench reads the truth, to report each round:
+- value_share_of_oracle: the true incremental value of what was served (exploration and the
+  no-offer share included) over the oracle's (each member's best eligible reward);
+- policy_share_of_oracle: the same for the served model's greedy choice (what the policy
+  picks before exploration), the figure comparable with the offline champion's 0.85;
+- random_share_of_oracle: a uniformly random eligible reward;
+- candidate.true_value: the true expected profit per decision of the candidate's serving
+  distribution on the decisions its off-policy gate evaluated (what ope_dr estimates).
+
+Simulated time: decisions of round r are spread over the first ``--spread-days`` of a
+``--round-days`` period starting where the history ends (the app's clock is set per batch:
+``Services.clock``); outcomes land inside the attribution window; the retrain reads the store
+as of the next round's start, so every reward window of the round has closed.
+
+    python bench/learning_loop.py --members 20000 --rounds 4 --seed 7 --json loop.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rewards_cli(*args: str) -> str:
+    """Run `rewards ...` as a user would (stdout returned; stderr streamed for progress)."""
+    exe = Path(sys.executable).with_name("rewards")
+    out = subprocess.run([str(exe), *args], check=True, stdout=subprocess.PIPE, text=True,
+                         env=os.environ.copy())
+    return out.stdout
+
+
+def plot(rounds: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["round"] for r in rounds]
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    ax.plot(x, [r["value_share_of_oracle"] for r in rounds], "o-", label="served (with "
+            "exploration)")
+    ax.plot(x, [r.get("policy_share_of_oracle", np.nan) for r in rounds], "s--",
+            label="served model's greedy choice")
+    ax.plot(x, [r["random_share_of_oracle"] for r in rounds], ":", label="random eligible")
+    ax.axhline(0.80, color="grey", lw=0.8)
+    ax.set_xlabel("round (0: cold start)")
+    ax.set_ylabel("share of the oracle's incremental value")
+    ax.set_xticks(x)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="lower right")
+    ax.set_title("Learning loop: value per round")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--members", type=int, default=20_000)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--history-days", type=int, default=60)
+    ap.add_argument("--round-days", type=int, default=14)
+    ap.add_argument("--spread-days", type=float, default=7.0)
+    ap.add_argument("--decisions-per-member", type=int, default=1,
+                    help="decisions per member per round, --spread-days apart (a window "
+                         "still open at the retrain is labelled by the next one)")
+    ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "learning_loop.png")
+    args = ap.parse_args()
+
+    data = args.data_dir or Path(tempfile.mkdtemp(prefix="learning-loop-"))
+    os.environ.update({"REWARDS_DATA_DIR": str(data), "REWARDS_AUTH_DISABLED": "true",
+                       "REWARDS_MODEL_POLL_SECONDS": "0", "REWARDS_SEED": str(args.seed)})
+    t_all = time.perf_counter()
+    log = lambda msg: print(f"[{time.perf_counter() - t_all:7.1f}s] {msg}", file=sys.stderr,  # noqa: E731
+                            flush=True)
+    log(f"data folder {data}")
+    rewards_cli("simulate", "--members", str(args.members), "--days", str(args.history_days),
+                "--seed", str(args.seed), "--no-import")
+    from serving.config import ServeSettings, StoreSettings
+
+    store = StoreSettings()
+    world_dir = store.world_dir
+    from training.simulate.loop import onboard_without_offers
+
+    onboarded = onboard_without_offers(world_dir, ServeSettings().events(store))
+    log(f"imported {onboarded['imported']:,} behavioural events (of "
+        f"{onboarded['events_in_world']:,}: no logged offer)")
+    rewards_cli("features", "build")
+    rewards_cli("features", "materialize")
+    log("features built and materialized; no model registered")
+
+    from fastapi.testclient import TestClient
+
+    from serving.main import create_app
+    from training.simulate.loop import Truth, answer_round, round_shares, run_round
+
+    world = json.loads((world_dir / "world.json").read_text())
+    window = int(world["attribution_window_days"])
+    history_end = pd.Timestamp(world["end"], tz="UTC").to_pydatetime()
+    truth = Truth(world_dir)
+    rng = np.random.default_rng(args.seed)
+    ids = truth.world.members.index.to_numpy()
+    rounds: list[dict[str, Any]] = []
+    with TestClient(create_app()) as client:
+        services = client.app.state.services
+        for r in range(args.rounds):
+            start = history_end + timedelta(days=r * args.round_days)
+            t0 = time.perf_counter()
+            parts, n_events = [], 0
+            for k in range(args.decisions_per_member):
+                at = start + timedelta(days=k * args.spread_days)
+                part, times = run_round(client, services, ids, at, args.spread_days, rng)
+                n_events += answer_round(client, world_dir, part, times, window, truth.rewards,
+                                         rng)
+                parts.append(part)
+            frame = pd.concat(parts, ignore_index=True)
+            decide_s = time.perf_counter() - t0
+            shares = round_shares(services, frame, truth, start)
+            versions = frame["versions"].value_counts().index[0]
+            served_model = (json.loads(versions).get(services.settings.reward_model_name)
+                            or "cold_start")
+            log(f"round {r}: {len(frame):,} decisions in {decide_s:.0f} s, served by "
+                f"{served_model}, {n_events:,} outcome events; share of oracle "
+                f"{shares['value_share_of_oracle']:.3f} (policy "
+                f"{shares.get('policy_share_of_oracle', float('nan')):.3f}, random "
+                f"{shares['random_share_of_oracle']:.3f})")
+            as_of = start + timedelta(days=args.round_days)
+            t1 = time.perf_counter()
+            out = rewards_cli("retrain", "--as-of", as_of.isoformat(), "--json")
+            record = json.loads(out.strip().splitlines()[-1])
+            retrain_s = time.perf_counter() - t1
+            fam = record["families"][0]
+            gate_file = Path(record["snapshot_detail"]["path"]) / "gate_reward.parquet"
+            true_value = (truth.policy_value(pd.read_parquet(gate_file), "p_candidate")
+                          if gate_file.is_file() else None)
+            met = fam["metrics"]
+            candidate = {"version": fam["candidate"], "ope_dr": met.get("gate.candidate.dr"),
+                         "ope_ci_low": met.get("gate.candidate.dr_ci_low"),
+                         "ope_ci_high": met.get("gate.candidate.dr_ci_high"),
+                         "true_value": true_value, "promoted": fam["promoted"],
+                         "reason": fam["reason"],
+                         "champion_dr": met.get("gate.champion.dr"),
+                         "champion_true_value": (
+                             truth.policy_value(pd.read_parquet(gate_file), "p_champion")
+                             if gate_file.is_file() and "p_champion" in pd.read_parquet(
+                                 gate_file, columns=None).columns else None)}
+            client.post("/v1/admin/reload").raise_for_status()
+            log(f"  retrain in {retrain_s:.0f} s: candidate v{fam['candidate']} DR "
+                f"{candidate['ope_dr']} [{candidate['ope_ci_low']}, {candidate['ope_ci_high']}]"
+                f" true {true_value}; {'PROMOTED' if fam['promoted'] else 'kept'}: "
+                f"{fam['reason']}")
+            rounds.append({"round": r, "decisions": len(frame), "outcome_events": n_events,
+                           "served_model": served_model, **shares, "candidate": candidate,
+                           "difficulty": record["families"][1],
+                           "seconds": {"serve_and_answer": round(decide_s, 1),
+                                       "retrain": round(retrain_s, 1)}})
+    result = {"members": args.members, "rounds": rounds, "seed": args.seed,
+              "seconds": round(time.perf_counter() - t_all, 1),
+              "join_report": json.loads(rewards_cli("data", "join-report", "--as-of",
+                                                    as_of.isoformat(), "--json"))}
+    plot(rounds, args.plot)
+    text = json.dumps(result, indent=2, default=str)
+    if args.json:
+        args.json.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

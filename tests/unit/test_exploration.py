@@ -1,0 +1,508 @@
+"""Exploration and the decision log's probabilities (issue 21, points 1 and 4).
+
+Every probability the service logs must be the true probability of what it served: off-policy
+evaluation and the retrained models weight by them. Each test draws many decisions from a
+seeded generator and checks that the empirical frequencies match the logged probabilities
+(chi-square), that the probabilities of a slot's possible actions sum to 1, and the rules
+themselves: the no-offer share, uniform exploration in cold start, the floor once a model
+exists, the neighbours of a flow-zone target.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import chisquare
+
+from serving.contract.model_meta import ModelMetadata
+from serving.contract.vocabulary import Vocabulary
+from serving.decisioning.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
+from serving.decisioning.catalog import Catalog
+from serving.decisioning.ranking import (
+    explore_targets, select_slate_exploring_new, target_layout, target_neighbours, uniform_slate,
+    uniform_targets,
+)
+from serving.decisioning.recommend import (
+    COLD_START_REASON, FAMILIES, Decision, MemberFacts, Recommender,
+)
+from serving.decisioning.rules import Rules, select_slate
+from serving.stores.events.schema import feature_json, loads
+
+VOCAB = Vocabulary(tiers=("Bronze", "Silver", "Gold"), regions=("north",),
+                   categories=("food", "travel", "home"), reward_types=("discount", "voucher"),
+                   challenge_kinds=("streak", "spend"))
+NOW = datetime(2026, 5, 1, tzinfo=UTC)
+#: a frequency test fails when its p-value is below this: seeded draws make it deterministic,
+#: and a wrong probability (off by a few percent over thousands of draws) falls far below it
+P_MIN = 1e-3
+
+
+def assert_frequencies_match(observed: Counter[Hashable], logged: Mapping[Hashable, float],
+                             total: int | None = None) -> None:
+    """Observed counts agree with ``logged`` probabilities (chi-square); the probabilities of
+    every action the slot can take sum to 1."""
+    assert sum(logged.values()) == pytest.approx(1.0, abs=1e-9)
+    assert set(observed) <= set(logged)
+    n = sum(observed.values()) if total is None else total
+    keys = list(logged)
+    counts = np.array([observed.get(k, 0) for k in keys], dtype=np.float64)
+    expected = np.array([logged[k] * n for k in keys])
+    if len(keys) == 1:  # a certain action: nothing to test but that it always happened
+        assert counts[0] == n
+        return
+    assert chisquare(counts, expected).pvalue > P_MIN, (dict(zip(keys, counts)), logged)
+
+
+def logged_once(pairs: list[tuple[Hashable, float]]) -> dict[Hashable, float]:
+    """{action: its logged probability}; an action's probability is the same in every draw
+    of the same state (a draw may not log another probability for the same choice)."""
+    out: dict[Hashable, float] = {}
+    for key, p in pairs:
+        assert out.setdefault(key, p) == pytest.approx(p, abs=1e-12)
+    return out
+
+
+# -- pure functions ----------------------------------------------------------------------------
+
+def test_the_floor_raises_each_slots_epsilon_and_the_logged_probabilities_stay_exact() -> None:
+    value = np.arange(10, 0, -1, dtype=np.float64)  # item 0 is the best
+    category = np.arange(10)
+    floor = 0.02
+    rng = np.random.default_rng(1)
+    slot0: Counter[int] = Counter()
+    pairs: list[tuple[Hashable, float]] = []
+    slot1_after_best: Counter[int] = Counter()
+    pairs1: list[tuple[Hashable, float]] = []
+    draws = 20_000
+    for _ in range(draws):
+        s = select_slate(value, category, 3, 1, 0.0, rng, floor)
+        first, second = int(s.index[0]), int(s.index[1])
+        slot0[first] += 1
+        pairs.append((first, float(s.probability[0])))
+        if first == 0:
+            slot1_after_best[second] += 1
+            pairs1.append((second, float(s.probability[1])))
+    logged = logged_once(pairs)
+    # epsilon 0 raised to 10 x 0.02: the best keeps 0.8 + 0.02, every other item exactly 0.02
+    assert logged[0] == pytest.approx(0.82) and min(logged.values()) == pytest.approx(floor)
+    assert_frequencies_match(slot0, logged)
+    # the next slot, given the first: 9 candidates, e = 0.18, each at least the floor
+    logged1 = logged_once(pairs1)
+    assert logged1[1] == pytest.approx(0.82 + 0.02)
+    assert min(logged1.values()) == pytest.approx(floor)
+    assert_frequencies_match(slot1_after_best, logged1)
+
+
+def test_a_floor_below_epsilon_changes_nothing_draws_included() -> None:
+    value = np.random.default_rng(0).normal(size=12)
+    category = np.arange(12) % 4
+    for seed in range(50):
+        a = select_slate(value, category, 3, 1, 0.3, np.random.default_rng(seed))
+        b = select_slate(value, category, 3, 1, 0.3, np.random.default_rng(seed), 0.001)
+        assert a.index.tolist() == b.index.tolist()
+        np.testing.assert_allclose(a.probability, b.probability, rtol=0, atol=0)
+
+
+def test_the_new_item_slot_keeps_the_floor_for_items_that_are_not_new() -> None:
+    value = np.arange(10, 0, -1, dtype=np.float64)
+    new = np.zeros(10, dtype=bool)
+    new[9] = True
+    floor, new_epsilon = 0.02, 0.5
+    rng = np.random.default_rng(2)
+    counts: Counter[int] = Counter()
+    pairs: list[tuple[Hashable, float]] = []
+    for _ in range(20_000):
+        s, _explored = select_slate_exploring_new(value, np.arange(10), 1, 1, 0.0, rng, new,
+                                                  new_epsilon, floor)
+        counts[int(s.index[0])] += 1
+        pairs.append((int(s.index[0]), float(s.probability[0])))
+    logged = logged_once(pairs)
+    # half the slot is left to the epsilon-greedy choice: e = 10 x 0.02 / 0.5 = 0.4, so an
+    # item that is neither new nor best gets 0.5 x 0.4 / 10 = the floor exactly
+    assert logged[5] == pytest.approx(floor)
+    assert logged[9] == pytest.approx(0.5 * 0.04 + 0.5)
+    assert min(logged.values()) >= floor - 1e-12
+    assert_frequencies_match(counts, logged)
+
+
+def test_uniform_slates_are_uniform_without_replacement() -> None:
+    rng = np.random.default_rng(3)
+    slot0: Counter[int] = Counter()
+    slot1: Counter[int] = Counter()
+    for _ in range(14_000):
+        s = uniform_slate(7, 3, rng)
+        assert len(set(s.index.tolist())) == 3
+        assert s.probability.tolist() == [1 / 7, 1 / 6, 1 / 5]
+        slot0[int(s.index[0])] += 1
+        slot1[int(s.index[1])] += 1
+    uniform = dict.fromkeys(range(7), 1 / 7)
+    assert_frequencies_match(slot0, uniform)
+    assert_frequencies_match(slot1, uniform)  # marginally uniform too
+    assert uniform_slate(2, 5, rng).index.size == 2  # never more than there are
+
+
+def grid() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Three templates: 0 with targets 2..5, 1 with 10..50 by 10 (listed out of order), 2 with
+    a single target. Returns (template per row, target per row, layout)."""
+    template = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 2])
+    target = np.array([2.0, 3.0, 4.0, 5.0, 30.0, 10.0, 50.0, 20.0, 40.0, 7.0])
+    return template, target, target_layout(template, target)
+
+
+def test_uniform_targets_are_uniform_within_each_template() -> None:
+    template, target, layout = grid()
+    rng = np.random.default_rng(4)
+    seen: dict[int, Counter[float]] = {0: Counter(), 1: Counter(), 2: Counter()}
+    for _ in range(6_000):
+        rows, p = uniform_targets(np.array([0, 1, 2]), layout, len(target), rng)
+        assert p.tolist() == [1 / 4, 1 / 5, 1.0]
+        assert template[rows].tolist() == [0, 1, 2]
+        for t, row in enumerate(rows.tolist()):
+            seen[t][float(target[row])] += 1
+    for t in range(3):
+        targets = target[template == t].tolist()
+        assert_frequencies_match(seen[t], dict.fromkeys(targets, 1 / len(targets)))
+
+
+def test_targets_move_to_their_neighbours_with_the_logged_probability() -> None:
+    template, target, layout = grid()
+    lower, higher = target_neighbours(layout, len(target))
+    g = len(target)
+    # 30 lies between 20 (row 7) and 40 (row 8); 10 is the lowest, 50 the highest, 7 alone
+    assert (lower[4], higher[4]) == (7, 8) and (lower[5], higher[5]) == (g, 7)
+    assert (lower[6], higher[6]) == (8, g) and (lower[9], higher[9]) == (g, g)
+    share = 0.1
+    picks = [1, 0, 6, 7, 9]  # 3 (middle), 2 (lowest), 50 (highest), 20, the single 7
+    rng = np.random.default_rng(5)
+    counts = [Counter() for _ in picks]
+    pairs: list[list[tuple[Hashable, float]]] = [[] for _ in picks]
+    for _ in range(10_000):
+        served, p = explore_targets(picks, lower, higher, g, share, rng)
+        assert (template[served] == template[picks]).all()  # never another template
+        for i, (row, q) in enumerate(zip(served, p, strict=True)):
+            counts[i][float(target[row])] += 1
+            pairs[i].append((float(target[row]), q))
+    expected = [{2.0: 0.1, 3.0: 0.8, 4.0: 0.1}, {2.0: 0.9, 3.0: 0.1},
+                {40.0: 0.1, 50.0: 0.9}, {10.0: 0.1, 20.0: 0.8, 30.0: 0.1}, {7.0: 1.0}]
+    for i, want in enumerate(expected):
+        logged = logged_once(pairs[i])
+        assert logged == pytest.approx(want)
+        assert_frequencies_match(counts[i], logged)
+    # no share: the picks, with certainty, and no random draw
+    state = rng.bit_generator.state
+    served, p = explore_targets(picks, lower, higher, g, 0.0, rng)
+    assert served == picks and p == [1.0] * len(picks)
+    assert rng.bit_generator.state == state
+
+
+def test_feature_values_are_stored_to_six_significant_digits() -> None:
+    text = feature_json({"b": 1234.56789, "a": 0.000123456789, "c": float("nan"), "d": 3.0})
+    assert text == '{"a":0.000123457,"b":1234.57,"c":null,"d":3.0}'
+    assert feature_json(None) is None and loads(text)["b"] == 1234.57
+
+
+# -- the recommender -----------------------------------------------------------------------------
+
+def reward(reward_id: str, category: str, cost: float, min_tier: str = "Bronze"
+           ) -> dict[str, object]:
+    return {"reward_id": reward_id, "name": f"reward {reward_id}", "reward_type": "discount",
+            "category": category, "cost": cost, "min_tier": min_tier}
+
+
+def challenge(challenge_id: str, kind: str, lo: float, hi: float, step: float
+              ) -> dict[str, object]:
+    return {"challenge_id": challenge_id, "name": challenge_id, "kind": kind, "unit": "u",
+            "duration_days": 7, "min_target": lo, "max_target": hi, "target_step": step,
+            "points": 100}
+
+
+def catalog() -> Catalog:
+    """Six rewards for a Bronze member (one more for Gold only), two food rewards to show
+    that cold start ignores the diversity cap; challenge C1 (targets 2..5) and C2 (10..50)."""
+    rewards = pd.DataFrame([reward("R1", "food", 1.0), reward("R2", "food", 2.0),
+                            reward("R3", "travel", 3.0), reward("R4", "travel", 4.0),
+                            reward("R5", "home", 5.0), reward("R6", "home", 6.0),
+                            reward("GOLD", "home", 0.5, min_tier="Gold")])
+    challenges = pd.DataFrame([challenge("C1", "streak", 2, 5, 1),
+                               challenge("C2", "spend", 10, 50, 10)])
+    return Catalog.build(rewards, challenges, vocabulary=VOCAB, version=1)
+
+
+def meta(name: str, features: list[str], derived: tuple[str, ...], classes: list[str]
+         ) -> ModelMetadata:
+    return ModelMetadata(name=name, version="7", feature_service=f"{name}_v1",
+                         service_features=features, derived_features=list(derived),
+                         classes=classes, data_window={"end": "2026-01-01"})
+
+
+class RewardModel:
+    """Conversion falls with cost: the cheapest eligible reward is the best."""
+
+    features = ["tier_rank", "avg_basket_90d", "visits_30d", "reward_cost"]
+
+    def __init__(self, broken: bool = False) -> None:
+        self.meta = meta("reward", self.features, REWARD_DERIVED,
+                         ["none", "converted", "redeemed"])
+        self.broken = broken
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        if self.broken:
+            raise RuntimeError("corrupt session")
+        cost = X[:, self.meta.service_features.index("reward_cost")]
+        convert = np.where(cost < 0, 0.05, 0.6 - cost / 20).astype(np.float32)
+        return np.stack([1 - convert, convert / 2, convert / 2], axis=1)
+
+
+class DifficultyModel:
+    """Completion falls with the target's place in its range: 0.95 at the lowest, 0.15 at the
+    highest. Flow zone 0.7: C1's pick is 3 (0.683), C2's is 20 (0.75)."""
+
+    features = ["tier_rank", "visits_30d", "challenge_min_target", "challenge_max_target"]
+
+    def __init__(self) -> None:
+        self.meta = meta("difficulty", self.features, DIFFICULTY_DERIVED, ["open", "completed"])
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        ratio = X[:, len(self.meta.service_features) + DIFFICULTY_DERIVED.index("target_ratio")]
+        p = (0.95 - 0.8 * ratio).astype(np.float32)
+        return np.stack([1 - p, p], axis=1)
+
+
+MEMBER = {"tier_rank": 0.0, "avg_basket_90d": 42.123456789, "visits_30d": 3.0,
+          "not_a_model_input": 1.0}
+
+
+def recommender(*, epsilon: float = 0.1, no_offer: float = 0.0, floor: float = 0.0,
+                targets: float = 0.0, seed: int = 0) -> Recommender:
+    rules = Rules.model_validate({"exploration": {"epsilon": epsilon}})
+    return Recommender(catalog(), rules, seed=seed, new_reward_epsilon=0.0,
+                       no_offer_share=no_offer, exploration_floor=floor,
+                       target_exploration=targets)
+
+
+def decide(rec: Recommender, reward_model: object = None, difficulty_model: object = None, *,
+           k_rewards: int = 3, k_challenges: int = 2, member: str = "M-1",
+           features: dict[str, float] | None = MEMBER, consent: bool = True,
+           **kwargs: object) -> Decision:
+    return rec.recommend(MemberFacts(member, features, consent), reward_model,  # type: ignore[arg-type]
+                         difficulty_model, k_rewards=k_rewards,  # type: ignore[arg-type]
+                         k_challenges=k_challenges, channel="app", exclude=set(), now=NOW,
+                         cost_multiplier=1.0, **kwargs)  # type: ignore[arg-type]
+
+
+def items_of(d: Decision, kind: str) -> list[dict[str, object]]:
+    return [i.model_dump() for i in d.record.items if i.item_type == kind]
+
+
+def test_a_share_of_decisions_offers_no_reward_and_every_one_logs_it() -> None:
+    share, draws = 0.2, 4_000
+    rec = recommender(no_offer=share, epsilon=0.3, seed=6)
+    models = (RewardModel(), DifficultyModel())
+    withheld = 0
+    slot0: Counter[str] = Counter()
+    pairs: list[tuple[Hashable, float]] = []
+    for _ in range(draws):
+        d = decide(rec, *models)
+        record = d.record
+        assert record.no_offer_probability == share and record.policy == "model"
+        assert record.flags["no_offer"] == (not d.response.rewards)
+        assert d.response.challenges  # challenges are served either way
+        if record.flags["no_offer"]:
+            withheld += 1
+            assert items_of(d, "reward") == []
+            slot0["no offer"] += 1
+            pairs.append(("no offer", share))
+        else:
+            first = items_of(d, "reward")[0]
+            slot0[first["item_id"]] += 1
+            pairs.append((first["item_id"], first["shown_probability"]))
+            # the response shows the logged probability (rounded)
+            assert d.response.rewards[0].shown_probability == round(
+                first["shown_probability"], 6)
+    logged = logged_once(pairs)
+    # slot 0 over every action it can take, the no-offer draw included: sums to 1
+    assert logged["R1"] == pytest.approx((1 - share) * (0.7 + 0.3 / 6))
+    assert_frequencies_match(slot0, logged)
+    assert abs(withheld / draws - share) < 4 * np.sqrt(share * (1 - share) / draws)
+
+
+def test_no_offer_is_not_drawn_inside_experiments_or_without_rewards_asked() -> None:
+    rec = recommender(no_offer=0.5, seed=7)
+    for _ in range(200):
+        inside = decide(rec, RewardModel(), DifficultyModel(), arm="random", experiment_id="e1")
+        assert inside.record.no_offer_probability is None
+        assert not inside.record.flags["no_offer"] and inside.response.rewards
+        none_asked = decide(rec, RewardModel(), DifficultyModel(), k_rewards=0)
+        assert none_asked.record.no_offer_probability is None
+        assert not none_asked.record.flags["no_offer"]
+    # a share of 0 logs 0 and draws nothing: the random stream is the one before the share
+    a, b = recommender(seed=8), Recommender(catalog(), Rules.model_validate(
+        {"exploration": {"epsilon": 0.1}}), seed=8, new_reward_epsilon=0.0, no_offer_share=0.0,
+        exploration_floor=0.0, target_exploration=0.0)
+    for _ in range(50):
+        x, y = decide(a, RewardModel(), DifficultyModel()), decide(b, RewardModel(),
+                                                                   DifficultyModel())
+        assert x.record.no_offer_probability == 0.0
+        assert [i.item_id for i in x.record.items] == [i.item_id for i in y.record.items]
+
+
+def test_cold_start_explores_rewards_uniformly_over_the_eligible_ones() -> None:
+    share = 0.1
+    rec = recommender(no_offer=share, seed=9)
+    eligible = ["R1", "R2", "R3", "R4", "R5", "R6"]  # GOLD is above a Bronze member's tier
+    slot0: Counter[str] = Counter()
+    pairs: list[tuple[Hashable, float]] = []
+    same_category = 0
+    for _ in range(6_000):
+        d = decide(rec, no_champion=FAMILIES)
+        r = d.response
+        assert r.policy == d.record.policy == "cold_start"
+        assert not r.degraded and r.degraded_reasons == []
+        # no model names its inputs: every value the service read is logged for the first one
+        assert d.record.features and "tier_rank" in d.record.features
+        rewards = items_of(d, "reward")
+        if not rewards:
+            assert d.record.flags["no_offer"]
+            slot0["no offer"] += 1
+            pairs.append(("no offer", share))
+            continue
+        assert all(o.reason == COLD_START_REASON for o in r.rewards)
+        assert [i["shown_probability"] for i in rewards] == pytest.approx(
+            [(1 - share) / 6, (1 - share) / 5, (1 - share) / 4])
+        assert {i["item_id"] for i in rewards} <= set(eligible)
+        categories = [o.category for o in r.rewards]
+        same_category += len(set(categories)) < len(categories)
+        slot0[rewards[0]["item_id"]] += 1
+        pairs.append((rewards[0]["item_id"], rewards[0]["shown_probability"]))
+    assert_frequencies_match(slot0, logged_once(pairs))
+    assert same_category > 0  # uniform over every eligible reward: no diversity cap
+
+
+def test_cold_start_explores_templates_and_their_targets_uniformly() -> None:
+    rec = recommender(seed=10)
+    slot0: Counter[tuple[str, float]] = Counter()
+    pairs: list[tuple[Hashable, float]] = []
+    targets = {"C1": [2.0, 3.0, 4.0, 5.0], "C2": [10.0, 20.0, 30.0, 40.0, 50.0]}
+    for _ in range(5_000):
+        d = decide(rec, RewardModel(), None, no_champion=("difficulty",))
+        assert d.record.policy == "cold_start" and not d.response.degraded
+        challenges = items_of(d, "challenge")
+        assert [c["item_id"] for c in challenges] in (["C1", "C2"], ["C2", "C1"])
+        for rank, c in enumerate(challenges):
+            n_targets = len(targets[c["item_id"]])
+            assert c["target"] in targets[c["item_id"]]
+            assert c["target_probability"] == pytest.approx(1 / n_targets)
+            assert c["shown_probability"] == pytest.approx(1 / (2 - rank) / n_targets)
+        assert all(o.reason == COLD_START_REASON for o in d.response.challenges)
+        first = challenges[0]
+        slot0[(first["item_id"], first["target"])] += 1
+        pairs.append(((first["item_id"], first["target"]), first["shown_probability"]))
+        # the reward family has a model: its items are the model's, its features are logged
+        assert d.record.features == {n: MEMBER.get(n, 0.0) for n in ("tier_rank",
+                                                                   "avg_basket_90d",
+                                                                   "visits_30d")}
+    assert_frequencies_match(slot0, logged_once(pairs))
+
+
+def test_the_policy_tells_cold_start_from_a_broken_model() -> None:
+    rec = recommender(seed=11)
+    both = decide(rec, RewardModel(), DifficultyModel())
+    assert both.record.policy == both.response.policy == "model" and not both.response.degraded
+    # no model and none ever promoted: cold start, not degraded
+    assert decide(rec, no_champion=FAMILIES).response.policy == "cold_start"
+    # no model although one was promoted (it failed to load): the degraded fallback
+    lost = decide(rec)
+    assert lost.response.policy == "fallback" and lost.response.degraded
+    assert all(o.reason != COLD_START_REASON for o in lost.response.rewards)
+    # a model that fails to predict falls back too, whatever the registry said
+    broken = decide(rec, RewardModel(broken=True), DifficultyModel(), no_champion=FAMILIES)
+    assert broken.record.policy == "fallback" and broken.response.degraded
+    # one family broken, the other in cold start: the breakage is what the log must say
+    assert decide(rec, None, None, no_champion=("difficulty",)).record.policy == "fallback"
+
+
+def test_challenge_targets_explore_the_neighbours_of_the_flow_zone_pick() -> None:
+    share = 0.1
+    rec = recommender(epsilon=0.0, targets=share, seed=12)
+    counts = {"C1": Counter(), "C2": Counter()}
+    pairs: dict[str, list[tuple[Hashable, float]]] = {"C1": [], "C2": []}
+    model = DifficultyModel()
+    for _ in range(4_000):
+        d = decide(rec, RewardModel(), model, k_rewards=0)
+        slots = {c["item_id"]: c for c in items_of(d, "challenge")}
+        out = {c.challenge_id: c for c in d.response.challenges}
+        for cid, c in slots.items():
+            counts[cid][c["target"]] += 1
+            pairs[cid].append((c["target"], c["target_probability"]))
+            # one template per kind, epsilon 0: each template's slot is certain, so the item's
+            # probability is its target's
+            assert c["shown_probability"] == pytest.approx(c["target_probability"])
+            ratio = {"C1": (c["target"] - 2) / 3, "C2": (c["target"] - 10) / 40}[cid]
+            assert out[cid].completion_probability == pytest.approx(0.95 - 0.8 * ratio,
+                                                                    abs=1e-6)
+            picks = {"C1": 3.0, "C2": 20.0}
+            assert ("next to the flow-zone pick" in out[cid].reason) == (c["target"] != picks[cid])
+    want = {"C1": {2.0: share, 3.0: 1 - 2 * share, 4.0: share},
+            "C2": {10.0: share, 20.0: 1 - 2 * share, 30.0: share}}
+    for cid in ("C1", "C2"):
+        logged = logged_once(pairs[cid])
+        assert logged == pytest.approx(want[cid])
+        assert_frequencies_match(counts[cid], logged)
+
+
+def test_the_floor_reaches_the_recommenders_slots() -> None:
+    floor = 0.05
+    rec = recommender(epsilon=0.0, floor=floor, seed=13)
+    probabilities: set[float] = set()
+    for _ in range(2_000):
+        d = decide(rec, RewardModel(), DifficultyModel(), k_challenges=0, k_rewards=1)
+        probabilities.add(round(items_of(d, "reward")[0]["shown_probability"], 12))
+    # six eligible rewards, epsilon 0 raised to 6 x 0.05: the best 0.75, the others 0.05
+    assert probabilities == {0.75, 0.05}
+
+
+def test_the_record_logs_the_features_the_models_were_given() -> None:
+    rec = recommender(seed=14)
+    d = decide(rec, RewardModel(), DifficultyModel())
+    names = ["tier_rank", "avg_basket_90d", "visits_30d"]  # the models' member inputs, once
+    assert d.record.features == {n: MEMBER[n] for n in names}
+    assert d.record.flags == {"personalized": True, "cold_start": False, "degraded": False,
+                              "no_offer": False}
+    # without consent the models see a history-less member of the tier: that is what is logged
+    anonymous = decide(rec, RewardModel(), DifficultyModel(), consent=False)
+    assert anonymous.record.features == {"tier_rank": 0.0, "avg_basket_90d": 0.0,
+                                         "visits_30d": 0.0}
+    assert all(i.target_probability == 1.0 for i in d.record.items if i.item_type == "challenge")
+    assert all(i.target_probability is None for i in d.record.items if i.item_type == "reward")
+
+
+def test_never_promoted_is_what_the_registry_said_at_the_last_refresh(tmp_path: Path) -> None:
+    from serving.stores.models import ModelManager
+
+    class Source:
+        answer: object = None
+
+        def champion(self, name: str) -> tuple[str, Path] | None:
+            if isinstance(self.answer, Exception):
+                raise self.answer
+            return self.answer  # type: ignore[return-value]
+
+    source = Source()
+    manager = ModelManager(source, lambda service: [])  # type: ignore[arg-type]
+    manager.add("reward", "propensity_v1", REWARD_DERIVED)
+    assert not manager.never_promoted("reward")  # not asked yet: unknown is not cold
+    source.answer = ConnectionError("registry down")
+    manager.refresh()
+    assert not manager.never_promoted("reward")
+    source.answer = None
+    assert manager.refresh() == {"reward": "no champion"}
+    assert manager.never_promoted("reward")
+    source.answer = ("1", tmp_path / "missing.onnx")  # promoted, but it cannot be loaded
+    assert manager.refresh() == {"reward": "refused v1"}
+    assert not manager.never_promoted("reward") and manager.get("reward") is None

@@ -1,0 +1,192 @@
+"""The learning loop's pure parts: decision-log rows, outcome attribution, the join report,
+frozen labels, logging weights and the gate's target policies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training.data.datasets import WEIGHT_CAP, logging_weights
+from training.data.decision_log import (
+    assignments_from_log, attribute_by_item, join_report, offers_from_log,
+)
+from training.data.history import label_offers, labelled_decisions
+from training.data.snapshots import content_hash, freeze
+from training.evaluation.gate import Exploration, logged_rows, policy_distribution
+
+T0 = pd.Timestamp("2026-03-01T10:00:00Z")
+UTC_US = "datetime64[us, UTC]"
+
+
+def ts(days: float) -> pd.Timestamp:
+    return T0 + pd.Timedelta(days=days)
+
+
+def log_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Three service decisions: d1 offers R1 (slot 0) and C1 at target 5, d2 draws no offer,
+    d3 is inside an experiment (not learnable)."""
+    decisions = pd.DataFrame({
+        "decision_id": ["d1", "d2", "d3"], "member_id": ["m1", "m2", "m3"],
+        "event_timestamp": pd.Series([ts(0), ts(0.5), ts(1)]).astype(UTC_US),
+        "channel": "app", "arm": [None, None, "model"], "experiment_id": [None, None, "e1"],
+        "policy": ["model", "model", "model"], "no_offer": [False, True, False],
+        "no_offer_probability": [0.05, 0.05, np.nan], "model_versions": "{}",
+        "features": None, "personalized": True, "cold_start": False, "degraded": False})
+    items = pd.DataFrame({
+        "decision_id": ["d1", "d1", "d3"], "member_id": ["m1", "m1", "m3"],
+        "event_timestamp": pd.Series([ts(0), ts(0), ts(1)]).astype(UTC_US),
+        "item_type": ["reward", "challenge", "reward"], "item_id": ["R1", "C1", "R2"],
+        "item_rank": [0, 0, 0], "score": 1.0, "shown_probability": [0.6, 0.45, 1.0],
+        "target": [np.nan, 5.0, np.nan], "target_probability": [np.nan, 0.9, np.nan],
+        "cost": [2.0, np.nan, 3.0]})
+    return decisions, items
+
+
+def event_frame(rows: list[dict]) -> pd.DataFrame:
+    cols = ["member_id", "event_timestamp", "event_type", "decision_id", "reward_id",
+            "challenge_id", "amount", "category", "points", "target", "propensity",
+            "received_at"]
+    frame = pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
+    for c in ("event_timestamp", "received_at"):
+        frame[c] = pd.to_datetime(frame[c], utc=True).astype(UTC_US)
+    for c in ("amount", "target", "propensity"):
+        frame[c] = frame[c].astype("float64")
+    return frame
+
+
+def test_log_rows_carry_probabilities_and_skip_experiments() -> None:
+    decisions, items = log_frames()
+    offers = offers_from_log(decisions, items)
+    assert set(offers["decision_id"]) == {"d1", "d2"}  # d3 is an experiment's
+    d1 = offers.set_index("decision_id").loc["d1"]
+    assert (d1["reward_id"], bool(d1["treated"]), d1["propensity"]) == ("R1", True, 0.6)
+    d2 = offers.set_index("decision_id").loc["d2"]
+    assert (d2["reward_id"], bool(d2["treated"]), d2["propensity"]) == ("", False, 0.05)
+    asg = assignments_from_log(decisions, items)
+    assert list(asg["challenge_id"]) == ["C1"]
+    assert asg["target_probability"].iloc[0] == 0.9 and asg["source"].iloc[0] == "service"
+
+
+def test_outcomes_join_by_id_then_by_member_and_item() -> None:
+    decisions, items = log_frames()
+    challenges = pd.DataFrame({"challenge_id": ["C1"], "duration_days": [14]})
+    events = event_frame([
+        # by id: a purchase and a redemption of d1 inside the window
+        {"member_id": "m1", "event_timestamp": ts(1), "event_type": "purchase",
+         "decision_id": "d1", "amount": 40.0, "received_at": ts(1)},
+        # no id, names R1 for m1: attributed to d1 (its window is open)
+        {"member_id": "m1", "event_timestamp": ts(2), "event_type": "redemption",
+         "reward_id": "R1", "received_at": ts(2)},
+        # no id, names C1: attributed to d1's assignment (14-day duration)
+        {"member_id": "m1", "event_timestamp": ts(10), "event_type": "challenge_completed",
+         "challenge_id": "C1", "received_at": ts(10)},
+        # after the 7-day window: not attributed
+        {"member_id": "m1", "event_timestamp": ts(9), "event_type": "redemption",
+         "reward_id": "R1", "received_at": ts(9)},
+        # a purchase of the no-offer member carrying the decision id: the control's outcome
+        {"member_id": "m2", "event_timestamp": ts(3), "event_type": "purchase",
+         "decision_id": "d2", "amount": 10.0, "received_at": ts(3)},
+        # an unknown decision id
+        {"member_id": "m2", "event_timestamp": ts(3), "event_type": "purchase",
+         "decision_id": "zz", "amount": 5.0, "received_at": ts(3)},
+    ])
+    labelled = labelled_decisions(events, decisions, items, challenges, window_days=7)
+    offers = labelled.offers.set_index("decision_id")
+    assert offers.loc["d1", "redeemed"] == 1 and offers.loc["d1", "spend"] == 40.0
+    assert offers.loc["d2", "converted"] == 1 and offers.loc["d2", "redeemed"] == 0
+    assert labelled.assignments["completed"].tolist() == [1]
+    matched = labelled.events["matched_by"].tolist()
+    assert matched == ["decision_id", "member_item", "member_item", None, "decision_id",
+                       "decision_id"]
+
+    report = join_report(labelled.events, labelled.offers, labelled.assignments,
+                         as_of=ts(8), window_days=7)
+    assert report.decisions["service_logged"] == 2
+    assert report.decisions["no_offer"] == 1 and report.decisions["challenge_slots"] == 1
+    assert report.decisions["open_windows"] == 1  # d2's window closes at 7.5 days
+    assert report.outcomes["matched_by_decision_id"] == 2
+    assert report.outcomes["matched_by_member_and_item"] == 2
+    assert report.outcomes["unmatched_unknown_decision_id"] == 1
+    assert report.outcomes["unmatched_no_decision_in_window"] == 1
+    assert "matched by member and item" in report.text()
+    # d1's label frozen at 1.5 days: its redemption and completion received later are late
+    frozen = pd.Series({"d1": ts(1.5)}).astype(UTC_US)
+    late = join_report(labelled.events, labelled.offers, labelled.assignments, as_of=ts(8),
+                       window_days=7, labelled_at=frozen)
+    assert late.outcomes["late_after_labelling"] == 2
+    assert report.outcomes["late_after_labelling"] == 0
+
+
+def test_without_the_fallback_an_unlabelled_redemption_is_lost() -> None:
+    """The join by member and item is what counts an id-less redemption (a real difference)."""
+    decisions, items = log_frames()
+    offers = offers_from_log(decisions, items)
+    events = event_frame([{"member_id": "m1", "event_timestamp": ts(2),
+                           "event_type": "redemption", "reward_id": "R1"}])
+    plain = label_offers(offers, events, 7).set_index("decision_id")
+    attributed = attribute_by_item(events, offers, offers.iloc[:0], 7, pd.Series(dtype=int))
+    joined = label_offers(offers, attributed, 7).set_index("decision_id")
+    assert plain.loc["d1", "redeemed"] == 0 and joined.loc["d1", "redeemed"] == 1
+
+
+def test_frozen_labels_never_change_and_open_windows_wait(tmp_path) -> None:  # noqa: ANN001
+    frame = pd.DataFrame({
+        "decision_id": ["a", "b"], "reward_id": ["R1", "R2"], "member_id": ["m1", "m2"],
+        "event_timestamp": pd.Series([ts(0), ts(5)]).astype(UTC_US),
+        "propensity": [0.5, 0.5], "redeemed": [0, 0], "converted": [0, 0],
+        "spend": [0.0, 0.0],
+        "outcome_timestamp": pd.Series([ts(7), ts(12)]).astype(UTC_US)})
+    first, counts = freeze("offers", frame, tmp_path, as_of=ts(8))
+    assert list(first["decision_id"]) == ["a"]
+    assert counts == {"newly_labelled": 1, "frozen_reused": 0, "open_left_out": 1}
+    late = frame.copy()
+    late.loc[0, ["redeemed", "converted", "spend"]] = [1, 1, 30.0]  # a late outcome for a
+    second, counts = freeze("offers", late, tmp_path, as_of=ts(13))
+    second = second.set_index("decision_id")
+    assert second.loc["a", "redeemed"] == 0 and second.loc["a", "spend"] == 0.0  # frozen
+    assert counts == {"newly_labelled": 1, "frozen_reused": 1, "open_left_out": 0}
+    # same content, same hash; a different label, another hash
+    again, _ = freeze("offers", late, tmp_path, as_of=ts(14))
+    h = content_hash({"offers": second.reset_index()})
+    assert content_hash({"offers": again}) == h
+    assert content_hash({"offers": late}) != h
+
+
+def test_logging_weights_only_for_the_model_policy() -> None:
+    rows = pd.DataFrame({"policy": ["", "cold_start", "model", "model", "model"],
+                         "propensity": [np.nan, 0.1, 0.5, 0.05, 1e-6]})
+    w = logging_weights(rows)
+    assert w[0] == 1.0 and w[1] == 1.0
+    model = w[2:]
+    assert model.mean() == pytest.approx(1.0)
+    assert model[1] / model[0] == pytest.approx(10.0)  # 1/p
+    assert model.max() / np.median(model) <= WEIGHT_CAP + 1e-9  # 1/1e-6 is capped
+    assert logging_weights(rows.assign(policy="")) is None
+
+
+def test_target_policy_matches_serving_randomization() -> None:
+    rng = np.random.default_rng(0)
+    value = rng.normal(size=(200, 6))
+    eligible = rng.random((200, 6)) < 0.7
+    eligible[0] = False  # nothing eligible: no offer for sure
+    ex = Exploration(no_offer_share=0.05, epsilon=0.05, floor=0.02)
+    pi = policy_distribution(value, eligible, ex)
+    np.testing.assert_allclose(pi.sum(axis=1), 1.0, atol=1e-12)
+    assert pi[0, -1] == 1.0
+    assert (pi[:, :-1][~eligible] == 0).all()
+    n = eligible.sum(axis=1)
+    e = np.minimum(1, np.maximum(0.05, n * 0.02))
+    best = np.argmax(np.where(eligible, value, -np.inf), axis=1)
+    rows = np.flatnonzero(n > 0)
+    np.testing.assert_allclose(pi[rows, best[rows]], 0.95 * (1 - e[rows] + e[rows] / n[rows]))
+    floor_ok = pi[:, :-1][eligible] >= 0.95 * 0.02 - 1e-12
+    assert floor_ok.all()
+
+
+def test_gate_reads_only_the_services_first_slot() -> None:
+    rows = pd.DataFrame({
+        "decision_id": ["a", "a", "b", "c", "d"], "source": ["service"] * 4 + ["import"],
+        "policy": ["model", "model", "cold_start", "fallback", ""],
+        "slot": [0, 1, 0, 0, 0], "treated": [True, True, False, True, True]})
+    assert logged_rows(rows)["decision_id"].tolist() == ["a", "b"]

@@ -1,0 +1,144 @@
+"""Frozen labels and dataset snapshots for `rewards retrain`.
+
+A decision's label is final once its window has closed, and it stays what it was when a model
+first trained on it: an outcome that arrives later (a CRM replaying last month's redemptions) is
+kept in the event store and counted by the join report, but it never relabels a snapshot already
+trained on, so a model and the data it was trained on stay reproducible.
+
+The ledger (``ledger_offers.parquet``, ``ledger_assignments.parquet`` in the snapshots folder)
+holds every label ever frozen, keyed by decision and item, with the time it was frozen. A
+snapshot is the set of closed decisions at an instant with their frozen labels; its id is a hash
+of its content, so two retrains that see the same closed decisions see the same id (what makes
+`rewards retrain` idempotent).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+KEYS = {"offers": ["decision_id", "reward_id"], "assignments": ["decision_id", "challenge_id"]}
+LABELS = {"offers": ["redeemed", "converted", "spend", "outcome_timestamp"],
+          "assignments": ["completed", "outcome_timestamp"]}
+LATEST = "latest.json"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A dataset snapshot: its content hash, the instant it was cut, and its counts."""
+
+    id: str
+    as_of: str
+    offers: int
+    assignments: int
+    newly_labelled: int
+    frozen_reused: int
+    open_left_out: int
+    path: str
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _closed(frame: pd.DataFrame, as_of: pd.Timestamp) -> pd.Series:
+    return frame["outcome_timestamp"] < as_of
+
+
+def freeze(kind: str, frame: pd.DataFrame, ledger_dir: Path,
+           as_of: pd.Timestamp) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The closed rows of ``frame`` with their labels frozen: rows the ledger already holds
+    take the ledger's labels; newly closed rows are added to the ledger (labelled at
+    ``as_of``, at the wall-clock time). Open rows are left out. Returns the rows and counts."""
+    keys, labels = KEYS[kind], LABELS[kind]
+    path = ledger_dir / f"ledger_{kind}.parquet"
+    ledger = (pd.read_parquet(path) if path.is_file()
+              else pd.DataFrame(columns=[*keys, *labels, "labelled_at", "as_of"]))
+    closed = frame[_closed(frame, as_of)]
+    index = pd.MultiIndex.from_frame(closed[keys])
+    known = pd.MultiIndex.from_frame(ledger[keys]) if len(ledger) else pd.MultiIndex.from_tuples(
+        [], names=keys)
+    frozen = index.isin(known)
+    out = closed.copy()
+    if frozen.any():
+        stored = ledger.set_index(keys)[labels].reindex(index[frozen])
+        for col in labels:
+            out.loc[out.index[frozen], col] = stored[col].to_numpy()
+    # labelled_at: when the label was frozen (wall clock, what "late" compares receipts with);
+    # as_of: the instant the snapshot read the store as of (a simulation's clock may differ)
+    new = closed[~frozen][[*keys, *labels]].assign(
+        labelled_at=pd.Timestamp.now(tz="UTC"), as_of=pd.Timestamp(as_of))
+    if len(new):
+        merged = pd.concat([ledger, new], ignore_index=True) if len(ledger) else new
+        ledger_dir.mkdir(parents=True, exist_ok=True)
+        merged.to_parquet(path.with_suffix(".tmp"), index=False)
+        path.with_suffix(".tmp").replace(path)
+    counts = {"newly_labelled": int((~frozen).sum()), "frozen_reused": int(frozen.sum()),
+              "open_left_out": int(len(frame) - len(closed))}
+    return out.reset_index(drop=True), counts
+
+
+def labelled_at(ledger_dir: Path) -> pd.Series:
+    """When each decision's label was frozen (earliest over its items), by decision id."""
+    parts = []
+    for kind in KEYS:
+        path = ledger_dir / f"ledger_{kind}.parquet"
+        if path.is_file():
+            parts.append(pd.read_parquet(path, columns=["decision_id", "labelled_at"]))
+    if not parts:
+        return pd.Series(dtype="datetime64[us, UTC]")
+    both = pd.concat(parts, ignore_index=True)
+    return both.groupby("decision_id")["labelled_at"].min()
+
+
+def content_hash(frames: dict[str, pd.DataFrame]) -> str:
+    """A hash of the rows and labels (order-independent): the dataset hash MLflow records."""
+    h = hashlib.sha256()
+    for kind in sorted(frames):
+        frame = frames[kind]
+        cols = [*KEYS[kind], "member_id", "event_timestamp", "propensity", *LABELS[kind]]
+        part = frame[cols].sort_values(KEYS[kind], kind="stable").reset_index(drop=True)
+        h.update(kind.encode())
+        h.update(json.dumps(cols).encode())
+        h.update(pd.util.hash_pandas_object(part, index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def take_snapshot(features_dir: Path, snapshots_dir: Path, as_of: pd.Timestamp) -> Snapshot:
+    """Freeze the labels of the decisions in ``features_dir`` closed at ``as_of``, rewrite its
+    ``offers.parquet``/``assignments.parquet`` with only those rows (what training reads), and
+    keep a copy under ``snapshots_dir/<id>/``."""
+    as_of = pd.Timestamp(as_of)
+    frames, totals = {}, {"newly_labelled": 0, "frozen_reused": 0, "open_left_out": 0}
+    for kind in KEYS:
+        frame = pd.read_parquet(features_dir / f"{kind}.parquet")
+        frames[kind], counts = freeze(kind, frame, snapshots_dir, as_of)
+        for k, v in counts.items():
+            totals[k] += v
+    snap_id = content_hash(frames)
+    out = snapshots_dir / snap_id
+    out.mkdir(parents=True, exist_ok=True)
+    for kind, frame in frames.items():
+        for target in (features_dir / f"{kind}.parquet", out / f"{kind}.parquet"):
+            frame.to_parquet(target.with_suffix(".tmp"), index=False)
+            target.with_suffix(".tmp").replace(target)
+    snap = Snapshot(snap_id, as_of.isoformat(), len(frames["offers"]),
+                    len(frames["assignments"]), path=str(out), **totals)
+    (out / "manifest.json").write_text(json.dumps(snap.as_dict(), indent=2) + "\n")
+    return snap
+
+
+def read_latest(snapshots_dir: Path) -> dict[str, object] | None:
+    """What the last `rewards retrain` did (its snapshot id, versions, verdicts), if any."""
+    path = snapshots_dir / LATEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_latest(snapshots_dir: Path, record: dict[str, object]) -> None:
+    snapshots_dir.mkdir(parents=True, exist_ok=True)
+    tmp = snapshots_dir / f"{LATEST}.tmp"
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    tmp.replace(snapshots_dir / LATEST)

@@ -1,0 +1,173 @@
+"""The off-policy promotion gate of `rewards retrain`.
+
+Before a retrained reward model replaces the champion, both are evaluated on the service's latest
+logged decisions (the test period of the retrain's time split), as the policies serving would
+run with them: the no-offer share, then the best eligible reward by predicted incremental value
+with the exploration mix (``serving.decisioning.ranking``). Estimates are IPS, SNIPS and doubly
+robust with bootstrap intervals (``training.evaluation.logged_ope``); the candidate is promoted
+only when enough decisions exist and its DR lower bound beats the champion's DR estimate. With no
+champion yet (cold start), the bar is the value of what served: the logged decisions' mean.
+
+Only the first slot of a decision is evaluated (its logged probability is a marginal; later
+slots' are conditional on the first). Novelty decay, cooldowns and the new-reward exploration
+are left out of the target policies: they act the same on both and are second order here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from serving.decisioning.scoring import RewardScores
+from training.evaluation.evaluate import eligible_rewards, member_baskets
+from training.evaluation.logged_ope import PolicyEstimate, estimate_policy
+
+#: (member rows, reward items) -> the model's reward scores for every member x reward
+Scorer = Callable[[pd.DataFrame, pd.DataFrame], RewardScores]
+
+
+@dataclass(frozen=True)
+class Exploration:
+    """How serving randomizes (serving's settings and rules): the target policies use the same."""
+
+    no_offer_share: float
+    epsilon: float
+    floor: float
+
+
+@dataclass(frozen=True)
+class PolicyModel:
+    """A reward model as a policy: its scores and its value parameters (with the margin)."""
+
+    name: str
+    scorer: Scorer
+    value_params: dict[str, float]
+
+
+@dataclass
+class GateResult:
+    promote: bool
+    reason: str
+    decisions: int
+    candidate: PolicyEstimate | None = None
+    champion: PolicyEstimate | None = None
+    champion_label: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: per evaluated decision and action ('' = no offer): each policy's probability (long
+    #: format), kept with the snapshot so anyone can audit or re-score what the gate compared
+    policies: pd.DataFrame | None = None
+
+
+def logged_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The service's own decisions in ``rows`` (test-period reward rows), one per decision:
+    the first slot's offer, or the no-offer draw."""
+    if "source" not in rows:
+        return rows.iloc[:0]
+    own = rows[(rows["source"] == "service") & rows["policy"].isin(("model", "cold_start"))]
+    own = own[(own["slot"] == 0) | ~own["treated"].astype(bool)]
+    return own.drop_duplicates("decision_id").reset_index(drop=True)
+
+
+def policy_distribution(value: np.ndarray, eligible: np.ndarray,
+                        exploration: Exploration) -> np.ndarray:
+    """(rows x (rewards + 1)) probabilities of each reward in the first slot, no offer last:
+    the no-offer share, then per slot the best eligible reward with probability 1 - e and a
+    uniform eligible one with e = min(1, max(epsilon, n_eligible x floor))."""
+    n = eligible.sum(axis=1).astype(np.float64)
+    e = np.minimum(1.0, np.maximum(exploration.epsilon, n * exploration.floor))
+    best = np.argmax(np.where(eligible, value, -np.inf), axis=1)
+    probs = np.where(eligible, (e / np.maximum(n, 1.0))[:, None], 0.0)
+    probs[np.arange(len(best)), best] += 1.0 - e
+    probs[n == 0] = 0.0
+    offer = 1.0 - exploration.no_offer_share
+    out = np.zeros((len(value), value.shape[1] + 1))
+    out[:, :-1] = offer * probs
+    out[:, -1] = np.where(n == 0, 1.0, exploration.no_offer_share)
+    return out
+
+
+def _q(scores: RewardScores, basket: np.ndarray, cost: np.ndarray, margin: float) -> np.ndarray:
+    """Expected profit of each reward and of no offer (last column), per row."""
+    q_offer = margin * basket[:, None] * scores.p_convert - scores.propensity * cost[None, :]
+    return np.column_stack([q_offer, margin * basket * scores.p_control[:, 0]])
+
+
+def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyModel,
+                  champion: PolicyModel | None, exploration: Exploration, *,
+                  min_decisions: int, n_bootstrap: int = 500, seed: int = 0,
+                  clip: float | None = None) -> GateResult:
+    """Estimate candidate and champion on the logged decisions in ``rows`` and decide."""
+    own = logged_rows(rows)
+    n = len(own)
+    if n < min_decisions:
+        return GateResult(False, f"only {n} logged decisions in the evaluation period, "
+                                 f"{min_decisions} needed (REWARDS_RETRAIN_MIN_DECISIONS)", n)
+    margin = float(candidate.value_params["margin"])
+    cost = items["reward_cost"].to_numpy(dtype=np.float64)
+    reward_index = {r: i for i, r in enumerate(items["reward_id"])}
+    m = len(cost)
+    treated = own["treated"].to_numpy(dtype=bool)
+    action = np.where(treated, own["reward_id"].map(reward_index).fillna(-1).to_numpy(int), m)
+    known = action >= 0  # a reward retired from the catalog: its rows cannot be re-scored
+    own, action, treated = own[known].reset_index(drop=True), action[known], treated[known]
+    r_idx = np.arange(len(own))
+    realized = margin * own["spend"].to_numpy(dtype=np.float64) - np.where(
+        treated, own["redeemed"].to_numpy(dtype=np.float64) * cost[np.minimum(action, m - 1)],
+        0.0)
+    propensity = own["propensity"].to_numpy(dtype=np.float64)
+    eligible = eligible_rewards(own, items)
+
+    cand_scores = candidate.scorer(own, items)
+    q = _q(cand_scores, member_baskets(own, candidate.value_params), cost, margin)
+    q_logged = q[r_idx, action]
+
+    dists: dict[str, np.ndarray] = {}
+
+    def estimate(model: PolicyModel, scores: RewardScores, key: str) -> PolicyEstimate:
+        value = scores.values(member_baskets(own, model.value_params), cost,
+                              float(model.value_params.get("margin", margin)))
+        pi = dists[key] = policy_distribution(value, eligible, exploration)
+        return estimate_policy(realized, propensity, pi[r_idx, action], q_logged,
+                               (pi * q).sum(axis=1), clip=clip, n_bootstrap=n_bootstrap,
+                               seed=seed)
+
+    cand = estimate(candidate, cand_scores, "p_candidate")
+    if champion is not None:
+        champ = estimate(champion, champion.scorer(own, items), "p_champion")
+        label = f"champion {champion.name}"
+    else:  # what served (cold start): its value is the logged decisions' own mean
+        champ = estimate_policy(realized, propensity, propensity, n_bootstrap=n_bootstrap,
+                                seed=seed)
+        champ = _with_dr(champ)
+        label = "the logging policy (no champion yet)"
+    bar = float(champ.dr)
+    low = float(cand.dr_ci_low)
+    if low > bar:
+        verdict, reason = True, (f"candidate DR lower bound {low:.3f} beats {label}'s DR "
+                                 f"estimate {bar:.3f} on {len(own)} logged decisions")
+    else:
+        verdict, reason = False, (f"candidate DR lower bound {low:.3f} does not beat {label}'s "
+                                  f"DR estimate {bar:.3f} on {len(own)} logged decisions")
+    metrics = {**{f"gate.candidate.{k}": float(v) for k, v in cand.as_dict().items()
+                  if v is not None},
+               **{f"gate.champion.{k}": float(v) for k, v in champ.as_dict().items()
+                  if v is not None}}
+    actions = np.append(items["reward_id"].astype(str).to_numpy(), "")
+    policies = pd.DataFrame({
+        "decision_id": np.repeat(own["decision_id"].to_numpy(), m + 1),
+        "member_id": np.repeat(own["member_id"].astype(str).to_numpy(), m + 1),
+        "action": np.tile(actions, len(own)),
+        "logged": (np.arange(m + 1)[None, :] == action[:, None]).ravel(),
+        **{k: v.ravel() for k, v in dists.items()}})
+    return GateResult(verdict, reason, len(own), cand, champ, label, metrics, policies)
+
+
+def _with_dr(estimate: PolicyEstimate) -> PolicyEstimate:
+    """On-policy: DR equals the (unweighted) mean, the same as IPS."""
+    from dataclasses import replace
+
+    return replace(estimate, dr=estimate.ips, dr_ci_low=estimate.ips_ci_low,
+                   dr_ci_high=estimate.ips_ci_high)

@@ -1,0 +1,194 @@
+"""Simulated members in the learning loop: they ask the real app, answer as the truth says.
+
+The loop's proof (bench/learning_loop.py) and its integration test share this: a world joins
+the product with its members and their behaviour only (no logged offers, no model), its members
+ask the app for one reward and one challenge, answer per the hidden truth and post their
+outcomes through ``/v1/events``. The truth is read here and in the reports only, never by the
+product.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+BATCH = 500
+
+
+def onboard_without_offers(world_dir: Path, events_url: str) -> dict[str, int]:
+    """Import the world's catalog, members and behavioural events: no logged offer, no
+    assignment and no outcome of one (the service starts from nothing)."""
+    from training.simulate.onboard import onboard, program_files
+
+    files = program_files(world_dir)
+    staged = world_dir.parent / "world_without_offers"
+    program = staged / files["events"].parent.name
+    program.mkdir(parents=True, exist_ok=True)
+    for kind, path in files.items():
+        if kind != "events":
+            shutil.copy(path, program / path.name)
+    events = pd.read_parquet(files["events"])
+    keep = ~events["event_type"].isin(("impression", "holdout")) & events["decision_id"].isna()
+    events[keep].to_parquet(program / files["events"].name, index=False)
+    onboard(staged, events_url, progress=False)
+    return {"events_in_world": len(events), "imported": int(keep.sum())}
+
+
+class Truth:
+    """The hidden response of every member to every reward (the bench's eyes only)."""
+
+    def __init__(self, world_dir: Path) -> None:
+        from training.simulate.generate.catalog import VOCABULARY
+        from training.simulate.oracle import WorldTruth
+
+        self.world = WorldTruth.load(world_dir)
+        self.rewards = self.world.rewards
+        tiers = list(VOCABULARY.tiers)
+        self.min_rank = self.rewards["min_tier"].map(tiers.index).to_numpy()
+        self.tier_rank = self.world.members["tier"].map(tiers.index)
+        self.cost = self.rewards["cost"].to_numpy(dtype=np.float64)
+
+    def matrices(self, member_ids: np.ndarray) -> dict[str, np.ndarray]:
+        tr = self.world.reward_response(member_ids.astype(str))
+        rank = self.tier_rank.loc[member_ids.astype(np.int64)].to_numpy()
+        tr["eligible"] = rank[:, None] >= self.min_rank[None, :]
+        margin = self.world.margin
+        tr["q_offer"] = (margin * tr["basket_value"] * tr["p_convert_offer"]
+                         - tr["p_redeem"] * self.cost[None, :])
+        tr["q_none"] = margin * tr["basket_value"][:, 0] * tr["p_convert_control"][:, 0]
+        return tr
+
+    def shares(self, member_ids: np.ndarray, served: np.ndarray,
+               greedy: np.ndarray | None) -> dict[str, float]:
+        """Shares of the oracle's true incremental value: served (column, -1 = no offer),
+        greedy choice, random eligible."""
+        tr = self.matrices(member_ids)
+        inc, ok = tr["incremental_value"], tr["eligible"]
+        r = np.arange(len(member_ids))
+        oracle = np.where(ok, inc, -np.inf).max(axis=1)
+        value = np.where(served >= 0, inc[r, np.maximum(served, 0)], 0.0)
+        random = np.where(ok, inc, 0.0).sum(axis=1) / ok.sum(axis=1)
+        out = {"oracle_value": float(oracle.mean()),
+               "value_share_of_oracle": float(value.mean() / oracle.mean()),
+               "random_share_of_oracle": float(random.mean() / oracle.mean())}
+        if greedy is not None:
+            g = np.where(greedy >= 0, inc[r, np.maximum(greedy, 0)], 0.0)
+            out["policy_share_of_oracle"] = float(g.mean() / oracle.mean())
+        return out
+
+    def policy_value(self, gate: pd.DataFrame, column: str) -> float:
+        """True expected profit per decision of a policy's distribution in the gate's file."""
+        ids = gate["member_id"].to_numpy()
+        decisions = gate["decision_id"].to_numpy()
+        first = np.r_[True, decisions[1:] != decisions[:-1]]
+        members = ids[first]
+        tr = self.matrices(members.astype(np.int64))
+        m = len(self.rewards)
+        per = len(gate) // len(members)  # actions per decision: the gate's catalog + no offer
+        q = np.column_stack([tr["q_offer"], tr["q_none"]])
+        order = pd.Index(self.rewards["reward_id"].astype(str)).get_indexer(
+            gate["action"].iloc[:per].to_numpy())
+        order = np.where(order < 0, m, order)  # '' (no offer) -> last column
+        p = gate[column].to_numpy().reshape(len(members), per)
+        return float((p * q[:, order]).sum(axis=1).mean())
+
+
+def greedy_choice(features: list[dict[str, float] | None], model: Any, catalog: Any
+                  ) -> np.ndarray:
+    """The served reward model's first choice per decision (catalog column), from the
+    features the decision log kept; -1 where nothing could be scored."""
+    from serving.decisioning.ranking import member_basket
+    from serving.decisioning.recommend import candidate_rows
+    from serving.decisioning.scoring import scores_from_proba
+
+    cols = catalog.reward_cols
+    out = np.full(len(features), -1)
+    if model is None:
+        return out
+    params = model.meta.value_params
+    rows = candidate_rows(catalog, "reward", model.meta.service_features)
+    m = len(cols["reward_id"])
+    for i, f in enumerate(features):
+        if not f:
+            continue
+        ok = cols["min_tier_rank"] <= f.get("tier_rank", 0.0)
+        idx = np.flatnonzero(ok)
+        X = rows.matrix(f, np.append(idx, m))
+        s = scores_from_proba(model.predict(X), 1)
+        basket = member_basket(f.get("avg_basket_90d", 0.0), params)
+        v = s.values(basket, cols["cost"][idx].astype(np.float64),
+                     params.get("margin", 0.3))[0]
+        out[i] = int(idx[int(np.argmax(v))])
+    return out
+
+
+def run_round(client: Any, services: Any, ids: np.ndarray, start: datetime, spread_days: float,
+              rng: np.random.Generator) -> tuple[pd.DataFrame, list[datetime]]:
+    """One decision per member through /v1/recommendations/batch, batches spread in time."""
+    order = rng.permutation(ids)
+    answers, times = [], []
+    n_batches = max(1, -(-len(order) // BATCH))
+    for b in range(n_batches):
+        chunk = order[b * BATCH:(b + 1) * BATCH]
+        at = start + timedelta(days=spread_days * b / n_batches)
+        services.clock = lambda at=at: at
+        r = client.post("/v1/recommendations/batch",
+                        json={"member_ids": [str(i) for i in chunk], "channel": "app",
+                              "k_rewards": 1, "k_challenges": 1})
+        r.raise_for_status()
+        answers += r.json()["results"]
+        times += [at] * len(chunk)
+    frame = pd.DataFrame({
+        "member_id": [int(a["member_id"]) for a in answers],
+        "decision_id": [a["decision_id"] for a in answers],
+        "reward_id": [a["rewards"][0]["reward_id"] if a["rewards"] else None for a in answers],
+        "challenge_id": [a["challenges"][0]["challenge_id"] if a["challenges"] else None
+                         for a in answers],
+        "target": [a["challenges"][0]["target"] if a["challenges"] else np.nan
+                   for a in answers],
+        "policy": [a.get("policy", "") for a in answers],
+        "versions": [json.dumps(a["model_versions"], sort_keys=True) for a in answers],
+    })
+    return frame, times
+
+
+def answer_round(client: Any, world_dir: Path, frame: pd.DataFrame, times: list[datetime],
+                 window: int, rewards: pd.DataFrame, rng: np.random.Generator) -> int:
+    """Members answer as the truth says; their outcomes go through ``/v1/events`` (inside the
+    attribution window after each decision). Returns the number of events posted."""
+    from training.simulate.live import outcome_events, respond
+
+    resp = respond(world_dir, frame, window, rng)
+    events = outcome_events(frame, resp, times, rng.uniform(0.01, 0.9 * window, len(frame)),
+                            rewards)
+    for lo in range(0, len(events), 1000):
+        client.post("/v1/events", json={"events": events[lo:lo + 1000]}).raise_for_status()
+    return len(events)
+
+
+def round_shares(services: Any, frame: pd.DataFrame, truth: Truth,
+                 since: datetime) -> dict[str, float]:
+    """The round's shares of the oracle (``Truth.shares``): what was served, the served reward
+    model's greedy choice (re-scored from the features the decision log kept; the uniform draw
+    itself in cold start) and a random eligible reward."""
+    served = pd.Index(truth.rewards["reward_id"]).get_indexer(frame["reward_id"].fillna("-"))
+    model = services.models.get(services.settings.reward_model_name)
+    greedy = None
+    if model is not None:
+        decisions, _ = services.events.decision_log(since=since)
+        feats = decisions.set_index("decision_id")["features"].reindex(frame["decision_id"])
+        catalog = services.recommender.catalog
+        picked = greedy_choice([json.loads(f) if isinstance(f, str) else None for f in feats],
+                               model, catalog)
+        ids = np.append(catalog.reward_cols["reward_id"], "-")
+        greedy = pd.Index(truth.rewards["reward_id"]).get_indexer(ids[picked])
+    shares = truth.shares(frame["member_id"].to_numpy(), served, greedy)
+    if model is None:  # cold start: the policy is the uniform draw itself
+        shares["policy_share_of_oracle"] = shares["value_share_of_oracle"]
+    return shares
