@@ -158,8 +158,8 @@ def main() -> None:
             retrain_s = time.perf_counter() - t1
             fam = record["families"][0]
             gate_file = Path(record["snapshot_detail"]["path"]) / "gate_reward.parquet"
-            true_value = (truth.policy_value(pd.read_parquet(gate_file), "p_candidate")
-                          if gate_file.is_file() else None)
+            gate = pd.read_parquet(gate_file) if gate_file.is_file() else None
+            true_value = None if gate is None else truth.policy_value(gate, "p_candidate")
             met = fam["metrics"]
             candidate = {"version": fam["candidate"], "ope_dr": met.get("gate.candidate.dr"),
                          "ope_ci_low": met.get("gate.candidate.dr_ci_low"),
@@ -168,9 +168,8 @@ def main() -> None:
                          "reason": fam["reason"],
                          "champion_dr": met.get("gate.champion.dr"),
                          "champion_true_value": (
-                             truth.policy_value(pd.read_parquet(gate_file), "p_champion")
-                             if gate_file.is_file() and "p_champion" in pd.read_parquet(
-                                 gate_file, columns=None).columns else None)}
+                             truth.policy_value(gate, "p_champion")
+                             if gate is not None and "p_champion" in gate else None)}
             client.post("/v1/admin/reload").raise_for_status()
             log(f"  retrain in {retrain_s:.0f} s: candidate v{fam['candidate']} DR "
                 f"{candidate['ope_dr']} [{candidate['ope_ci_low']}, {candidate['ope_ci_high']}]"

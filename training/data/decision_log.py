@@ -103,9 +103,10 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.copy()
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True).astype(TS_DTYPE)
     frame["member_id"] = frame["member_id"].astype(str)
-    frame["treated"] = frame["treated"].astype(bool) if "treated" in frame else None
+    if "treated" in frame:
+        frame["treated"] = frame["treated"].astype(bool)
     frame["policy"] = frame["policy"].fillna("").astype(str)
-    return frame.drop(columns=[c for c in frame if frame[c] is None])
+    return frame
 
 
 def combine(imported: pd.DataFrame, logged: pd.DataFrame) -> tuple[pd.DataFrame, int]:

@@ -21,9 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from serving.decisioning.rules import slot_epsilon
 from serving.decisioning.scoring import RewardScores
 from training.evaluation.evaluate import eligible_rewards, member_baskets
 from training.evaluation.logged_ope import PolicyEstimate, estimate_policy
+from training.evaluation.ope import expected_profits
 
 #: (member rows, reward items) -> the model's reward scores for every member x reward
 Scorer = Callable[[pd.DataFrame, pd.DataFrame], RewardScores]
@@ -77,7 +79,7 @@ def policy_distribution(value: np.ndarray, eligible: np.ndarray,
     the no-offer share, then per slot the best eligible reward with probability 1 - e and a
     uniform eligible one with e = min(1, max(epsilon, n_eligible x floor))."""
     n = eligible.sum(axis=1).astype(np.float64)
-    e = np.minimum(1.0, np.maximum(exploration.epsilon, n * exploration.floor))
+    e = np.array([slot_epsilon(exploration.epsilon, int(c), exploration.floor) for c in n])
     best = np.argmax(np.where(eligible, value, -np.inf), axis=1)
     probs = np.where(eligible, (e / np.maximum(n, 1.0))[:, None], 0.0)
     probs[np.arange(len(best)), best] += 1.0 - e
@@ -87,12 +89,6 @@ def policy_distribution(value: np.ndarray, eligible: np.ndarray,
     out[:, :-1] = offer * probs
     out[:, -1] = np.where(n == 0, 1.0, exploration.no_offer_share)
     return out
-
-
-def _q(scores: RewardScores, basket: np.ndarray, cost: np.ndarray, margin: float) -> np.ndarray:
-    """Expected profit of each reward and of no offer (last column), per row."""
-    q_offer = margin * basket[:, None] * scores.p_convert - scores.propensity * cost[None, :]
-    return np.column_stack([q_offer, margin * basket * scores.p_control[:, 0]])
 
 
 def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyModel,
@@ -121,7 +117,8 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
     eligible = eligible_rewards(own, items)
 
     cand_scores = candidate.scorer(own, items)
-    q = _q(cand_scores, member_baskets(own, candidate.value_params), cost, margin)
+    q = np.column_stack(expected_profits(cand_scores, member_baskets(own, candidate.value_params),
+                                         cost, margin))  # each reward, then no offer
     q_logged = q[r_idx, action]
 
     dists: dict[str, np.ndarray] = {}

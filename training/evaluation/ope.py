@@ -23,7 +23,7 @@ import pandas as pd
 from serving.contract.vocabulary import Vocabulary
 from training.evaluation import metrics
 from training.evaluation.evaluate import eligible_rewards, member_baskets
-from training.evaluation.scoring import score_rewards
+from training.evaluation.scoring import RewardScores, score_rewards
 
 OPE_MAX_ROWS = 60_000
 
@@ -44,6 +44,15 @@ def logged_columns(rows: pd.DataFrame, items: pd.DataFrame) -> np.ndarray:
     return rows["reward_id"].map(reward_index).fillna(-1).to_numpy(dtype=int)
 
 
+def expected_profits(scores: RewardScores, basket: np.ndarray, cost: np.ndarray,
+                     margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """The reward model's expected profit per decision of offering each reward (rows x
+    rewards: margin x basket x P(convert) - P(redeem) x cost) and of no offer (margin x basket
+    x P(convert | no offer)): the direct-method values of DR, here and in the retrain gate."""
+    q_offer = margin * basket[:, None] * scores.p_convert - scores.propensity * cost[None, :]
+    return q_offer, margin * basket * scores.p_control[:, 0]
+
+
 def off_policy(model: lgb.LGBMClassifier, service_features: list[str], rows: pd.DataFrame,
                items: pd.DataFrame, value_params: dict[str, float],
                rng: np.random.Generator, vocabulary: Vocabulary
@@ -58,8 +67,7 @@ def off_policy(model: lgb.LGBMClassifier, service_features: list[str], rows: pd.
     cost = items["reward_cost"].to_numpy(dtype=np.float64)
     basket = member_baskets(rows, value_params)
     # Reward model's expected profit of offering each reward, and of no offer.
-    q_offer = margin * basket[:, None] * scores.p_convert - scores.propensity * cost[None, :]
-    q_control = margin * basket * scores.p_control[:, 0]
+    q_offer, q_control = expected_profits(scores, basket, cost, margin)
     eligible = eligible_rewards(rows, items)
 
     treated = rows["treated"].to_numpy(dtype=bool)

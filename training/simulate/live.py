@@ -94,16 +94,7 @@ def simulate_live(client: Any, world_dir: Any, experiment_id: str, members: int,
         body = {"member_ids": chunk, "channel": CHANNELS[k % len(CHANNELS)],
                 "k_rewards": 1, "k_challenges": 1}
         answers += _post(client, "/v1/recommendations/batch", body)["results"]
-    frame = pd.DataFrame({
-        "member_id": [int(a["member_id"]) for a in answers],  # back to the simulator's ids
-        "arm": [a["experiment_arm"] for a in answers],
-        "decision_id": [a["decision_id"] for a in answers],
-        "reward_id": [a["rewards"][0]["reward_id"] if a["rewards"] else None for a in answers],
-        "challenge_id": [a["challenges"][0]["challenge_id"] if a["challenges"] else None
-                         for a in answers],
-        "target": [a["challenges"][0]["target"] if a["challenges"] else np.nan
-                   for a in answers],
-    })
+    frame = answers_frame(answers)
     if frame["arm"].isna().any():
         raise RuntimeError("some decisions carried no experiment arm: is the experiment active?")
 
@@ -148,6 +139,25 @@ def simulate_live(client: Any, world_dir: Any, experiment_id: str, members: int,
                  "effect of the reward offered vs no offer; vs random compares arm averages "
                  "of expected rates (members differ between arms).",
     }
+
+
+def answers_frame(answers: list[dict[str, Any]]) -> pd.DataFrame:
+    """The API's answers (one reward and one challenge asked each) as one row per decision:
+    member_id back to the simulator's int ids, the first reward and challenge (None when the
+    answer had none), the challenge's target, the experiment arm, the policy and the model
+    versions (canonical JSON)."""
+    return pd.DataFrame({
+        "member_id": [int(a["member_id"]) for a in answers],
+        "arm": [a["experiment_arm"] for a in answers],
+        "decision_id": [a["decision_id"] for a in answers],
+        "reward_id": [a["rewards"][0]["reward_id"] if a["rewards"] else None for a in answers],
+        "challenge_id": [a["challenges"][0]["challenge_id"] if a["challenges"] else None
+                         for a in answers],
+        "target": [a["challenges"][0]["target"] if a["challenges"] else np.nan
+                   for a in answers],
+        "policy": [a["policy"] for a in answers],
+        "versions": [json.dumps(a["model_versions"], sort_keys=True) for a in answers],
+    })
 
 
 def respond(world_dir: Path, frame: pd.DataFrame, window: int, rng: np.random.Generator, *,

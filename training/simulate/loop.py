@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from training.simulate.live import answers_frame
+
 BATCH = 500
 
 
@@ -144,17 +146,7 @@ def run_round(client: Any, services: Any, ids: np.ndarray, start: datetime, spre
         r.raise_for_status()
         answers += r.json()["results"]
         times += [at] * len(chunk)
-    frame = pd.DataFrame({
-        "member_id": [int(a["member_id"]) for a in answers],
-        "decision_id": [a["decision_id"] for a in answers],
-        "reward_id": [a["rewards"][0]["reward_id"] if a["rewards"] else None for a in answers],
-        "challenge_id": [a["challenges"][0]["challenge_id"] if a["challenges"] else None
-                         for a in answers],
-        "target": [a["challenges"][0]["target"] if a["challenges"] else np.nan
-                   for a in answers],
-        "policy": [a.get("policy", "") for a in answers],
-        "versions": [json.dumps(a["model_versions"], sort_keys=True) for a in answers],
-    })
+    frame = answers_frame(answers)
     return frame, times
 
 
