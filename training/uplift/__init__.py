@@ -1,0 +1,1 @@
+"""Uplift modelling on any randomized dataset: checks, learners, policy, report."""
