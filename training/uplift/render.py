@@ -63,7 +63,7 @@ def learners_png(report: dict[str, Any], path: Path) -> Path:
     arms = report["arms"]
     fig, axes = plt.subplots(1, len(arms), figsize=(4.2 * len(arms), 3.8), squeeze=False)
     for ax, arm in zip(axes[0], arms, strict=True):
-        rows = [("nested", arm["nested"]["qini_auc"], arm["nested"]["qini_ci"], "#2463eb")]
+        rows = [("chosen in folds", arm["nested"]["qini_auc"], arm["nested"]["qini_ci"], "#2463eb")]
         rows += [(r["learner"], r["qini_auc"], r["qini_ci"],
                   "#9ca3af" if r["role"] == "baseline" else "#60a5fa") for r in arm["learners"]]
         for i, (name, q, ci, color) in enumerate(rows):
