@@ -92,7 +92,7 @@ def test_cross_fitting_scores_every_row_out_of_fold_and_chooses_inside_folds(
         for fold, pick in enumerate(arm.chosen_per_fold):
             rows = fit.fold == fold
             np.testing.assert_array_equal(arm.nested[rows], arm.oof[pick][rows])
-        assert arm.chosen in ("t", "linear") and set(arm.models) == {arm.chosen}
+        assert arm.chosen in ("t", "linear", "ensemble") and set(arm.models) == {arm.chosen}
     # arm a's effect follows x2, arm b's x1: each arm's scores find its own driver
     corr = [np.corrcoef(fit.nested[:, j], data.X[c])[0, 1] for j, c in enumerate(("x2", "x1"))]
     assert min(corr) > 0.3, corr
@@ -105,12 +105,28 @@ def test_default_learners_cross_fit_the_baselines_beside_the_candidates() -> Non
     arm = fit.arms[0]
     assert set(arm.oof) == set(LEARNERS)
     assert arm.chosen not in ("t_plain", "linear_plain")  # baselines are never chosen
-    assert set(arm.chosen_per_fold) <= {"t", "s", "x", "dr", "linear"}
+    assert set(arm.chosen_per_fold) <= {"t", "s", "x", "dr", "linear", "ensemble"}
     assert {"t_plain", "linear_plain"} <= set(arm.models)  # refitted, for comparisons
     np.testing.assert_allclose(fit.predict(frame, learner="t_plain")[:, 0],
                                arm.models["t_plain"].predict(data.X))
     qini = arm.outer_qini(data, 1)
-    assert qini[arm.chosen] == max(qini[n] for n in ("t", "s", "x", "dr", "linear"))
+    candidates = ("t", "s", "x", "dr", "linear")
+    np.testing.assert_allclose(arm.oof["ensemble"], np.mean([arm.oof[c] for c in candidates],
+                                                             axis=0))
+    assert arm.chosen == "ensemble" or qini[arm.chosen] > qini["ensemble"]
+
+
+def test_one_se_rule_keeps_the_default_unless_another_learner_is_clearly_better() -> None:
+    from training.uplift.crossfit import one_se_choice
+
+    pooled = {"ensemble": 0.010, "t": 0.012, "s": 0.005}
+    noisy = {"ensemble": np.array([0.01, 0.02, 0.0]), "t": np.array([0.03, 0.0, 0.006]),
+             "s": np.array([0.0, 0.0, 0.01])}
+    assert one_se_choice(pooled, noisy, "ensemble") == "ensemble"  # +0.002 with SE ~0.01
+    steady = {**noisy, "t": noisy["ensemble"] + np.array([0.004, 0.005, 0.006])}
+    assert one_se_choice(pooled, steady, "ensemble") == "t"  # +0.005 with SE ~0.0006
+    assert one_se_choice({"t": 0.01, "s": 0.02}, noisy, "ensemble") == "s"  # no default scored
+    assert one_se_choice({"t": float("nan"), "s": -0.01}, noisy, "s") == "s"
 
 
 def test_best_arm_picks_the_largest_positive_uplift() -> None:

@@ -135,8 +135,8 @@ def test_uplift_evaluate_cli_agrees_with_reference_on_its_own_scores(ab_csv: Pat
     # the effect really varies with x2, and cross-fitted scores find it
     assert arm["nested"]["qini_auc"] > 0.05
     assert np.corrcoef(s, data.loc[scores["row"], "x2"])[0, 1] > 0.3
-    assert {r["learner"] for r in arm["learners"]} == {"t", "s", "x", "dr", "linear", "t_plain",
-                                                      "linear_plain"}
+    assert {r["learner"] for r in arm["learners"]} == {"t", "s", "x", "dr", "linear", "ensemble",
+                                                      "t_plain", "linear_plain"}
     assert sum(r["chosen"] for r in arm["learners"]) == 1
 
 

@@ -11,6 +11,9 @@ rows of a randomized test (so the propensity is the treated share, known by desi
 - ``dr``: DR-learner (Kennedy 2020): doubly robust pseudo-outcomes from cross-fitted outcome
   models, regressed on the features;
 - ``linear``: logistic regression with treatment interactions, L2-regularized;
+- ``ensemble``: the mean uplift of the candidates above; with small effects each learner's
+  errors are largely its own, so their average ranks better than a typical single learner and is
+  the default pick unless one learner is clearly better (see :mod:`training.uplift.crossfit`);
 - ``t_plain``, ``linear_plain``: the plain baselines people reach for first (LightGBM's stock
   parameters; logistic regression with C=1), kept to show the chosen learner is not worse.
 
@@ -27,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 CANDIDATES: tuple[str, ...] = ("t", "s", "x", "dr", "linear")
+ENSEMBLE = "ensemble"
 BASELINES: tuple[str, ...] = ("t_plain", "linear_plain")
 
 PLAIN_PARAMS: dict[str, Any] = {"verbose": -1, "num_threads": 1}
@@ -250,11 +254,32 @@ class LinearInteraction(UpliftLearner):
         return _p(self.model_, self._z(Z, ones)) - _p(self.model_, self._z(Z, zeros))
 
 
+class Ensemble(UpliftLearner):
+    """The mean predicted uplift of several learners (same units, so the sign still means
+    "helps" and the policy can use it)."""
+
+    name = ENSEMBLE
+
+    def __init__(self, members: tuple[str, ...] = CANDIDATES) -> None:
+        self.members = members
+
+    def fit(self, X: pd.DataFrame, treated: np.ndarray, y: np.ndarray,
+            seed: int = 0) -> Ensemble:
+        self.models_ = [make_learner(m).fit(X, treated, y, seed) for m in self.members]
+        self.fitted_ = True
+        return self
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        self._check()
+        return np.mean([m.predict(X) for m in self.models_], axis=0)
+
+
 def make_learner(name: str) -> UpliftLearner:
-    """A fresh, unfitted learner by name."""
+    """A fresh, unfitted learner by name (``ensemble``: of all the candidates)."""
     factories = {
         "t": lambda: TLearner(), "s": lambda: SLearner(), "x": lambda: XLearner(),
         "dr": lambda: DRLearner(), "linear": lambda: LinearInteraction(),
+        ENSEMBLE: lambda: Ensemble(),
         "t_plain": lambda: TLearner(plain=True),
         "linear_plain": lambda: LinearInteraction(plain=True),
     }
@@ -264,4 +289,4 @@ def make_learner(name: str) -> UpliftLearner:
     return factories[name]()
 
 
-LEARNERS: tuple[str, ...] = CANDIDATES + BASELINES
+LEARNERS: tuple[str, ...] = CANDIDATES + (ENSEMBLE,) + BASELINES
