@@ -71,7 +71,8 @@ def arm_report(data: RctData, arm: ArmFit, k: int, bootstrap: int = 200, seed: i
                          "chosen": name == arm.chosen})
     nested = {**score_metrics(y, t, scores[NESTED]), "qini_ci": _ci(draws[NESTED], alpha),
               "chosen_per_fold": arm.chosen_per_fold,
-              "inner_qini": [{n: round(q, 6) for n, q in fold.items()} for fold in arm.inner_qini]}
+              "inner_qini": [{n: round(float(q), 6) if np.isfinite(q) else None
+                              for n, q in fold.items()} for fold in arm.inner_qini]}
     versus = {}
     for name in BASELINES:
         if name in draws:
