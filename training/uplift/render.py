@@ -40,12 +40,17 @@ def _ci(ci: list[float] | tuple[float, float], digits: int = 4) -> str:
     return f"<span class='ci'>[{_num(ci[0], digits)}, {_num(ci[1], digits)}]</span>"
 
 
+def _ci_as(ci: list[float] | tuple[float, float], fmt: Any) -> str:
+    """An interval in the same unit as its estimate (a rate, or points)."""
+    return f"<span class='ci'>[{fmt(ci[0])}, {fmt(ci[1])}]</span>"
+
+
 def qini_curves_png(report: dict[str, Any], path: Path) -> Path:
     """The chosen learner's out-of-fold Qini curve per arm, against random targeting."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for arm in report["arms"]:
         x, q = arm["qini_curve"]["share"], arm["qini_curve"]["incremental"]
-        line, = ax.plot(x, q, label=f"{arm['arm']} ({arm['chosen_learner']}, nested)")
+        line, = ax.plot(x, q, label=f"{arm['arm']} (chosen inside folds)")
         ax.plot([0, x[-1]], [0, q[-1]], "--", color=line.get_color(), alpha=0.5)
     ax.set(xlabel="share of members targeted, by predicted uplift",
            ylabel="incremental outcomes (Qini)",
@@ -119,7 +124,7 @@ def _arm_section(arm: dict[str, Any]) -> str:
     return (f"<h3>Arm {escape(arm['arm'])}</h3>"
             f"<p>Outcome rate {_pct(arm['rate_treated'])} treated vs "
             f"{_pct(arm['rate_control'])} control ({arm['n_treated']} / {arm['n_control']} "
-            f"rows): average effect {_pts(arm['ate'])} {_ci(arm['ate_ci'])}, "
+            f"rows): average effect {_pts(arm['ate'])} {_ci_as(arm['ate_ci'], _pts)}, "
             f"p = {_num(arm['ate_p_value'], 3)}.</p>"
             "<table><tr><th>learner (out-of-fold)</th><th>Qini AUC [95 % CI]</th>"
             "<th>uplift AUC</th><th>uplift@10 %</th><th>uplift@30 %</th></tr>"
@@ -131,11 +136,11 @@ def _policy_section(policy: dict[str, Any]) -> str:
     rates = ", ".join(f"{escape(k)} {_pct(v)}" for k, v in policy["arm_rates"].items())
     return (f"<p>Give each member the arm with the largest positive predicted uplift (nothing "
             f"otherwise): estimated outcome rate {_pct(policy['value'])} "
-            f"{_ci(policy['ci'])}.</p><ul>"
+            f"{_ci_as(policy['ci'], _pct)}.</p><ul>"
             f"<li>vs sending nothing: {_pts(policy['lift_vs_control'])} "
-            f"{_ci(policy['lift_vs_control_ci'])}</li>"
+            f"{_ci_as(policy['lift_vs_control_ci'], _pts)}</li>"
             f"<li>vs sending everyone the best single arm ({escape(policy['best_single_arm'])})"
-            f": {_pts(policy['lift_vs_best_arm'])} {_ci(policy['lift_vs_best_arm_ci'])}</li>"
+            f": {_pts(policy['lift_vs_best_arm'])} {_ci_as(policy['lift_vs_best_arm_ci'], _pts)}</li>"
             f"<li>members per arm under the policy: {shares}</li>"
             f"<li>outcome rate when everyone gets one arm: {rates}</li></ul>")
 
