@@ -116,17 +116,18 @@ def test_default_learners_cross_fit_the_baselines_beside_the_candidates() -> Non
     assert arm.chosen == "ensemble" or qini[arm.chosen] > qini["ensemble"]
 
 
-def test_one_se_rule_keeps_the_default_unless_another_learner_is_clearly_better() -> None:
-    from training.uplift.crossfit import one_se_choice
+def test_the_default_learner_stays_unless_another_is_clearly_better() -> None:
+    from training.uplift.crossfit import clear_winner
 
+    rng = np.random.default_rng(0)
     pooled = {"ensemble": 0.010, "t": 0.012, "s": 0.005}
-    noisy = {"ensemble": np.array([0.01, 0.02, 0.0]), "t": np.array([0.03, 0.0, 0.006]),
-             "s": np.array([0.0, 0.0, 0.01])}
-    assert one_se_choice(pooled, noisy, "ensemble") == "ensemble"  # +0.002 with SE ~0.01
-    steady = {**noisy, "t": noisy["ensemble"] + np.array([0.004, 0.005, 0.006])}
-    assert one_se_choice(pooled, steady, "ensemble") == "t"  # +0.005 with SE ~0.0006
-    assert one_se_choice({"t": 0.01, "s": 0.02}, noisy, "ensemble") == "s"  # no default scored
-    assert one_se_choice({"t": float("nan"), "s": -0.01}, noisy, "s") == "s"
+    shared = rng.normal(0.010, 0.004, 200)  # paired draws: the common noise cancels
+    noisy = {"ensemble": shared, "t": shared + rng.normal(0.002, 0.003, 200)}
+    assert clear_winner(pooled, noisy, "ensemble") == "ensemble"  # +0.002, SE 0.003
+    steady = {"ensemble": shared, "t": shared + rng.normal(0.002, 0.0005, 200)}
+    assert clear_winner(pooled, steady, "ensemble") == "t"  # +0.002, SE 0.0005
+    assert clear_winner({"t": 0.01, "s": 0.02}, {}, "ensemble") == "s"  # no default scored
+    assert clear_winner({"t": float("nan"), "s": -0.01}, {}, "s") == "s"
 
 
 def test_best_arm_picks_the_largest_positive_uplift() -> None:

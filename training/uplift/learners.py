@@ -15,7 +15,7 @@ rows of a randomized test (so the propensity is the treated share, known by desi
   ranked better than C=0.05, 0.2 and 1 on all three generators, the linear one included);
 - ``ensemble``: the mean uplift of the candidates above; with small effects each learner's
   errors are largely its own, so their average ranks better than a typical single learner and is
-  the default pick unless one learner is clearly better (see :mod:`training.uplift.crossfit`);
+  the default pick unless one learner is clearly better (:func:`training.uplift.crossfit.clear_winner`);
 - ``t_plain``, ``linear_plain``: the plain baselines people reach for first (LightGBM's stock
   parameters; logistic regression with C=1), kept to show the chosen learner is not worse.
 

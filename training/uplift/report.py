@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from serving.experiments import stats
-from training.uplift.crossfit import ArmFit, UpliftFit
+from training.uplift.crossfit import ArmFit, UpliftFit, bootstrap_qini
 from training.uplift.data import RctData
 from training.uplift.learners import BASELINES
 
@@ -32,22 +32,6 @@ def score_metrics(y: np.ndarray, t: np.ndarray, s: np.ndarray) -> dict[str, floa
     return {"qini_auc": stats.qini_auc_score(y, t, s),
             "uplift_auc": stats.uplift_auc_score(y, t, s),
             "uplift_at_10": _at(y, t, s, 0.1), "uplift_at_30": _at(y, t, s, 0.3)}
-
-
-def bootstrap_qini(y: np.ndarray, t: np.ndarray, scores: dict[str, np.ndarray],
-                   bootstrap: int, seed: int) -> dict[str, np.ndarray]:
-    """Qini of every score on the same resampled rows (stratified by arm), for paired CIs."""
-    rng = np.random.default_rng(seed)
-    treated, control = np.flatnonzero(t == 1), np.flatnonzero(t == 0)
-    draws = {name: np.empty(bootstrap) for name in scores}
-    for b in range(bootstrap):
-        i = np.concatenate([rng.choice(treated, treated.size), rng.choice(control, control.size)])
-        for name, s in scores.items():
-            try:
-                draws[name][b] = stats.qini_auc_score(y[i], t[i], s[i])
-            except ValueError:  # a resample without responders
-                draws[name][b] = np.nan
-    return draws
 
 
 def _ci(draws: np.ndarray, alpha: float) -> list[float]:
