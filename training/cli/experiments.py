@@ -133,7 +133,7 @@ def _segments(store: Any, events: Any, segments: Path | None) -> Any:
     """Region from the member profiles, player type when the world is a simulated one (its
     hidden traits; a real program has none), or a user's own table."""
     from serving.experiments.service import load_segments
-    from training.evaluation.uplift import read_table
+    from training.uplift.data import read_table
     from training.simulate.oracle import player_types
 
     if segments is not None:
@@ -302,25 +302,47 @@ def _live_in_process(store: Any, serve: Any, data_dir: Path | None, world: Path,
 def uplift_evaluate(
     data: Annotated[Path, typer.Option(help="Randomized dataset, .csv or .parquet.")],
     treatment_col: Annotated[str, typer.Option(help="Column holding the group.")],
-    treated: Annotated[str, typer.Option(help="Value of the treated group.")],
+    treated: Annotated[list[str], typer.Option(
+        help="Value of a treated group (repeat for several arms).")],
     control: Annotated[str, typer.Option(help="Value of the control group.")],
     outcome: Annotated[str, typer.Option(help="Binary 0/1 outcome column.")],
     features: Annotated[list[str] | None, typer.Option(
-        help="Feature column (repeat, or comma-separated); default: all other columns.")] = None,
+        help="Feature column (repeat, or comma-separated); default: every other column "
+             "except --exclude and columns the balance check flags.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option(
+        help="Column never to use as a feature, e.g. other outcomes (repeat or comma-separated)."
+    )] = None,
+    learners: Annotated[str | None, typer.Option(
+        help="Comma-separated learners to choose from (t, s, x, dr, linear, t_plain, "
+             "linear_plain); default: t, s, x, dr, linear.")] = None,
     predictions_out: Annotated[Path | None, typer.Option(
         help="Write per-row out-of-fold uplift scores (.csv or .parquet).")] = None,
+    report: Annotated[Path | None, typer.Option(
+        help="Folder for report.html, report.json and the PNG charts.")] = None,
     folds: Annotated[int, typer.Option(min=2, max=20, help="Cross-fitting folds.")] = 5,
+    inner_folds: Annotated[int, typer.Option(
+        min=2, max=10, help="Folds of the learner choice inside each training fold.")] = 3,
+    bootstrap: Annotated[int, typer.Option(
+        min=20, max=5000, help="Bootstrap resamples for the intervals.")] = 200,
     seed: Annotated[int, typer.Option(help="Fold and model seed.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Cross-fitted T-learner (LightGBM) on any A/B dataset: Qini, uplift AUC, uplift@k, ATE."""
-    from training.evaluation.uplift import evaluate_file
+    """Uplift on any randomized dataset: leakage/balance check, cross-fitted T/S/X/DR/linear
+    learners chosen inside the folds, Qini with intervals per arm, best-arm policy value."""
+    from training.uplift.evaluate import EvaluateOptions, evaluate_file
+    from training.uplift.summary import summary_lines
 
-    names = [f.strip() for part in (features or []) for f in part.split(",") if f.strip()]
-    result = evaluate_file(data, treatment_col, treated, control, outcome, names or None,
-                           predictions_out, folds, seed)
+    def names(values: list[str] | None) -> list[str]:
+        return [f.strip() for part in (values or []) for f in part.split(",") if f.strip()]
+
+    options = EvaluateOptions(
+        treatment_col, list(treated), control, outcome,
+        names(features) or None, tuple(names(exclude)), names([learners] if learners else None)
+        or None, folds, inner_folds, bootstrap, seed)
+    result = evaluate_file(data, options, predictions_out, report,
+                           progress=lambda line: typer.echo(line, err=True))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-    for key, value in result.items():
-        typer.echo(f"{key:<20} {value:.6f}" if isinstance(value, float) else f"{key:<20} {value}")
+    for line in summary_lines(result):
+        typer.echo(line)
