@@ -116,6 +116,11 @@ def bootstrap_qini(y: np.ndarray, t: np.ndarray, scores: dict[str, np.ndarray],
     return draws
 
 
+def _best(pooled: dict[str, float]) -> str:
+    """The name of the largest Qini (NaN counts as lowest)."""
+    return max(pooled, key=lambda name: (np.nan_to_num(pooled[name], nan=-np.inf), name))
+
+
 def clear_winner(pooled: dict[str, float], draws: dict[str, np.ndarray], default: str,
                  margin: float = MARGIN_SE) -> str:
     """The learner with the best Qini if it beats ``default`` by more than ``margin`` bootstrap
@@ -126,7 +131,7 @@ def clear_winner(pooled: dict[str, float], draws: dict[str, np.ndarray], default
     ranked at a tenth of the baselines on one synthetic file). Two standard errors keep the
     robust default unless the data say otherwise.
     """
-    best = max(pooled, key=lambda name: (np.nan_to_num(pooled[name], nan=-np.inf), name))
+    best = _best(pooled)
     if best == default or default not in pooled:
         return best
     diff = draws[best] - draws[default]
@@ -140,7 +145,7 @@ def _choose(data: RctData, rows: np.ndarray, k: int, scores: dict[str, np.ndarra
             default: str, seed: int, bootstrap: int = 100) -> tuple[str, dict[str, float]]:
     """Qini of every score on ``rows`` and the choice of :func:`clear_winner`."""
     pooled = {name: _qini(data, rows, k, s) for name, s in scores.items()}
-    best = max(pooled, key=lambda name: (np.nan_to_num(pooled[name], nan=-np.inf), name))
+    best = _best(pooled)
     draws = {}
     if best != default and default in scores:
         y, t = data.outcome[rows], (data.arm[rows] == k).astype(float)
@@ -209,12 +214,12 @@ def fit_uplift(data: RctData, learners: list[str] | None = None, folds: int = 5,
             if len(candidates) > 1:
                 pick, qini = inner_choice(data, train_k, k, candidates, inner_folds,
                                           seed + 100 + j)
-                pick_score = _with_ensemble(oof, candidates)[pick]
             else:
-                pick, qini, pick_score = candidates[0], {}, oof[candidates[0]]
+                pick, qini = candidates[0], {}
             chosen_per_fold.append(pick)
             inner.append(qini)
-            nested[test] = pick_score[test]
+            nested[test] = _with_ensemble({c: oof[c][test] for c in candidates},
+                                          candidates)[pick]
             if progress:
                 progress(f"arm {data.arm_names[k]}: fold {j + 1}/{folds} done, chosen inside "
                          f"the fold: {pick}")
