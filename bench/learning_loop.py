@@ -88,9 +88,13 @@ def main() -> None:
     ap.add_argument("--history-days", type=int, default=60)
     ap.add_argument("--round-days", type=int, default=14)
     ap.add_argument("--spread-days", type=float, default=7.0)
-    ap.add_argument("--decisions-per-member", type=int, default=1,
+    ap.add_argument("--decisions-per-member", type=int, default=2,
                     help="decisions per member per round, --spread-days apart (a window "
-                         "still open at the retrain is labelled by the next one)")
+                         "still open at the retrain is labelled by the next one); 2 per "
+                         "14-day round is the world's own cadence (an offer a week)")
+    ap.add_argument("--behaviour", action=argparse.BooleanOptionalAction, default=True,
+                    help="members keep living during the rounds: their own activity (visits, "
+                         "purchases outside any offer...) is imported after each round")
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "learning_loop.png")
     args = ap.parse_args()
 
@@ -101,7 +105,9 @@ def main() -> None:
     log = lambda msg: print(f"[{time.perf_counter() - t_all:7.1f}s] {msg}", file=sys.stderr,  # noqa: E731
                             flush=True)
     log(f"data folder {data}")
-    rewards_cli("simulate", "--members", str(args.members), "--days", str(args.history_days),
+    # the world lives on through the rounds; only its first --history-days are history
+    days = args.history_days + args.rounds * args.round_days
+    rewards_cli("simulate", "--members", str(args.members), "--days", str(days),
                 "--seed", str(args.seed), "--no-import")
     from serving.config import ServeSettings, StoreSettings
 
@@ -109,9 +115,13 @@ def main() -> None:
     world_dir = store.world_dir
     from training.simulate.loop import onboard_without_offers
 
-    onboarded = onboard_without_offers(world_dir, ServeSettings().events(store))
-    log(f"imported {onboarded['imported']:,} behavioural events (of "
-        f"{onboarded['events_in_world']:,}: no logged offer)")
+    world = json.loads((world_dir / "world.json").read_text())
+    history_end = (pd.Timestamp(world["start"], tz="UTC")
+                   + pd.Timedelta(days=args.history_days)).to_pydatetime()
+    events_url = ServeSettings().events(store)
+    onboarded = onboard_without_offers(world_dir, events_url, until=history_end)
+    log(f"imported {onboarded['imported']:,} events of the first {args.history_days} days "
+        f"(of {onboarded['events_in_world']:,} in the world: no logged offer)")
     rewards_cli("features", "build")
     rewards_cli("features", "materialize")
     log("features built and materialized; no model registered")
@@ -119,11 +129,15 @@ def main() -> None:
     from fastapi.testclient import TestClient
 
     from serving.main import create_app
-    from training.simulate.loop import Truth, answer_round, round_shares, run_round
+    from training.simulate.loop import (
+        Truth,
+        answer_round,
+        import_behaviour,
+        round_shares,
+        run_round,
+    )
 
-    world = json.loads((world_dir / "world.json").read_text())
     window = int(world["attribution_window_days"])
-    history_end = pd.Timestamp(world["end"], tz="UTC").to_pydatetime()
     truth = Truth(world_dir)
     rng = np.random.default_rng(args.seed)
     ids = truth.world.members.index.to_numpy()
@@ -141,13 +155,17 @@ def main() -> None:
                                          rng)
                 parts.append(part)
             frame = pd.concat(parts, ignore_index=True)
+            organic = (import_behaviour(world_dir, events_url, start,
+                                        start + timedelta(days=args.round_days))
+                       if args.behaviour else 0)
             decide_s = time.perf_counter() - t0
             shares = round_shares(services, frame, truth, start)
             versions = frame["versions"].value_counts().index[0]
             served_model = (json.loads(versions).get(services.settings.reward_model_name)
                             or "cold_start")
             log(f"round {r}: {len(frame):,} decisions in {decide_s:.0f} s, served by "
-                f"{served_model}, {n_events:,} outcome events; share of oracle "
+                f"{served_model}, {n_events:,} outcome events, {organic:,} own-activity "
+                f"events; share of oracle "
                 f"{shares['value_share_of_oracle']:.3f} (policy "
                 f"{shares.get('policy_share_of_oracle', float('nan')):.3f}, random "
                 f"{shares['random_share_of_oracle']:.3f})")
@@ -176,11 +194,13 @@ def main() -> None:
                 f" true {true_value}; {'PROMOTED' if fam['promoted'] else 'kept'}: "
                 f"{fam['reason']}")
             rounds.append({"round": r, "decisions": len(frame), "outcome_events": n_events,
+                           "behaviour_events": organic,
                            "served_model": served_model, **shares, "candidate": candidate,
                            "difficulty": record["families"][1],
                            "seconds": {"serve_and_answer": round(decide_s, 1),
                                        "retrain": round(retrain_s, 1)}})
     result = {"members": args.members, "rounds": rounds, "seed": args.seed,
+              "decisions_per_member": args.decisions_per_member, "behaviour": args.behaviour,
               "seconds": round(time.perf_counter() - t_all, 1),
               "join_report": json.loads(rewards_cli("data", "join-report", "--as-of",
                                                     as_of.isoformat(), "--json"))}
