@@ -184,9 +184,18 @@ def main() -> None:
                          "ope_ci_high": met.get("gate.candidate.dr_ci_high"),
                          "true_value": true_value, "promoted": fam["promoted"],
                          "reason": fam["reason"],
+                         "policy_share_of_oracle": (
+                             None if gate is None else truth.greedy_share(gate, "p_candidate")),
+                         "paired_lower_bound": met.get("gate.paired_lower_bound"),
+                         "difference_dr": met.get("gate.difference.dr"),
+                         "difference_ci": [met.get("gate.difference.ci_low"),
+                                           met.get("gate.difference.ci_high")],
                          "champion_dr": met.get("gate.champion.dr"),
                          "champion_true_value": (
                              truth.policy_value(gate, "p_champion")
+                             if gate is not None and "p_champion" in gate else None),
+                         "champion_policy_share_of_oracle": (
+                             truth.greedy_share(gate, "p_champion")
                              if gate is not None and "p_champion" in gate else None)}
             client.post("/v1/admin/reload").raise_for_status()
             log(f"  retrain in {retrain_s:.0f} s: candidate v{fam['candidate']} DR "

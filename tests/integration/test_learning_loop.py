@@ -91,6 +91,13 @@ def test_cold_start_then_retrain_from_own_decisions(loop_world, monkeypatch) -> 
     low, high = reward["metrics"]["gate.candidate.dr_ci_low"], reward["metrics"][
         "gate.candidate.dr_ci_high"]
     assert low < reward["metrics"]["gate.candidate.dr"] < high
+    # the default test is paired: champion's DR + the lower bound of the paired difference
+    met = reward["metrics"]
+    paired_low = met["gate.champion.dr"] + met["gate.difference.ci_low"]
+    assert met["gate.paired_lower_bound"] == pytest.approx(paired_low)
+    assert met["gate.difference.dr"] == pytest.approx(
+        met["gate.candidate.dr"] - met["gate.champion.dr"])
+    assert reward["promoted"] == (paired_low > met["gate.champion.dr"])
     # the gate's decision and the registry agree
     champion = tracking.champion_version(reward["name"])
     assert (champion == "1") == reward["promoted"]

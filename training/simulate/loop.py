@@ -140,6 +140,23 @@ class Truth:
         return float((p * q[:, order]).sum(axis=1).mean())
 
 
+    def greedy_share(self, gate: pd.DataFrame, column: str) -> float:
+        """Share of the oracle of a policy's first choice (its most likely reward) on the
+        decisions in the gate's file: what the policy would pick before exploration."""
+        members = gate["member_id"].to_numpy()[::self._per(gate)]
+        p = gate[column].to_numpy().reshape(len(members), -1)
+        actions = gate["action"].iloc[:p.shape[1]].to_numpy()
+        offer = actions != ""
+        pick = actions[offer][np.argmax(p[:, offer], axis=1)]
+        served = pd.Index(self.rewards["reward_id"].astype(str)).get_indexer(pick)
+        return self.shares(members.astype(np.int64), served, None)["value_share_of_oracle"]
+
+    @staticmethod
+    def _per(gate: pd.DataFrame) -> int:
+        decisions = gate["decision_id"].to_numpy()
+        return int(np.argmax(decisions != decisions[0])) or len(decisions)
+
+
 def greedy_choice(features: list[dict[str, float] | None], model: Any, catalog: Any
                   ) -> np.ndarray:
     """The served reward model's first choice per decision (catalog column), from the
