@@ -1,12 +1,16 @@
 """Proof of the learning loop (issue 21): from no model at all to a learnt policy, on the
 service's own decisions.
 
-A simulated world joins the product by import with its members and their behaviour only: no
-logged offers, no model. Then, round after round, its members ask the real app (in-process,
-FastAPI TestClient, the same routes and stores as `rewards serve`) for one reward and one
-challenge, answer as the simulator's hidden truth says, and post what happened through
-`/v1/events`; between rounds `rewards retrain` runs as a separate process, as cron would run
-it, and the app is told to reload. Round 0 is served by cold start (uniform exploration).
+A simulated world joins the product by import with its members and their history only: every
+purchase, redemption, visit... of its first ``--history-days``, but no logged offer (decision ids
+removed, impressions and holdouts left out) and no model. Then, round after round, its members
+ask the real app (in-process, FastAPI TestClient, the same routes and stores as `rewards serve`)
+for one reward and one challenge, ``--decisions-per-member`` times a round (2: an offer a week,
+the world's own cadence), answer as the simulator's hidden truth says, and post what happened
+through `/v1/events`; their own activity of the round (visits, reviews, purchases outside any
+offer: the world's future, without its own offers) is imported after it, as a program's export
+would be; between rounds `rewards retrain` runs as a separate process, as cron would run it, and
+the app is told to reload. Round 0 is served by cold start (uniform exploration).
 
 Only this bench reads the truth, to report each round:
 - value_share_of_oracle: the true incremental value of what was served (exploration and the
@@ -15,7 +19,10 @@ Only this bench reads the truth, to report each round:
   picks before exploration), the figure comparable with the offline champion's 0.85;
 - random_share_of_oracle: a uniformly random eligible reward;
 - candidate.true_value: the true expected profit per decision of the candidate's serving
-  distribution on the decisions its off-policy gate evaluated (what ope_dr estimates).
+  distribution on the decisions its off-policy gate evaluated (what ope_dr estimates);
+- candidate.policy_share_of_oracle / champion_policy_share_of_oracle: each one's first choice
+  on those decisions, as a share of the oracle (what the candidate would have served, had the
+  gate promoted it).
 
 Simulated time: decisions of round r are spread over the first ``--spread-days`` of a
 ``--round-days`` period starting where the history ends (the app's clock is set per batch:
@@ -64,13 +71,25 @@ def plot(rounds: list[dict[str, Any]], path: Path) -> None:
             "exploration)")
     ax.plot(x, [r.get("policy_share_of_oracle", np.nan) for r in rounds], "s--",
             label="served model's greedy choice")
+    cand = [r["candidate"].get("policy_share_of_oracle") for r in rounds]
+    ax.plot([v + 0.5 for v in x], [np.nan if c is None else c for c in cand], "^",
+            color="tab:green", label="retrained candidate's greedy choice (after the round)")
+    champ = [r["candidate"].get("champion_policy_share_of_oracle") for r in rounds]
+    ax.plot([v + 0.5 for v in x], [np.nan if c is None else c for c in champ], "x",
+            color="grey", label="champion's greedy choice, same decisions")
+    for v, r in zip(x, rounds, strict=True):
+        c = r["candidate"]
+        if c.get("policy_share_of_oracle") is not None:
+            ax.annotate("promoted" if c["promoted"] else "kept champion",
+                        (v + 0.5, c["policy_share_of_oracle"]), textcoords="offset points",
+                        xytext=(0, 6), ha="center", fontsize=7)
     ax.plot(x, [r["random_share_of_oracle"] for r in rounds], ":", label="random eligible")
     ax.axhline(0.80, color="grey", lw=0.8)
     ax.set_xlabel("round (0: cold start)")
     ax.set_ylabel("share of the oracle's incremental value")
     ax.set_xticks(x)
     ax.set_ylim(0, 1)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_title("Learning loop: value per round")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

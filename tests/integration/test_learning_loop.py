@@ -105,6 +105,13 @@ def test_cold_start_then_retrain_from_own_decisions(loop_world, monkeypatch) -> 
     sums = gate.groupby("decision_id")["p_candidate"].sum()
     np.testing.assert_allclose(sums.to_numpy(), 1.0, atol=1e-9)
     assert gate.groupby("decision_id")["logged"].sum().eq(1).all()
+    # the bench's reading of a candidate: its first choice per decision, valued by the truth
+    offers = gate[gate["action"] != ""]
+    top = offers.loc[offers.groupby("decision_id", sort=False)["p_candidate"].idxmax()]
+    served = pd.Index(truth.rewards["reward_id"].astype(str)).get_indexer(top["action"])
+    expected = truth.shares(top["member_id"].to_numpy().astype(np.int64), served,
+                            None)["value_share_of_oracle"]
+    assert truth.greedy_share(gate, "p_candidate") == pytest.approx(expected)
 
     # cron-ready: the same closed decisions, nothing to do
     again = retrain(store, train, loop, as_of=as_of)
