@@ -154,10 +154,11 @@ def paired_dr_difference(reward: np.ndarray, propensity: np.ndarray, q_logged: n
 
     Why paired: both policies are estimated on the same decisions with the same reward model,
     so most of each estimate's noise (the rewards of decisions where A and B act alike) is
-    shared and cancels in the difference; two separate intervals would count it twice. Under a
-    near-greedy logging policy the separate intervals are several times wider than the paired
-    one, and a better candidate could never show it. ``a_prob``/``b_prob``: each policy's
-    probability of the logged action; ``a_q``/``b_q``: sum_a pi(a|x) q(x, a) per row.
+    shared and cancels in the difference; two separate intervals would count it twice (in the
+    learning-loop bench the candidate's own interval was 1.5-1.9 times wider than the paired
+    one). What is left comes from the rows where the two differ, weighted by 1 / propensity.
+    ``a_prob``/``b_prob``: each policy's probability of the logged action; ``a_q``/``b_q``:
+    sum_a pi(a|x) q(x, a) per row.
     """
     terms = []
     for prob, q_target in ((a_prob, a_q), (b_prob, b_q)):
