@@ -1,12 +1,16 @@
 """Proof of the learning loop (issue 21): from no model at all to a learnt policy, on the
 service's own decisions.
 
-A simulated world joins the product by import with its members and their behaviour only: no
-logged offers, no model. Then, round after round, its members ask the real app (in-process,
-FastAPI TestClient, the same routes and stores as `rewards serve`) for one reward and one
-challenge, answer as the simulator's hidden truth says, and post what happened through
-`/v1/events`; between rounds `rewards retrain` runs as a separate process, as cron would run
-it, and the app is told to reload. Round 0 is served by cold start (uniform exploration).
+A simulated world joins the product by import with its members and their history only: every
+purchase, redemption, visit... of its first ``--history-days``, but no logged offer (decision ids
+removed, impressions and holdouts left out) and no model. Then, round after round, its members
+ask the real app (in-process, FastAPI TestClient, the same routes and stores as `rewards serve`)
+for one reward and one challenge, ``--decisions-per-member`` times a round (2: an offer a week,
+the world's own cadence), answer as the simulator's hidden truth says, and post what happened
+through `/v1/events`; their own activity of the round (visits, reviews, purchases outside any
+offer: the world's future, without its own offers) is imported after it, as a program's export
+would be; between rounds `rewards retrain` runs as a separate process, as cron would run it, and
+the app is told to reload. Round 0 is served by cold start (uniform exploration).
 
 Only this bench reads the truth, to report each round:
 - value_share_of_oracle: the true incremental value of what was served (exploration and the
@@ -15,7 +19,10 @@ Only this bench reads the truth, to report each round:
   picks before exploration), the figure comparable with the offline champion's 0.85;
 - random_share_of_oracle: a uniformly random eligible reward;
 - candidate.true_value: the true expected profit per decision of the candidate's serving
-  distribution on the decisions its off-policy gate evaluated (what ope_dr estimates).
+  distribution on the decisions its off-policy gate evaluated (what ope_dr estimates);
+- candidate.policy_share_of_oracle / champion_policy_share_of_oracle: each one's first choice
+  on those decisions, as a share of the oracle (what the candidate would have served, had the
+  gate promoted it).
 
 Simulated time: decisions of round r are spread over the first ``--spread-days`` of a
 ``--round-days`` period starting where the history ends (the app's clock is set per batch:
@@ -64,13 +71,25 @@ def plot(rounds: list[dict[str, Any]], path: Path) -> None:
             "exploration)")
     ax.plot(x, [r.get("policy_share_of_oracle", np.nan) for r in rounds], "s--",
             label="served model's greedy choice")
+    cand = [r["candidate"].get("policy_share_of_oracle") for r in rounds]
+    ax.plot([v + 0.5 for v in x], [np.nan if c is None else c for c in cand], "^",
+            color="tab:green", label="retrained candidate's greedy choice (after the round)")
+    champ = [r["candidate"].get("champion_policy_share_of_oracle") for r in rounds]
+    ax.plot([v + 0.5 for v in x], [np.nan if c is None else c for c in champ], "x",
+            color="grey", label="champion's greedy choice, same decisions")
+    for v, r in zip(x, rounds, strict=True):
+        c = r["candidate"]
+        if c.get("policy_share_of_oracle") is not None:
+            ax.annotate("promoted" if c["promoted"] else "kept champion",
+                        (v + 0.5, c["policy_share_of_oracle"]), textcoords="offset points",
+                        xytext=(0, 6), ha="center", fontsize=7)
     ax.plot(x, [r["random_share_of_oracle"] for r in rounds], ":", label="random eligible")
     ax.axhline(0.80, color="grey", lw=0.8)
     ax.set_xlabel("round (0: cold start)")
     ax.set_ylabel("share of the oracle's incremental value")
     ax.set_xticks(x)
     ax.set_ylim(0, 1)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     ax.set_title("Learning loop: value per round")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,9 +107,13 @@ def main() -> None:
     ap.add_argument("--history-days", type=int, default=60)
     ap.add_argument("--round-days", type=int, default=14)
     ap.add_argument("--spread-days", type=float, default=7.0)
-    ap.add_argument("--decisions-per-member", type=int, default=1,
+    ap.add_argument("--decisions-per-member", type=int, default=2,
                     help="decisions per member per round, --spread-days apart (a window "
-                         "still open at the retrain is labelled by the next one)")
+                         "still open at the retrain is labelled by the next one); 2 per "
+                         "14-day round is the world's own cadence (an offer a week)")
+    ap.add_argument("--behaviour", action=argparse.BooleanOptionalAction, default=True,
+                    help="members keep living during the rounds: their own activity (visits, "
+                         "purchases outside any offer...) is imported after each round")
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "learning_loop.png")
     args = ap.parse_args()
 
@@ -101,7 +124,9 @@ def main() -> None:
     log = lambda msg: print(f"[{time.perf_counter() - t_all:7.1f}s] {msg}", file=sys.stderr,  # noqa: E731
                             flush=True)
     log(f"data folder {data}")
-    rewards_cli("simulate", "--members", str(args.members), "--days", str(args.history_days),
+    # the world lives on through the rounds; only its first --history-days are history
+    days = args.history_days + args.rounds * args.round_days
+    rewards_cli("simulate", "--members", str(args.members), "--days", str(days),
                 "--seed", str(args.seed), "--no-import")
     from serving.config import ServeSettings, StoreSettings
 
@@ -109,9 +134,13 @@ def main() -> None:
     world_dir = store.world_dir
     from training.simulate.loop import onboard_without_offers
 
-    onboarded = onboard_without_offers(world_dir, ServeSettings().events(store))
-    log(f"imported {onboarded['imported']:,} behavioural events (of "
-        f"{onboarded['events_in_world']:,}: no logged offer)")
+    world = json.loads((world_dir / "world.json").read_text())
+    history_end = (pd.Timestamp(world["start"], tz="UTC")
+                   + pd.Timedelta(days=args.history_days)).to_pydatetime()
+    events_url = ServeSettings().events(store)
+    onboarded = onboard_without_offers(world_dir, events_url, until=history_end)
+    log(f"imported {onboarded['imported']:,} events of the first {args.history_days} days "
+        f"(of {onboarded['events_in_world']:,} in the world: no logged offer)")
     rewards_cli("features", "build")
     rewards_cli("features", "materialize")
     log("features built and materialized; no model registered")
@@ -119,11 +148,15 @@ def main() -> None:
     from fastapi.testclient import TestClient
 
     from serving.main import create_app
-    from training.simulate.loop import Truth, answer_round, round_shares, run_round
+    from training.simulate.loop import (
+        Truth,
+        answer_round,
+        import_behaviour,
+        round_shares,
+        run_round,
+    )
 
-    world = json.loads((world_dir / "world.json").read_text())
     window = int(world["attribution_window_days"])
-    history_end = pd.Timestamp(world["end"], tz="UTC").to_pydatetime()
     truth = Truth(world_dir)
     rng = np.random.default_rng(args.seed)
     ids = truth.world.members.index.to_numpy()
@@ -141,13 +174,17 @@ def main() -> None:
                                          rng)
                 parts.append(part)
             frame = pd.concat(parts, ignore_index=True)
+            organic = (import_behaviour(world_dir, events_url, start,
+                                        start + timedelta(days=args.round_days))
+                       if args.behaviour else 0)
             decide_s = time.perf_counter() - t0
             shares = round_shares(services, frame, truth, start)
             versions = frame["versions"].value_counts().index[0]
             served_model = (json.loads(versions).get(services.settings.reward_model_name)
                             or "cold_start")
             log(f"round {r}: {len(frame):,} decisions in {decide_s:.0f} s, served by "
-                f"{served_model}, {n_events:,} outcome events; share of oracle "
+                f"{served_model}, {n_events:,} outcome events, {organic:,} own-activity "
+                f"events; share of oracle "
                 f"{shares['value_share_of_oracle']:.3f} (policy "
                 f"{shares.get('policy_share_of_oracle', float('nan')):.3f}, random "
                 f"{shares['random_share_of_oracle']:.3f})")
@@ -166,9 +203,18 @@ def main() -> None:
                          "ope_ci_high": met.get("gate.candidate.dr_ci_high"),
                          "true_value": true_value, "promoted": fam["promoted"],
                          "reason": fam["reason"],
+                         "policy_share_of_oracle": (
+                             None if gate is None else truth.greedy_share(gate, "p_candidate")),
+                         "paired_lower_bound": met.get("gate.paired_lower_bound"),
+                         "difference_dr": met.get("gate.difference.dr"),
+                         "difference_ci": [met.get("gate.difference.ci_low"),
+                                           met.get("gate.difference.ci_high")],
                          "champion_dr": met.get("gate.champion.dr"),
                          "champion_true_value": (
                              truth.policy_value(gate, "p_champion")
+                             if gate is not None and "p_champion" in gate else None),
+                         "champion_policy_share_of_oracle": (
+                             truth.greedy_share(gate, "p_champion")
                              if gate is not None and "p_champion" in gate else None)}
             client.post("/v1/admin/reload").raise_for_status()
             log(f"  retrain in {retrain_s:.0f} s: candidate v{fam['candidate']} DR "
@@ -176,11 +222,13 @@ def main() -> None:
                 f" true {true_value}; {'PROMOTED' if fam['promoted'] else 'kept'}: "
                 f"{fam['reason']}")
             rounds.append({"round": r, "decisions": len(frame), "outcome_events": n_events,
+                           "behaviour_events": organic,
                            "served_model": served_model, **shares, "candidate": candidate,
                            "difficulty": record["families"][1],
                            "seconds": {"serve_and_answer": round(decide_s, 1),
                                        "retrain": round(retrain_s, 1)}})
     result = {"members": args.members, "rounds": rounds, "seed": args.seed,
+              "decisions_per_member": args.decisions_per_member, "behaviour": args.behaviour,
               "seconds": round(time.perf_counter() - t_all, 1),
               "join_report": json.loads(rewards_cli("data", "join-report", "--as-of",
                                                     as_of.isoformat(), "--json"))}

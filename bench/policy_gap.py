@@ -21,13 +21,19 @@ Three measurements on an existing data folder with a trained reward champion:
   `hierarchical` (binary P(convert) and P(redeem | converted) models instead of three classes),
   `forced_type_splits` (every tree first splits the rows by reward type),
   `refit_train_valid` (refit on train + validation with the early-stopped number of rounds,
-  scaled by the row count). `a+b` combines any of them.
+  scaled by the row count). `a+b` combines any of them;
+- `curve N...`: the learning curve of the base refit: the same fit on a random N of the
+  training offers (and the same share of the validation ones), the policy value of each; with
+  `--param name=value` (TrainSettings fields) to try other LightGBM settings. How much a policy
+  learnt from N uniformly randomized offers can reach: the learning loop's information ceiling.
 
     REWARDS_DATA_DIR=/path/to/data .venv/bin/python bench/policy_gap.py swap
     REWARDS_DATA_DIR=/path/to/data .venv/bin/python bench/policy_gap.py readout
     REWARDS_DATA_DIR=/path/to/data .venv/bin/python bench/policy_gap.py refit base true_pref
     REWARDS_DATA_DIR=/path/to/data .venv/bin/python bench/policy_gap.py refit hierarchical \
         forced_type_splits arm_stack refit_train_valid type_posterior
+    REWARDS_DATA_DIR=/path/to/data .venv/bin/python bench/policy_gap.py curve 14000 50000 \
+        --param min_child_samples=50
 
 Prints one JSON line per measurement. Each refit is a full LightGBM fit (about 2-4 min at 100k).
 """
@@ -332,7 +338,7 @@ def refit(variant: str, extra: Extra, learners: set[str], data: Dataset, bench: 
     fit_s = time.perf_counter() - t0
     rows = data.rows[test]
     treated = rows["treated"].to_numpy(bool)
-    proba = predict(X[test])
+    test_proba = predict(X[test])
     member_names = [n for n in data.service_features if n not in REWARD_ITEM_COLUMNS]
     member_cols = _columns(bench.snap, member_names)
     item_cols = _columns(bench.items, list(REWARD_ITEM_COLUMNS))
@@ -348,19 +354,43 @@ def refit(variant: str, extra: Extra, learners: set[str], data: Dataset, bench: 
     v = bench.value(bench.estimate(s.uplift, s.propensity))
     print(json.dumps({"refit": variant, "fit_s": round(fit_s), "rounds": rounds,
                       "propensity_auc": round(auc(rows["redeemed"].to_numpy()[treated],
-                                                  proba[treated, 2]), 4),
+                                                  test_proba[treated, 2]), 4),
                       "policy": round(v, 3), "share_of_oracle": round(v / bench.oracle, 4)}),
           flush=True)
 
 
+def curve(sizes: list[int], data: Dataset, bench: PolicyBench, settings) -> None:  # noqa: ANN001
+    """The base refit on N random training offers (validation sampled at the same share)."""
+    import dataclasses
+
+    rng = np.random.default_rng(settings.seed)
+    n_train = int((data.part == "train").sum())
+    draw = rng.random(len(data.part))
+    for n in sizes:
+        keep = (draw < n / n_train) | (data.part == "test")
+        part = np.where(keep, data.part, "unused")
+        sub = dataclasses.replace(data, part=part)
+        print(json.dumps({"curve_n_train": int((part == "train").sum()),
+                          "n_valid": int((part == "valid").sum()),
+                          "params": {k: getattr(settings, k) for k in
+                                     ("learning_rate", "num_leaves", "min_child_samples")}}),
+              flush=True)
+        refit(f"curve-{n}", lambda col, ids: {}, set(), sub, bench, settings)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["swap", "readout", "refit"])
+    parser.add_argument("what", choices=["swap", "readout", "refit", "curve"])
     parser.add_argument("variants", nargs="*", default=["base"])
+    parser.add_argument("--param", action="append", default=[],
+                        help="name=value: a TrainSettings field for the curve's fits")
     args = parser.parse_args()
     store, settings = get_store_settings(), get_train_settings()
+    if args.param:
+        settings = settings.model_copy(update={k: type(getattr(settings, k))(v) for k, v in
+                                               (p.split("=", 1) for p in args.param)})
     service = settings.reward_service
-    data = reward_dataset(store, store.world_dir, (settings.valid_share, settings.test_share),
+    data = reward_dataset(store, store.features_dir, (settings.valid_share, settings.test_share),
                           service, service_feature_names(open_store(store), service))
     bench = PolicyBench(data, store, settings.seed)
     print(json.dumps({"oracle": round(bench.oracle, 3)}), flush=True)
@@ -374,6 +404,9 @@ def main() -> None:
         version = tracking.alias_version(settings.reward_model_name, "champion")
         run_id = MlflowClient().get_model_version(settings.reward_model_name, version).run_id
         swap(mlflow.lightgbm.load_model(f"runs:/{run_id}/{tracking.NATIVE_ARTIFACT}"), data, bench)
+        return
+    if args.what == "curve":
+        curve([int(v) for v in args.variants if v != "base"], data, bench, settings)
         return
     traits = _traits(store)
     if args.what == "readout":

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,10 @@ class RetrainSettings(BaseSettings):
     bootstrap: int = Field(500, ge=50, description="bootstrap resamples of the OPE intervals")
     clip: float | None = Field(None, gt=0, description="cap of the importance weights "
                                "(None: unclipped, unbiased)")
+    gate_test: Literal["paired", "marginal"] = Field(
+        "paired", description="the candidate's DR lower bound: 'paired' (champion's DR + the "
+        "lower bound of the candidate-minus-champion difference on the same decisions) or "
+        "'marginal' (the candidate's own interval: wider, the noise both share counted)")
     reload_urls: list[str] = Field(default_factory=list, description="base URLs of running "
                                    "services to reload after a promotion (else they poll)")
     reload_key: str | None = Field(None, description="admin API key for the reload calls")
@@ -185,7 +189,7 @@ def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSet
             model, m, i, list(meta.service_features), data.vocabulary), params)
     gate = evaluate_gate(rows, items, cand, champ, exploration_settings(store),
                          min_decisions=loop.min_decisions, n_bootstrap=loop.bootstrap,
-                         seed=settings.seed, clip=loop.clip)
+                         seed=settings.seed, clip=loop.clip, test=loop.gate_test)
     if gate.policies is not None:  # what the gate compared, beside the snapshot it read
         gate.policies.to_parquet(snapshot_dir / "gate_reward.parquet", index=False)
     promoted = gate.promote and _promote(name, gate.reason)

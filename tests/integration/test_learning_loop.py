@@ -91,6 +91,13 @@ def test_cold_start_then_retrain_from_own_decisions(loop_world, monkeypatch) -> 
     low, high = reward["metrics"]["gate.candidate.dr_ci_low"], reward["metrics"][
         "gate.candidate.dr_ci_high"]
     assert low < reward["metrics"]["gate.candidate.dr"] < high
+    # the default test is paired: champion's DR + the lower bound of the paired difference
+    met = reward["metrics"]
+    paired_low = met["gate.champion.dr"] + met["gate.difference.ci_low"]
+    assert met["gate.paired_lower_bound"] == pytest.approx(paired_low)
+    assert met["gate.difference.dr"] == pytest.approx(
+        met["gate.candidate.dr"] - met["gate.champion.dr"])
+    assert reward["promoted"] == (paired_low > met["gate.champion.dr"])
     # the gate's decision and the registry agree
     champion = tracking.champion_version(reward["name"])
     assert (champion == "1") == reward["promoted"]
@@ -98,6 +105,13 @@ def test_cold_start_then_retrain_from_own_decisions(loop_world, monkeypatch) -> 
     sums = gate.groupby("decision_id")["p_candidate"].sum()
     np.testing.assert_allclose(sums.to_numpy(), 1.0, atol=1e-9)
     assert gate.groupby("decision_id")["logged"].sum().eq(1).all()
+    # the bench's reading of a candidate: its first choice per decision, valued by the truth
+    offers = gate[gate["action"] != ""]
+    top = offers.loc[offers.groupby("decision_id", sort=False)["p_candidate"].idxmax()]
+    served = pd.Index(truth.rewards["reward_id"].astype(str)).get_indexer(top["action"])
+    expected = truth.shares(top["member_id"].to_numpy().astype(np.int64), served,
+                            None)["value_share_of_oracle"]
+    assert truth.greedy_share(gate, "p_candidate") == pytest.approx(expected)
 
     # cron-ready: the same closed decisions, nothing to do
     again = retrain(store, train, loop, as_of=as_of)

@@ -11,7 +11,7 @@ from training.data.datasets import WEIGHT_CAP, logging_weights
 from training.data.decision_log import (
     assignments_from_log, attribute_by_item, join_report, offers_from_log,
 )
-from training.data.history import label_offers, labelled_decisions
+from training.data.history import label_assignments, label_offers, labelled_decisions
 from training.data.snapshots import content_hash, freeze
 from training.evaluation.gate import Exploration, logged_rows, policy_distribution
 
@@ -151,6 +151,31 @@ def test_frozen_labels_never_change_and_open_windows_wait(tmp_path) -> None:  # 
     h = content_hash({"offers": second.reset_index()})
     assert content_hash({"offers": again}) == h
     assert content_hash({"offers": late}) != h
+
+
+def test_an_early_completion_waits_for_the_end_of_its_period(tmp_path) -> None:  # noqa: ANN001
+    """A challenge completed on day 2 of 14 is known, but its decision closes on day 14 with
+    the others of its period: else the latest decisions would train with their successes and
+    without their failures."""
+    decisions, items = log_frames()
+    asg = assignments_from_log(decisions, items)
+    asg = pd.concat([asg, asg.assign(decision_id="d9", member_id="m9")], ignore_index=True)
+    events = event_frame([{"member_id": "m1", "event_timestamp": ts(2),
+                           "event_type": "challenge_completed", "decision_id": "d1",
+                           "challenge_id": "C1"}])
+    challenges = pd.DataFrame({"challenge_id": ["C1"], "duration_days": [14]})
+    labelled = label_assignments(asg, events, challenges).set_index("decision_id")
+    assert labelled.loc["d1", "completed"] == 1 and labelled.loc["d9", "completed"] == 0
+    assert labelled.loc["d1", "outcome_timestamp"] == ts(2)  # known at once
+    assert (labelled["window_end"] == ts(14)).all()  # final when the period ends
+    frame = labelled.reset_index()
+    early, counts = freeze("assignments", frame, tmp_path, as_of=ts(5))
+    assert early.empty and counts["open_left_out"] == 2  # the success does not go in alone
+    both, counts = freeze("assignments", frame, tmp_path, as_of=ts(15))
+    assert sorted(both["completed"]) == [0, 1] and counts["newly_labelled"] == 2
+    report = join_report(events.assign(matched_by="decision_id"), frame.iloc[:0], frame,
+                         ts(5), 7)
+    assert report.decisions["open_windows"] == 2
 
 
 def test_logging_weights_only_for_the_model_policy() -> None:

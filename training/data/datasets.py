@@ -17,6 +17,7 @@ import pandas as pd
 
 from serving.contract.vocabulary import Vocabulary
 from training.data.features import built_vocabulary
+from training.data.decision_log import closes_at
 from training.data.history import HistoryMeta, read_history_meta
 from serving.decisioning.candidates import NO_OFFER, REWARD_ITEM_COLUMNS, difficulty_matrix, reward_matrix
 from serving.config import StoreSettings
@@ -144,7 +145,7 @@ def logging_weights(rows: pd.DataFrame, probability: str = "propensity") -> np.n
 
 
 def _final_outcomes(logged: pd.DataFrame, meta: HistoryMeta) -> pd.DataFrame:
-    known = logged[logged["outcome_timestamp"] < meta.known_until]
+    known = logged[closes_at(logged) < meta.known_until]
     return known.sort_values(["event_timestamp", "member_id"], kind="stable").reset_index(drop=True)
 
 

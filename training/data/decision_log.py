@@ -193,6 +193,17 @@ class JoinReport:
         return json.dumps(self.as_dict(), indent=2)
 
 
+def closes_at(decisions: pd.DataFrame) -> pd.Series:
+    """When each decision's label became final: the end of its window (``window_end``).
+
+    Not the outcome's time: a challenge completed early is known at once, but its decision is
+    not closed before the period ends, else the latest decisions would enter training with
+    their completions and without their failures (a sample biased toward success). Frames
+    without ``window_end`` (written before it existed) fall back on ``outcome_timestamp``.
+    """
+    return decisions["window_end" if "window_end" in decisions else "outcome_timestamp"]
+
+
 def join_report(events: pd.DataFrame, offers: pd.DataFrame, assignments: pd.DataFrame,
                 as_of: pd.Timestamp, window_days: int, *, imported_duplicates: int = 0,
                 labelled_at: pd.Series | None = None) -> JoinReport:
@@ -200,17 +211,16 @@ def join_report(events: pd.DataFrame, offers: pd.DataFrame, assignments: pd.Data
     by member and item, unmatched, outside the window, late) and duplicates.
 
     ``events`` come from :func:`attribute_by_item` (with ``matched_by``) and carry
-    ``received_at``; ``offers``/``assignments`` carry ``outcome_timestamp`` (window end or
-    completion). ``labelled_at``: per decision id, when its label was frozen (the ledger), so
+    ``received_at``; ``offers``/``assignments`` carry ``window_end`` (else
+    ``outcome_timestamp``). ``labelled_at``: per decision id, when its label was frozen (the ledger), so
     outcomes received later count as late (kept in the store, never relabelling).
     """
     report = JoinReport(as_of=str(as_of), attribution_window_days=window_days)
     frames = [f for f in (offers, assignments) if len(f)]
-    rows = pd.concat([f[["decision_id", "source", "event_timestamp", "outcome_timestamp"]]
-                      for f in frames], ignore_index=True) if frames else pd.DataFrame(
-        columns=["decision_id", "source", "event_timestamp", "outcome_timestamp"])
-    per = rows.groupby("decision_id").agg(source=("source", "first"),
-                                          end=("outcome_timestamp", "max"))
+    cols = ["decision_id", "source", "event_timestamp"]
+    rows = pd.concat([f[cols].assign(end=closes_at(f)) for f in frames], ignore_index=True
+                     ) if frames else pd.DataFrame(columns=[*cols, "end"])
+    per = rows.groupby("decision_id").agg(source=("source", "first"), end=("end", "max"))
     service = per["source"] == "service"
     open_ = per["end"] > as_of
     report.decisions = {

@@ -160,6 +160,7 @@ def label_offers(offers: pd.DataFrame, events: pd.DataFrame, window_days: int) -
     redemption must also name the offered reward when it names one."""
     offers = offers.copy()
     offers["outcome_timestamp"] = offers["event_timestamp"] + pd.Timedelta(days=window_days)
+    offers["window_end"] = offers["outcome_timestamp"]
     kind = events["event_type"]
     outcomes = events[events["decision_id"].notna()
                       & kind.isin(("purchase", "redemption"))]
@@ -181,13 +182,14 @@ def label_offers(offers: pd.DataFrame, events: pd.DataFrame, window_days: int) -
     offers["spend"] = np.round(spend.reindex(index).astype("float64").fillna(0.0).to_numpy(), 2)
     offers["propensity"] = offers["propensity"].astype("float64")
     return _ordered(offers, [*OFFER_COLUMNS, "redeemed", "converted", "spend",
-                             "outcome_timestamp"])
+                             "outcome_timestamp", "window_end"])
 
 
 def label_assignments(asg: pd.DataFrame, events: pd.DataFrame,
                       challenges: pd.DataFrame) -> pd.DataFrame:
     """Assignments with their outcomes: completed, outcome_timestamp (the completion, else the
-    end of the challenge's duration). Templates the catalog does not know are left out."""
+    end of the challenge's duration) and window_end (the end of the duration: when the label is
+    final, see :func:`closes_at`). Templates the catalog does not know are left out."""
     kind = events["event_type"]
     duration = asg["challenge_id"].map(challenges.set_index("challenge_id")["duration_days"])
     asg = asg[duration.notna()].copy()
@@ -203,9 +205,10 @@ def label_assignments(asg: pd.DataFrame, events: pd.DataFrame,
     completed = finished_ts.notna() & (finished_ts < end)
     asg["completed"] = completed.astype(np.int8)
     asg["outcome_timestamp"] = finished_ts.where(completed, end)
+    asg["window_end"] = end
     asg["target"] = asg["target"].astype("float64")
     asg["propensity"] = asg["propensity"].astype("float64")
-    return _ordered(asg, [*ASSIGNMENT_COLUMNS, "completed", "outcome_timestamp"])
+    return _ordered(asg, [*ASSIGNMENT_COLUMNS, "completed", "outcome_timestamp", "window_end"])
 
 
 def derive_offers(events: pd.DataFrame, window_days: int) -> pd.DataFrame:
@@ -244,8 +247,9 @@ def labelled_decisions(events: pd.DataFrame, decisions: pd.DataFrame, items: pd.
 def _ordered(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     out = frame[columns].sort_values(["member_id", "event_timestamp", "decision_id"],
                                      kind="stable").reset_index(drop=True)
-    for column in ("event_timestamp", "outcome_timestamp"):
-        out[column] = out[column].astype(TS_DTYPE)
+    for column in ("event_timestamp", "outcome_timestamp", "window_end"):
+        if column in out:
+            out[column] = out[column].astype(TS_DTYPE)
     out["member_id"] = out["member_id"].astype(str)
     return out
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from training.data.decision_log import closes_at
+
 KEYS = {"offers": ["decision_id", "reward_id"], "assignments": ["decision_id", "challenge_id"]}
 LABELS = {"offers": ["redeemed", "converted", "spend", "outcome_timestamp"],
           "assignments": ["completed", "outcome_timestamp"]}
@@ -45,7 +47,7 @@ class Snapshot:
 
 
 def _closed(frame: pd.DataFrame, as_of: pd.Timestamp) -> pd.Series:
-    return frame["outcome_timestamp"] < as_of
+    return closes_at(frame) < as_of
 
 
 def freeze(kind: str, frame: pd.DataFrame, ledger_dir: Path,

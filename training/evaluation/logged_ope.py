@@ -130,6 +130,51 @@ def estimate_policy(reward: np.ndarray, propensity: np.ndarray, target_prob: np.
     )
 
 
+@dataclass(frozen=True)
+class PairedDifference:
+    """DR value of policy A minus policy B on the same logged rows, with a 95 % interval."""
+
+    n: int
+    dr: float
+    ci_low: float
+    ci_high: float
+    #: rows where the two policies' distributions differ (only these carry the difference)
+    differing: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def paired_dr_difference(reward: np.ndarray, propensity: np.ndarray, q_logged: np.ndarray,
+                         a_prob: np.ndarray, a_q: np.ndarray, b_prob: np.ndarray,
+                         b_q: np.ndarray, *, clip: float | None = None,
+                         n_bootstrap: int = 500, alpha: float = 0.05,
+                         seed: int = 0) -> PairedDifference:
+    """DR(A) - DR(B), each row's two DR terms differenced before resampling.
+
+    Why paired: both policies are estimated on the same decisions with the same reward model,
+    so most of each estimate's noise (the rewards of decisions where A and B act alike) is
+    shared and cancels in the difference; two separate intervals would count it twice (in the
+    learning-loop bench the candidate's own interval was 1.5-1.9 times wider than the paired
+    one). What is left comes from the rows where the two differ, weighted by 1 / propensity.
+    ``a_prob``/``b_prob``: each policy's probability of the logged action; ``a_q``/``b_q``:
+    sum_a pi(a|x) q(x, a) per row.
+    """
+    terms = []
+    for prob, q_target in ((a_prob, a_q), (b_prob, b_q)):
+        r, raw_w, q_l, q_t = _importance_weights(reward, propensity, prob, q_logged=q_logged,
+                                                 q_target=q_target)
+        w = raw_w if clip is None else np.minimum(raw_w, clip)
+        terms.append(q_t + w * (r - q_l))
+    diff = terms[0] - terms[1]
+    sums = _bootstrap_sums(np.column_stack([diff, np.ones_like(diff)]), None,
+                           int(n_bootstrap), seed)
+    low, high = np.quantile(sums[:, 0] / sums[:, 1], [alpha / 2, 1 - alpha / 2])
+    differing = int(np.sum(~np.isclose(terms[0], terms[1], rtol=0.0, atol=1e-12)))
+    return PairedDifference(n=int(diff.size), dr=float(diff.mean()), ci_low=float(low),
+                            ci_high=float(high), differing=differing)
+
+
 def _estimators(sums: FloatArray) -> FloatArray:
     """(resamples, 3 or 4) column sums -> (resamples, 2 or 3): IPS, SNIPS[, DR]."""
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -23,9 +23,21 @@ from training.simulate.live import answers_frame
 BATCH = 500
 
 
-def onboard_without_offers(world_dir: Path, events_url: str) -> dict[str, int]:
-    """Import the world's catalog, members and behavioural events: no logged offer, no
-    assignment and no outcome of one (the service starts from nothing)."""
+def _organic(events: pd.DataFrame) -> pd.Series:
+    """The members' own activity: no logged offer or assignment, no outcome of one."""
+    return ~events["event_type"].isin(("impression", "holdout")) & events["decision_id"].isna()
+
+
+def onboard_without_offers(world_dir: Path, events_url: str, *,
+                           until: datetime | None = None) -> dict[str, int]:
+    """Import the world's catalog, members and behaviour with no logged decision: the service
+    starts from nothing, as for a program that never logged its offers.
+
+    The behaviour is the program's transaction history: every purchase, redemption, visit,
+    review... including those that fell in a world offer's window (most of a member's
+    purchases do), with their decision ids removed; the impressions and holdouts themselves
+    are left out. ``until``: only the history before it (the rest is the members' future, see
+    :func:`import_behaviour`)."""
     from training.simulate.onboard import onboard, program_files
 
     files = program_files(world_dir)
@@ -36,10 +48,37 @@ def onboard_without_offers(world_dir: Path, events_url: str) -> dict[str, int]:
         if kind != "events":
             shutil.copy(path, program / path.name)
     events = pd.read_parquet(files["events"])
-    keep = ~events["event_type"].isin(("impression", "holdout")) & events["decision_id"].isna()
-    events[keep].to_parquet(program / files["events"].name, index=False)
+    keep = ~events["event_type"].isin(("impression", "holdout"))
+    if until is not None:
+        keep &= events["timestamp"] < pd.Timestamp(until)
+    history = events[keep].assign(decision_id=None)
+    history.to_parquet(program / files["events"].name, index=False)
     onboard(staged, events_url, progress=False)
     return {"events_in_world": len(events), "imported": int(keep.sum())}
+
+
+def import_behaviour(world_dir: Path, events_url: str, since: datetime,
+                     until: datetime) -> int:
+    """The members' own activity in [since, until) (purchases, visits, ...: no offer and no
+    outcome of one), imported as a program's periodic export would be (`rewards import
+    events`). Members keep living between decisions; without this their recency features
+    would only age. Returns the number of events imported."""
+    from serving.stores.events import open_event_store
+    from training.data.imports import import_events_file
+    from training.simulate.onboard import program_files
+
+    events = pd.read_parquet(program_files(world_dir)["events"])
+    ts = events["timestamp"]
+    keep = _organic(events) & (ts >= pd.Timestamp(since)) & (ts < pd.Timestamp(until))
+    path = world_dir.parent / "world_without_offers" / f"behaviour_{pd.Timestamp(since):%Y%m%d}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    events[keep].to_parquet(path, index=False)
+    store = open_event_store(events_url)
+    try:
+        summary = import_events_file(path, store, progress=False)
+    finally:
+        store.close()
+    return int(summary.imported)
 
 
 class Truth:
@@ -99,6 +138,23 @@ class Truth:
         order = np.where(order < 0, m, order)  # '' (no offer) -> last column
         p = gate[column].to_numpy().reshape(len(members), per)
         return float((p * q[:, order]).sum(axis=1).mean())
+
+
+    def greedy_share(self, gate: pd.DataFrame, column: str) -> float:
+        """Share of the oracle of a policy's first choice (its most likely reward) on the
+        decisions in the gate's file: what the policy would pick before exploration."""
+        members = gate["member_id"].to_numpy()[::self._per(gate)]
+        p = gate[column].to_numpy().reshape(len(members), -1)
+        actions = gate["action"].iloc[:p.shape[1]].to_numpy()
+        offer = actions != ""
+        pick = actions[offer][np.argmax(p[:, offer], axis=1)]
+        served = pd.Index(self.rewards["reward_id"].astype(str)).get_indexer(pick)
+        return self.shares(members.astype(np.int64), served, None)["value_share_of_oracle"]
+
+    @staticmethod
+    def _per(gate: pd.DataFrame) -> int:
+        decisions = gate["decision_id"].to_numpy()
+        return int(np.argmax(decisions != decisions[0])) or len(decisions)
 
 
 def greedy_choice(features: list[dict[str, float] | None], model: Any, catalog: Any
