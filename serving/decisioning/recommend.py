@@ -215,9 +215,10 @@ class Recommender:
         difficulty_cold = difficulty_model is None and "difficulty" in no_champion
         fell_back: list[str] = []  # families whose model failed in this decision
 
-        # The no-offer draw (outside experiments, whose arms decide who gets what): the
-        # control group uplift is learnt from. Drawn first, so a withheld offer costs no
-        # reward scoring; no draw at all with a share of 0 (the random stream is unchanged).
+        # The no-offer draw (outside experiments, whose arms decide who gets what: a holdout
+        # logs no offer with probability 1, below): the control group uplift is learnt from.
+        # Drawn first, so a withheld offer costs no reward scoring; no draw at all with a
+        # share of 0 (the random stream is unchanged).
         no_offer_p = self.no_offer_share if arm is None and k_rewards > 0 else None
         no_offer = bool(no_offer_p) and self.rng.random() < self.no_offer_share
         # Experiment arms (serving.experiments.definition.ARM_BEHAVIOUR): the reward model scores
@@ -239,6 +240,9 @@ class Recommender:
         challenge_items: list[dict[str, Any]]
         if arm == "holdout":
             rewards, reward_items, challenges, challenge_items = [], [], [], []
+            if k_rewards > 0:  # the arm withheld every reward: a no-offer with probability 1
+                # given the arm (assigned at random), the control rows learning reads
+                no_offer_p, no_offer = 1.0, True
         else:
             challenges, challenge_items = self._challenges(
                 loaded, features, difficulty_model, k_challenges, exclude, facts.recent, now,

@@ -35,21 +35,25 @@ ASSIGNMENT_COLUMNS = ["decision_id", "member_id", "event_timestamp", "challenge_
                       "propensity", "target_probability", "source", "policy", "slot"]
 
 
-def _learnable(decisions: pd.DataFrame) -> pd.DataFrame:
-    """Decisions whose probabilities describe the service's own randomization: outside
-    experiments (an experiment's arms randomize members, not items, and its report reads them)."""
+def _policies(decisions: pd.DataFrame) -> pd.Series:
+    """The policy that served each decision, by decision id."""
     if decisions.empty:
-        return decisions
-    arm = decisions["arm"] if "arm" in decisions else pd.Series(None, index=decisions.index)
-    return decisions[arm.isna()]
+        return pd.Series(dtype=object)
+    return decisions.set_index("decision_id")["policy"]
 
 
 def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """Reward decisions of the service's log: each reward slot an offer (propensity: the
-    probability that reward was shown in that slot), each no-offer draw a control row
-    (propensity: the no-offer share)."""
-    keep = _learnable(decisions)
-    meta = keep.set_index("decision_id")["policy"] if len(keep) else pd.Series(dtype=object)
+    probability that reward was shown in that slot), each no-offer a control row (propensity:
+    the no-offer share, or 1 in an experiment's holdout arm).
+
+    Decisions inside experiments are learnt from too. Their probabilities are conditional on
+    the member's arm, which was assigned at random: a random arm's uniform rewards are the
+    most informative rows there are, and a holdout adds controls that cost no extra withheld
+    offer. (Holdout decisions logged before their no-offer probability was recorded have none
+    and stay out.)
+    """
+    meta = _policies(decisions)
     rewards = items[(items["item_type"] == "reward") & items["decision_id"].isin(meta.index)]
     offered = pd.DataFrame({
         "decision_id": rewards["decision_id"].to_numpy(),
@@ -62,7 +66,8 @@ def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFram
         "policy": meta.reindex(rewards["decision_id"]).to_numpy(),
         "slot": rewards["item_rank"].astype("int64").to_numpy(),
     })
-    none = keep[keep["no_offer"].astype(bool) & keep["no_offer_probability"].gt(0)]
+    none = decisions[decisions["no_offer"].astype(bool)
+                     & decisions["no_offer_probability"].gt(0)]
     control = pd.DataFrame({
         "decision_id": none["decision_id"].to_numpy(),
         "member_id": none["member_id"].astype(str).to_numpy(),
@@ -77,9 +82,8 @@ def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFram
 
 def assignments_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """Challenge decisions of the service's log: template, target, and the probabilities the
-    slot and the target were drawn with."""
-    keep = _learnable(decisions)
-    meta = keep.set_index("decision_id")["policy"] if len(keep) else pd.Series(dtype=object)
+    slot and the target were drawn with (experiments' arms included, as for rewards)."""
+    meta = _policies(decisions)
     rows = items[(items["item_type"] == "challenge") & items["decision_id"].isin(meta.index)
                  & items["target"].notna()]
     target_p = (rows["target_probability"] if "target_probability" in rows
