@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from serving.contract.vocabulary import MISSING_RATE, NEVER_DAYS, Vocabulary
-
-if TYPE_CHECKING:  # the catalog module imports this one
-    from serving.decisioning.catalog import Catalog
 
 Columns = Mapping[str, np.ndarray]
 
@@ -269,7 +266,8 @@ def cold_start_features(names: list[str], tier: str | None,
 def reward_inputs(features: dict[str, float], rewards: Mapping[str, Any],
                   names: list[str], vocabulary: Vocabulary) -> np.ndarray:
     """Model rows for one member x every candidate reward, then the member's no-offer row."""
-    member = {f: features.get(f, 0.0) for f in names if f not in REWARD_ITEM_COLUMNS}
+    member: dict[str, Any] = {f: features.get(f, 0.0) for f in names
+                              if f not in REWARD_ITEM_COLUMNS}
     items = {c: np.asarray(rewards[c], dtype=np.float32) for c in REWARD_ITEM_COLUMNS}
     m = len(items[REWARD_ITEM_COLUMNS[0]])
     # the member's values are scalars broadcast over the candidates: the same rows as
@@ -282,7 +280,8 @@ def reward_inputs(features: dict[str, float], rewards: Mapping[str, Any],
 def difficulty_inputs(features: dict[str, float], grid: Mapping[str, Any],
                       names: list[str], vocabulary: Vocabulary) -> np.ndarray:
     """Model rows for one member x every (template, allowed target) in ``grid``."""
-    member = {f: features.get(f, 0.0) for f in names if f not in CHALLENGE_ITEM_COLUMNS}
+    member: dict[str, Any] = {f: features.get(f, 0.0) for f in names
+                              if f not in CHALLENGE_ITEM_COLUMNS}
     items = {c: np.asarray(grid[c], dtype=np.float32) for c in CHALLENGE_ITEM_COLUMNS}
     return difficulty_matrix({**member, **items}, np.asarray(grid["target"]), names, vocabulary)
 
@@ -302,9 +301,23 @@ def item_rows(kind: str, items: Mapping[str, Any], service_features: Sequence[st
     return MemberRows(build, [f for f in names if f not in item_names])
 
 
-def candidate_rows(catalog: Catalog, kind: str, service_features: Sequence[str]) -> MemberRows:
+class CatalogColumns(Protocol):
+    """What candidate rows read of a catalog (serving.decisioning.catalog.Catalog, which
+    imports this module): its rewards and its template x target grid by column, and the
+    vocabulary the derived columns pick member features by."""
+
+    @property
+    def reward_cols(self) -> Mapping[str, Any]: ...
+    @property
+    def target_cols(self) -> Mapping[str, Any]: ...
+    @property
+    def vocabulary(self) -> Vocabulary: ...
+
+
+def candidate_rows(catalog: CatalogColumns, kind: str,
+                   service_features: Sequence[str]) -> MemberRows:
     """:func:`item_rows` over the whole catalog: every reward (``kind`` "reward") or every
     template x allowed target ("difficulty"). The request path (one member), batch scoring
     (member chunks) and offline evaluation all build their rows this way."""
-    cols = catalog.reward_cols if kind == "reward" else catalog.target_cols  # type: ignore[attr-defined]
+    cols = catalog.reward_cols if kind == "reward" else catalog.target_cols
     return item_rows(kind, cols, service_features, catalog.vocabulary)

@@ -295,7 +295,7 @@ class Recommender:
         no-offer share), a factor of every shown probability.
         """
         catalog = loaded.catalog
-        cat = catalog.reward_cols  # type: ignore[attr-defined]
+        cat = catalog.reward_cols
         ok = np.ones(len(cat["reward_id"]), dtype=bool)
         if exclude:
             ok &= ~np.isin(cat["reward_id"], list(exclude))
@@ -404,7 +404,7 @@ class Recommender:
         moved to a neighbour with a small logged probability. ``cold``: no difficulty model
         was ever promoted, templates and targets are drawn uniformly."""
         catalog = loaded.catalog
-        cols = catalog.target_cols  # type: ignore[attr-defined]
+        cols = catalog.target_cols
         cooldown = self.rules.frequency.challenge_cooldown_days
         blocked = [c for c in catalog.template_ids  # type: ignore[attr-defined]
                    if c in exclude or _days(now, recent.get(c)) < cooldown
@@ -491,7 +491,7 @@ class Recommender:
         equally likely), each with a target drawn uniformly among its allowed ones; shown with
         1 / (n_templates - rank) x 1 / n_targets."""
         catalog = loaded.catalog
-        cols = catalog.target_cols  # type: ignore[attr-defined]
+        cols = catalog.target_cols
         layout = catalog.target_layout  # type: ignore[attr-defined]
         allowed = np.arange(len(layout)) if whole_grid else np.unique(template)
         slate = uniform_slate(len(allowed), k, self.rng)
