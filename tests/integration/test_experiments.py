@@ -157,15 +157,16 @@ def test_arm_is_applied_and_returned(client: TestClient, live: dict[str, Any]) -
 
 
 def test_experiment_decisions_are_training_rows(client: TestClient, live: dict[str, Any]) -> None:
-    """Retraining learns from an experiment's decisions with their probabilities given the arm:
-    a holdout is a control row of probability 1, a random arm's first slot a uniform draw."""
+    """Retraining learns from an experiment's decisions with their probabilities given the arm
+    (recorded on each row): a holdout is a control row of probability 1, a random arm's first
+    slot a uniform draw."""
     from training.data.decision_log import offers_from_log
 
     decisions, items = client.app.state.services.events.decision_log()
     decisions = decisions[decisions["experiment_id"] == live["experiment"]["id"]]
     offers = offers_from_log(decisions, items)
-    offers["arm"] = decisions.set_index("decision_id")["arm"].reindex(
-        offers["decision_id"]).to_numpy()
+    arms = decisions.set_index("decision_id")["arm"]
+    assert (offers["arm"] == arms.reindex(offers["decision_id"]).to_numpy()).all()
     held = decisions[decisions["arm"] == "holdout"]
     asked = held[held["no_offer_probability"].notna()]  # requests that asked for rewards
     assert len(asked) > 0.9 * len(held) and (asked["no_offer_probability"] == 1.0).all()

@@ -70,6 +70,10 @@ def test_log_rows_carry_probabilities_experiment_arms_included() -> None:
     assert row("d2") == ("", False, 0.05)
     assert row("d3") == ("R2", True, 0.125)  # the random arm's uniform draw, given the arm
     assert row("d4") == ("", False, 1.0)  # the holdout: no offer with probability 1
+    assert by_id["arm"].to_dict() == {"d1": "", "d2": "", "d3": "random", "d4": "holdout"}
+    # the off-policy gate reads the decisions outside experiments only: an arm rules out
+    # actions (a holdout never shows a reward) that no importance weight can stand for
+    assert sorted(logged_rows(offers)["decision_id"]) == ["d1", "d2"]
     # what the fit weighs them by: 1 / probability among the model policy's rows
     weights = logging_weights(offers.sort_values("decision_id"))
     assert weights is not None
@@ -228,3 +232,6 @@ def test_gate_reads_only_the_services_first_slot() -> None:
         "policy": ["model", "model", "cold_start", "fallback", ""],
         "slot": [0, 1, 0, 0, 0], "treated": [True, True, False, True, True]})
     assert logged_rows(rows)["decision_id"].tolist() == ["a", "b"]
+    # feature files written before the arm was recorded read as outside experiments
+    rows["arm"] = ["", "", "random", "", ""]
+    assert logged_rows(rows)["decision_id"].tolist() == ["a"]
