@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 
 from serving.contract.events import DecisionItem, DecisionRecord
 from serving.stores.events import open_event_store
-from serving.decisioning.recommend import new_decision_id
+from serving.decisioning.ids import new_decision_id
 
 KINDS: dict[str, Callable[[], str]] = {"uuid4": lambda: uuid.uuid4().hex,
                                        "uuid7": new_decision_id}

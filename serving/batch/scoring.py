@@ -19,14 +19,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from serving.decisioning.candidates import MemberRows
+from serving.decisioning.candidates import MemberRows, candidate_rows
 from serving.batch.compiled import MIN_PARITY_ROWS, CompiledModel
 from serving.contract.model_meta import ModelMetadata
 from serving.stores.models import LoadedModel, ModelRefused
 from serving.decisioning.ranking import flow_zone_targets, member_basket, target_layout
 from serving.decisioning.scoring import member_matrix, score_member_rows
 from serving.decisioning.catalog import Catalog
-from serving.decisioning.recommend import DEFAULT_MARGIN, candidate_rows
+from serving.decisioning.recommend import DEFAULT_MARGIN
 
 
 @dataclass(frozen=True)

@@ -457,14 +457,15 @@ class DecisionRecord(BaseModel):
     model_versions: dict[str, str] = Field(default_factory=dict)
     items: list[DecisionItem] = Field(default_factory=list)
     #: personalized, cold_start (a member without history), degraded, no_offer (the no-offer
-    #: draw withheld every reward)
+    #: draw or an experiment's holdout arm withheld every reward)
     flags: dict[str, bool] = Field(default_factory=dict)
     policy: Policy = "model"
     #: the member's values of the models' input features (after cold-start and consent
     #: substitution); None when no model served the decision. NaN is kept (stored as null).
     features: dict[str, float] | None = None
-    #: probability that this decision offers no reward; None inside experiments (their arms
-    #: decide) or when no reward was asked for
+    #: probability that this decision offers no reward: the no-offer share outside
+    #: experiments, 1 in an experiment's holdout arm (given the arm), None in its other arms
+    #: (their slots carry the probabilities) or when no reward was asked for
     no_offer_probability: float | None = Field(None, ge=0, le=1)
 
     _created_at_utc = field_validator("created_at")(_utc)

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
-from serving.contract.vocabulary import MISSING_RATE, Vocabulary
+from serving.contract.vocabulary import MISSING_RATE, NEVER_DAYS, Vocabulary
 
 Columns = Mapping[str, np.ndarray]
 
@@ -165,7 +166,7 @@ class MemberRows:
     member's own columns; derived picks such as the redeem rate of the reward's type; shifts
     such as tier_rank - min tier), so the matrix is ``base`` plus the member's values scattered
     into fixed places. This class finds those places by probing ``build`` (the reference
-    builder above, via serving.decisioning.recommend's reward_inputs/difficulty_inputs) with unit members,
+    builder above, via reward_inputs/difficulty_inputs below) with unit members,
     checks the result against ``build`` on random members, and then assembles a request's
     matrix with one copy, one broadcast (columns that are a member feature on every row) and
     one scatter (the derived entries): ~35 us instead of ~220 us of small numpy calls.
@@ -241,3 +242,82 @@ class MemberRows:
         return [(int(c[0]), int(c[-1]) + 1, s)
                 for c, s in zip(np.split(cols, breaks), np.split(source, breaks), strict=True)
                 if len(c)]
+
+
+def cold_start_features(names: list[str], tier: str | None,
+                        vocabulary: Vocabulary) -> dict[str, float]:
+    """A brand-new member of the given tier (the lowest when none or unknown): no history,
+    every rate 'unknown'. Tier ranks are positions in the catalog's ``vocabulary``."""
+    tiers = vocabulary.tiers
+    values = {}
+    for n in names:
+        if n.startswith(("redeem_rate_", "completion_rate_")) or n.endswith("_rate") or n in (
+                "redemption_rate", "conversion_rate_offered", "conversion_rate_holdout",
+                "challenge_completion_rate", "mean_completed_target_ratio"):
+            values[n] = MISSING_RATE
+        elif n.startswith("days_since"):
+            values[n] = NEVER_DAYS
+        else:
+            values[n] = 0.0
+    values["tier_rank"] = float(max(tiers.index(tier) if tier in tiers else 0, 0))
+    return values
+
+
+def reward_inputs(features: dict[str, float], rewards: Mapping[str, Any],
+                  names: list[str], vocabulary: Vocabulary) -> np.ndarray:
+    """Model rows for one member x every candidate reward, then the member's no-offer row."""
+    member: dict[str, Any] = {f: features.get(f, 0.0) for f in names
+                              if f not in REWARD_ITEM_COLUMNS}
+    items = {c: np.asarray(rewards[c], dtype=np.float32) for c in REWARD_ITEM_COLUMNS}
+    m = len(items[REWARD_ITEM_COLUMNS[0]])
+    # the member's values are scalars broadcast over the candidates: the same rows as
+    # reward_matrix(cross(...)) (tests/unit/test_serving_logic.py), without a column per feature
+    control = no_offer_items(1)
+    both = {c: np.append(items[c], control[c]) for c in REWARD_ITEM_COLUMNS}
+    return reward_matrix({**member, **both}, np.append(np.ones(m), 0.0), names, vocabulary)
+
+
+def difficulty_inputs(features: dict[str, float], grid: Mapping[str, Any],
+                      names: list[str], vocabulary: Vocabulary) -> np.ndarray:
+    """Model rows for one member x every (template, allowed target) in ``grid``."""
+    member: dict[str, Any] = {f: features.get(f, 0.0) for f in names
+                              if f not in CHALLENGE_ITEM_COLUMNS}
+    items = {c: np.asarray(grid[c], dtype=np.float32) for c in CHALLENGE_ITEM_COLUMNS}
+    return difficulty_matrix({**member, **items}, np.asarray(grid["target"]), names, vocabulary)
+
+
+def item_rows(kind: str, items: Mapping[str, Any], service_features: Sequence[str],
+              vocabulary: Vocabulary) -> MemberRows:
+    """A model's compiled candidate matrix over ``items`` (columns by name): every reward then
+    the no-offer row (``kind`` "reward"), or every (template, target) row ("difficulty").
+    ``vocabulary`` (the catalog's) names the member features the derived columns pick."""
+    names = list(service_features)
+    if kind == "reward":
+        build = lambda m: reward_inputs(m, items, names, vocabulary)  # noqa: E731
+        item_names = REWARD_ITEM_COLUMNS
+    else:
+        build = lambda m: difficulty_inputs(m, items, names, vocabulary)  # noqa: E731
+        item_names = CHALLENGE_ITEM_COLUMNS
+    return MemberRows(build, [f for f in names if f not in item_names])
+
+
+class CatalogColumns(Protocol):
+    """What candidate rows read of a catalog (serving.decisioning.catalog.Catalog, which
+    imports this module): its rewards and its template x target grid by column, and the
+    vocabulary the derived columns pick member features by."""
+
+    @property
+    def reward_cols(self) -> Mapping[str, Any]: ...
+    @property
+    def target_cols(self) -> Mapping[str, Any]: ...
+    @property
+    def vocabulary(self) -> Vocabulary: ...
+
+
+def candidate_rows(catalog: CatalogColumns, kind: str,
+                   service_features: Sequence[str]) -> MemberRows:
+    """:func:`item_rows` over the whole catalog: every reward (``kind`` "reward") or every
+    template x allowed target ("difficulty"). The request path (one member), batch scoring
+    (member chunks) and offline evaluation all build their rows this way."""
+    cols = catalog.reward_cols if kind == "reward" else catalog.target_cols
+    return item_rows(kind, cols, service_features, catalog.vocabulary)

@@ -356,6 +356,10 @@ class Catalog:
     targets: pd.DataFrame  # one row per (challenge_id, allowed target) + template features
     vocabulary: Vocabulary = field(default_factory=Vocabulary)
     version: int = 0  # the store's catalog version this was read at
+    #: rewards and targets by column (numpy), built from the frames (serving.decisioning.
+    #: candidates.CatalogColumns)
+    reward_cols: dict[str, np.ndarray] = field(init=False, repr=False, compare=False)
+    target_cols: dict[str, np.ndarray] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # The request path works on these numpy columns: pandas indexing costs ~10 us a call,
@@ -409,7 +413,7 @@ class Catalog:
     def new_rewards(self, cutoff_us: int | None) -> np.ndarray:
         """Per reward (catalog order): created at or after ``cutoff_us``, i.e. new to a model
         whose data ends there (:func:`model_cutoff_us`); all False without a cutoff."""
-        created = self.reward_cols["created_us"]  # type: ignore[attr-defined]
+        created = self.reward_cols["created_us"]
         if cutoff_us is None:
             return np.zeros(len(created), dtype=bool)
         return np.asarray(created >= cutoff_us)

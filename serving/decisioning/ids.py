@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 _BUFFER_BYTES = 4096
 _lock = threading.Lock()
@@ -28,6 +29,20 @@ def random_bits(nbits: int) -> int:
         chunk = _pool[_pos:_pos + n]
         _pos += n
     return int.from_bytes(chunk, "big") >> (8 * n - nbits)
+
+
+def new_decision_id() -> str:
+    """A UUIDv7 (RFC 9562) as 32 hex digits: 48 bits of Unix milliseconds, then random bits.
+
+    Same shape as the ``uuid4().hex`` ids used before, but ids of one millisecond sort together,
+    so the decision log's primary-key index grows at its end instead of splitting pages at
+    random: logging a decision costs about a third less CPU (measured on SQLite, BENCHMARKS.md).
+    """
+    rand = random_bits(80)  # 80 random bits: 12 for rand_a, 62 for rand_b
+    rand_a, rand_b = (rand >> 62) & 0xFFF, rand & ((1 << 62) - 1)
+    value = ((time.time_ns() // 1_000_000) << 80) | (0x7 << 76) | (rand_a << 64) \
+        | (0b10 << 62) | rand_b
+    return f"{value:032x}"
 
 
 def _forget() -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -30,14 +29,10 @@ import numpy as np
 from pydantic import ValidationError
 
 from serving.decisioning.candidates import (
-    CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, MemberRows, difficulty_matrix, no_offer_items,
-    reward_matrix,
-)
-from serving.contract.vocabulary import (
-    MISSING_RATE, NEVER_DAYS, Vocabulary,
+    CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS, MemberRows, candidate_rows, cold_start_features,
 )
 from serving.contract.events import DecisionRecord, ExposureRecord, Policy
-from serving.decisioning.ids import random_bits
+from serving.decisioning.ids import new_decision_id
 from serving.decisioning.ranking import (
     explore_targets, flow_zone_choice, flow_zone_targets, member_basket,
     select_slate_exploring_new, target_neighbours, uniform_slate, uniform_targets,
@@ -60,20 +55,6 @@ COLD_START_REASON = "cold start: uniform exploration until a first model is prom
 #: The model families, as ``Recommender.recommend``'s ``no_champion`` names them.
 FAMILIES = ("reward", "difficulty")
 log = logging.getLogger("rewards.recommend")
-
-
-def new_decision_id() -> str:
-    """A UUIDv7 (RFC 9562) as 32 hex digits: 48 bits of Unix milliseconds, then random bits.
-
-    Same shape as the ``uuid4().hex`` ids used before, but ids of one millisecond sort together,
-    so the decision log's primary-key index grows at its end instead of splitting pages at
-    random: logging a decision costs about a third less CPU (measured on SQLite, BENCHMARKS.md).
-    """
-    rand = random_bits(80)  # 80 random bits (serving.decisioning.ids): 12 for rand_a, 62 for rand_b
-    rand_a, rand_b = (rand >> 62) & 0xFFF, rand & ((1 << 62) - 1)
-    value = ((time.time_ns() // 1_000_000) << 80) | (0x7 << 76) | (rand_a << 64) \
-        | (0b10 << 62) | rand_b
-    return f"{value:032x}"
 
 
 @dataclass
@@ -108,69 +89,6 @@ class Decision:
             fields = {**fields, "features": {n: float(values.get(n, 0.0))
                                              for n in self.feature_names}}
         return DecisionRecord(**fields)
-
-
-def cold_start_features(names: list[str], tier: str | None,
-                        vocabulary: Vocabulary) -> dict[str, float]:
-    """A brand-new member of the given tier (the lowest when none or unknown): no history,
-    every rate 'unknown'. Tier ranks are positions in the catalog's ``vocabulary``."""
-    tiers = vocabulary.tiers
-    values = {}
-    for n in names:
-        if n.startswith(("redeem_rate_", "completion_rate_")) or n.endswith("_rate") or n in (
-                "redemption_rate", "conversion_rate_offered", "conversion_rate_holdout",
-                "challenge_completion_rate", "mean_completed_target_ratio"):
-            values[n] = MISSING_RATE
-        elif n.startswith("days_since"):
-            values[n] = NEVER_DAYS
-        else:
-            values[n] = 0.0
-    values["tier_rank"] = float(max(tiers.index(tier) if tier in tiers else 0, 0))
-    return values
-
-
-def reward_inputs(features: dict[str, float], rewards: Mapping[str, Any],
-                  names: list[str], vocabulary: Vocabulary) -> np.ndarray:
-    """Model rows for one member x every candidate reward, then the member's no-offer row."""
-    member = {f: features.get(f, 0.0) for f in names if f not in REWARD_ITEM_COLUMNS}
-    items = {c: np.asarray(rewards[c], dtype=np.float32) for c in REWARD_ITEM_COLUMNS}
-    m = len(items[REWARD_ITEM_COLUMNS[0]])
-    # the member's values are scalars broadcast over the candidates: the same rows as
-    # reward_matrix(cross(...)) (tests/unit/test_serving_logic.py), without a column per feature
-    control = no_offer_items(1)
-    both = {c: np.append(items[c], control[c]) for c in REWARD_ITEM_COLUMNS}
-    return reward_matrix({**member, **both}, np.append(np.ones(m), 0.0), names, vocabulary)
-
-
-def difficulty_inputs(features: dict[str, float], grid: Mapping[str, Any],
-                      names: list[str], vocabulary: Vocabulary) -> np.ndarray:
-    """Model rows for one member x every (template, allowed target) in ``grid``."""
-    member = {f: features.get(f, 0.0) for f in names if f not in CHALLENGE_ITEM_COLUMNS}
-    items = {c: np.asarray(grid[c], dtype=np.float32) for c in CHALLENGE_ITEM_COLUMNS}
-    return difficulty_matrix({**member, **items}, np.asarray(grid["target"]), names, vocabulary)
-
-
-def item_rows(kind: str, items: Mapping[str, Any], service_features: Sequence[str],
-              vocabulary: Vocabulary) -> MemberRows:
-    """A model's compiled candidate matrix over ``items`` (columns by name): every reward then
-    the no-offer row (``kind`` "reward"), or every (template, target) row ("difficulty").
-    ``vocabulary`` (the catalog's) names the member features the derived columns pick."""
-    names = list(service_features)
-    if kind == "reward":
-        build = lambda m: reward_inputs(m, items, names, vocabulary)  # noqa: E731
-        item_names = REWARD_ITEM_COLUMNS
-    else:
-        build = lambda m: difficulty_inputs(m, items, names, vocabulary)  # noqa: E731
-        item_names = CHALLENGE_ITEM_COLUMNS
-    return MemberRows(build, [f for f in names if f not in item_names])
-
-
-def candidate_rows(catalog: Catalog, kind: str, service_features: Sequence[str]) -> MemberRows:
-    """:func:`item_rows` over the whole catalog: every reward (``kind`` "reward") or every
-    template x allowed target ("difficulty"). The request path (one member), batch scoring
-    (member chunks) and offline evaluation all build their rows this way."""
-    cols = catalog.reward_cols if kind == "reward" else catalog.target_cols  # type: ignore[attr-defined]
-    return item_rows(kind, cols, service_features, catalog.vocabulary)
 
 
 RowsKey = tuple[str, tuple[str, ...]]
@@ -297,9 +215,10 @@ class Recommender:
         difficulty_cold = difficulty_model is None and "difficulty" in no_champion
         fell_back: list[str] = []  # families whose model failed in this decision
 
-        # The no-offer draw (outside experiments, whose arms decide who gets what): the
-        # control group uplift is learnt from. Drawn first, so a withheld offer costs no
-        # reward scoring; no draw at all with a share of 0 (the random stream is unchanged).
+        # The no-offer draw (outside experiments, whose arms decide who gets what: a holdout
+        # logs no offer with probability 1, below): the control group uplift is learnt from.
+        # Drawn first, so a withheld offer costs no reward scoring; no draw at all with a
+        # share of 0 (the random stream is unchanged).
         no_offer_p = self.no_offer_share if arm is None and k_rewards > 0 else None
         no_offer = bool(no_offer_p) and self.rng.random() < self.no_offer_share
         # Experiment arms (serving.experiments.definition.ARM_BEHAVIOUR): the reward model scores
@@ -321,6 +240,9 @@ class Recommender:
         challenge_items: list[dict[str, Any]]
         if arm == "holdout":
             rewards, reward_items, challenges, challenge_items = [], [], [], []
+            if k_rewards > 0:  # the arm withheld every reward: a no-offer with probability 1
+                # given the arm (assigned at random), the control rows learning reads
+                no_offer_p, no_offer = 1.0, True
         else:
             challenges, challenge_items = self._challenges(
                 loaded, features, difficulty_model, k_challenges, exclude, facts.recent, now,
@@ -373,7 +295,7 @@ class Recommender:
         no-offer share), a factor of every shown probability.
         """
         catalog = loaded.catalog
-        cat = catalog.reward_cols  # type: ignore[attr-defined]
+        cat = catalog.reward_cols
         ok = np.ones(len(cat["reward_id"]), dtype=bool)
         if exclude:
             ok &= ~np.isin(cat["reward_id"], list(exclude))
@@ -482,7 +404,7 @@ class Recommender:
         moved to a neighbour with a small logged probability. ``cold``: no difficulty model
         was ever promoted, templates and targets are drawn uniformly."""
         catalog = loaded.catalog
-        cols = catalog.target_cols  # type: ignore[attr-defined]
+        cols = catalog.target_cols
         cooldown = self.rules.frequency.challenge_cooldown_days
         blocked = [c for c in catalog.template_ids  # type: ignore[attr-defined]
                    if c in exclude or _days(now, recent.get(c)) < cooldown
@@ -569,7 +491,7 @@ class Recommender:
         equally likely), each with a target drawn uniformly among its allowed ones; shown with
         1 / (n_templates - rank) x 1 / n_targets."""
         catalog = loaded.catalog
-        cols = catalog.target_cols  # type: ignore[attr-defined]
+        cols = catalog.target_cols
         layout = catalog.target_layout  # type: ignore[attr-defined]
         allowed = np.arange(len(layout)) if whole_grid else np.unique(template)
         slate = uniform_slate(len(allowed), k, self.rng)

@@ -3,7 +3,7 @@
 The API (one member, its eligible rewards), batch scoring (chunks of members over the whole
 catalog) and offline evaluation (training's native LightGBM model over sampled members) all
 lay a member's candidate rows out the same way, each reward and then the member's no-offer
-row (:func:`serving.decisioning.recommend.candidate_rows`), and turn the model's 3-class
+row (:func:`serving.decisioning.candidates.candidate_rows`), and turn the model's 3-class
 output into propensity, conversion, uplift and expected value here. Only how the model is
 called differs (onnxruntime, compiled trees, native LightGBM): callers pass ``predict``.
 """

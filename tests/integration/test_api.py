@@ -283,7 +283,7 @@ def test_training_and_serving_build_identical_rows(app_client: TestClient, train
     builder) and the serving path (online store + the Recommender's row builders) give
     bit-identical model rows, for both models."""
     from serving.decisioning.candidates import difficulty_matrix, reward_matrix
-    from serving.decisioning.recommend import difficulty_inputs, reward_inputs
+    from serving.decisioning.candidates import difficulty_inputs, reward_inputs
     from training.data.feast_ops import historical_features
 
     store = trained_store[0]

@@ -187,7 +187,8 @@ def test_dask_training_matches_local_quality(datasets, client) -> None:  # noqa:
 
 
 def test_replayed_early_stopping_matches_lightgbm(datasets) -> None:  # noqa: ANN001
-    """On a local model, replaying early stopping finds LightGBM's own best round."""
+    """On a local model, replaying early stopping finds LightGBM's own best round, with the
+    validation rows unweighted and weighted (as the service's own decisions are)."""
     import lightgbm as lgb
 
     from training.models.dask_train import replay_early_stopping
@@ -198,11 +199,19 @@ def test_replayed_early_stopping_matches_lightgbm(datasets) -> None:  # noqa: AN
     Xv, yv = data.subset("valid")
     full = lgb.LGBMClassifier(**{**lgbm_params(data, settings, "binary"), "n_estimators": 150})
     full.fit(X, y)
-    stopped = lgb.LGBMClassifier(**{**lgbm_params(data, settings, "binary"), "n_estimators": 150})
-    stopped.fit(X, y, eval_X=(Xv,), eval_y=(yv,), callbacks=[
-        lgb.early_stopping(settings.early_stopping_rounds, verbose=False)])
-    assert replay_early_stopping(full.booster_, Xv, yv,
-                                 settings.early_stopping_rounds) == stopped.best_iteration_
+    # inverse-probability-like weights: heavy on a few rows, as exploration's rare picks are
+    weights = np.random.default_rng(3).pareto(1.5, len(yv)) + 0.1
+    rounds = {}
+    for name, w in (("plain", None), ("weighted", weights)):
+        stopped = lgb.LGBMClassifier(**{**lgbm_params(data, settings, "binary"),
+                                        "n_estimators": 150})
+        stopped.fit(X, y, eval_X=(Xv,), eval_y=(yv,),
+                    eval_sample_weight=None if w is None else [w], callbacks=[
+                        lgb.early_stopping(settings.early_stopping_rounds, verbose=False)])
+        rounds[name] = stopped.best_iteration_
+        assert replay_early_stopping(full.booster_, Xv, yv, settings.early_stopping_rounds,
+                                     w) == stopped.best_iteration_, name
+    print("best rounds:", rounds)
 
 
 def test_pipeline_trains_and_registers_on_dask(trained_store, client,  # noqa: ANN001

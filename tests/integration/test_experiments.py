@@ -156,6 +156,30 @@ def test_arm_is_applied_and_returned(client: TestClient, live: dict[str, Any]) -
     assert set(seen) == {"model", "random", "holdout"}
 
 
+def test_experiment_decisions_are_training_rows(client: TestClient, live: dict[str, Any]) -> None:
+    """Retraining learns from an experiment's decisions with their probabilities given the arm
+    (recorded on each row): a holdout is a control row of probability 1, a random arm's first
+    slot a uniform draw."""
+    from training.data.decision_log import offers_from_log
+
+    decisions, items = client.app.state.services.events.decision_log()
+    decisions = decisions[decisions["experiment_id"] == live["experiment"]["id"]]
+    offers = offers_from_log(decisions, items)
+    arms = decisions.set_index("decision_id")["arm"]
+    assert (offers["arm"] == arms.reindex(offers["decision_id"]).to_numpy()).all()
+    held = decisions[decisions["arm"] == "holdout"]
+    asked = held[held["no_offer_probability"].notna()]  # requests that asked for rewards
+    assert len(asked) > 0.9 * len(held) and (asked["no_offer_probability"] == 1.0).all()
+    controls = offers[offers["arm"] == "holdout"]
+    assert sorted(controls["decision_id"]) == sorted(asked["decision_id"])
+    assert (~controls["treated"]).all() and (controls["propensity"] == 1.0).all()
+    first = offers[(offers["arm"] == "random") & (offers["slot"] == 0)]
+    eligible = 1 / first["propensity"]  # uniform: one over the member's eligible rewards
+    assert len(first) > 0 and first["treated"].all()
+    assert ((eligible - eligible.round()).abs() < 1e-3).all() and eligible.min() >= 2
+    assert offers.loc[offers["arm"] == "model", "propensity"].between(0, 1).all()
+
+
 def test_first_exposure_is_kept(client: TestClient, live: dict[str, Any]) -> None:
     svc = client.app.state.services
     exposures = svc.events.exposures(live["experiment"]["id"])

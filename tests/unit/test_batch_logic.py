@@ -22,7 +22,7 @@ def test_stacked_member_rows_equal_each_members_matrix() -> None:
     """MemberRows.stack (batch scoring) is member i's ``matrix`` at rows i*R..i*R+R-1, NaN
     included, and holds the same values in float64 (for the compiled runtime)."""
     from serving.decisioning.candidates import CHALLENGE_ITEM_COLUMNS, MemberRows
-    from serving.decisioning.recommend import difficulty_inputs, reward_inputs
+    from serving.decisioning.candidates import difficulty_inputs, reward_inputs
 
     rng = np.random.default_rng(3)
     names = _member_names()

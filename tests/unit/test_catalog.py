@@ -154,7 +154,7 @@ def test_catalog_build_leaves_retired_items_out_and_lays_out_targets() -> None:
     assert cat.rewards["reward_id"].tolist() == ["R1", "R3"] and cat.version == 7
     assert cat.rewards["min_tier_rank"].tolist() == [0, 2]
     assert cat.targets["target"].tolist() == [2.0, 3.0, 4.0, 5.0]
-    assert cat.reward_cols["reward_cost"].dtype == np.float32  # type: ignore[attr-defined]
+    assert cat.reward_cols["reward_cost"].dtype == np.float32
     empty = Catalog.build(rewards.iloc[:0], challenges.iloc[:0], vocabulary=VOCAB)
     assert len(empty.rewards) == 0 and empty.target_layout.shape == (0, 0)  # type: ignore[attr-defined]
 

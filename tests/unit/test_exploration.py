@@ -338,6 +338,19 @@ def test_no_offer_is_not_drawn_inside_experiments_or_without_rewards_asked() -> 
         inside = decide(rec, RewardModel(), DifficultyModel(), arm="random", experiment_id="e1")
         assert inside.record.no_offer_probability is None
         assert not inside.record.flags["no_offer"] and inside.response.rewards
+        # the random arm logs its uniform draw: 1 / eligible rewards left in each slot
+        probs = [i["shown_probability"] for i in items_of(inside, "reward")]
+        assert probs == pytest.approx([1 / 6, 1 / 5, 1 / 4])
+        # a holdout withholds every reward with probability 1 given its arm: logged as such,
+        # so training reads it as a control row
+        held = decide(rec, RewardModel(), DifficultyModel(), arm="holdout", experiment_id="e1")
+        assert held.record.no_offer_probability == 1.0 and held.record.flags["no_offer"]
+        assert not held.response.rewards and not held.response.challenges
+        assert held.record.items == []
+        held_none_asked = decide(rec, RewardModel(), DifficultyModel(), k_rewards=0,
+                                 arm="holdout", experiment_id="e1")
+        assert held_none_asked.record.no_offer_probability is None
+        assert not held_none_asked.record.flags["no_offer"]
         none_asked = decide(rec, RewardModel(), DifficultyModel(), k_rewards=0)
         assert none_asked.record.no_offer_probability is None
         assert not none_asked.record.flags["no_offer"]

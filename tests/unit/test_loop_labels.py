@@ -24,20 +24,23 @@ def ts(days: float) -> pd.Timestamp:
 
 
 def log_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Three service decisions: d1 offers R1 (slot 0) and C1 at target 5, d2 draws no offer,
-    d3 is inside an experiment (not learnable)."""
+    """Five service decisions: d1 offers R1 (slot 0) and C1 at target 5, d2 draws no offer;
+    inside experiment e1, d3 (random arm) offers R2 uniformly among 8, d4 (holdout) offers
+    nothing with probability 1, and d5 is a holdout logged before its probability was."""
     decisions = pd.DataFrame({
-        "decision_id": ["d1", "d2", "d3"], "member_id": ["m1", "m2", "m3"],
-        "event_timestamp": pd.Series([ts(0), ts(0.5), ts(1)]).astype(UTC_US),
-        "channel": "app", "arm": [None, None, "model"], "experiment_id": [None, None, "e1"],
-        "policy": ["model", "model", "model"], "no_offer": [False, True, False],
-        "no_offer_probability": [0.05, 0.05, np.nan], "model_versions": "{}",
+        "decision_id": ["d1", "d2", "d3", "d4", "d5"],
+        "member_id": ["m1", "m2", "m3", "m4", "m5"],
+        "event_timestamp": pd.Series([ts(0), ts(0.5), ts(1), ts(1), ts(1)]).astype(UTC_US),
+        "channel": "app", "arm": [None, None, "random", "holdout", "holdout"],
+        "experiment_id": [None, None, "e1", "e1", "e1"], "policy": "model",
+        "no_offer": [False, True, False, True, False],
+        "no_offer_probability": [0.05, 0.05, np.nan, 1.0, np.nan], "model_versions": "{}",
         "features": None, "personalized": True, "cold_start": False, "degraded": False})
     items = pd.DataFrame({
         "decision_id": ["d1", "d1", "d3"], "member_id": ["m1", "m1", "m3"],
         "event_timestamp": pd.Series([ts(0), ts(0), ts(1)]).astype(UTC_US),
         "item_type": ["reward", "challenge", "reward"], "item_id": ["R1", "C1", "R2"],
-        "item_rank": [0, 0, 0], "score": 1.0, "shown_probability": [0.6, 0.45, 1.0],
+        "item_rank": [0, 0, 0], "score": 1.0, "shown_probability": [0.6, 0.45, 0.125],
         "target": [np.nan, 5.0, np.nan], "target_probability": [np.nan, 0.9, np.nan],
         "cost": [2.0, np.nan, 3.0]})
     return decisions, items
@@ -55,14 +58,27 @@ def event_frame(rows: list[dict]) -> pd.DataFrame:
     return frame
 
 
-def test_log_rows_carry_probabilities_and_skip_experiments() -> None:
+def test_log_rows_carry_probabilities_experiment_arms_included() -> None:
     decisions, items = log_frames()
     offers = offers_from_log(decisions, items)
-    assert set(offers["decision_id"]) == {"d1", "d2"}  # d3 is an experiment's
-    d1 = offers.set_index("decision_id").loc["d1"]
-    assert (d1["reward_id"], bool(d1["treated"]), d1["propensity"]) == ("R1", True, 0.6)
-    d2 = offers.set_index("decision_id").loc["d2"]
-    assert (d2["reward_id"], bool(d2["treated"]), d2["propensity"]) == ("", False, 0.05)
+    # d5, a holdout without its probability, cannot be weighted: left out
+    assert sorted(offers["decision_id"]) == ["d1", "d2", "d3", "d4"]
+    by_id = offers.set_index("decision_id")
+    row = lambda d: (by_id.loc[d, "reward_id"], bool(by_id.loc[d, "treated"]),  # noqa: E731
+                     by_id.loc[d, "propensity"])
+    assert row("d1") == ("R1", True, 0.6)
+    assert row("d2") == ("", False, 0.05)
+    assert row("d3") == ("R2", True, 0.125)  # the random arm's uniform draw, given the arm
+    assert row("d4") == ("", False, 1.0)  # the holdout: no offer with probability 1
+    assert by_id["arm"].to_dict() == {"d1": "", "d2": "", "d3": "random", "d4": "holdout"}
+    # the off-policy gate reads the decisions outside experiments only: an arm rules out
+    # actions (a holdout never shows a reward) that no importance weight can stand for
+    assert sorted(logged_rows(offers)["decision_id"]) == ["d1", "d2"]
+    # what the fit weighs them by: 1 / probability among the model policy's rows
+    weights = logging_weights(offers.sort_values("decision_id"))
+    assert weights is not None
+    raw = 1 / np.array([0.6, 0.05, 0.125, 1.0])
+    assert weights == pytest.approx(raw / raw.mean())
     asg = assignments_from_log(decisions, items)
     assert list(asg["challenge_id"]) == ["C1"]
     assert asg["target_probability"].iloc[0] == 0.9 and asg["source"].iloc[0] == "service"
@@ -102,9 +118,10 @@ def test_outcomes_join_by_id_then_by_member_and_item() -> None:
 
     report = join_report(labelled.events, labelled.offers, labelled.assignments,
                          as_of=ts(8), window_days=7)
-    assert report.decisions["service_logged"] == 2
-    assert report.decisions["no_offer"] == 1 and report.decisions["challenge_slots"] == 1
-    assert report.decisions["open_windows"] == 1  # d2's window closes at 7.5 days
+    assert report.decisions["service_logged"] == 4  # d5 has nothing to learn from
+    assert report.decisions["no_offer"] == 2 and report.decisions["challenge_slots"] == 1
+    # d1's 14-day challenge is still open; d2 closed at 7.5 days, d3 and d4 at 8
+    assert report.decisions["open_windows"] == 1
     assert report.outcomes["matched_by_decision_id"] == 2
     assert report.outcomes["matched_by_member_and_item"] == 2
     assert report.outcomes["unmatched_unknown_decision_id"] == 1
@@ -215,3 +232,6 @@ def test_gate_reads_only_the_services_first_slot() -> None:
         "policy": ["model", "model", "cold_start", "fallback", ""],
         "slot": [0, 1, 0, 0, 0], "treated": [True, True, False, True, True]})
     assert logged_rows(rows)["decision_id"].tolist() == ["a", "b"]
+    # feature files written before the arm was recorded read as outside experiments
+    rows["arm"] = ["", "", "random", "", ""]
+    assert logged_rows(rows)["decision_id"].tolist() == ["a"]

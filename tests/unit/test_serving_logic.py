@@ -78,7 +78,7 @@ def test_request_path_rows_equal_the_crossed_rows_bit_for_bit() -> None:
     """reward_inputs/difficulty_inputs pass the member as scalars broadcast over the candidates;
     the matrices must equal crossing member columns with the items (the training path)."""
     from serving.decisioning.candidates import CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS
-    from serving.decisioning.recommend import difficulty_inputs, reward_inputs
+    from serving.decisioning.candidates import difficulty_inputs, reward_inputs
 
     rng = np.random.default_rng(5)
     features = {k: float(v[0]) + float(rng.normal()) for k, v in member_cols().items()}
@@ -114,7 +114,7 @@ def test_compiled_member_rows_equal_the_builders_rows() -> None:
     whole or for a subset of candidate rows, NaN included; a builder that is not a member
     shift of its items is refused at construction, never compiled into different rows."""
     from serving.decisioning.candidates import CHALLENGE_ITEM_COLUMNS, MemberRows
-    from serving.decisioning.recommend import difficulty_inputs, reward_inputs
+    from serving.decisioning.candidates import difficulty_inputs, reward_inputs
 
     rng = np.random.default_rng(11)
     member_names = [*member_cols(), "visits_30d"]
@@ -359,7 +359,7 @@ def test_batch_top_rewards_per_category_and_eligibility() -> None:
 def test_decision_ids_are_uuid7_and_sort_by_time() -> None:
     import uuid
 
-    from serving.decisioning.recommend import new_decision_id
+    from serving.decisioning.ids import new_decision_id
 
     first = new_decision_id()
     time.sleep(0.002)
@@ -374,7 +374,7 @@ def test_decision_ids_are_uuid7_and_sort_by_time() -> None:
 def test_decision_ids_stay_unique_in_a_forked_worker() -> None:
     """The ids' random bits come from a per-process generator: a forked child must reseed it,
     or parent and child would draw the same bits (and, within one millisecond, the same ids)."""
-    from serving.decisioning.recommend import new_decision_id
+    from serving.decisioning.ids import new_decision_id
 
     low = (1 << 74) - 1  # the random bits of a UUIDv7 (12 + 62), below version and variant
     read, write = os.pipe()

@@ -29,27 +29,35 @@ TS_DTYPE = "datetime64[us, UTC]"
 #: The outcome events a label is made of.
 OUTCOME_TYPES = ("purchase", "redemption", "challenge_completed")
 #: Offer and assignment columns besides the labels (both sources).
+#: ``arm``: the experiment arm the decision was made in ("" outside experiments and for
+#: imported rows): its probabilities are given the arm.
 OFFER_COLUMNS = ["decision_id", "member_id", "event_timestamp", "reward_id", "treated",
-                 "propensity", "source", "policy", "slot"]
+                 "propensity", "source", "policy", "slot", "arm"]
 ASSIGNMENT_COLUMNS = ["decision_id", "member_id", "event_timestamp", "challenge_id", "target",
-                      "propensity", "target_probability", "source", "policy", "slot"]
+                      "propensity", "target_probability", "source", "policy", "slot", "arm"]
 
 
-def _learnable(decisions: pd.DataFrame) -> pd.DataFrame:
-    """Decisions whose probabilities describe the service's own randomization: outside
-    experiments (an experiment's arms randomize members, not items, and its report reads them)."""
+def _served(decisions: pd.DataFrame) -> pd.DataFrame:
+    """The policy that served each decision and its experiment arm, by decision id."""
     if decisions.empty:
-        return decisions
+        return pd.DataFrame(columns=["policy", "arm"], index=pd.Index([], name="decision_id"))
     arm = decisions["arm"] if "arm" in decisions else pd.Series(None, index=decisions.index)
-    return decisions[arm.isna()]
+    return pd.DataFrame({"policy": decisions["policy"].to_numpy(), "arm": arm.to_numpy()},
+                        index=pd.Index(decisions["decision_id"], name="decision_id"))
 
 
 def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """Reward decisions of the service's log: each reward slot an offer (propensity: the
-    probability that reward was shown in that slot), each no-offer draw a control row
-    (propensity: the no-offer share)."""
-    keep = _learnable(decisions)
-    meta = keep.set_index("decision_id")["policy"] if len(keep) else pd.Series(dtype=object)
+    probability that reward was shown in that slot), each no-offer a control row (propensity:
+    the no-offer share, or 1 in an experiment's holdout arm).
+
+    Decisions inside experiments are learnt from too. Their probabilities are conditional on
+    the member's arm, which was assigned at random: a random arm's uniform rewards are the
+    most informative rows there are, and a holdout adds controls that cost no extra withheld
+    offer. (Holdout decisions logged before their no-offer probability was recorded have none
+    and stay out.)
+    """
+    meta = _served(decisions)
     rewards = items[(items["item_type"] == "reward") & items["decision_id"].isin(meta.index)]
     offered = pd.DataFrame({
         "decision_id": rewards["decision_id"].to_numpy(),
@@ -59,10 +67,12 @@ def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFram
         "treated": True,
         "propensity": rewards["shown_probability"].astype("float64").to_numpy(),
         "source": "service",
-        "policy": meta.reindex(rewards["decision_id"]).to_numpy(),
+        "policy": meta["policy"].reindex(rewards["decision_id"]).to_numpy(),
         "slot": rewards["item_rank"].astype("int64").to_numpy(),
+        "arm": meta["arm"].reindex(rewards["decision_id"]).to_numpy(),
     })
-    none = keep[keep["no_offer"].astype(bool) & keep["no_offer_probability"].gt(0)]
+    none = decisions[decisions["no_offer"].astype(bool)
+                     & decisions["no_offer_probability"].gt(0)]
     control = pd.DataFrame({
         "decision_id": none["decision_id"].to_numpy(),
         "member_id": none["member_id"].astype(str).to_numpy(),
@@ -70,6 +80,7 @@ def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFram
         "reward_id": "", "treated": False,
         "propensity": none["no_offer_probability"].astype("float64").to_numpy(),
         "source": "service", "policy": none["policy"].to_numpy(), "slot": 0,
+        "arm": none["arm"].to_numpy() if "arm" in none else None,
     })
     out = pd.concat([offered, control], ignore_index=True) if len(control) else offered
     return _typed(out[OFFER_COLUMNS])
@@ -77,9 +88,8 @@ def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFram
 
 def assignments_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """Challenge decisions of the service's log: template, target, and the probabilities the
-    slot and the target were drawn with."""
-    keep = _learnable(decisions)
-    meta = keep.set_index("decision_id")["policy"] if len(keep) else pd.Series(dtype=object)
+    slot and the target were drawn with (experiments' arms included, as for rewards)."""
+    meta = _served(decisions)
     rows = items[(items["item_type"] == "challenge") & items["decision_id"].isin(meta.index)
                  & items["target"].notna()]
     target_p = (rows["target_probability"] if "target_probability" in rows
@@ -93,8 +103,9 @@ def assignments_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.Dat
         "propensity": rows["shown_probability"].astype("float64").to_numpy(),
         "target_probability": target_p.astype("float64").to_numpy(),
         "source": "service",
-        "policy": meta.reindex(rows["decision_id"]).to_numpy(),
+        "policy": meta["policy"].reindex(rows["decision_id"]).to_numpy(),
         "slot": rows["item_rank"].astype("int64").to_numpy(),
+        "arm": meta["arm"].reindex(rows["decision_id"]).to_numpy(),
     })
     return _typed(out[ASSIGNMENT_COLUMNS])
 
@@ -106,6 +117,7 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     if "treated" in frame:
         frame["treated"] = frame["treated"].astype(bool)
     frame["policy"] = frame["policy"].fillna("").astype(str)
+    frame["arm"] = frame["arm"].fillna("").astype(str)
     return frame
 
 

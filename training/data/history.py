@@ -137,7 +137,7 @@ def offer_rows(events: pd.DataFrame) -> pd.DataFrame:
     offers["treated"] = (kind[offers.index] == "impression").to_numpy()
     offers["reward_id"] = offers["reward_id"].fillna("").astype(str)
     offers = offers.drop_duplicates(["decision_id", "reward_id"])
-    offers["source"], offers["policy"], offers["slot"] = "import", "", 0
+    offers["source"], offers["policy"], offers["slot"], offers["arm"] = "import", "", 0, ""
     return offers[OFFER_COLUMNS].reset_index(drop=True)
 
 
@@ -149,7 +149,7 @@ def assignment_rows(events: pd.DataFrame) -> pd.DataFrame:
     asg = rows[["decision_id", "member_id", "event_timestamp", "challenge_id", "target",
                 "propensity"]].drop_duplicates(["decision_id", "challenge_id"]).copy()
     asg["target_probability"] = np.nan
-    asg["source"], asg["policy"], asg["slot"] = "import", "", 0
+    asg["source"], asg["policy"], asg["slot"], asg["arm"] = "import", "", 0, ""
     return asg[ASSIGNMENT_COLUMNS].reset_index(drop=True)
 
 

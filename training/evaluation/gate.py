@@ -80,10 +80,17 @@ class GateResult:
 
 def logged_rows(rows: pd.DataFrame) -> pd.DataFrame:
     """The service's own decisions in ``rows`` (test-period reward rows), one per decision:
-    the first slot's offer, or the no-offer draw."""
+    the first slot's offer, or the no-offer draw.
+
+    Decisions inside experiments are left out (training still learns from them): an arm
+    rules out actions the policies evaluated here take (a holdout never shows a reward, the
+    other arms never draw the no-offer), and an importance weight cannot stand for an action
+    that could not happen."""
     if "source" not in rows:
         return rows.iloc[:0]
     own = rows[(rows["source"] == "service") & rows["policy"].isin(("model", "cold_start"))]
+    if "arm" in own:
+        own = own[own["arm"].fillna("") == ""]
     own = own[(own["slot"] == 0) | ~own["treated"].astype(bool)]
     return own.drop_duplicates("decision_id").reset_index(drop=True)
 

@@ -1,7 +1,7 @@
 """Scoring sampled members against the catalog with the native models (evaluation side).
 
 Serving scores with onnxruntime, evaluation with the LightGBM model it just trained; both lay
-out candidate rows with ``serving.decisioning.recommend.item_rows`` and turn reward-model
+out candidate rows with ``serving.decisioning.candidates.item_rows`` and turn reward-model
 probabilities into scores with ``serving.decisioning.scoring``, so there is one implementation
 of both. Only the model call is training's own. Work is chunked so 100k members x 35 rewards
 never sits in memory at once.
@@ -15,7 +15,7 @@ import pandas as pd
 
 from serving.contract.vocabulary import Vocabulary
 from serving.decisioning.candidates import CHALLENGE_ITEM_COLUMNS, REWARD_ITEM_COLUMNS
-from serving.decisioning.recommend import item_rows
+from serving.decisioning.candidates import item_rows
 from serving.decisioning.scoring import (
     CHUNK_ROWS, RewardScores, member_matrix, score_member_rows,
 )

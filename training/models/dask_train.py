@@ -4,7 +4,8 @@ over the training rows spread across the workers, with the local engine's parame
 LightGBM's Dask interface has no early stopping (each worker would judge its own slice of the
 validation set and could stop at a different round), so the cluster trains up to ``max_rounds``
 and early stopping is replayed here on the whole validation period: the validation loss after
-every round, the same patience as the local engine, and the booster cut at the best round.
+every round (weighted as the local engine weighs it), the same patience, and the booster cut at
+the best round.
 The result is a plain ``LGBMClassifier``; evaluation, ONNX export and registration do not know
 which engine fitted it.
 """
@@ -69,16 +70,19 @@ def fit_classifier_dask(data: Dataset, settings: TrainSettings, objective: str,
               feature_name=list(data.input_names))
     local = model.to_local()
     best = replay_early_stopping(local.booster_, X_valid, y_valid,
-                                 settings.early_stopping_rounds)
+                                 settings.early_stopping_rounds, data.weights("valid"))
     local._Booster = lgb.Booster(model_str=local.booster_.model_to_string(num_iteration=best))
     local._best_iteration = best
     return local
 
 
 def replay_early_stopping(booster: lgb.Booster, X_valid: np.ndarray, y_valid: np.ndarray,
-                          patience: int) -> int:
+                          patience: int, weight: np.ndarray | None = None) -> int:
     """The round LightGBM's early stopping would keep: the first minimum of the validation
-    log-loss not improved on within ``patience`` rounds (1-based, like ``best_iteration_``)."""
+    log-loss not improved on within ``patience`` rounds (1-based, like ``best_iteration_``).
+    ``weight``: the validation rows' weights, as the local engine's ``eval_sample_weight``
+    (the service's own decisions are weighted by their logged probabilities, and the round
+    that fits them best is judged on the same mix)."""
     n_rounds = booster.current_iteration()
     raw = np.zeros((len(X_valid), booster.num_model_per_iteration()))
     y = np.asarray(y_valid).astype(int)
@@ -86,7 +90,7 @@ def replay_early_stopping(booster: lgb.Booster, X_valid: np.ndarray, y_valid: np
     for i in range(n_rounds):
         step = booster.predict(X_valid, start_iteration=i, num_iteration=1, raw_score=True)
         raw += np.asarray(step).reshape(len(X_valid), -1)
-        loss = _log_loss(raw, y)
+        loss = _log_loss(raw, y, weight)
         if loss < best_loss:
             best_loss, best_round = loss, i + 1
         elif i + 1 - best_round >= patience:
@@ -94,11 +98,12 @@ def replay_early_stopping(booster: lgb.Booster, X_valid: np.ndarray, y_valid: np
     return best_round
 
 
-def _log_loss(raw: np.ndarray, y: np.ndarray) -> float:
-    """Mean negative log-likelihood from raw scores (binary: one column; multiclass: k)."""
+def _log_loss(raw: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None) -> float:
+    """(Weighted) mean negative log-likelihood from raw scores (binary: one column;
+    multiclass: k), as LightGBM's binary_logloss / multi_logloss."""
     if raw.shape[1] == 1:
         z = raw[:, 0]
-        return float(np.mean(np.logaddexp(0.0, z) - y * z))
+        return float(np.average(np.logaddexp(0.0, z) - y * z, weights=weight))
     shifted = raw - raw.max(axis=1, keepdims=True)
     log_norm = np.log(np.exp(shifted).sum(axis=1))
-    return float(np.mean(log_norm - shifted[np.arange(len(y)), y]))
+    return float(np.average(log_norm - shifted[np.arange(len(y)), y], weights=weight))

@@ -162,7 +162,7 @@ def greedy_choice(features: list[dict[str, float] | None], model: Any, catalog: 
     """The served reward model's first choice per decision (catalog column), from the
     features the decision log kept; -1 where nothing could be scored."""
     from serving.decisioning.ranking import member_basket
-    from serving.decisioning.recommend import candidate_rows
+    from serving.decisioning.candidates import candidate_rows
     from serving.decisioning.scoring import scores_from_proba
 
     cols = catalog.reward_cols

@@ -267,10 +267,10 @@ class RecordStore(SqlStore):
 
         decisions, one row each (DECISION_LOG_COLUMNS): member_id str, event_timestamp
         datetime64[us, UTC] (the decision time), policy ("model", "cold_start", "fallback";
-        None for decisions logged before it was), no_offer_probability float64 (NaN: inside
-        an experiment, no reward asked for, or logged before), model_versions and features as
-        JSON text (features None when no model served), and the flags as bools (a flag a
-        decision did not record reads False).
+        None for decisions logged before it was), no_offer_probability float64 (1 in an
+        experiment's holdout arm; NaN: its other arms, no reward asked for, or logged before),
+        model_versions and features as JSON text (features None when no model served), and
+        the flags as bools (a flag a decision did not record reads False).
 
         items, one row per item served (DECISION_ITEM_COLUMNS): its slot (item_type,
         item_rank), score, shown_probability (the logging propensity: the no-offer share and,
