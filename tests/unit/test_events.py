@@ -243,6 +243,36 @@ def test_decisions_are_logged_once_and_flattened(store: EventStore) -> None:
     assert store.decisions_between(T0 + timedelta(seconds=1), T0 + timedelta(minutes=1)).empty
 
 
+def test_decision_log_of_some_members_is_the_whole_log_filtered(store: EventStore) -> None:
+    """A feature refresh reads only its members' decisions: the same rows, in the same order
+    (time, then decision id), as the whole log filtered; items follow their decisions."""
+    rng = np.random.default_rng(5)
+    records = []
+    for i in range(60):  # members interleaved in time, ids out of time order
+        items = [{"item_type": "reward", "item_id": f"R0{k}", "rank": k, "score": 0.1,
+                  "shown_probability": 0.5, "cost": 1.0} for k in range(i % 3)]
+        if i % 2:
+            items.append({"item_type": "challenge", "item_id": "C01", "rank": 0,
+                          "score": 0.2, "shown_probability": 0.4, "target": 5.0,
+                          "target_probability": 0.8})
+        records.append(decision(f"d{59 - i:02d}", member_id=f"m{i % 7}",
+                                created_at=T0 + timedelta(seconds=int(rng.integers(0, 20))),
+                                items=items))
+    store.log_decisions(records)
+    until = T0 + timedelta(seconds=15)
+    all_decisions, all_items = store.decision_log(until=until)
+    some = ["m5", "m1", "m3"]
+    decisions, items = store.decision_log(until=until, member_ids=some)
+    expected = all_decisions[all_decisions["member_id"].isin(some)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(decisions, expected)
+    pd.testing.assert_frame_equal(
+        items, all_items[all_items["member_id"].isin(some)].reset_index(drop=True))
+    assert 0 < len(decisions) < len(all_decisions) and len(items) > 0
+    assert decisions["event_timestamp"].is_monotonic_increasing
+    none, no_items = store.decision_log(member_ids=[])
+    assert none.empty and no_items.empty and list(none.columns) == list(all_decisions.columns)
+
+
 # --- queries for the business rules (hand-made data, known answers) --------------------------
 
 

@@ -63,8 +63,6 @@ def current_rows(events_store: EventStore, member_ids: list[str], rewards: pd.Da
     days = int((end - start) / pd.Timedelta(days=1))
     per_chunk = max(1, CELLS_PER_CHUNK // max(days, 1))
     out = []
-    # the service's own decisions count in the features as in a full build (one read per call)
-    log_decisions, log_items = events_store.decision_log(until=end.to_pydatetime())
     for lo in range(0, len(member_ids), per_chunk):
         ids = member_ids[lo:lo + per_chunk]
         members = events_store.members_frame(ids)
@@ -73,10 +71,12 @@ def current_rows(events_store: EventStore, member_ids: list[str], rewards: pd.Da
         events = events_store.events_frame(member_ids=ids, until=end.to_pydatetime(),
                                            columns=list(EVENT_COLUMNS))
         events = events[events["event_timestamp"] >= start]
-        labelled = labelled_decisions(
-            events, log_decisions[log_decisions["member_id"].isin(ids)],
-            log_items[log_items["member_id"].isin(ids)], challenges,
-            meta.attribution_window_days)
+        # the service's own decisions count in the features as in a full build: these
+        # members' only, read through the member index (not the whole log per refresh)
+        log_decisions, log_items = events_store.decision_log(until=end.to_pydatetime(),
+                                                             member_ids=ids)
+        labelled = labelled_decisions(events, log_decisions, log_items, challenges,
+                                      meta.attribution_window_days)
         world = World(start=start, days=days, members=members, rewards=rewards,
                       challenges=challenges, events=events, offers=labelled.offers,
                       assignments=labelled.assignments, vocabulary=vocabulary)

@@ -260,10 +260,13 @@ class RecordStore(SqlStore):
                            (after, after))
         return sorted(str(row[0]) for row in rows)
 
-    def decision_log(self, since: datetime | None = None, until: datetime | None = None
+    def decision_log(self, since: datetime | None = None, until: datetime | None = None,
+                     member_ids: Sequence[str] | None = None
                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The service's decisions made at ``since <= time < until`` (either bound optional),
-        as training and off-policy evaluation read them: (decisions, items).
+        optionally only these members' (through the member index: a feature refresh of a few
+        members reads their decisions, not the whole log), as training and off-policy
+        evaluation read them: (decisions, items).
 
         decisions, one row each (DECISION_LOG_COLUMNS): member_id str, event_timestamp
         datetime64[us, UTC] (the decision time), policy ("model", "cold_start", "fallback";
@@ -288,15 +291,14 @@ class RecordStore(SqlStore):
         if until is not None:
             where.append("created_us < ?")
             params.append(micros(until))
-        clause = f" WHERE {' AND '.join(where)}" if where else ""
         binary = self._dialect.binary_collation
         with paused_gc():
             (decision_id, member_id, created, channel, arm, experiment_id, policy,
-             no_offer_p, versions, features, flags) = self._fetch_columns(
+             no_offer_p, versions, features, flags) = self._fetch_members(
                 "SELECT decision_id, CAST(member_id AS TEXT), created_us, channel, arm, "
                 "experiment_id, policy, no_offer_probability, model_versions, features, flags "
-                f"FROM decisions{clause} ORDER BY created_us, decision_id COLLATE {binary}",
-                params, 11)
+                "FROM decisions", params, 11, member_ids, where,
+                f"created_us, decision_id COLLATE {binary}", sort_by=(2, 0))
             flag_text = pd.Series(flags, dtype=object)
             decisions = pd.DataFrame({
                 "decision_id": np.array(decision_id, dtype=object),
@@ -317,9 +319,10 @@ class RecordStore(SqlStore):
             # row per slot costs more than the read itself; their member and time are the
             # decision's. Items of a decision committed after the decisions were read (a live
             # store) are left out: both frames describe the same decisions.
-            raw = self._fetch_columns(
+            raw = self._fetch_members(
                 "SELECT decision_id, item_type, item_id, item_rank, score, shown_probability, "
-                f"target, target_probability, cost FROM decision_items{clause}", params, 9)
+                "target, target_probability, cost FROM decision_items", params, 9, member_ids,
+                where)
             at = pd.Index(decisions["decision_id"]).get_indexer(
                 np.array(raw[0], dtype=object))
             rank = np.asarray(raw[3], dtype=np.int64)
@@ -340,6 +343,25 @@ class RecordStore(SqlStore):
         return decisions, items
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    def _fetch_members(self, sql: str, params: Sequence[Any], width: int,
+                       member_ids: Sequence[str] | None, where: Sequence[str],
+                       order: str | None = None, sort_by: tuple[int, ...] = ()
+                       ) -> list[list[Any]]:
+        """``sql`` with ``where`` (and ``ORDER BY order``), as columns; for a list of members,
+        a bounded IN list at a time (the member index serves each), the parts then put in
+        ``order`` again by the columns at ``sort_by`` (most significant first)."""
+        if member_ids is None:
+            clause = f" WHERE {' AND '.join(where)}" if where else ""
+            tail = f" ORDER BY {order}" if order else ""
+            return self._fetch_columns(f"{sql}{clause}{tail}", params, width)
+        columns = self._fetch_ordered(sql, params, width, member_ids, where, "member_id")
+        if sort_by and columns[0]:
+            keys = [np.asarray(columns[i], dtype=object if i == 0 else None)
+                    for i in reversed(sort_by)]
+            order_ix = np.lexsort(keys)
+            columns = [[column[i] for i in order_ix] for column in columns]
+        return columns
 
     def _fetch_ordered(self, sql: str, params: Sequence[Any], width: int,
                        member_ids: Sequence[str] | None, where: Sequence[str], order: str
