@@ -80,7 +80,7 @@ def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFram
         "reward_id": "", "treated": False,
         "propensity": none["no_offer_probability"].astype("float64").to_numpy(),
         "source": "service", "policy": none["policy"].to_numpy(), "slot": 0,
-        "arm": none["arm"].to_numpy() if "arm" in none else None,
+        "arm": meta["arm"].reindex(none["decision_id"]).to_numpy(),
     })
     out = pd.concat([offered, control], ignore_index=True) if len(control) else offered
     return _typed(out[OFFER_COLUMNS])
