@@ -224,8 +224,8 @@ def join_report(events: pd.DataFrame, offers: pd.DataFrame, assignments: pd.Data
 
     ``events`` come from :func:`attribute_by_item` (with ``matched_by``) and carry
     ``received_at``; ``offers``/``assignments`` carry ``window_end`` (else
-    ``outcome_timestamp``). ``labelled_at``: per decision id, when its label was frozen (the ledger), so
-    outcomes received later count as late (kept in the store, never relabelling).
+    ``outcome_timestamp``). ``labelled_at``: per decision id, when its label was frozen (the
+    ledger), so outcomes received later count as late (kept in the store, never relabelling).
     """
     report = JoinReport(as_of=str(as_of), attribution_window_days=window_days)
     frames = [f for f in (offers, assignments) if len(f)]
