@@ -80,7 +80,7 @@ def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFram
         "reward_id": "", "treated": False,
         "propensity": none["no_offer_probability"].astype("float64").to_numpy(),
         "source": "service", "policy": none["policy"].to_numpy(), "slot": 0,
-        "arm": none["arm"].to_numpy() if "arm" in none else None,
+        "arm": meta["arm"].reindex(none["decision_id"]).to_numpy(),
     })
     out = pd.concat([offered, control], ignore_index=True) if len(control) else offered
     return _typed(out[OFFER_COLUMNS])
@@ -224,8 +224,8 @@ def join_report(events: pd.DataFrame, offers: pd.DataFrame, assignments: pd.Data
 
     ``events`` come from :func:`attribute_by_item` (with ``matched_by``) and carry
     ``received_at``; ``offers``/``assignments`` carry ``window_end`` (else
-    ``outcome_timestamp``). ``labelled_at``: per decision id, when its label was frozen (the ledger), so
-    outcomes received later count as late (kept in the store, never relabelling).
+    ``outcome_timestamp``). ``labelled_at``: per decision id, when its label was frozen (the
+    ledger), so outcomes received later count as late (kept in the store, never relabelling).
     """
     report = JoinReport(as_of=str(as_of), attribution_window_days=window_days)
     frames = [f for f in (offers, assignments) if len(f)]

@@ -152,32 +152,37 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
         dists[key] = policy_distribution(value, eligible, exploration)
         return dists[key]
 
+    def on_logged(pi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A policy's probability of each logged action, and its expected reward by q."""
+        return pi[r_idx, action], (pi * q).sum(axis=1)
+
     def estimate(pi: np.ndarray) -> PolicyEstimate:
-        return estimate_policy(realized, propensity, pi[r_idx, action], q_logged,
-                               (pi * q).sum(axis=1), clip=clip, n_bootstrap=n_bootstrap,
-                               seed=seed)
+        prob, q_target = on_logged(pi)
+        return estimate_policy(realized, propensity, prob, q_logged, q_target, clip=clip,
+                               n_bootstrap=n_bootstrap, seed=seed)
 
     pi_cand = distribution(candidate, cand_scores, "p_candidate")
     cand = estimate(pi_cand)
     if champion is not None:
         pi_champ = distribution(champion, champion.scorer(own, items), "p_champion")
         champ = estimate(pi_champ)
-        champ_prob, champ_q = pi_champ[r_idx, action], (pi_champ * q).sum(axis=1)
-        label = f"champion {champion.name}"
+        champ_prob, champ_q = on_logged(pi_champ)
+        who = label = f"champion {champion.name}"
     else:  # what served (cold start): its value is the logged decisions' own mean
         champ = estimate_policy(realized, propensity, propensity, n_bootstrap=n_bootstrap,
                                 seed=seed)
         champ = _with_dr(champ)
         # on-policy: weight 1 and q_target = q_logged make each DR term the realized reward
         champ_prob, champ_q = propensity, q_logged
-        label = "the logging policy (no champion yet)"
-    diff = paired_dr_difference(realized, propensity, q_logged, pi_cand[r_idx, action],
-                                (pi_cand * q).sum(axis=1), champ_prob, champ_q, clip=clip,
-                                n_bootstrap=n_bootstrap, seed=seed)
+        who = "the logging policy"
+        label = f"{who} (no champion yet)"
+    diff = paired_dr_difference(realized, propensity, q_logged, *on_logged(pi_cand),
+                                champ_prob, champ_q, clip=clip, n_bootstrap=n_bootstrap,
+                                seed=seed)
     bar = float(champ.dr)
     if test == "paired":
         low = bar + diff.ci_low
-        how = (f"paired DR lower bound {low:.3f} (candidate - {label.split(' (')[0]}: "
+        how = (f"paired DR lower bound {low:.3f} (candidate - {who}: "
                f"{diff.dr:+.3f} [{diff.ci_low:+.3f}, {diff.ci_high:+.3f}], the policies differ "
                f"on {diff.differing} decisions)")
     else:

@@ -70,7 +70,8 @@ def import_behaviour(world_dir: Path, events_url: str, since: datetime,
     events = pd.read_parquet(program_files(world_dir)["events"])
     ts = events["timestamp"]
     keep = _organic(events) & (ts >= pd.Timestamp(since)) & (ts < pd.Timestamp(until))
-    path = world_dir.parent / "world_without_offers" / f"behaviour_{pd.Timestamp(since):%Y%m%d}.parquet"
+    path = (world_dir.parent / "world_without_offers"
+            / f"behaviour_{pd.Timestamp(since):%Y%m%d}.parquet")
     path.parent.mkdir(parents=True, exist_ok=True)
     events[keep].to_parquet(path, index=False)
     store = open_event_store(events_url)

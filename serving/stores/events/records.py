@@ -298,7 +298,7 @@ class RecordStore(SqlStore):
                 "SELECT decision_id, CAST(member_id AS TEXT), created_us, channel, arm, "
                 "experiment_id, policy, no_offer_probability, model_versions, features, flags "
                 "FROM decisions", params, 11, member_ids, where,
-                f"created_us, decision_id COLLATE {binary}", sort_by=(2, 0))
+                f"created_us, decision_id COLLATE {binary}")
             flag_text = pd.Series(flags, dtype=object)
             decisions = pd.DataFrame({
                 "decision_id": np.array(decision_id, dtype=object),
@@ -315,6 +315,9 @@ class RecordStore(SqlStore):
                 **{flag: flag_text.str.contains(f'"{flag}":true', regex=False)
                    .to_numpy(dtype=bool) for flag in _DECISION_FLAGS},
             }, columns=list(DECISION_LOG_COLUMNS))
+            if member_ids is not None:  # read member by member: back in time, then id order
+                decisions = decisions.sort_values(["event_timestamp", "decision_id"],
+                                                  kind="stable", ignore_index=True)
             # the items in table order, put in the decisions' order here: a sort in SQL of a
             # row per slot costs more than the read itself; their member and time are the
             # decision's. Items of a decision committed after the decisions were read (a live
@@ -346,22 +349,14 @@ class RecordStore(SqlStore):
 
     def _fetch_members(self, sql: str, params: Sequence[Any], width: int,
                        member_ids: Sequence[str] | None, where: Sequence[str],
-                       order: str | None = None, sort_by: tuple[int, ...] = ()
-                       ) -> list[list[Any]]:
-        """``sql`` with ``where`` (and ``ORDER BY order``), as columns; for a list of members,
-        a bounded IN list at a time (the member index serves each), the parts then put in
-        ``order`` again by the columns at ``sort_by`` (most significant first)."""
-        if member_ids is None:
-            clause = f" WHERE {' AND '.join(where)}" if where else ""
-            tail = f" ORDER BY {order}" if order else ""
-            return self._fetch_columns(f"{sql}{clause}{tail}", params, width)
-        columns = self._fetch_ordered(sql, params, width, member_ids, where, "member_id")
-        if sort_by and columns[0]:
-            keys = [np.asarray(columns[i], dtype=object if i == 0 else None)
-                    for i in reversed(sort_by)]
-            order_ix = np.lexsort(keys)
-            columns = [[column[i] for i in order_ix] for column in columns]
-        return columns
+                       order: str | None = None) -> list[list[Any]]:
+        """``sql`` with ``where`` as columns: the whole table in ``order`` (if any), or for a
+        list of members, in member order (:meth:`_fetch_ordered`; the caller re-sorts)."""
+        if member_ids is not None:
+            return self._fetch_ordered(sql, params, width, member_ids, where, "member_id")
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        tail = f" ORDER BY {order}" if order else ""
+        return self._fetch_columns(f"{sql}{clause}{tail}", params, width)
 
     def _fetch_ordered(self, sql: str, params: Sequence[Any], width: int,
                        member_ids: Sequence[str] | None, where: Sequence[str], order: str
