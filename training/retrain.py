@@ -257,8 +257,8 @@ def _tag(run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
     client = MlflowClient()
     for k, v in metrics.items():
         client.log_metric(run_id, k, v)
-    for k, v in tags.items():
-        client.set_tag(run_id, k, v[:5000])
+    for k, tag in tags.items():
+        client.set_tag(run_id, k, tag[:5000])
 
 
 def _reload(loop: RetrainSettings) -> list[dict[str, Any]]:

@@ -179,6 +179,8 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
     diff = paired_dr_difference(realized, propensity, q_logged, *on_logged(pi_cand),
                                 champ_prob, champ_q, clip=clip, n_bootstrap=n_bootstrap,
                                 seed=seed)
+    if champ.dr is None or cand.dr_ci_low is None:  # both come with a reward model
+        raise ValueError("the gate's estimates carry no doubly robust figure")
     bar = float(champ.dr)
     if test == "paired":
         low = bar + diff.ci_low
