@@ -193,12 +193,15 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
     verdict = low > bar
     reason = (f"candidate {how} {'beats' if verdict else 'does not beat'} {label}'s DR "
               f"estimate {bar:.3f} on {len(own)} logged decisions")
+    power, power_metrics = gate_power(diff, bar)
+    if not verdict:
+        reason += power
     metrics = {**{f"gate.candidate.{k}": float(v) for k, v in cand.as_dict().items()
                   if v is not None},
                **{f"gate.champion.{k}": float(v) for k, v in champ.as_dict().items()
                   if v is not None},
                **{f"gate.difference.{k}": float(v) for k, v in diff.as_dict().items()},
-               "gate.paired_lower_bound": bar + diff.ci_low}
+               "gate.paired_lower_bound": bar + diff.ci_low, **power_metrics}
     actions = np.append(items["reward_id"].astype(str).to_numpy(), "")
     policies = pd.DataFrame({
         "decision_id": np.repeat(own["decision_id"].to_numpy(), m + 1),
@@ -207,6 +210,23 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
         "logged": (np.arange(m + 1)[None, :] == action[:, None]).ravel(),
         **{k: v.ravel() for k, v in dists.items()}})
     return GateResult(verdict, reason, len(own), cand, champ, label, diff, metrics, policies)
+
+
+def gate_power(diff: PairedDifference, bar: float) -> tuple[str, dict[str, float]]:
+    """Why a champion was kept, in figures an operator can act on (a longer evaluation period,
+    more exploration, or a forced promotion with a reason): the smallest gain these decisions
+    can show, and how many such decisions the estimated gain would take."""
+    half = diff.half_width
+    share = f" ({half / abs(bar):.1%} of the champion's value)" if bar else ""
+    text = (f"; gains below about {half:.2f} per decision{share} cannot be shown on these "
+            f"{diff.n:,} decisions")
+    metrics = {"gate.detectable_gain": half}
+    need = diff.decisions_to_show(diff.dr)
+    if need is not None:
+        text += (f"; showing the estimated gain {diff.dr:+.2f} would take about {need:,.0f} "
+                 "decisions")
+        metrics["gate.decisions_to_show_estimate"] = need
+    return text, metrics
 
 
 def _with_dr(estimate: PolicyEstimate) -> PolicyEstimate:
