@@ -163,6 +163,21 @@ def exploration_settings(store: StoreSettings) -> Any:
                        floor=float(getattr(serve, "exploration_floor", 0.0)))
 
 
+def experiment_arms(store: StoreSettings) -> list[Any]:
+    """The uplift experiments' periods and arm shares, for the gate to read their decisions."""
+    from serving.experiments.service import list_experiments
+    from serving.stores.events import open_event_store
+    from training.evaluation.gate import ArmShares
+
+    events = open_event_store(ServeSettings().events(store))
+    try:
+        return [ArmShares(pd.Timestamp(e.start), pd.Timestamp(e.end),
+                          {a.name: float(a.share) for a in e.arms})
+                for e in list_experiments(events)]
+    finally:
+        events.close()
+
+
 def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings,
                  result: Any, snapshot_dir: Any) -> FamilyOutcome:
     from training.evaluation.evaluate import fit_value_params
@@ -189,7 +204,8 @@ def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSet
             model, m, i, list(meta.service_features), data.vocabulary), params)
     gate = evaluate_gate(rows, items, cand, champ, exploration_settings(store),
                          min_decisions=loop.min_decisions, n_bootstrap=loop.bootstrap,
-                         seed=settings.seed, clip=loop.clip, test=loop.gate_test)
+                         seed=settings.seed, clip=loop.clip, test=loop.gate_test,
+                         experiments=experiment_arms(store))
     if gate.policies is not None:  # what the gate compared, beside the snapshot it read
         gate.policies.to_parquet(snapshot_dir / "gate_reward.parquet", index=False)
     promoted = gate.promote and _promote(name, gate.reason)
