@@ -163,13 +163,14 @@ def exploration_settings(store: StoreSettings) -> Any:
                        floor=float(getattr(serve, "exploration_floor", 0.0)))
 
 
-def experiment_arms(store: StoreSettings) -> list[Any]:
-    """The uplift experiments' periods and arm shares, for the gate to read their decisions."""
+def experiment_arms(store: StoreSettings, events_url: str | None = None) -> list[Any]:
+    """The uplift experiments' periods and arm shares, for the gate to read their decisions
+    (from the event store of ``events_url``, default serving's: REWARDS_EVENTS_URL)."""
     from serving.experiments.service import list_experiments
     from serving.stores.events import open_event_store
     from training.evaluation.gate import ArmShares
 
-    events = open_event_store(ServeSettings().events(store))
+    events = open_event_store(events_url or ServeSettings().events(store))
     try:
         return [ArmShares(pd.Timestamp(e.start), pd.Timestamp(e.end),
                           {a.name: float(a.share) for a in e.arms})

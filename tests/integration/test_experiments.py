@@ -159,7 +159,8 @@ def test_arm_is_applied_and_returned(client: TestClient, live: dict[str, Any]) -
 
 
 def test_experiment_decisions_are_training_rows(client: TestClient, live: dict[str, Any],
-                                                 store: StoreSettings) -> None:
+                                                 store: StoreSettings,
+                                                 settings: ServeSettings) -> None:
     """Retraining learns from an experiment's decisions with their probabilities given the arm
     (recorded on each row): a holdout is a control row of probability 1, a random arm's first
     slot a uniform draw. The off-policy gate reads them too, weighed over the arms."""
@@ -183,7 +184,7 @@ def test_experiment_decisions_are_training_rows(client: TestClient, live: dict[s
     assert len(first) > 0 and first["treated"].all()
     assert ((eligible - eligible.round()).abs() < 1e-3).all() and eligible.min() >= 2
     assert offers.loc[offers["arm"] == "model", "propensity"].between(0, 1).all()
-    arms = experiment_arms(store)  # from the store's experiment registry
+    arms = experiment_arms(store, settings.events(store))  # the store's experiment registry
     shares = {a["name"]: a["share"] for a in live["experiment"]["arms"]}
     start = pd.Timestamp(live["experiment"]["start"])
     assert [a.shares for a in arms if a.start == start] == [shares]
