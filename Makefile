@@ -24,6 +24,7 @@ demo: $(STAMP)
 
 ## Whole test suite (unit, model and integration tiers)
 test: $(STAMP) system-deps
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest
 
 test-unit: $(STAMP)

@@ -97,6 +97,17 @@ def plot(rounds: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def start_experiment(client: Any, arms: str, start: Any, end: Any) -> str:
+    """Define an uplift experiment through the API, as a marketer would (its id returned)."""
+    body = {"name": "loop bench", "primary_metric": "incremental_spend",
+            "attribution_window_days": 7, "start": start.isoformat(), "end": end.isoformat(),
+            "arms": [{"name": name.strip(), "share": float(share)}
+                     for name, _, share in (a.partition("=") for a in arms.split(","))]}
+    r = client.post("/v1/experiments", json=body)
+    r.raise_for_status()
+    return str(r.json()["id"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--members", type=int, default=20_000)
@@ -114,6 +125,11 @@ def main() -> None:
     ap.add_argument("--behaviour", action=argparse.BooleanOptionalAction, default=True,
                     help="members keep living during the rounds: their own activity (visits, "
                          "purchases outside any offer...) is imported after each round")
+    ap.add_argument("--experiment", default=None, metavar="ARMS",
+                    help="an uplift experiment from --experiment-round on, e.g. "
+                         "model=0.8,random=0.1,holdout=0.1: every member is in it, so every "
+                         "decision the gate reads is made in an arm")
+    ap.add_argument("--experiment-round", type=int, default=1)
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "learning_loop.png")
     args = ap.parse_args()
 
@@ -165,6 +181,9 @@ def main() -> None:
         services = client.app.state.services
         for r in range(args.rounds):
             start = history_end + timedelta(days=r * args.round_days)
+            if args.experiment and r == args.experiment_round:
+                end = history_end + timedelta(days=args.rounds * args.round_days + 30)
+                log("experiment " + start_experiment(client, args.experiment, start, end))
             t0 = time.perf_counter()
             parts, n_events = [], 0
             for k in range(args.decisions_per_member):
@@ -206,6 +225,8 @@ def main() -> None:
                          "policy_share_of_oracle": (
                              None if gate is None else truth.greedy_share(gate, "p_candidate")),
                          "paired_lower_bound": met.get("gate.paired_lower_bound"),
+                         "gate_decisions": met.get("gate.candidate.n"),
+                         "experiment_decisions": met.get("gate.experiment_decisions"),
                          "difference_dr": met.get("gate.difference.dr"),
                          "difference_ci": [met.get("gate.difference.ci_low"),
                                            met.get("gate.difference.ci_high")],
@@ -229,6 +250,7 @@ def main() -> None:
                                        "retrain": round(retrain_s, 1)}})
     result = {"members": args.members, "rounds": rounds, "seed": args.seed,
               "decisions_per_member": args.decisions_per_member, "behaviour": args.behaviour,
+              "experiment": args.experiment, "experiment_round": args.experiment_round,
               "seconds": round(time.perf_counter() - t_all, 1),
               "join_report": json.loads(rewards_cli("data", "join-report", "--as-of",
                                                     as_of.isoformat(), "--json"))}

@@ -112,6 +112,9 @@ class Services:
         except Exception as exc:  # noqa: BLE001
             reasons.append(f"event store error: {type(exc).__name__}")
         features = row.values if row is not None else None
+        if row is not None and row.event_timestamp is not None:
+            age = (now - row.event_timestamp).total_seconds()
+            self.metrics.feature_age.observe(max(age, 0.0))
         consent = bool(features.get("consent", 1.0)) if features else True
         if consent_override is not None:
             consent = consent_override

@@ -132,13 +132,15 @@ def serve(host: str, port: int, workers: int, log_level: str = "warning") -> Non
                 if restart_at[i] is None:
                     multiprocess.mark_process_dead(proc.pid, metrics_dir)  # its live gauges
                     # a worker that never got to serve, or died soon after, backs off
-                    served = 0.0 if ready_at[i] is None else now - ready_at[i]
+                    ready = ready_at[i]
+                    served = 0.0 if ready is None else now - ready
                     backoff[i] = restart_pause(backoff[i], lived=served)
                     restart_at[i] = now + backoff[i]
                     log.error("worker exited; restarting it", extra={
                         "pid": proc.pid, "exitcode": proc.exitcode,
                         "restart_in_seconds": backoff[i]})
-                if now >= restart_at[i]:
+                due = restart_at[i]
+                if due is not None and now >= due:
                     restart_at[i] = None
                     procs[i] = start(i)
         _stop_all(procs)

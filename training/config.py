@@ -64,7 +64,10 @@ def get_train_settings() -> TrainSettings:
 #: need a simulator's hidden truth and never gate. Tolerances sit about the sampling noise of a
 #: metric on the default world's test period (hundreds of thousands of offers, tens of thousands
 #: of assignments near the flow zone), so a retrain on fresh data is not refused for noise.
-PROMOTION_GATES: dict[str, dict[str, tuple[str, float]]] = {
+#: (better direction, tolerance): ``training.models.tracking.MetricRule``
+GateRule = tuple[Literal["higher", "lower"], float]
+
+PROMOTION_GATES: dict[str, dict[str, GateRule]] = {
     "reward": {
         "propensity.auc": ("higher", 0.002),
         "propensity.ece": ("lower", 0.005),
@@ -79,7 +82,7 @@ PROMOTION_GATES: dict[str, dict[str, tuple[str, float]]] = {
 }
 
 
-def promotion_gates() -> dict[str, dict[str, tuple[str, float]]]:
+def promotion_gates() -> dict[str, dict[str, GateRule]]:
     """:data:`PROMOTION_GATES` by registered model name: the two families may be renamed
     (``REWARDS_REWARD_MODEL_NAME``, ``REWARDS_DIFFICULTY_MODEL_NAME``), their gates stay."""
     models = get_model_settings()

@@ -81,7 +81,8 @@ def _oracle(world_dir: Path) -> ModuleType | None:
 
 class _Timer:
     def __init__(self, progress: Progress) -> None:
-        self.progress, self.timings = progress, {}
+        self.progress = progress
+        self.timings: dict[str, float] = {}
 
     def step(self, label: str) -> _Step:
         return _Step(self, label)

@@ -163,6 +163,22 @@ def exploration_settings(store: StoreSettings) -> Any:
                        floor=float(getattr(serve, "exploration_floor", 0.0)))
 
 
+def experiment_arms(store: StoreSettings, events_url: str | None = None) -> list[Any]:
+    """The uplift experiments' periods and arm shares, for the gate to read their decisions
+    (from the event store of ``events_url``, default serving's: REWARDS_EVENTS_URL)."""
+    from serving.experiments.service import list_experiments
+    from serving.stores.events import open_event_store
+    from training.evaluation.gate import ArmShares
+
+    events = open_event_store(events_url or ServeSettings().events(store))
+    try:
+        return [ArmShares(pd.Timestamp(e.start), pd.Timestamp(e.end),
+                          {a.name: float(a.share) for a in e.arms})
+                for e in list_experiments(events)]
+    finally:
+        events.close()
+
+
 def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings,
                  result: Any, snapshot_dir: Any) -> FamilyOutcome:
     from training.evaluation.evaluate import fit_value_params
@@ -189,7 +205,8 @@ def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSet
             model, m, i, list(meta.service_features), data.vocabulary), params)
     gate = evaluate_gate(rows, items, cand, champ, exploration_settings(store),
                          min_decisions=loop.min_decisions, n_bootstrap=loop.bootstrap,
-                         seed=settings.seed, clip=loop.clip, test=loop.gate_test)
+                         seed=settings.seed, clip=loop.clip, test=loop.gate_test,
+                         experiments=experiment_arms(store))
     if gate.policies is not None:  # what the gate compared, beside the snapshot it read
         gate.policies.to_parquet(snapshot_dir / "gate_reward.parquet", index=False)
     promoted = gate.promote and _promote(name, gate.reason)
@@ -257,8 +274,8 @@ def _tag(run_id: str, metrics: dict[str, float], tags: dict[str, str]) -> None:
     client = MlflowClient()
     for k, v in metrics.items():
         client.log_metric(run_id, k, v)
-    for k, v in tags.items():
-        client.set_tag(run_id, k, v[:5000])
+    for k, tag in tags.items():
+        client.set_tag(run_id, k, tag[:5000])
 
 
 def _reload(loop: RetrainSettings) -> list[dict[str, Any]]:

@@ -290,17 +290,19 @@ def safe_next(path: str | None) -> str:
 
 def build_authenticator(keys_url: str, settings: ServeSettings) -> Authenticator:
     """Open the key store (unless auth is disabled, which is said loudly) and the cookie key."""
-    common = {"cache_ttl": settings.auth_cache_ttl_seconds,
-              "default_rate_limit": settings.default_rate_limit,
-              "session_ttl": settings.session_ttl_seconds,
-              "cookie_secure": settings.session_cookie_secure,
-              "buckets": worker_group.current()}  # None: this process's own buckets
+    def authenticator(keys: KeyStore | None, secret: bytes) -> Authenticator:
+        return Authenticator(keys, disabled=keys is None, session_secret=secret,
+                             cache_ttl=settings.auth_cache_ttl_seconds,
+                             default_rate_limit=settings.default_rate_limit,
+                             session_ttl=settings.session_ttl_seconds,
+                             cookie_secure=settings.session_cookie_secure,
+                             buckets=worker_group.current())  # None: this process's own
+
     if settings.auth_disabled:
         log.warning("AUTHENTICATION IS DISABLED (REWARDS_AUTH_DISABLED=true): every route is "
                     "open to anyone who can reach this port. Local development only.")
-        return Authenticator(None, disabled=True, session_secret=secrets.token_bytes(32),
-                             **common)
+        return authenticator(None, secrets.token_bytes(32))
     keys = open_key_store(keys_url)
     secret = (settings.session_secret.get_secret_value() if settings.session_secret
               else keys.server_secret("session_hmac"))
-    return Authenticator(keys, disabled=False, session_secret=secret.encode(), **common)
+    return authenticator(keys, secret.encode())

@@ -39,6 +39,15 @@ class Metrics:
                               registry=self.registry)
         self.events = Counter("rewards_events_total", "Feedback events by outcome",
                               ["status"], registry=self.registry)
+        # Stale features cost value: a model trained on each decision's recomputed features
+        # served on 0-14-day-old ones reached 0.772 of the oracle against 0.804 on the same
+        # decisions with fresh ones (BENCHMARKS.md, learning loop). Fresh: a refresh after
+        # each member's events (`rewards serve --refresh-seconds N`).
+        self.feature_age = Histogram(
+            "rewards_feature_age_seconds",
+            "Age of the online feature row a decision was served with (its timestamp to now)",
+            buckets=(3_600, 6 * 3_600, 86_400, 2 * 86_400, 3 * 86_400, 7 * 86_400,
+                     14 * 86_400, 30 * 86_400), registry=self.registry)
         # With `rewards serve --workers N` every worker writes its samples to files that any
         # worker sums at scrape time (see exposition()); a gauge there needs a rule to combine
         # the workers' values: the highest among live workers (every worker refuses the same

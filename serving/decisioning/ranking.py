@@ -19,7 +19,8 @@ def expected_value(uplift: np.ndarray, p_redeem: np.ndarray, basket_value: np.nd
     return margin * basket_value * uplift - cost_multiplier * p_redeem * cost
 
 
-def basket_estimate(avg_basket_90d: np.ndarray, multiplier: float, fallback: float) -> np.ndarray:
+def basket_estimate(avg_basket_90d: np.ndarray | float, multiplier: float,
+                    fallback: float) -> np.ndarray:
     """Expected spend of a converted member in the attribution window.
 
     A conversion week holds more than one average purchase, so the member's recent average

@@ -17,15 +17,17 @@ from __future__ import annotations
 import os
 import struct
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from serving.config import StoreSettings
 
 if TYPE_CHECKING:
     from feast import FeatureStore
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 
 
 def feature_store_yaml(settings: StoreSettings) -> Path:
@@ -84,7 +86,8 @@ class OnlineFeatureReader:
         self._entity_key, self._value = EntityKey, Value
         self._store = store
         self._view = store.get_feature_view(view_name)
-        self._online = store._get_provider().online_store
+        # Any: the reads below use each store kind's own (private) connection methods
+        self._online: Any = store._get_provider().online_store
         self._join_key = join_key
         self.feature_names = [f.name for f in self._view.features]
         self._lock = threading.Lock()  # the SQLite store shares one connection across threads
@@ -101,11 +104,11 @@ class OnlineFeatureReader:
             f"SELECT feature_name, value, CAST(event_ts AS INTEGER) "
             f"FROM {self._sqlite_table} WHERE entity_key = ?")
 
-    def _key(self, entity_id: str) -> object:
+    def _key(self, entity_id: str) -> EntityKeyProto:
         return self._entity_key(join_keys=[self._join_key],
                                 entity_values=[self._value(string_val=str(entity_id))])
 
-    def _serialized(self, key: object) -> bytes:
+    def _serialized(self, key: EntityKeyProto) -> bytes:
         """The entity key as Feast stores it (SQLite's ``entity_key`` column)."""
         from feast.infra.key_encoding_utils import serialize_entity_key
 
@@ -127,11 +130,11 @@ class OnlineFeatureReader:
                 raise
         # SQLite answers a missing key with nothing; Redis with every feature unset (and the
         # epoch as timestamp): both mean "no row", i.e. a cold-start member.
-        if not _stored(values):
+        if values is None or not _stored(values):
             return None
         return MemberRow({n: _as_float(values[n]) for n in self.feature_names if n in values}, ts)
 
-    def _read_sqlite(self, key: object) -> MemberRow | None:
+    def _read_sqlite(self, key: EntityKeyProto) -> MemberRow | None:
         """What ``SqliteOnlineStore.online_read`` returns for one key, read with one plain
         query: the same rows of the same table on Feast's own connection, the same values and
         the same timestamp convention (Feast's ``convert_timestamp`` + UTC), in a fraction of
@@ -210,7 +213,7 @@ _FLOAT_TAG = (6 << 3) | 5
 _FLOAT32 = struct.Struct("<f")
 
 
-def _stored(values: dict[str, object] | None) -> int:
+def _stored(values: Mapping[str, Any] | None) -> int:
     """How many features hold a value. SQLite answers a missing key with nothing; Redis with
     every feature unset: both count 0."""
     present = (v.WhichOneof("val") is not None  # type: ignore[attr-defined]

@@ -277,6 +277,36 @@ def test_metrics_exposed(app_client: TestClient) -> None:
     assert "rewards_decisions_total" in text and 'rewards_fallbacks_total{kind="cold_start"}' in text
 
 
+def _sample(text: str, name: str) -> float:
+    return float(next(line.split()[-1] for line in text.splitlines()
+                      if line.startswith(name + " ")))
+
+
+def test_served_feature_age_is_measured(app_client: TestClient, members: pd.DataFrame) -> None:
+    """Each decision observes how old its member's online feature row is: what an operator
+    watches to know whether features are refreshed (BENCHMARKS.md, learning loop)."""
+    svc = services(app_client)
+    member = str(members["member_id"].iloc[7])
+    row = svc.reader.read(member)
+    assert row is not None and row.event_timestamp is not None
+    at = row.event_timestamp + pd.Timedelta(days=3, hours=5)
+    before = app_client.get("/metrics").text
+    clock = svc.clock
+    svc.clock = lambda: at
+    try:
+        recommend(app_client, member_id=member, k_rewards=1, k_challenges=1)
+    finally:
+        svc.clock = clock
+    after = app_client.get("/metrics").text
+    count, total = "rewards_feature_age_seconds_count", "rewards_feature_age_seconds_sum"
+    assert _sample(after, count) == _sample(before, count) + 1
+    assert _sample(after, total) - _sample(before, total) == pytest.approx(3 * 86_400 + 5 * 3_600)
+    three_days = 'rewards_feature_age_seconds_bucket{le="259200.0"}'
+    seven_days = 'rewards_feature_age_seconds_bucket{le="604800.0"}'
+    assert _sample(after, three_days) == _sample(before, three_days)  # older than 3 days
+    assert _sample(after, seven_days) == _sample(before, seven_days) + 1
+
+
 def test_training_and_serving_build_identical_rows(app_client: TestClient, trained_store,  # noqa: ANN001
                                                    members: pd.DataFrame) -> None:
     """Same member, same instant: the training path (Feast historical retrieval + candidate

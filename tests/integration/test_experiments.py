@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -77,7 +79,7 @@ def live(client: TestClient, store: StoreSettings) -> dict[str, Any]:
                                                   salt="e2e-live-period"))
     assert r.status_code == 201, r.text
     exp = r.json()
-    members = len(__import__("pandas").read_parquet(store.world_dir / "members.parquet"))
+    members = len(pd.read_parquet(store.world_dir / "members.parquet"))
     truth = simulate_live(client, store.world_dir, exp["id"], members=members, seed=1)
     svc = client.app.state.services
     deadline = time.monotonic() + 10
@@ -156,11 +158,15 @@ def test_arm_is_applied_and_returned(client: TestClient, live: dict[str, Any]) -
     assert set(seen) == {"model", "random", "holdout"}
 
 
-def test_experiment_decisions_are_training_rows(client: TestClient, live: dict[str, Any]) -> None:
+def test_experiment_decisions_are_training_rows(client: TestClient, live: dict[str, Any],
+                                                 store: StoreSettings,
+                                                 settings: ServeSettings) -> None:
     """Retraining learns from an experiment's decisions with their probabilities given the arm
     (recorded on each row): a holdout is a control row of probability 1, a random arm's first
-    slot a uniform draw."""
+    slot a uniform draw. The off-policy gate reads them too, weighed over the arms."""
     from training.data.decision_log import offers_from_log
+    from training.evaluation.gate import experiment_shares, logged_rows
+    from training.retrain import experiment_arms
 
     decisions, items = client.app.state.services.events.decision_log()
     decisions = decisions[decisions["experiment_id"] == live["experiment"]["id"]]
@@ -178,6 +184,18 @@ def test_experiment_decisions_are_training_rows(client: TestClient, live: dict[s
     assert len(first) > 0 and first["treated"].all()
     assert ((eligible - eligible.round()).abs() < 1e-3).all() and eligible.min() >= 2
     assert offers.loc[offers["arm"] == "model", "propensity"].between(0, 1).all()
+    arms = experiment_arms(store, settings.events(store))  # the store's experiment registry
+    shares = {a["name"]: a["share"] for a in live["experiment"]["arms"]}
+    start = pd.Timestamp(live["experiment"]["start"])
+    assert [a.shares for a in arms if a.start == start] == [shares]
+    read = logged_rows(offers, arms)
+    served = decisions[decisions["policy"].isin(("model", "cold_start"))]
+    assert sorted(read["decision_id"]) == sorted(set(offers["decision_id"])
+                                                  & set(served["decision_id"]))
+    assert len(read) > 0.9 * len(served)
+    np.testing.assert_allclose(experiment_shares(read, arms),
+                               np.tile([shares["model"], shares["random"], shares["holdout"]],
+                                       (len(read), 1)))
 
 
 def test_first_exposure_is_kept(client: TestClient, live: dict[str, Any]) -> None:

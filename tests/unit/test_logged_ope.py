@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 
 from training.evaluation import metrics
+from training.evaluation.gate import gate_power
 from training.evaluation.logged_ope import (
     OPEInputError,
+    PairedDifference,
     estimate_policy,
     evaluate_logged,
     paired_dr_difference,
@@ -255,6 +257,46 @@ def test_paired_interval_covers_the_true_difference() -> None:
         positive += diff.ci_low > 0
     assert covered / 30 >= 0.85
     assert positive < 30  # not a rubber stamp: small gains are not always shown
+
+
+def _paired(n: int, seed: int) -> PairedDifference:
+    d = _near_greedy(n, seed=seed)
+    return paired_dr_difference(d["reward"], d["propensity"], d["q_logged"], d["a_prob"],
+                                d["a_q"], d["b_prob"], d["b_q"], seed=seed)
+
+
+def test_paired_half_width_shrinks_as_one_over_root_n() -> None:
+    """The premise of the gate's "decisions to show" figure: 4 times the rows, half the width,
+    so what 4,000 rows say about 16,000 is what 16,000 rows show."""
+    small = [_paired(4_000, seed=300 + s) for s in range(5)]
+    large = [_paired(16_000, seed=400 + s) for s in range(5)]
+    ratio = np.mean([d.half_width for d in small]) / np.mean([d.half_width for d in large])
+    assert 1.7 < ratio < 2.3
+    predicted = np.mean([d.decisions_to_show(np.mean([e.half_width for e in large]))
+                         for d in small])
+    assert 16_000 * 0.7 < predicted < 16_000 * 1.4
+
+
+def test_decisions_to_show_a_gain() -> None:
+    diff = PairedDifference(n=10_000, dr=0.5, ci_low=-1.5, ci_high=2.5, differing=4_000)
+    assert diff.half_width == 2.0
+    assert diff.decisions_to_show(0.5) == pytest.approx(160_000)  # 10,000 x (2 / 0.5)^2
+    assert diff.decisions_to_show(4.0) == pytest.approx(2_500)
+    assert diff.decisions_to_show(0.0) is None and diff.decisions_to_show(-1.0) is None
+    assert diff.as_dict()["half_width"] == 2.0
+
+
+def test_a_kept_champion_says_what_the_decisions_could_show() -> None:
+    diff = PairedDifference(n=10_000, dr=0.5, ci_low=-1.5, ci_high=2.5, differing=4_000)
+    text, figures = gate_power(diff, bar=40.0)
+    assert "gains below about 2.00 per decision (5.0% of the champion's value)" in text
+    assert "these 10,000 decisions" in text
+    assert "the estimated gain +0.50 would take about 160,000 decisions" in text
+    assert figures == {"gate.detectable_gain": 2.0,
+                       "gate.decisions_to_show_estimate": pytest.approx(160_000)}
+    worse = PairedDifference(n=10_000, dr=-0.5, ci_low=-2.5, ci_high=1.5, differing=4_000)
+    text, figures = gate_power(worse, bar=40.0)
+    assert "estimated gain" not in text and "gate.decisions_to_show_estimate" not in figures
 
 
 # --- frames: joins and checks ------------------------------------------------------------------

@@ -13,7 +13,7 @@ from training.data.decision_log import (
 )
 from training.data.history import label_assignments, label_offers, labelled_decisions
 from training.data.snapshots import content_hash, freeze
-from training.evaluation.gate import Exploration, logged_rows, policy_distribution
+from training.evaluation.gate import ArmShares, Exploration, logged_rows, policy_distribution
 
 T0 = pd.Timestamp("2026-03-01T10:00:00Z")
 UTC_US = "datetime64[us, UTC]"
@@ -71,9 +71,12 @@ def test_log_rows_carry_probabilities_experiment_arms_included() -> None:
     assert row("d3") == ("R2", True, 0.125)  # the random arm's uniform draw, given the arm
     assert row("d4") == ("", False, 1.0)  # the holdout: no offer with probability 1
     assert by_id["arm"].to_dict() == {"d1": "", "d2": "", "d3": "random", "d4": "holdout"}
-    # the off-policy gate reads the decisions outside experiments only: an arm rules out
-    # actions (a holdout never shows a reward) that no importance weight can stand for
+    # the off-policy gate reads experiment decisions only when it knows the experiment's arm
+    # shares: given its arm a decision rules out actions (a holdout never shows a reward), over
+    # the arm draw it does not (training.evaluation.gate.mixture_propensity)
     assert sorted(logged_rows(offers)["decision_id"]) == ["d1", "d2"]
+    e1 = ArmShares(ts(0.9), ts(1.1), {"model": 0.8, "random": 0.1, "holdout": 0.1})
+    assert sorted(logged_rows(offers, [e1])["decision_id"]) == ["d1", "d2", "d3", "d4"]
     # what the fit weighs them by: 1 / probability among the model policy's rows
     weights = logging_weights(offers.sort_values("decision_id"))
     assert weights is not None

@@ -49,7 +49,7 @@ def _when(option: str, text: str) -> datetime:
 
 def _arms(text: str) -> list[dict[str, Any]]:
     """``model=0.8,random=0.1,holdout=0.1`` (shares may also be percentages: model=80,...)."""
-    arms = []
+    arms: list[dict[str, Any]] = []
     for part in text.split(","):
         name, _, share = part.partition("=")
         try:

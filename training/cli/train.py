@@ -147,9 +147,10 @@ def models_list(
     _registry(data_dir)
     for n in names:
         _registered(n)
-    report = {n: {"champion": tracking.champion_version(n),
-                  "challenger": tracking.challenger_version(n),
-                  "history": tracking.history(n)} for n in names}
+    report: dict[str, dict[str, Any]] = {
+        n: {"champion": tracking.champion_version(n),
+            "challenger": tracking.challenger_version(n),
+            "history": tracking.history(n)} for n in names}
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return

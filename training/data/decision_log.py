@@ -141,7 +141,8 @@ def attribute_by_item(events: pd.DataFrame, offers: pd.DataFrame, assignments: p
     duration) was open at the event."""
     out = events.copy()
     has_id = out["decision_id"].notna() & out["event_type"].isin(OUTCOME_TYPES)
-    matched = pd.Series(np.where(has_id, "decision_id", None), index=out.index, dtype=object)
+    matched = pd.Series([None] * len(out), index=out.index, dtype=object)
+    matched[has_id] = "decision_id"
     windows = pd.Timedelta(days=window_days)
     treated = offers[offers["treated"].astype(bool)] if len(offers) else offers
     if len(treated):

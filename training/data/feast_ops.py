@@ -9,6 +9,7 @@ import importlib
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -18,7 +19,7 @@ from serving.stores.features import open_store
 REPO_MODULES = ("entities", "data_sources", "feature_views", "feature_services")
 
 
-def load_definitions(repo: Path) -> list[object]:
+def load_definitions(repo: Path) -> list[Any]:
     """Import the repo's definition files afresh and collect the Feast objects they declare.
 
     The files import each other by bare module name (as `feast apply` expects), so they are

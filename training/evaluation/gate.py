@@ -15,6 +15,10 @@ decision where they act alike) cancels; the candidate's own interval (``test="ma
 counts it in full (1.5-1.9 times wider under the near-greedy logging of the learning-loop
 bench, BENCHMARKS.md).
 
+Decisions made inside an uplift experiment are read with each action's probability over the
+arm draw (:func:`mixture_propensity`): given its arm a decision rules out actions the policies
+take (a holdout never shows a reward, no arm draws the no-offer), over the draw it does not.
+
 Only the first slot of a decision is evaluated (its logged probability is a marginal; later
 slots' are conditional on the first). Novelty decay, cooldowns and the new-reward exploration
 are left out of the target policies: they act the same on both and are second order here.
@@ -22,7 +26,7 @@ are left out of the target policies: they act the same on both and are second or
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -78,21 +82,78 @@ class GateResult:
     policies: pd.DataFrame | None = None
 
 
-def logged_rows(rows: pd.DataFrame) -> pd.DataFrame:
+#: An experiment's arms, in the order of :func:`mixture_propensity`'s columns.
+ARMS = ("model", "random", "holdout")
+
+
+@dataclass(frozen=True)
+class ArmShares:
+    """An experiment's period [start, end) and its arms' traffic shares (serving.experiments)."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp
+    shares: dict[str, float]
+
+
+def experiment_shares(rows: pd.DataFrame, experiments: Sequence[ArmShares]) -> np.ndarray:
+    """(rows x 3) the shares of the model, random and holdout arms of the experiment each row's
+    decision was made in; all 0 outside experiments and where the experiment is not known
+    (periods never overlap, so the decision's time names its experiment)."""
+    out = np.zeros((len(rows), len(ARMS)))
+    if not experiments or "arm" not in rows:
+        return out
+    arm = rows["arm"].fillna("").to_numpy(dtype=object)
+    t = rows["event_timestamp"]
+    for exp in experiments:
+        inside = ((t >= exp.start) & (t < exp.end)).to_numpy() & (arm != "")
+        if set(exp.shares) <= set(ARMS):
+            out[inside] = [exp.shares.get(a, 0.0) for a in ARMS]
+    return out
+
+
+def logged_rows(rows: pd.DataFrame, experiments: Sequence[ArmShares] = ()) -> pd.DataFrame:
     """The service's own decisions in ``rows`` (test-period reward rows), one per decision:
     the first slot's offer, or the no-offer draw.
 
-    Decisions inside experiments are left out (training still learns from them): an arm
-    rules out actions the policies evaluated here take (a holdout never shows a reward, the
-    other arms never draw the no-offer), and an importance weight cannot stand for an action
-    that could not happen."""
+    Decisions inside an experiment are kept only when its arms are known (``experiments``):
+    given its arm, a decision could not take actions the evaluated policies take (a holdout
+    never shows a reward, the other arms never draw the no-offer), but over the arm draw every
+    action has its share-weighted probability (:func:`mixture_propensity`)."""
     if "source" not in rows:
         return rows.iloc[:0]
     own = rows[(rows["source"] == "service") & rows["policy"].isin(("model", "cold_start"))]
     if "arm" in own:
-        own = own[own["arm"].fillna("") == ""]
+        inside = (own["arm"].fillna("") != "").to_numpy()
+        known = experiment_shares(own, experiments).sum(axis=1) > 0
+        own = own[~inside | known]
     own = own[(own["slot"] == 0) | ~own["treated"].astype(bool)]
     return own.drop_duplicates("decision_id").reset_index(drop=True)
+
+
+def mixture_propensity(logged: np.ndarray, arm: np.ndarray, shares: np.ndarray,
+                       model_arm: np.ndarray, random_arm: np.ndarray,
+                       offered: np.ndarray) -> np.ndarray:
+    """Each logged action's probability over the experiment's arm draw: sum over the arms of
+    share x the arm's probability of that action (the balance heuristic of multiple logging
+    policies, exact here because the arm is drawn from the member's salted hash, independent
+    of the member's features and outcomes).
+
+    ``logged``: the probability given the row's own arm, as logged (the holdout's is 1 for its
+    no-offer whatever was logged); ``model_arm`` / ``random_arm``: the other arms' probability
+    of the logged action (the model arm's ranking with exploration and no no-offer draw, a
+    uniform eligible reward); ``offered``: the action is a reward, not the no-offer. Rows with
+    all shares 0 (outside experiments) keep ``logged``."""
+    terms = np.column_stack([model_arm, random_arm, (~offered).astype(np.float64)])
+    index = {a: i for i, a in enumerate(ARMS)}
+    inside = shares.sum(axis=1) > 0
+    rows = np.flatnonzero(inside)
+    own = np.array([index.get(str(a), -1) for a in arm[inside]], dtype=int)
+    mine = own >= 0
+    mine_logged = np.where(own[mine] == index["holdout"], 1.0, logged[rows[mine]])
+    terms[rows[mine], own[mine]] = mine_logged
+    out = logged.astype(np.float64).copy()
+    out[inside] = (shares[inside] * terms[inside]).sum(axis=1)
+    return out
 
 
 def policy_distribution(value: np.ndarray, eligible: np.ndarray,
@@ -117,9 +178,11 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
                   champion: PolicyModel | None, exploration: Exploration, *,
                   min_decisions: int, n_bootstrap: int = 500, seed: int = 0,
                   clip: float | None = None,
-                  test: Literal["paired", "marginal"] = "paired") -> GateResult:
-    """Estimate candidate and champion on the logged decisions in ``rows`` and decide."""
-    own = logged_rows(rows)
+                  test: Literal["paired", "marginal"] = "paired",
+                  experiments: Sequence[ArmShares] = ()) -> GateResult:
+    """Estimate candidate and champion on the logged decisions in ``rows`` and decide.
+    ``experiments``: the uplift experiments whose decisions may be read (their arm shares)."""
+    own = logged_rows(rows, experiments)
     n = len(own)
     if n < min_decisions:
         return GateResult(False, f"only {n} logged decisions in the evaluation period, "
@@ -138,6 +201,12 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
         0.0)
     propensity = own["propensity"].to_numpy(dtype=np.float64)
     eligible = eligible_rewards(own, items)
+    champ_scores = champion.scorer(own, items) if champion is not None else None
+    shares = experiment_shares(own, experiments)
+    in_experiments = int((shares.sum(axis=1) > 0).sum())
+    if in_experiments:
+        propensity = _over_arms(own, propensity, shares, action, treated, eligible, champion,
+                                champ_scores, exploration, cost, margin)
 
     cand_scores = candidate.scorer(own, items)
     q = np.column_stack(expected_profits(cand_scores, member_baskets(own, candidate.value_params),
@@ -163,8 +232,8 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
 
     pi_cand = distribution(candidate, cand_scores, "p_candidate")
     cand = estimate(pi_cand)
-    if champion is not None:
-        pi_champ = distribution(champion, champion.scorer(own, items), "p_champion")
+    if champion is not None and champ_scores is not None:
+        pi_champ = distribution(champion, champ_scores, "p_champion")
         champ = estimate(pi_champ)
         champ_prob, champ_q = on_logged(pi_champ)
         who = label = f"champion {champion.name}"
@@ -179,6 +248,8 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
     diff = paired_dr_difference(realized, propensity, q_logged, *on_logged(pi_cand),
                                 champ_prob, champ_q, clip=clip, n_bootstrap=n_bootstrap,
                                 seed=seed)
+    if champ.dr is None or cand.dr_ci_low is None:  # both come with a reward model
+        raise ValueError("the gate's estimates carry no doubly robust figure")
     bar = float(champ.dr)
     if test == "paired":
         low = bar + diff.ci_low
@@ -189,14 +260,20 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
         low = float(cand.dr_ci_low)
         how = f"DR lower bound {low:.3f}"
     verdict = low > bar
+    inside = (f" ({in_experiments} in uplift experiments, weighed over their arms)"
+              if in_experiments else "")
     reason = (f"candidate {how} {'beats' if verdict else 'does not beat'} {label}'s DR "
-              f"estimate {bar:.3f} on {len(own)} logged decisions")
+              f"estimate {bar:.3f} on {len(own)} logged decisions{inside}")
+    power, power_metrics = gate_power(diff, bar)
+    if not verdict:
+        reason += power
     metrics = {**{f"gate.candidate.{k}": float(v) for k, v in cand.as_dict().items()
                   if v is not None},
                **{f"gate.champion.{k}": float(v) for k, v in champ.as_dict().items()
                   if v is not None},
                **{f"gate.difference.{k}": float(v) for k, v in diff.as_dict().items()},
-               "gate.paired_lower_bound": bar + diff.ci_low}
+               "gate.paired_lower_bound": bar + diff.ci_low,
+               "gate.experiment_decisions": float(in_experiments), **power_metrics}
     actions = np.append(items["reward_id"].astype(str).to_numpy(), "")
     policies = pd.DataFrame({
         "decision_id": np.repeat(own["decision_id"].to_numpy(), m + 1),
@@ -205,6 +282,47 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
         "logged": (np.arange(m + 1)[None, :] == action[:, None]).ravel(),
         **{k: v.ravel() for k, v in dists.items()}})
     return GateResult(verdict, reason, len(own), cand, champ, label, diff, metrics, policies)
+
+
+def _over_arms(own: pd.DataFrame, propensity: np.ndarray, shares: np.ndarray,
+               action: np.ndarray, treated: np.ndarray, eligible: np.ndarray,
+               champion: PolicyModel | None, champ_scores: RewardScores | None,
+               exploration: Exploration, cost: np.ndarray, margin: float) -> np.ndarray:
+    """The logged actions' probabilities over the experiments' arm draw
+    (:func:`mixture_propensity`): the random arm's uniform eligible reward, and the model arm
+    as it served (the champion's ranking with exploration and no no-offer draw; uniform where
+    the decision was served in cold start)."""
+    r = np.arange(len(own))
+    n = eligible.sum(axis=1)
+    m = eligible.shape[1]
+    uniform = np.where(treated, eligible[r, np.minimum(action, m - 1)] / np.maximum(n, 1),
+                       (n == 0).astype(np.float64))
+    model_arm = uniform.copy()
+    if champion is not None and champ_scores is not None:
+        value = champ_scores.values(member_baskets(own, champion.value_params), cost,
+                                    float(champion.value_params.get("margin", margin)))
+        arm_policy = Exploration(0.0, exploration.epsilon, exploration.floor)
+        ranked = policy_distribution(value, eligible, arm_policy)[r, action]
+        model_arm = np.where(own["policy"].to_numpy() == "cold_start", uniform, ranked)
+    return mixture_propensity(propensity, own["arm"].fillna("").to_numpy(dtype=object), shares,
+                              model_arm, uniform, treated)
+
+
+def gate_power(diff: PairedDifference, bar: float) -> tuple[str, dict[str, float]]:
+    """Why a champion was kept, in figures an operator can act on (a longer evaluation period,
+    more exploration, or a forced promotion with a reason): the smallest gain these decisions
+    can show, and how many such decisions the estimated gain would take."""
+    half = diff.half_width
+    share = f" ({half / abs(bar):.1%} of the champion's value)" if bar else ""
+    text = (f"; gains below about {half:.2f} per decision{share} cannot be shown on these "
+            f"{diff.n:,} decisions")
+    metrics = {"gate.detectable_gain": half}
+    need = diff.decisions_to_show(diff.dr)
+    if need is not None:
+        text += (f"; showing the estimated gain {diff.dr:+.2f} would take about {need:,.0f} "
+                 "decisions")
+        metrics["gate.decisions_to_show_estimate"] = need
+    return text, metrics
 
 
 def _with_dr(estimate: PolicyEstimate) -> PolicyEstimate:

@@ -37,7 +37,7 @@ def fit_classifier(data: Dataset, settings: TrainSettings, objective: str,
     return model
 
 
-def _eval_weights(data: Dataset) -> list[np.ndarray] | None:
+def _eval_weights(data: Dataset) -> list[Any] | None:
     weights = data.weights("valid")
     return None if weights is None else [weights]
 

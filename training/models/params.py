@@ -8,13 +8,14 @@ Dask one, and both must build the same model from the same settings.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from training.config import TrainSettings
 from training.data.datasets import Dataset
 
 
 def lgbm_params(data: Dataset, settings: TrainSettings, objective: str,
-                monotone_decreasing: Sequence[str] = ()) -> dict[str, object]:
+                monotone_decreasing: Sequence[str] = ()) -> dict[str, Any]:
     """LightGBM parameters shared by the local and the Dask engine (so they fit the same model).
 
     ``monotone_decreasing`` names inputs whose effect must never be positive (harder targets

@@ -53,7 +53,7 @@ def arm_report(data: RctData, arm: ArmFit, k: int, bootstrap: int = 200, seed: i
                          "qini_ci": _ci(draws[name], alpha),
                          "role": "baseline" if name in BASELINES else "candidate",
                          "chosen": name == arm.chosen})
-    nested = {**score_metrics(y, t, scores[NESTED]), "qini_ci": _ci(draws[NESTED], alpha),
+    nested: dict[str, Any] = {**score_metrics(y, t, scores[NESTED]), "qini_ci": _ci(draws[NESTED], alpha),
               "chosen_per_fold": arm.chosen_per_fold,
               "inner_qini": [{n: round(float(q), 6) if np.isfinite(q) else None
                               for n, q in fold.items()} for fold in arm.inner_qini]}

@@ -50,7 +50,7 @@ async def login(request: Request, auth: AuthDep) -> HTMLResponse | RedirectRespo
         return RedirectResponse(safe_next(None), status_code=303)
     form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=4)
     raw = (form.get("key") or [""])[0].strip()
-    target = safe_next((form.get("next") or [None])[0])
+    target = safe_next((form.get("next") or [""])[0])
     try:
         principal = await auth.authenticate(raw)
     except ApiError:

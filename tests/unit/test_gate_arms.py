@@ -1,0 +1,183 @@
+"""The off-policy gate reads decisions made inside uplift experiments: each logged action's
+probability over the arm draw (model, random, holdout arms) restores what an arm rules out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving.decisioning.scoring import RewardScores
+from training.evaluation.gate import (
+    ArmShares,
+    Exploration,
+    PolicyModel,
+    evaluate_gate,
+    experiment_shares,
+    logged_rows,
+    mixture_propensity,
+)
+from training.evaluation.logged_ope import estimate_policy
+
+SHARES = {"model": 0.6, "random": 0.3, "holdout": 0.1}
+COEF = np.array([-1.0, 0.2, 1.5])
+BIAS = np.array([0.3, 0.0, -0.4])
+NONE_RATE = 0.35  # the no-offer's reward rate, whatever the member
+NONE = 3  # action index of the no-offer
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _means(x: np.ndarray) -> np.ndarray:
+    """(n x 4) expected reward of each reward, then of the no-offer."""
+    return np.column_stack([_sigmoid(COEF[None, :] * x[:, None] + BIAS[None, :]),
+                            np.full(len(x), NONE_RATE)])
+
+
+def _eps_greedy(pick: np.ndarray, eps: float, none: float = 0.0) -> np.ndarray:
+    probs = np.zeros((len(pick), 4))
+    probs[:, :3] = eps / 3
+    probs[np.arange(len(pick)), pick] += 1 - eps
+    probs[:, :3] *= 1 - none
+    probs[:, NONE] = none
+    return probs
+
+
+def _champion(x: np.ndarray) -> np.ndarray:  # a slightly wrong model's pick
+    return np.argmax(np.array([-1.0, 0.2, 0.8])[None, :] * x[:, None] + BIAS[None, :], axis=1)
+
+
+def _target(x: np.ndarray) -> np.ndarray:  # what serving runs outside experiments
+    best = np.argmax(COEF[None, :] * x[:, None] + BIAS[None, :], axis=1)
+    return _eps_greedy(best, 0.07, none=0.05)
+
+
+def _experiment(n: int, seed: int) -> dict[str, np.ndarray]:
+    """Decisions of an experiment: each member's arm drawn by share, then its action."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    arm = rng.choice(list(SHARES), size=n, p=list(SHARES.values()))
+    model = _eps_greedy(_champion(x), 0.07)  # the model arm: no no-offer draw
+    uniform = np.zeros((n, 4))
+    uniform[:, :3] = 1 / 3
+    holdout = np.zeros((n, 4))
+    holdout[:, NONE] = 1.0
+    given_arm = np.where((arm == "model")[:, None], model,
+                         np.where((arm == "random")[:, None], uniform, holdout))
+    action = (rng.random(n)[:, None] > given_arm.cumsum(axis=1)).sum(axis=1)
+    r = np.arange(n)
+    reward = rng.binomial(1, _means(x)[r, action]).astype(float)
+    shares = np.tile(list(SHARES.values()), (n, 1))
+    logged = given_arm[r, action]
+    mixed = mixture_propensity(logged, arm.astype(object), shares, model[r, action],
+                               uniform[r, action], action != NONE)
+    return {"x": x, "arm": arm, "action": action, "reward": reward, "logged": logged,
+            "mixed": mixed, "target": _target(x)[r, action]}
+
+
+def test_mixture_propensity_by_hand() -> None:
+    shares = np.array([[0.0, 0.0, 0.0]] + [[0.8, 0.1, 0.1]] * 3)
+    out = mixture_propensity(
+        logged=np.array([0.3, 0.9, 0.125, np.nan]),
+        arm=np.array(["", "model", "random", "holdout"], dtype=object), shares=shares,
+        model_arm=np.array([0.5, 0.5, 0.02, 0.0]), random_arm=np.array([0.5, 0.125, 0.5, 0.0]),
+        offered=np.array([True, True, True, False]))
+    # outside: as logged; model arm: 0.8 x its own 0.9 + 0.1 x 1/8; random arm: 0.8 x the model
+    # arm's 0.02 + 0.1 x its own 1/8; holdout: only its own arm offers nothing (its 1 stands for
+    # a probability logged before it existed)
+    assert out == pytest.approx([0.3, 0.8 * 0.9 + 0.1 / 8, 0.8 * 0.02 + 0.1 / 8, 0.1])
+
+
+def test_experiment_decisions_estimate_the_serving_policy_without_bias() -> None:
+    """The policy serving runs outside experiments draws the no-offer and every reward; inside
+    one, no arm alone does. Over the arm draw they all have a probability, and IPS with it
+    finds the true value; the probability given the arm does not."""
+    x = np.random.default_rng(1).normal(size=1_000_000)
+    truth = float((_target(x) * _means(x)).sum(axis=1).mean())
+    mixed, given, covered = [], [], 0
+    for seed in range(20):
+        d = _experiment(20_000, seed=50 + seed)
+        est = estimate_policy(d["reward"], d["mixed"], d["target"], n_bootstrap=200, seed=seed)
+        mixed.append(est.ips)
+        covered += est.ips_ci_low <= truth <= est.ips_ci_high
+        given.append(np.mean(d["target"] / d["logged"] * d["reward"]))
+    assert abs(np.mean(mixed) - truth) < 0.004
+    assert covered >= 17
+    assert abs(np.mean(given) - truth) > 0.05  # the arm's own probability misleads
+
+
+def test_only_decisions_of_known_experiments_are_read() -> None:
+    t0 = pd.Timestamp("2026-03-01T00:00:00Z")
+    rows = pd.DataFrame({
+        "decision_id": ["a", "b", "c", "d"], "source": "service", "policy": "model",
+        "arm": ["", "random", "holdout", "model"], "slot": 0,
+        "treated": [True, True, False, True],
+        "event_timestamp": [t0, t0 + pd.Timedelta(days=1), t0 + pd.Timedelta(days=2),
+                            t0 + pd.Timedelta(days=9)]})
+    assert list(logged_rows(rows)["decision_id"]) == ["a"]
+    week = ArmShares(t0, t0 + pd.Timedelta(days=7), dict(SHARES))
+    assert list(logged_rows(rows, [week])["decision_id"]) == ["a", "b", "c"]
+    np.testing.assert_allclose(experiment_shares(rows, [week]),
+                               [[0, 0, 0], [0.6, 0.3, 0.1], [0.6, 0.3, 0.1], [0, 0, 0]])
+
+
+
+def _gate_rows(d: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """An experiment's decisions as a retrain's test-period rows (one slot each), and the
+    catalog: three free rewards every member may get."""
+    n = len(d["x"])
+    t0 = pd.Timestamp("2026-03-01T00:00:00Z")
+    rows = pd.DataFrame({
+        "decision_id": [f"d{i}" for i in range(n)], "member_id": [f"m{i}" for i in range(n)],
+        "source": "service", "policy": "model", "slot": 0, "arm": d["arm"],
+        "event_timestamp": t0 + pd.to_timedelta(np.linspace(0, 6, n), unit="D"),
+        "treated": d["action"] != NONE,
+        "reward_id": np.array(["R0", "R1", "R2", None], dtype=object)[d["action"]],
+        "propensity": np.where(d["arm"] == "holdout", 1.0, d["logged"]),
+        "spend": d["reward"], "redeemed": 0.0, "tier_rank": 1.0, "avg_basket_90d": 1.0,
+        "x": d["x"]})
+    items = pd.DataFrame({"reward_id": ["R0", "R1", "R2"], "reward_cost": 0.0,
+                          "reward_min_tier_rank": 0.0})
+    return rows, items
+
+
+def _policy(name: str, coef: np.ndarray) -> PolicyModel:
+    """A reward model whose value ranks the rewards by sigmoid(coef x + bias) (free rewards,
+    margin and basket 1: the value is the conversion uplift over the no-offer)."""
+    def scorer(members: pd.DataFrame, items: pd.DataFrame) -> RewardScores:
+        x = members["x"].to_numpy()
+        convert = _sigmoid(coef[None, :] * x[:, None] + BIAS[None, :])
+        return RewardScores(propensity=np.zeros_like(convert), p_convert=convert,
+                            p_control=np.full((len(x), 1), NONE_RATE))
+    return PolicyModel(name, scorer, {"margin": 1.0, "basket_multiplier": 1.0,
+                                      "basket_fallback": 1.0})
+
+
+def test_the_gate_reads_an_experiments_decisions_over_its_arms() -> None:
+    """evaluate_gate on decisions made inside an experiment: the model arm's probabilities are
+    re-derived from the champion (the model that served), the random arm's from the catalog,
+    and the DR estimates find the true values of the policies serving would run."""
+    rows, items = _gate_rows(_experiment(30_000, seed=7))
+    candidate, champion = _policy("v2", COEF), _policy("v1", np.array([-1.0, 0.2, 0.8]))
+    exploration = Exploration(no_offer_share=0.05, epsilon=0.07, floor=0.0)
+    kept = evaluate_gate(rows, items, candidate, champion, exploration, min_decisions=100)
+    assert kept.decisions == 0 and not kept.promote  # no arm shares: nothing can be read
+    week = ArmShares(pd.Timestamp("2026-03-01T00:00:00Z"), pd.Timestamp("2026-03-08T00:00:00Z"),
+                     dict(SHARES))
+    gate = evaluate_gate(rows, items, candidate, champion, exploration, min_decisions=100,
+                         n_bootstrap=300, experiments=[week])
+    assert gate.decisions == 30_000 and gate.metrics["gate.experiment_decisions"] == 30_000
+    assert "30000 in uplift experiments" in gate.reason
+    x = np.random.default_rng(1).normal(size=1_000_000)
+    truth = {"cand": float((_target(x) * _means(x)).sum(axis=1).mean()),
+             "champ": float((_eps_greedy(_champion(x), 0.07, none=0.05)
+                             * _means(x)).sum(axis=1).mean())}
+    assert gate.candidate is not None and gate.champion is not None
+    for est, true in ((gate.candidate, truth["cand"]), (gate.champion, truth["champ"])):
+        # IPS rests on the probabilities alone (the DR here also has the true reward model)
+        assert est.ips_ci_low <= true <= est.ips_ci_high
+        assert est.dr_ci_low <= true <= est.dr_ci_high
+    assert gate.difference is not None
+    assert gate.difference.ci_low <= truth["cand"] - truth["champ"] <= gate.difference.ci_high
