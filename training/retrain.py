@@ -206,7 +206,7 @@ def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSet
     gate = evaluate_gate(rows, items, cand, champ, exploration_settings(store),
                          min_decisions=loop.min_decisions, n_bootstrap=loop.bootstrap,
                          seed=settings.seed, clip=loop.clip, test=loop.gate_test,
-                         experiments=experiment_arms(store))
+                         experiments=experiment_arms(store), served=(name, before))
     if gate.policies is not None:  # what the gate compared, beside the snapshot it read
         gate.policies.to_parquet(snapshot_dir / "gate_reward.parquet", index=False)
     promoted = gate.promote and _promote(name, gate.reason)

@@ -16,6 +16,7 @@ from training.evaluation.gate import (
     experiment_shares,
     logged_rows,
     mixture_propensity,
+    served_versions,
 )
 from training.evaluation.logged_ope import estimate_policy
 
@@ -123,6 +124,29 @@ def test_only_decisions_of_known_experiments_are_read() -> None:
                                [[0, 0, 0], [0.6, 0.3, 0.1], [0.6, 0.3, 0.1], [0, 0, 0]])
 
 
+def test_experiment_decisions_of_another_model_are_not_read() -> None:
+    """The model arm's probability is re-derived from the champion: a decision whose model arm
+    another version served (the champion changed inside the evaluation period) has no known
+    probability over the arms and is left out; one served by no model (cold start: its model
+    arm was uniform) is read."""
+    t0 = pd.Timestamp("2026-03-01T00:00:00Z")
+    versions = ['{"reward":"2"}', '{"reward":"1"}', '{"reward":"2"}', '{}', '{"reward":"1"}', "",
+                '{"reward":"1"}']
+    rows = pd.DataFrame({
+        "decision_id": list("abcdefg"), "source": "service",
+        "policy": ["model", "model", "model", "cold_start", "model", "model", "model"],
+        "arm": ["random", "holdout", "model", "random", "", "model", ""], "slot": 0,
+        "treated": True, "event_timestamp": t0 + pd.Timedelta(days=1),
+        "model_versions": versions})
+    assert list(served_versions(rows, "reward")) == ["2", "1", "2", "", "1", "?", "1"]
+    week = ArmShares(t0, t0 + pd.Timedelta(days=7), dict(SHARES))
+    read = logged_rows(rows, [week], champion=("reward", "2"))
+    # b: another version's holdout; e and g are outside the experiment (exact logged
+    # probabilities, whoever served); f logged no versions (read, as before they were logged)
+    assert list(read["decision_id"]) == ["a", "c", "d", "e", "f", "g"]
+    assert list(logged_rows(rows, [week])["decision_id"]) == list("abcdefg")
+
+
 
 def _gate_rows(d: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """An experiment's decisions as a retrain's test-period rows (one slot each), and the
@@ -137,7 +161,7 @@ def _gate_rows(d: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
         "reward_id": np.array(["R0", "R1", "R2", None], dtype=object)[d["action"]],
         "propensity": np.where(d["arm"] == "holdout", 1.0, d["logged"]),
         "spend": d["reward"], "redeemed": 0.0, "tier_rank": 1.0, "avg_basket_90d": 1.0,
-        "x": d["x"]})
+        "x": d["x"], "model_versions": '{"reward":"1"}'})
     items = pd.DataFrame({"reward_id": ["R0", "R1", "R2"], "reward_cost": 0.0,
                           "reward_min_tier_rank": 0.0})
     return rows, items
@@ -166,8 +190,11 @@ def test_the_gate_reads_an_experiments_decisions_over_its_arms() -> None:
     assert kept.decisions == 0 and not kept.promote  # no arm shares: nothing can be read
     week = ArmShares(pd.Timestamp("2026-03-01T00:00:00Z"), pd.Timestamp("2026-03-08T00:00:00Z"),
                      dict(SHARES))
+    other = evaluate_gate(rows, items, candidate, champion, exploration, min_decisions=100,
+                          experiments=[week], served=("reward", "2"))
+    assert other.decisions == 0  # all served by v1: v2's ranking cannot stand for their arm
     gate = evaluate_gate(rows, items, candidate, champion, exploration, min_decisions=100,
-                         n_bootstrap=300, experiments=[week])
+                         n_bootstrap=300, experiments=[week], served=("reward", "1"))
     assert gate.decisions == 30_000 and gate.metrics["gate.experiment_decisions"] == 30_000
     assert "30000 in uplift experiments" in gate.reason
     x = np.random.default_rng(1).normal(size=1_000_000)

@@ -60,6 +60,8 @@ def event_frame(rows: list[dict]) -> pd.DataFrame:
 
 def test_log_rows_carry_probabilities_experiment_arms_included() -> None:
     decisions, items = log_frames()
+    decisions["model_versions"] = ['{"reward":"3"}', '{"reward":"3"}', '{"reward":"2"}', "{}",
+                                   "{}"]
     offers = offers_from_log(decisions, items)
     # d5, a holdout without its probability, cannot be weighted: left out
     assert sorted(offers["decision_id"]) == ["d1", "d2", "d3", "d4"]
@@ -71,6 +73,9 @@ def test_log_rows_carry_probabilities_experiment_arms_included() -> None:
     assert row("d3") == ("R2", True, 0.125)  # the random arm's uniform draw, given the arm
     assert row("d4") == ("", False, 1.0)  # the holdout: no offer with probability 1
     assert by_id["arm"].to_dict() == {"d1": "", "d2": "", "d3": "random", "d4": "holdout"}
+    # which models served, for the gate's model arm (training.evaluation.gate.served_versions)
+    assert by_id["model_versions"].to_dict() == {"d1": '{"reward":"3"}', "d2": '{"reward":"3"}',
+                                                 "d3": '{"reward":"2"}', "d4": "{}"}
     # the off-policy gate reads experiment decisions only when it knows the experiment's arm
     # shares: given its arm a decision rules out actions (a holdout never shows a reward), over
     # the arm draw it does not (training.evaluation.gate.mixture_propensity)

@@ -30,20 +30,24 @@ TS_DTYPE = "datetime64[us, UTC]"
 OUTCOME_TYPES = ("purchase", "redemption", "challenge_completed")
 #: Offer and assignment columns besides the labels (both sources).
 #: ``arm``: the experiment arm the decision was made in ("" outside experiments and for
-#: imported rows): its probabilities are given the arm.
+#: imported rows): its probabilities are given the arm. ``model_versions``: the JSON of the
+#: model versions that served the decision ("" for imported rows): the off-policy gate re-derives
+#: an experiment's model arm only from the model that served it.
 OFFER_COLUMNS = ["decision_id", "member_id", "event_timestamp", "reward_id", "treated",
-                 "propensity", "source", "policy", "slot", "arm"]
+                 "propensity", "source", "policy", "slot", "arm", "model_versions"]
 ASSIGNMENT_COLUMNS = ["decision_id", "member_id", "event_timestamp", "challenge_id", "target",
                       "propensity", "target_probability", "source", "policy", "slot", "arm"]
 
 
 def _served(decisions: pd.DataFrame) -> pd.DataFrame:
     """The policy that served each decision and its experiment arm, by decision id."""
+    columns = ["policy", "arm", "model_versions"]
     if decisions.empty:
-        return pd.DataFrame(columns=["policy", "arm"], index=pd.Index([], name="decision_id"))
-    arm = decisions["arm"] if "arm" in decisions else pd.Series(None, index=decisions.index)
-    return pd.DataFrame({"policy": decisions["policy"].to_numpy(), "arm": arm.to_numpy()},
-                        index=pd.Index(decisions["decision_id"], name="decision_id"))
+        return pd.DataFrame(columns=columns, index=pd.Index([], name="decision_id"))
+    index = pd.Index(decisions["decision_id"], name="decision_id")
+    out = pd.DataFrame({c: decisions[c].to_numpy() if c in decisions else None for c in columns},
+                       index=index)
+    return out
 
 
 def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
@@ -70,6 +74,7 @@ def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFram
         "policy": meta["policy"].reindex(rewards["decision_id"]).to_numpy(),
         "slot": rewards["item_rank"].astype("int64").to_numpy(),
         "arm": meta["arm"].reindex(rewards["decision_id"]).to_numpy(),
+        "model_versions": meta["model_versions"].reindex(rewards["decision_id"]).to_numpy(),
     })
     none = decisions[decisions["no_offer"].astype(bool)
                      & decisions["no_offer_probability"].gt(0)]
@@ -81,6 +86,7 @@ def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFram
         "propensity": none["no_offer_probability"].astype("float64").to_numpy(),
         "source": "service", "policy": none["policy"].to_numpy(), "slot": 0,
         "arm": meta["arm"].reindex(none["decision_id"]).to_numpy(),
+        "model_versions": meta["model_versions"].reindex(none["decision_id"]).to_numpy(),
     })
     out = pd.concat([offered, control], ignore_index=True) if len(control) else offered
     return _typed(out[OFFER_COLUMNS])
@@ -118,6 +124,8 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
         frame["treated"] = frame["treated"].astype(bool)
     frame["policy"] = frame["policy"].fillna("").astype(str)
     frame["arm"] = frame["arm"].fillna("").astype(str)
+    if "model_versions" in frame:
+        frame["model_versions"] = frame["model_versions"].fillna("").astype(str)
     return frame
 
 

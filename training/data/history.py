@@ -138,6 +138,7 @@ def offer_rows(events: pd.DataFrame) -> pd.DataFrame:
     offers["reward_id"] = offers["reward_id"].fillna("").astype(str)
     offers = offers.drop_duplicates(["decision_id", "reward_id"])
     offers["source"], offers["policy"], offers["slot"], offers["arm"] = "import", "", 0, ""
+    offers["model_versions"] = ""
     return offers[OFFER_COLUMNS].reset_index(drop=True)
 
 

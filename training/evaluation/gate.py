@@ -26,6 +26,7 @@ are left out of the target policies: they act the same on both and are second or
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -111,20 +112,37 @@ def experiment_shares(rows: pd.DataFrame, experiments: Sequence[ArmShares]) -> n
     return out
 
 
-def logged_rows(rows: pd.DataFrame, experiments: Sequence[ArmShares] = ()) -> pd.DataFrame:
+def served_versions(rows: pd.DataFrame, model: str) -> np.ndarray:
+    """The version of ``model`` that served each row's decision, from its logged model
+    versions: "" when none of that name served (cold start), "?" when versions were not
+    logged (feature files built before they were)."""
+    if "model_versions" not in rows:
+        return np.full(len(rows), "?", dtype=object)
+    text = rows["model_versions"].fillna("").astype(str)
+    return text.map(lambda t: str(json.loads(t).get(model) or "") if t else "?").to_numpy(
+        dtype=object)
+
+
+def logged_rows(rows: pd.DataFrame, experiments: Sequence[ArmShares] = (),
+                champion: tuple[str, str | None] | None = None) -> pd.DataFrame:
     """The service's own decisions in ``rows`` (test-period reward rows), one per decision:
     the first slot's offer, or the no-offer draw.
 
     Decisions inside an experiment are kept only when its arms are known (``experiments``):
     given its arm, a decision could not take actions the evaluated policies take (a holdout
     never shows a reward, the other arms never draw the no-offer), but over the arm draw every
-    action has its share-weighted probability (:func:`mixture_propensity`)."""
+    action has its share-weighted probability (:func:`mixture_propensity`), the model arm's
+    re-derived from the model: so only those the ``champion`` (model name, version) served, or
+    no model (its model arm was uniform then)."""
     if "source" not in rows:
         return rows.iloc[:0]
     own = rows[(rows["source"] == "service") & rows["policy"].isin(("model", "cold_start"))]
     if "arm" in own:
         inside = (own["arm"].fillna("") != "").to_numpy()
         known = experiment_shares(own, experiments).sum(axis=1) > 0
+        if champion is not None and inside.any():
+            version = served_versions(own, champion[0])
+            known &= (version == "?") | (version == "") | (version == (champion[1] or ""))
         own = own[~inside | known]
     own = own[(own["slot"] == 0) | ~own["treated"].astype(bool)]
     return own.drop_duplicates("decision_id").reset_index(drop=True)
@@ -179,10 +197,13 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
                   min_decisions: int, n_bootstrap: int = 500, seed: int = 0,
                   clip: float | None = None,
                   test: Literal["paired", "marginal"] = "paired",
-                  experiments: Sequence[ArmShares] = ()) -> GateResult:
+                  experiments: Sequence[ArmShares] = (),
+                  served: tuple[str, str | None] | None = None) -> GateResult:
     """Estimate candidate and champion on the logged decisions in ``rows`` and decide.
-    ``experiments``: the uplift experiments whose decisions may be read (their arm shares)."""
-    own = logged_rows(rows, experiments)
+    ``experiments``: the uplift experiments whose decisions may be read (their arm shares);
+    ``served``: the champion's (model name, version), the model their model arm must have
+    been served by (:func:`logged_rows`)."""
+    own = logged_rows(rows, experiments, served)
     n = len(own)
     if n < min_decisions:
         return GateResult(False, f"only {n} logged decisions in the evaluation period, "
@@ -205,8 +226,12 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
     shares = experiment_shares(own, experiments)
     in_experiments = int((shares.sum(axis=1) > 0).sum())
     if in_experiments:
+        version = (served_versions(own, served[0]) if served is not None
+                   else np.full(len(own), "?", dtype=object))
+        # no reward model served; where versions were not logged, the policy says cold start
+        cold = (version == "") | ((version == "?") & (own["policy"].to_numpy() == "cold_start"))
         propensity = _over_arms(own, propensity, shares, action, treated, eligible, champion,
-                                champ_scores, exploration, cost, margin)
+                                champ_scores, exploration, cost, margin, cold)
 
     cand_scores = candidate.scorer(own, items)
     q = np.column_stack(expected_profits(cand_scores, member_baskets(own, candidate.value_params),
@@ -287,11 +312,12 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
 def _over_arms(own: pd.DataFrame, propensity: np.ndarray, shares: np.ndarray,
                action: np.ndarray, treated: np.ndarray, eligible: np.ndarray,
                champion: PolicyModel | None, champ_scores: RewardScores | None,
-               exploration: Exploration, cost: np.ndarray, margin: float) -> np.ndarray:
+               exploration: Exploration, cost: np.ndarray, margin: float,
+               cold: np.ndarray) -> np.ndarray:
     """The logged actions' probabilities over the experiments' arm draw
     (:func:`mixture_propensity`): the random arm's uniform eligible reward, and the model arm
     as it served (the champion's ranking with exploration and no no-offer draw; uniform where
-    the decision was served in cold start)."""
+    no reward model served, ``cold``)."""
     r = np.arange(len(own))
     n = eligible.sum(axis=1)
     m = eligible.shape[1]
@@ -303,7 +329,7 @@ def _over_arms(own: pd.DataFrame, propensity: np.ndarray, shares: np.ndarray,
                                     float(champion.value_params.get("margin", margin)))
         arm_policy = Exploration(0.0, exploration.epsilon, exploration.floor)
         ranked = policy_distribution(value, eligible, arm_policy)[r, action]
-        model_arm = np.where(own["policy"].to_numpy() == "cold_start", uniform, ranked)
+        model_arm = np.where(cold, uniform, ranked)
     return mixture_propensity(propensity, own["arm"].fillna("").to_numpy(dtype=object), shares,
                               model_arm, uniform, treated)
 
