@@ -25,34 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-
-
-def _policy(store: Any, name: str, version: str, data: Any, margin: float) -> Any:
-    """A registered model version as the gate's PolicyModel (scores as serving would)."""
-    import mlflow
-    import mlflow.lightgbm
-    from mlflow import MlflowClient
-
-    from serving.contract.model_meta import read_onnx_metadata
-    from serving.stores.registry import download_version
-    from training.evaluation.gate import PolicyModel
-    from training.evaluation.scoring import score_rewards
-    from training.models import tracking
-
-    run_id = MlflowClient().get_model_version(name, version).run_id
-    model = mlflow.lightgbm.load_model(f"runs:/{run_id}/{tracking.NATIVE_ARTIFACT}")
-    bundle = download_version(mlflow.get_tracking_uri(), name, version,
-                              Path(tempfile.mkdtemp(prefix="gate-power-")), refresh=True)
-    meta = read_onnx_metadata(bundle)
-    features = list(meta.service_features)
-    return PolicyModel(f"v{version}", lambda m, i: score_rewards(
-        model, m, i, features, data.vocabulary), {"margin": margin, **(meta.value_params or {})})
 
 
 def main() -> None:
@@ -73,7 +50,7 @@ def main() -> None:
     from training.data.history import read_history_meta
     from training.evaluation.gate import evaluate_gate, logged_rows
     from training.models.tracking import configure_mlflow
-    from training.retrain import exploration_settings
+    from training.retrain import exploration_settings, registered_policy
     from training.simulate.loop import Truth
 
     store, settings = get_store_settings(), TrainSettings()
@@ -84,8 +61,8 @@ def main() -> None:
     margin = read_history_meta(store.features_dir).margin
     items = pd.read_parquet(store.features_dir / "reward_features.parquet")
     name = settings.reward_model_name
-    cand = _policy(store, name, args.candidate, data, margin)
-    champ = _policy(store, name, args.champion, data, margin)
+    cand = registered_policy(store, name, args.candidate, data, margin)
+    champ = registered_policy(store, name, args.champion, data, margin)
     uniform = data.rows[data.rows["policy"] == "cold_start"]
     decisions = logged_rows(uniform)["decision_id"].to_numpy()
     truth = Truth(store.world_dir)

@@ -134,21 +134,33 @@ def retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings
     return record
 
 
-def _champion_model(store: StoreSettings, name: str) -> tuple[Any, Any] | None:
-    """The champion's native model and its ONNX metadata, or None when there is none."""
+def model_version(store: StoreSettings, name: str, version: str) -> tuple[Any, Any]:
+    """A registered version's native model and its ONNX metadata."""
+    import mlflow
     import mlflow.lightgbm
     from mlflow import MlflowClient
 
     from serving.contract.model_meta import read_onnx_metadata
+    from serving.stores.registry import download_version
     from training.models import tracking
 
-    version = tracking.champion_version(name)
-    if version is None:
-        return None
     run_id = MlflowClient().get_model_version(name, version).run_id
     model = mlflow.lightgbm.load_model(f"runs:/{run_id}/{tracking.NATIVE_ARTIFACT}")
-    meta = read_onnx_metadata(tracking.download_champion(name, store.models))
-    return model, meta
+    return model, read_onnx_metadata(download_version(mlflow.get_tracking_uri(), name, version,
+                                                      store.models, refresh=True))
+
+
+def registered_policy(store: StoreSettings, name: str, version: str, data: Any,
+                      margin: float) -> Any:
+    """A registered reward model version as the gate's PolicyModel: its native model scoring
+    ``data``'s rows with the features and value parameters its ONNX metadata records."""
+    from training.evaluation.gate import PolicyModel
+    from training.evaluation.scoring import score_rewards
+
+    model, meta = model_version(store, name, version)
+    features = list(meta.service_features)
+    return PolicyModel(f"v{version}", lambda m, i: score_rewards(
+        model, m, i, features, data.vocabulary), {"margin": margin, **(meta.value_params or {})})
 
 
 def exploration_settings(store: StoreSettings) -> Any:
@@ -196,13 +208,7 @@ def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSet
     cand = PolicyModel(f"v{result.version}", lambda m, i: score_rewards(
         result.model, m, i, data.service_features, data.vocabulary),
         fit_value_params(data, margin))
-    champ = None
-    loaded = _champion_model(store, name)
-    if loaded is not None:
-        model, meta = loaded
-        params = {"margin": margin, **(meta.value_params or {})}
-        champ = PolicyModel(f"v{before}", lambda m, i: score_rewards(
-            model, m, i, list(meta.service_features), data.vocabulary), params)
+    champ = None if before is None else registered_policy(store, name, before, data, margin)
     gate = evaluate_gate(rows, items, cand, champ, exploration_settings(store),
                          min_decisions=loop.min_decisions, n_bootstrap=loop.bootstrap,
                          seed=settings.seed, clip=loop.clip, test=loop.gate_test,
@@ -242,7 +248,7 @@ def _gate_difficulty(store: StoreSettings, settings: TrainSettings, loop: Retrai
     else:
         cand = logloss(result.model)
         metrics["gate.candidate.logloss"] = cand
-        loaded = _champion_model(store, name)
+        loaded = None if before is None else model_version(store, name, before)
         if loaded is None:
             promote, reason = True, (f"first difficulty model (log loss {cand:.4f} on {n} test "
                                      "assignments); cold start served until now")

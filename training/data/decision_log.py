@@ -40,14 +40,12 @@ ASSIGNMENT_COLUMNS = ["decision_id", "member_id", "event_timestamp", "challenge_
 
 
 def _served(decisions: pd.DataFrame) -> pd.DataFrame:
-    """The policy that served each decision and its experiment arm, by decision id."""
+    """The policy that served each decision, its experiment arm and model versions, by
+    decision id (None where the log predates a column)."""
     columns = ["policy", "arm", "model_versions"]
-    if decisions.empty:
-        return pd.DataFrame(columns=columns, index=pd.Index([], name="decision_id"))
     index = pd.Index(decisions["decision_id"], name="decision_id")
-    out = pd.DataFrame({c: decisions[c].to_numpy() if c in decisions else None for c in columns},
-                       index=index)
-    return out
+    return pd.DataFrame({c: decisions[c].to_numpy() if c in decisions else None
+                         for c in columns}, index=index, columns=columns)
 
 
 def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:

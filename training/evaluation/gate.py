@@ -222,7 +222,13 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
         0.0)
     propensity = own["propensity"].to_numpy(dtype=np.float64)
     eligible = eligible_rewards(own, items)
-    champ_scores = champion.scorer(own, items) if champion is not None else None
+
+    def value(model: PolicyModel, scores: RewardScores) -> np.ndarray:
+        """The model's value of each reward for each decision (what it ranks by)."""
+        return scores.values(member_baskets(own, model.value_params), cost,
+                             float(model.value_params.get("margin", margin)))
+
+    champ_value = None if champion is None else value(champion, champion.scorer(own, items))
     shares = experiment_shares(own, experiments)
     in_experiments = int((shares.sum(axis=1) > 0).sum())
     if in_experiments:
@@ -230,21 +236,17 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
                    else np.full(len(own), "?", dtype=object))
         # no reward model served; where versions were not logged, the policy says cold start
         cold = (version == "") | ((version == "?") & (own["policy"].to_numpy() == "cold_start"))
-        propensity = _over_arms(own, propensity, shares, action, treated, eligible, champion,
-                                champ_scores, exploration, cost, margin, cold)
+        propensity = _over_arms(own, propensity, shares, action, treated, eligible,
+                                champ_value, exploration, cold)
 
     cand_scores = candidate.scorer(own, items)
     q = np.column_stack(expected_profits(cand_scores, member_baskets(own, candidate.value_params),
                                          cost, margin))  # each reward, then no offer
     q_logged = q[r_idx, action]
-
-    dists: dict[str, np.ndarray] = {}
-
-    def distribution(model: PolicyModel, scores: RewardScores, key: str) -> np.ndarray:
-        value = scores.values(member_baskets(own, model.value_params), cost,
-                              float(model.value_params.get("margin", margin)))
-        dists[key] = policy_distribution(value, eligible, exploration)
-        return dists[key]
+    dists = {"p_candidate": policy_distribution(value(candidate, cand_scores), eligible,
+                                                exploration)}
+    if champ_value is not None:
+        dists["p_champion"] = policy_distribution(champ_value, eligible, exploration)
 
     def on_logged(pi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A policy's probability of each logged action, and its expected reward by q."""
@@ -255,10 +257,10 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
         return estimate_policy(realized, propensity, prob, q_logged, q_target, clip=clip,
                                n_bootstrap=n_bootstrap, seed=seed)
 
-    pi_cand = distribution(candidate, cand_scores, "p_candidate")
+    pi_cand = dists["p_candidate"]
     cand = estimate(pi_cand)
-    if champion is not None and champ_scores is not None:
-        pi_champ = distribution(champion, champ_scores, "p_champion")
+    if champion is not None and "p_champion" in dists:
+        pi_champ = dists["p_champion"]
         champ = estimate(pi_champ)
         champ_prob, champ_q = on_logged(pi_champ)
         who = label = f"champion {champion.name}"
@@ -311,24 +313,21 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
 
 def _over_arms(own: pd.DataFrame, propensity: np.ndarray, shares: np.ndarray,
                action: np.ndarray, treated: np.ndarray, eligible: np.ndarray,
-               champion: PolicyModel | None, champ_scores: RewardScores | None,
-               exploration: Exploration, cost: np.ndarray, margin: float,
+               champ_value: np.ndarray | None, exploration: Exploration,
                cold: np.ndarray) -> np.ndarray:
     """The logged actions' probabilities over the experiments' arm draw
     (:func:`mixture_propensity`): the random arm's uniform eligible reward, and the model arm
-    as it served (the champion's ranking with exploration and no no-offer draw; uniform where
-    no reward model served, ``cold``)."""
+    as it served (the champion's ranking by ``champ_value`` with exploration and no no-offer
+    draw; uniform where no reward model served, ``cold``)."""
     r = np.arange(len(own))
     n = eligible.sum(axis=1)
     m = eligible.shape[1]
     uniform = np.where(treated, eligible[r, np.minimum(action, m - 1)] / np.maximum(n, 1),
                        (n == 0).astype(np.float64))
     model_arm = uniform.copy()
-    if champion is not None and champ_scores is not None:
-        value = champ_scores.values(member_baskets(own, champion.value_params), cost,
-                                    float(champion.value_params.get("margin", margin)))
+    if champ_value is not None:
         arm_policy = Exploration(0.0, exploration.epsilon, exploration.floor)
-        ranked = policy_distribution(value, eligible, arm_policy)[r, action]
+        ranked = policy_distribution(champ_value, eligible, arm_policy)[r, action]
         model_arm = np.where(cold, uniform, ranked)
     return mixture_propensity(propensity, own["arm"].fillna("").to_numpy(dtype=object), shares,
                               model_arm, uniform, treated)
