@@ -73,13 +73,23 @@ def _quiet(_: str) -> None:
 def retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings, *,
             as_of: datetime | None = None, force: bool = False,
             progress: Progress = _quiet) -> dict[str, Any]:
-    """Run the loop once; returns what happened (also written to ``snapshots/latest.json``)."""
-    from training.cli.data import build_store_features, materialize
-    from training.data.snapshots import read_latest, take_snapshot, write_latest
+    """Run the loop once; returns what happened (also written to ``snapshots/latest.json``).
+    Raises ``DataFolderBusy`` when another job writes to the data folder (an overlapping cron
+    run): it changes nothing then."""
+    from training.data.job_lock import exclusive
 
     cut = pd.Timestamp(as_of or datetime.now(UTC))
     if cut.tzinfo is None:
         raise ValueError(f"--as-of: give a time zone (e.g. {cut.isoformat()}Z)")
+    with exclusive(store.data, "rewards retrain"):
+        return _retrain(store, settings, loop, cut, force, progress)
+
+
+def _retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings,
+             cut: pd.Timestamp, force: bool, progress: Progress) -> dict[str, Any]:
+    from training.cli.data import build_store_features, materialize
+    from training.data.snapshots import read_latest, take_snapshot, write_latest
+
     started = time.perf_counter()
     timings: dict[str, float] = {}
 

@@ -74,6 +74,7 @@ def build_store_features(settings: StoreSettings, *, start: str | None = None,
 
     from serving.stores.events import open_event_store
     from training.data.history import build_from_store
+    from training.data.job_lock import exclusive
 
     def day(value: str | None, option: str) -> pd.Timestamp | None:
         if value is None:
@@ -86,19 +87,20 @@ def build_store_features(settings: StoreSettings, *, start: str | None = None,
     first, until = day(start, "--start"), day(end, "--end")  # bad input before any store opens
     url = require_event_store(settings)
     rewards, challenges, vocabulary = catalog_frames(settings)
-    store = open_event_store(url)
-    try:
-        if store.count_events() == 0:
-            raise UserError("the event store has no events: run `rewards import events FILE` "
-                            "(or `rewards simulate`) first")
-        t0 = time.perf_counter()
-        meta, counts = build_from_store(
-            store, rewards, challenges, vocabulary, out or settings.features_dir,
-            window_days=settings.attribution_window_days, margin=settings.margin,
-            start=first, end=until, as_of=as_of, chunk_size=chunk_size,
-            progress=progress)
-    finally:
-        store.close()
+    with exclusive(settings.data, "rewards features build"):
+        store = open_event_store(url)
+        try:
+            if store.count_events() == 0:
+                raise UserError("the event store has no events: run `rewards import events "
+                                "FILE` (or `rewards simulate`) first")
+            t0 = time.perf_counter()
+            meta, counts = build_from_store(
+                store, rewards, challenges, vocabulary, out or settings.features_dir,
+                window_days=settings.attribution_window_days, margin=settings.margin,
+                start=first, end=until, as_of=as_of, chunk_size=chunk_size,
+                progress=progress)
+        finally:
+            store.close()
     return {"seconds": round(time.perf_counter() - t0, 1), "rows": counts,
             "calendar": {"start": meta.start, "days": meta.days}}
 
