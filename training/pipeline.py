@@ -30,6 +30,7 @@ from training.data.datasets import (
     TimeSplit,
     difficulty_dataset,
     reward_dataset,
+    reweighted,
 )
 from training.data.history import read_history_meta
 from training.evaluation import plots
@@ -115,6 +116,7 @@ def train_reward(store: StoreSettings, settings: TrainSettings,
     with timer.step("training set (Feast get_historical_features)"):
         features = service_feature_names(open_store(store), service)
         data = reward_dataset(store, store.features_dir, shares, service, features)
+    data = reweighted(data, settings.logging_weights, "propensity")
     with timer.step(f"LightGBM on {int((data.part == 'train').sum()):,} offers"):
         model = fit_classifier(data, settings, objective="multiclass", client=client)
     split = data.split
@@ -153,6 +155,7 @@ def train_difficulty(store: StoreSettings, settings: TrainSettings,
     with timer.step("training set (Feast get_historical_features)"):
         features = service_feature_names(open_store(store), service)
         data = difficulty_dataset(store, store.features_dir, shares, service, features)
+    data = reweighted(data, settings.logging_weights, "target_probability")
     with timer.step(f"LightGBM (monotone in target) on {int((data.part == 'train').sum()):,} "
                     "assignments"):
         model = fit_classifier(data, settings, objective="binary",

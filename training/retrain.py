@@ -3,7 +3,7 @@
     snapshot (closed decisions, frozen labels, dataset hash)
     -> point-in-time features from the event store (and the online store refreshed)
     -> reward and difficulty models (the service's own decisions weighted by their logged
-       probabilities)
+       probabilities, tempered: REWARDS_TRAIN_LOGGING_WEIGHTS)
     -> held-out metrics on a later time split
     -> off-policy estimates of candidate and champion on the latest logged decisions
     -> promote only when the evidence says so, else keep the champion and say why
