@@ -217,6 +217,7 @@ def _publish(name: str, model, data: Dataset, split: TimeSplit, ev: Evaluation, 
             data_fingerprint=meta.data_fingerprint, plots=pngs, native_model=model,
             onnx_path=onnx_path, tags={"rows.train": str(int((data.part == "train").sum())),
                                        "weighted": str(data.weight is not None).lower(),
+                                       "logging_weights": settings.logging_weights,
                                        **publish.tags})
         version = tracking.register_model(name, run_id,
                                           first_is_champion=publish.first_is_champion)
