@@ -232,7 +232,8 @@ def swap(model: lgb.Booster, data: Dataset, bench: PolicyBench) -> None:
                           "share_of_oracle": round(v / bench.oracle, 4)}), flush=True)
 
 
-LEARNERS = ("hierarchical", "forced_type_splits", "refit_train_valid")
+LEARNERS = ("hierarchical", "forced_type_splits", "refit_train_valid", "weighted",
+            "weighted_sqrt")
 #: Three-class probabilities (REWARD_CLASSES) of model rows.
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -273,8 +274,13 @@ def _fit_with(X: np.ndarray, data: Dataset, settings, learners: set[str],  # noq
     def fit(objective: str, label: np.ndarray, rows: np.ndarray) -> lgb.LGBMClassifier:
         params = {**lgbm_params(data, settings, objective), **extra_params}
         model = lgb.LGBMClassifier(**params)
+        w = data.weight if "weighted" in learners and data.weight is not None else None
+        if "weighted_sqrt" in learners and data.weight is not None:
+            w = np.sqrt(data.weight)
         model.fit(X[train & rows], label[train & rows], eval_X=(X[valid & rows],),
                   eval_y=(label[valid & rows],),
+                  sample_weight=None if w is None else w[train & rows],
+                  eval_sample_weight=None if w is None else [w[valid & rows]],
                   callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False)])
         if "refit_train_valid" not in learners:
             return model

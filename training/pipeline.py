@@ -30,6 +30,7 @@ from training.data.datasets import (
     TimeSplit,
     difficulty_dataset,
     reward_dataset,
+    reweighted,
 )
 from training.data.history import read_history_meta
 from training.evaluation import plots
@@ -115,6 +116,7 @@ def train_reward(store: StoreSettings, settings: TrainSettings,
     with timer.step("training set (Feast get_historical_features)"):
         features = service_feature_names(open_store(store), service)
         data = reward_dataset(store, store.features_dir, shares, service, features)
+    data = reweighted(data, settings.logging_weights, "propensity")
     with timer.step(f"LightGBM on {int((data.part == 'train').sum()):,} offers"):
         model = fit_classifier(data, settings, objective="multiclass", client=client)
     split = data.split
@@ -153,6 +155,7 @@ def train_difficulty(store: StoreSettings, settings: TrainSettings,
     with timer.step("training set (Feast get_historical_features)"):
         features = service_feature_names(open_store(store), service)
         data = difficulty_dataset(store, store.features_dir, shares, service, features)
+    data = reweighted(data, settings.logging_weights, "target_probability")
     with timer.step(f"LightGBM (monotone in target) on {int((data.part == 'train').sum()):,} "
                     "assignments"):
         model = fit_classifier(data, settings, objective="binary",
@@ -214,6 +217,7 @@ def _publish(name: str, model, data: Dataset, split: TimeSplit, ev: Evaluation, 
             data_fingerprint=meta.data_fingerprint, plots=pngs, native_model=model,
             onnx_path=onnx_path, tags={"rows.train": str(int((data.part == "train").sum())),
                                        "weighted": str(data.weight is not None).lower(),
+                                       "logging_weights": settings.logging_weights,
                                        **publish.tags})
         version = tracking.register_model(name, run_id,
                                           first_is_champion=publish.first_is_champion)

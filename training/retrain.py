@@ -3,7 +3,7 @@
     snapshot (closed decisions, frozen labels, dataset hash)
     -> point-in-time features from the event store (and the online store refreshed)
     -> reward and difficulty models (the service's own decisions weighted by their logged
-       probabilities)
+       probabilities, tempered: REWARDS_TRAIN_LOGGING_WEIGHTS)
     -> held-out metrics on a later time split
     -> off-policy estimates of candidate and champion on the latest logged decisions
     -> promote only when the evidence says so, else keep the champion and say why
@@ -73,13 +73,23 @@ def _quiet(_: str) -> None:
 def retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings, *,
             as_of: datetime | None = None, force: bool = False,
             progress: Progress = _quiet) -> dict[str, Any]:
-    """Run the loop once; returns what happened (also written to ``snapshots/latest.json``)."""
-    from training.cli.data import build_store_features, materialize
-    from training.data.snapshots import read_latest, take_snapshot, write_latest
+    """Run the loop once; returns what happened (also written to ``snapshots/latest.json``).
+    Raises ``DataFolderBusy`` when another job writes to the data folder (an overlapping cron
+    run): it changes nothing then."""
+    from training.data.job_lock import exclusive
 
     cut = pd.Timestamp(as_of or datetime.now(UTC))
     if cut.tzinfo is None:
         raise ValueError(f"--as-of: give a time zone (e.g. {cut.isoformat()}Z)")
+    with exclusive(store.data, "rewards retrain"):
+        return _retrain(store, settings, loop, cut, force, progress)
+
+
+def _retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings,
+             cut: pd.Timestamp, force: bool, progress: Progress) -> dict[str, Any]:
+    from training.cli.data import build_store_features, materialize
+    from training.data.snapshots import read_latest, take_snapshot, write_latest
+
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -154,13 +164,39 @@ def registered_policy(store: StoreSettings, name: str, version: str, data: Any,
                       margin: float) -> Any:
     """A registered reward model version as the gate's PolicyModel: its native model scoring
     ``data``'s rows with the features and value parameters its ONNX metadata records."""
+    return _as_policy(*model_version(store, name, version), version, data, margin)
+
+
+def _as_policy(model: Any, meta: Any, version: str, data: Any, margin: float) -> Any:
     from training.evaluation.gate import PolicyModel
     from training.evaluation.scoring import score_rewards
 
-    model, meta = model_version(store, name, version)
     features = list(meta.service_features)
     return PolicyModel(f"v{version}", lambda m, i: score_rewards(
         model, m, i, features, data.vocabulary), {"margin": margin, **(meta.value_params or {})})
+
+
+def earlier_arm_models(store: StoreSettings, name: str, champion: str | None,
+                       rows: pd.DataFrame, experiments: list[Any], data: Any,
+                       margin: float) -> dict[str, Any]:
+    """The earlier versions that served the model arm of experiment decisions in ``rows`` (a
+    promotion inside the evaluation period), loaded from the registry so the gate re-derives
+    their arm's probabilities. A version deleted from the registry, or reading features the
+    rows no longer carry, is left out, and so are the decisions it served."""
+    from mlflow.exceptions import MlflowException
+
+    from serving.decisioning.candidates import REWARD_ITEM_COLUMNS
+    from training.evaluation.gate import arm_versions
+
+    out = {}
+    for version in sorted(arm_versions(rows, experiments, (name, champion))):
+        try:
+            model, meta = model_version(store, name, version)
+        except MlflowException:
+            continue
+        if set(meta.service_features) - set(REWARD_ITEM_COLUMNS) <= set(rows.columns):
+            out[version] = _as_policy(model, meta, version, data, margin)
+    return out
 
 
 def exploration_settings(store: StoreSettings) -> Any:
@@ -209,10 +245,13 @@ def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSet
         result.model, m, i, data.service_features, data.vocabulary),
         fit_value_params(data, margin))
     champ = None if before is None else registered_policy(store, name, before, data, margin)
+    experiments = experiment_arms(store)
     gate = evaluate_gate(rows, items, cand, champ, exploration_settings(store),
                          min_decisions=loop.min_decisions, n_bootstrap=loop.bootstrap,
                          seed=settings.seed, clip=loop.clip, test=loop.gate_test,
-                         experiments=experiment_arms(store), served=(name, before))
+                         experiments=experiments, served=(name, before),
+                         arm_models=earlier_arm_models(store, name, before, rows, experiments,
+                                                       data, margin))
     if gate.policies is not None:  # what the gate compared, beside the snapshot it read
         gate.policies.to_parquet(snapshot_dir / "gate_reward.parquet", index=False)
     promoted = gate.promote and _promote(name, gate.reason)

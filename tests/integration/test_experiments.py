@@ -198,6 +198,41 @@ def test_experiment_decisions_are_training_rows(client: TestClient, live: dict[s
                                        (len(read), 1)))
 
 
+def test_the_gate_loads_the_versions_that_served_an_experiment(
+        client: TestClient, live: dict[str, Any], store: StoreSettings,
+        settings: ServeSettings, trained_store) -> None:  # noqa: ANN001
+    """After a promotion inside an experiment the gate re-derives the model arm of the earlier
+    decisions from the version that served them: the retrain loads it from the registry (here
+    v1 served; as if v2 were the champion now), but not the champion itself, nor a version
+    whose features the rows no longer carry."""
+    from training.data.decision_log import offers_from_log
+    from training.data.history import read_history_meta
+    from training.evaluation.gate import served_versions
+    from training.models import tracking
+    from training.retrain import earlier_arm_models, experiment_arms
+
+    _, train, reward, _ = trained_store
+    tracking.configure_mlflow(store.tracking_uri, store.artifact_root, train.experiment)
+    name = train.reward_model_name
+    decisions, items = client.app.state.services.events.decision_log()
+    offers = offers_from_log(decisions[decisions["experiment_id"] == live["experiment"]["id"]],
+                             items)
+    features = reward.data.rows.drop_duplicates("member_id").set_index("member_id")
+    members = [c for c in reward.data.service_features if c in features.columns]
+    rows = offers.join(features[members], on="member_id", how="inner")
+    assert len(rows) > 0.9 * len(offers) and (served_versions(rows, name) == "1").all()
+    arms = experiment_arms(store, settings.events(store))
+    margin = read_history_meta(store.features_dir).margin
+    loaded = earlier_arm_models(store, name, "2", rows, arms, reward.data, margin)
+    assert list(loaded) == ["1"]
+    catalog = pd.read_parquet(store.features_dir / "reward_features.parquet")
+    scores = loaded["1"].scorer(rows.head(50), catalog)
+    assert np.isfinite(scores.p_convert).all() and scores.p_convert.shape == (50, len(catalog))
+    assert earlier_arm_models(store, name, "1", rows, arms, reward.data, margin) == {}
+    older = rows.drop(columns=members[0])  # the rows no longer carry a feature v1 reads
+    assert earlier_arm_models(store, name, "2", older, arms, reward.data, margin) == {}
+
+
 def test_first_exposure_is_kept(client: TestClient, live: dict[str, Any]) -> None:
     svc = client.app.state.services
     exposures = svc.events.exposures(live["experiment"]["id"])

@@ -147,3 +147,55 @@ def test_a_recommendation_for_an_imported_member(copy_store, make_api_key,  # no
         entity_rows=[{"member_id": member}]).to_df()
     np.testing.assert_allclose(online[["purchases_7d", "spend_7d"]].to_numpy()[0], [1, 40.5],
                                rtol=1e-6)
+
+
+def test_the_refresher_follows_catalog_changes(copy_store, tmp_path: Path) -> None:  # noqa: ANN001
+    """A server's feature refresher runs for weeks while rewards are added through the catalog:
+    a member redeeming a reward added after the refresher started has that offer counted under
+    its reward type at the next round, as a full build would count it."""
+    import threading
+
+    from serving.stores.catalog import import_rows, open_catalog_store
+    from serving.stores.features import open_store
+    from training.cli.data import refresh_loop
+
+    settings = copy_store(tmp_path)
+    url = f"sqlite:///{settings.data / 'events.db'}"
+    catalog = open_catalog_store(url)
+    try:
+        known = catalog.frame("rewards").iloc[0].to_dict()
+        rtype = str(known["reward_type"])
+        store = open_event_store(url)
+        member = str(store.members_frame(None)["member_id"].iloc[0])
+        store.close()
+        stop = threading.Event()
+        rounds = refresh_loop(settings, every=0.01, stop=stop)
+        feature = f"member_daily:offers_{rtype}"
+
+        def offers_of_type() -> float:
+            online = open_store(settings).get_online_features(
+                features=[feature], entity_rows=[{"member_id": member}]).to_dict()
+            return float(online[feature.split(":")[1]][0] or 0.0)
+
+        next(rounds)
+        before = offers_of_type()
+        added = {k: v for k, v in known.items() if k not in ("created_us", "updated_us")}
+        added.update(reward_id="R-NEW", name="A reward added while serving")
+        assert not import_rows(catalog, "rewards", [added]).errors
+        shown = pd.Timestamp.now(tz="UTC").floor("s") - pd.Timedelta(days=10)  # window closed
+        (tmp_path / "e.csv").write_text(
+            "event_id,event_type,member_id,timestamp,reward_id,decision_id\n"
+            f"n1,impression,{member},{shown.isoformat()},R-NEW,d-new\n"
+            f"n2,redemption,{member},{(shown + pd.Timedelta(hours=2)).isoformat()},R-NEW,d-new\n")
+        store = open_event_store(url)
+        try:
+            assert import_events_file(tmp_path / "e.csv", store).imported == 2
+        finally:
+            store.close()
+        second = next(rounds)
+        stop.set()
+        rounds.close()
+    finally:
+        catalog.close()
+    assert second["members"] >= 1
+    assert offers_of_type() == before + 1

@@ -105,6 +105,17 @@ def test_cold_start_then_retrain_from_own_decisions(loop_world, monkeypatch) -> 
     sums = gate.groupby("decision_id")["p_candidate"].sum()
     np.testing.assert_allclose(sums.to_numpy(), 1.0, atol=1e-9)
     assert gate.groupby("decision_id")["logged"].sum().eq(1).all()
+    # the probability the gate read each logged action with: cold start's, as logged
+    read = gate[gate["logged"]].set_index("decision_id")["p_logging"]
+    logged = first.set_index("decision_id")["shown_probability"]
+    np.testing.assert_allclose(read.reindex(logged.index).dropna(),
+                               logged[read.reindex(logged.index).notna()], rtol=1e-9)
+    assert np.allclose(read[~read.index.isin(logged.index)], 0.1)  # the no-offer draws
+    from mlflow import MlflowClient
+
+    run = MlflowClient().get_run(MlflowClient().get_model_version(reward["name"], "1").run_id)
+    # what the fit weighed: cold start's uniform rows need no weight, whatever the setting
+    assert run.data.tags["logging_weights"] == "sqrt" and run.data.tags["weighted"] == "false"
     # the bench's reading of a candidate: its first choice per decision, valued by the truth
     offers = gate[gate["action"] != ""]
     top = offers.loc[offers.groupby("decision_id", sort=False)["p_candidate"].idxmax()]

@@ -57,6 +57,7 @@ FIRST_RUN = [
     (["models", "promote", "reward"], "no model registry", "rewards train all"),
     (["models", "rollback", "reward"], "no model registry", "rewards train all"),
     (["features", "build"], "no event store", "rewards import"),
+    (["retrain"], "no event store", "rewards import"),
     (["features", "refresh"], "no features", "rewards features build"),
     (["features", "show", "M-1"], "no features", "rewards features build"),
     (["features", "apply"], "no features", "rewards features build"),

@@ -11,6 +11,7 @@ from serving.decisioning.scoring import RewardScores
 from training.evaluation.gate import (
     ArmShares,
     Exploration,
+    arm_versions,
     PolicyModel,
     evaluate_gate,
     experiment_shares,
@@ -51,16 +52,24 @@ def _champion(x: np.ndarray) -> np.ndarray:  # a slightly wrong model's pick
 
 
 def _target(x: np.ndarray) -> np.ndarray:  # what serving runs outside experiments
-    best = np.argmax(COEF[None, :] * x[:, None] + BIAS[None, :], axis=1)
-    return _eps_greedy(best, 0.07, none=0.05)
+    return _eps_greedy(_best(x), 0.07, none=0.05)
 
 
-def _experiment(n: int, seed: int) -> dict[str, np.ndarray]:
-    """Decisions of an experiment: each member's arm drawn by share, then its action."""
+def _best(x: np.ndarray) -> np.ndarray:  # the right model's pick
+    return np.argmax(COEF[None, :] * x[:, None] + BIAS[None, :], axis=1)
+
+
+def _experiment(n: int, seed: int, promoted_at: int | None = None) -> dict[str, np.ndarray]:
+    """Decisions of an experiment: each member's arm drawn by share, then its action. The
+    model arm is served by the champion, or from decision ``promoted_at`` on by the right
+    model (promoted inside the experiment)."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=n)
     arm = rng.choice(list(SHARES), size=n, p=list(SHARES.values()))
-    model = _eps_greedy(_champion(x), 0.07)  # the model arm: no no-offer draw
+    pick = _champion(x)
+    if promoted_at is not None:
+        pick[promoted_at:] = _best(x)[promoted_at:]
+    model = _eps_greedy(pick, 0.07)  # the model arm: no no-offer draw
     uniform = np.zeros((n, 4))
     uniform[:, :3] = 1 / 3
     holdout = np.zeros((n, 4))
@@ -144,11 +153,18 @@ def test_experiment_decisions_of_another_model_are_not_read() -> None:
     # b: another version's holdout; e and g are outside the experiment (exact logged
     # probabilities, whoever served); f logged no versions (read, as before they were logged)
     assert list(read["decision_id"]) == ["a", "c", "d", "e", "f", "g"]
+    assert list(read["served_version"]) == ["2", "2", "", "1", "?", "1"]
     assert list(logged_rows(rows, [week])["decision_id"]) == list("abcdefg")
+    # the earlier version v1 served b inside the experiment: given v1, the gate reads it too
+    assert arm_versions(rows, [week], ("reward", "2")) == {"1"}
+    assert arm_versions(rows, [week], ("reward", "1")) == {"2"}
+    assert list(logged_rows(rows, [week], ("reward", "2"), readable={"1"})["decision_id"]) == \
+        list("abcdefg")
 
 
 
-def _gate_rows(d: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _gate_rows(d: dict[str, np.ndarray], versions: object = '{"reward":"1"}'
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """An experiment's decisions as a retrain's test-period rows (one slot each), and the
     catalog: three free rewards every member may get."""
     n = len(d["x"])
@@ -161,7 +177,7 @@ def _gate_rows(d: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
         "reward_id": np.array(["R0", "R1", "R2", None], dtype=object)[d["action"]],
         "propensity": np.where(d["arm"] == "holdout", 1.0, d["logged"]),
         "spend": d["reward"], "redeemed": 0.0, "tier_rank": 1.0, "avg_basket_90d": 1.0,
-        "x": d["x"], "model_versions": '{"reward":"1"}'})
+        "x": d["x"], "model_versions": versions})
     items = pd.DataFrame({"reward_id": ["R0", "R1", "R2"], "reward_cost": 0.0,
                           "reward_min_tier_rank": 0.0})
     return rows, items
@@ -208,3 +224,47 @@ def test_the_gate_reads_an_experiments_decisions_over_its_arms() -> None:
         assert est.dr_ci_low <= true <= est.dr_ci_high
     assert gate.difference is not None
     assert gate.difference.ci_low <= truth["cand"] - truth["champ"] <= gate.difference.ci_high
+
+
+def test_experiment_decisions_of_an_earlier_champion_are_rescored_with_it() -> None:
+    """A promotion inside the experiment: the model arm of the first half of its decisions was
+    served by v1, of the second by v2, the champion now. Given v1 (from the registry), the gate
+    re-derives each half's model arm from the version that served it: it reads every decision,
+    with exactly the probabilities they were drawn with over the arms, and its intervals cover
+    the truth; without v1 it reads only the second half."""
+    n = 30_000
+    d = _experiment(n, seed=11, promoted_at=n // 2)
+    versions = np.where(np.arange(n) < n // 2, '{"reward":"1"}', '{"reward":"2"}')
+    rows, items = _gate_rows(d, versions)
+    v1, v2 = _policy("v1", np.array([-1.0, 0.2, 0.8])), _policy("v2", COEF)
+    candidate = _policy("v3", np.array([-1.0, 0.2, 1.2]))
+    exploration = Exploration(no_offer_share=0.05, epsilon=0.07, floor=0.0)
+    week = ArmShares(pd.Timestamp("2026-03-01T00:00:00Z"), pd.Timestamp("2026-03-08T00:00:00Z"),
+                     dict(SHARES))
+    half = evaluate_gate(rows, items, candidate, v2, exploration, min_decisions=100,
+                         n_bootstrap=50, experiments=[week], served=("reward", "2"))
+    assert half.decisions == n // 2
+    gate = evaluate_gate(rows, items, candidate, v2, exploration, min_decisions=100,
+                         n_bootstrap=300, experiments=[week], served=("reward", "2"),
+                         arm_models={"1": v1})
+    assert gate.decisions == n
+    assert gate.metrics["gate.experiment_decisions_earlier_versions"] == n // 2
+    assert f"{n // 2} of them served by an earlier version (v1)" in gate.reason
+    assert gate.policies is not None
+    read = gate.policies.drop_duplicates("decision_id").set_index("decision_id")["p_logging"]
+    np.testing.assert_allclose(read.loc[rows["decision_id"]].to_numpy(), d["mixed"], rtol=1e-12)
+    # what v2's ranking would have made of v1's decisions: not the probabilities they had
+    wrong = evaluate_gate(rows, items, candidate, v2, exploration, min_decisions=100,
+                          n_bootstrap=50, experiments=[week], served=("reward", "2"),
+                          arm_models={"1": v2})
+    assert wrong.policies is not None
+    misread = wrong.policies.drop_duplicates("decision_id")["p_logging"].to_numpy()
+    assert np.abs(misread[: n // 2] - d["mixed"][: n // 2]).max() > 0.3
+    x = np.random.default_rng(1).normal(size=1_000_000)
+    pick = np.argmax(np.array([-1.0, 0.2, 1.2])[None, :] * x[:, None] + BIAS[None, :], axis=1)
+    truth = {"cand": float((_eps_greedy(pick, 0.07, none=0.05) * _means(x)).sum(axis=1).mean()),
+             "champ": float((_target(x) * _means(x)).sum(axis=1).mean())}
+    assert gate.candidate is not None and gate.champion is not None
+    for est, true in ((gate.candidate, truth["cand"]), (gate.champion, truth["champ"])):
+        assert est.ips_ci_low <= true <= est.ips_ci_high
+        assert est.dr_ci_low <= true <= est.dr_ci_high

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.data.datasets import WEIGHT_CAP, logging_weights
+from training.config import TrainSettings
+from training.data.datasets import WEIGHT_CAP, Dataset, TimeSplit, logging_weights, reweighted
 from training.data.decision_log import (
     assignments_from_log, attribute_by_item, join_report, offers_from_log,
 )
@@ -213,6 +214,24 @@ def test_logging_weights_only_for_the_model_policy() -> None:
     assert model[1] / model[0] == pytest.approx(10.0)  # 1/p
     assert model.max() / np.median(model) <= WEIGHT_CAP + 1e-9  # 1/1e-6 is capped
     assert logging_weights(rows.assign(policy="")) is None
+
+
+def test_tempered_and_no_logging_weights() -> None:
+    """`REWARDS_TRAIN_LOGGING_WEIGHTS`: sqrt takes the square root of the (capped) 1/p weights,
+    none drops them; rows other policies chose keep weight 1 either way."""
+    rows = pd.DataFrame({"policy": ["cold_start", "model", "model", "model"],
+                         "propensity": [0.1, 0.9, 0.09, 0.01]})
+    sqrt = logging_weights(rows, power=0.5)
+    assert sqrt[0] == 1.0 and sqrt[1:].mean() == pytest.approx(1.0)
+    assert sqrt[2] / sqrt[1] == pytest.approx(np.sqrt(10.0))
+    assert sqrt[3] / sqrt[1] == pytest.approx(np.sqrt(90.0))
+    split = TimeSplit(*(pd.Timestamp("2026-01-01", tz="UTC"),) * 4)
+    data = Dataset(np.zeros((4, 1)), np.zeros(4, dtype=np.int64), np.array(["train"] * 4),
+                   rows, ["x"], [], split, None, logging_weights(rows))  # type: ignore[arg-type]
+    assert reweighted(data, "inverse", "propensity") is data
+    assert reweighted(data, "none", "propensity").weight is None
+    np.testing.assert_allclose(reweighted(data, "sqrt", "propensity").weight, sqrt)
+    assert TrainSettings().logging_weights == "sqrt"
 
 
 def test_target_policy_matches_serving_randomization() -> None:

@@ -29,12 +29,18 @@ class UserError(Exception):
 
 
 def friendly(func: F) -> F:
-    """Turn expected failures into a one-line message and exit code 2."""
+    """Turn expected failures into a one-line message and exit code 2 (75 when another job
+    holds the data folder: try later)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from training.data.job_lock import BUSY_EXIT, DataFolderBusy
+
         try:
             return func(*args, **kwargs)
+        except DataFolderBusy as exc:  # not the user's mistake: a later run will do
+            typer.secho(f"busy: {exc}", fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(code=BUSY_EXIT) from None
         except (UserError, ValueError, FileNotFoundError) as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None

@@ -74,6 +74,7 @@ def build_store_features(settings: StoreSettings, *, start: str | None = None,
 
     from serving.stores.events import open_event_store
     from training.data.history import build_from_store
+    from training.data.job_lock import exclusive
 
     def day(value: str | None, option: str) -> pd.Timestamp | None:
         if value is None:
@@ -86,19 +87,20 @@ def build_store_features(settings: StoreSettings, *, start: str | None = None,
     first, until = day(start, "--start"), day(end, "--end")  # bad input before any store opens
     url = require_event_store(settings)
     rewards, challenges, vocabulary = catalog_frames(settings)
-    store = open_event_store(url)
-    try:
-        if store.count_events() == 0:
-            raise UserError("the event store has no events: run `rewards import events FILE` "
-                            "(or `rewards simulate`) first")
-        t0 = time.perf_counter()
-        meta, counts = build_from_store(
-            store, rewards, challenges, vocabulary, out or settings.features_dir,
-            window_days=settings.attribution_window_days, margin=settings.margin,
-            start=first, end=until, as_of=as_of, chunk_size=chunk_size,
-            progress=progress)
-    finally:
-        store.close()
+    with exclusive(settings.data, "rewards features build"):
+        store = open_event_store(url)
+        try:
+            if store.count_events() == 0:
+                raise UserError("the event store has no events: run `rewards import events "
+                                "FILE` (or `rewards simulate`) first")
+            t0 = time.perf_counter()
+            meta, counts = build_from_store(
+                store, rewards, challenges, vocabulary, out or settings.features_dir,
+                window_days=settings.attribution_window_days, margin=settings.margin,
+                start=first, end=until, as_of=as_of, chunk_size=chunk_size,
+                progress=progress)
+        finally:
+            store.close()
     return {"seconds": round(time.perf_counter() - t0, 1), "rows": counts,
             "calendar": {"start": meta.start, "days": meta.days}}
 
@@ -159,21 +161,27 @@ def features_refresh(
 def refresh_loop(settings: StoreSettings, every: float,
                  stop: Any = None) -> Any:
     """Yield one refresh summary per round; one round when ``every`` is 0. ``stop`` (an Event)
-    ends the loop between rounds."""
+    ends the loop between rounds.
+
+    Each round reads the catalog and the build's calendar again: a server runs for weeks while
+    rewards are added through the catalog API (a redemption of one the refresher did not know
+    would count under no reward type) and retrains rebuild the features. The vocabulary stays
+    the one the features were built with: it names the online store's columns."""
     from serving.stores.events import open_event_store
     from serving.stores.features import open_store
+    from training.data.features import built_vocabulary
     from training.data.history import read_history_meta
     from training.data.refresh import refresh
 
     url = require_event_store(settings)
-    rewards, challenges, vocabulary = catalog_frames(settings)
-    meta = read_history_meta(settings.features_dir)
     feast = open_store(settings)
     store = open_event_store(url)
     try:
         while True:
-            result = refresh(store, feast, rewards, challenges, vocabulary, meta,
-                             settings.features_dir)
+            rewards, challenges, _ = catalog_frames(settings)
+            result = refresh(store, feast, rewards, challenges,
+                             built_vocabulary(settings.features_dir),
+                             read_history_meta(settings.features_dir), settings.features_dir)
             yield {"members": result.members, "rows_written": result.rows_written,
                    "seconds": result.seconds, "watermark": result.watermark.isoformat()}
             if every <= 0 or (stop is not None and stop.wait(every)):

@@ -70,6 +70,7 @@ def join_report_cmd(
     typer.echo(report.to_json() if as_json else report.text())
 
 
+@friendly
 def retrain(
     as_of: AsOfOpt = None,
     force: Annotated[bool, typer.Option(

@@ -32,6 +32,7 @@ def _train(which: str, data_dir: Path | None, engine: str | None = None,
     from contextlib import nullcontext
 
     from training.config import get_train_settings
+    from training.data.job_lock import exclusive
     from training.pipeline import train_difficulty, train_reward
 
     store, settings = _settings(data_dir), get_train_settings()
@@ -43,7 +44,7 @@ def _train(which: str, data_dir: Path | None, engine: str | None = None,
         from serving.batch.cluster import dask_client
 
         cluster = dask_client(scheduler or store.dask_scheduler)
-    with cluster as client:
+    with exclusive(store.data, f"rewards train {which}"), cluster as client:
         for name, fn in (("reward", train_reward), ("difficulty", train_difficulty)):
             if which in (name, "all"):
                 echo_err(f"training the {name} model ({settings.engine} engine)")

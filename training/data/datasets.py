@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -120,15 +120,17 @@ class Dataset:
 WEIGHT_CAP = 20.0
 
 
-def logging_weights(rows: pd.DataFrame, probability: str = "propensity") -> np.ndarray | None:
+def logging_weights(rows: pd.DataFrame, probability: str = "propensity",
+                    power: float = 1.0) -> np.ndarray | None:
     """Inverse-probability weights for decisions the service chose with a non-uniform policy.
 
     The service's model policy shows its favourite items far more often than the rest, so an
     unweighted fit learns the favourites' region well and the others' badly; weighting each of
     its rows by 1 / (logged probability) gives the fit the action mix of a uniform policy.
     Imported rows and rows of uniform policies (cold start) keep weight 1 (their probabilities
-    are uniform already, or unknown). Weights are capped at WEIGHT_CAP x their median and scaled
-    to mean 1 among the weighted rows. None when no row needs a weight.
+    are uniform already, or unknown). Weights are capped at WEIGHT_CAP x their median, raised to
+    ``power`` (0.5 tempers them: most of the correction for a fraction of the variance) and
+    scaled to mean 1 among the weighted rows. None when no row needs a weight.
     """
     if "policy" not in rows or probability not in rows:
         return None
@@ -138,10 +140,24 @@ def logging_weights(rows: pd.DataFrame, probability: str = "propensity") -> np.n
     if not chosen.any():
         return None
     raw = 1.0 / p[chosen]
-    raw = np.minimum(raw, WEIGHT_CAP * float(np.median(raw)))
+    raw = np.minimum(raw, WEIGHT_CAP * float(np.median(raw))) ** power
     weight = np.ones(len(rows))
     weight[chosen] = raw / raw.mean()
     return weight
+
+
+#: `REWARDS_TRAIN_LOGGING_WEIGHTS`: the power of the 1 / probability weights.
+WEIGHT_POWERS = {"inverse": 1.0, "sqrt": 0.5, "none": 0.0}
+
+
+def reweighted(data: Dataset, how: str, probability: str) -> Dataset:
+    """``data`` with the logging weights ``how`` says ("inverse", "sqrt" or "none") of its
+    ``probability`` column; the builders below give "inverse"."""
+    if data.weight is None or how == "inverse":
+        return data
+    if how == "none":
+        return replace(data, weight=None)
+    return replace(data, weight=logging_weights(data.rows, probability, WEIGHT_POWERS[how]))
 
 
 def _final_outcomes(logged: pd.DataFrame, meta: HistoryMeta) -> pd.DataFrame:

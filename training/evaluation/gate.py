@@ -18,6 +18,9 @@ bench, BENCHMARKS.md).
 Decisions made inside an uplift experiment are read with each action's probability over the
 arm draw (:func:`mixture_propensity`): given its arm a decision rules out actions the policies
 take (a holdout never shows a reward, no arm draws the no-offer), over the draw it does not.
+The model arm's probabilities are re-derived from the version that served each decision: the
+champion, or an earlier one loaded from the registry when a promotion falls inside the
+evaluation period (``arm_models``).
 
 Only the first slot of a decision is evaluated (its logged probability is a marginal; later
 slots' are conditional on the first). Novelty decay, cooldowns and the new-reward exploration
@@ -27,7 +30,7 @@ are left out of the target policies: they act the same on both and are second or
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -79,7 +82,8 @@ class GateResult:
     difference: PairedDifference | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     #: per evaluated decision and action ('' = no offer): each policy's probability (long
-    #: format), kept with the snapshot so anyone can audit or re-score what the gate compared
+    #: format) and the logged action's probability as read, kept with the snapshot so anyone
+    #: can audit or re-score what the gate compared
     policies: pd.DataFrame | None = None
 
 
@@ -124,28 +128,42 @@ def served_versions(rows: pd.DataFrame, model: str) -> np.ndarray:
 
 
 def logged_rows(rows: pd.DataFrame, experiments: Sequence[ArmShares] = (),
-                champion: tuple[str, str | None] | None = None) -> pd.DataFrame:
+                champion: tuple[str, str | None] | None = None,
+                readable: Collection[str] = ()) -> pd.DataFrame:
     """The service's own decisions in ``rows`` (test-period reward rows), one per decision:
-    the first slot's offer, or the no-offer draw.
+    the first slot's offer, or the no-offer draw, with the version of the ``champion``'s model
+    (name, version) that served each (``served_version``, :func:`served_versions`).
 
     Decisions inside an experiment are kept only when its arms are known (``experiments``):
     given its arm, a decision could not take actions the evaluated policies take (a holdout
     never shows a reward, the other arms never draw the no-offer), but over the arm draw every
     action has its share-weighted probability (:func:`mixture_propensity`), the model arm's
-    re-derived from the model: so only those the ``champion`` (model name, version) served, or
-    no model (its model arm was uniform then)."""
+    re-derived from the model that served it: so only those the champion, a ``readable``
+    version (one the caller can load) or no model (its model arm was uniform then) served."""
     if "source" not in rows:
         return rows.iloc[:0]
     own = rows[(rows["source"] == "service") & rows["policy"].isin(("model", "cold_start"))]
+    own = own.assign(served_version=served_versions(own, champion[0]) if champion is not None
+                     else np.full(len(own), "?", dtype=object))
     if "arm" in own:
         inside = (own["arm"].fillna("") != "").to_numpy()
         known = experiment_shares(own, experiments).sum(axis=1) > 0
         if champion is not None and inside.any():
-            version = served_versions(own, champion[0])
-            known &= (version == "?") | (version == "") | (version == (champion[1] or ""))
+            known &= own["served_version"].isin(
+                {"?", "", champion[1] or "", *readable}).to_numpy()
         own = own[~inside | known]
     own = own[(own["slot"] == 0) | ~own["treated"].astype(bool)]
     return own.drop_duplicates("decision_id").reset_index(drop=True)
+
+
+def arm_versions(rows: pd.DataFrame, experiments: Sequence[ArmShares],
+                 champion: tuple[str, str | None]) -> set[str]:
+    """The versions other than the champion that served decisions of ``experiments`` in
+    ``rows``: the models the gate needs (``evaluate_gate(arm_models=...)``) to read them."""
+    own = logged_rows(rows, experiments, None)
+    inside = experiment_shares(own, experiments).sum(axis=1) > 0
+    found = set(served_versions(own[inside], champion[0]))
+    return found - {"", "?", champion[1] or ""}
 
 
 def mixture_propensity(logged: np.ndarray, arm: np.ndarray, shares: np.ndarray,
@@ -198,12 +216,15 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
                   clip: float | None = None,
                   test: Literal["paired", "marginal"] = "paired",
                   experiments: Sequence[ArmShares] = (),
-                  served: tuple[str, str | None] | None = None) -> GateResult:
+                  served: tuple[str, str | None] | None = None,
+                  arm_models: Mapping[str, PolicyModel] | None = None) -> GateResult:
     """Estimate candidate and champion on the logged decisions in ``rows`` and decide.
     ``experiments``: the uplift experiments whose decisions may be read (their arm shares);
-    ``served``: the champion's (model name, version), the model their model arm must have
-    been served by (:func:`logged_rows`)."""
-    own = logged_rows(rows, experiments, served)
+    ``served``: the champion's (model name, version), the model their model arm was served by
+    unless ``arm_models`` holds the version that did (earlier champions, by version:
+    :func:`arm_versions` names them)."""
+    arm_models = dict(arm_models or {})
+    own = logged_rows(rows, experiments, served, readable=arm_models)
     n = len(own)
     if n < min_decisions:
         return GateResult(False, f"only {n} logged decisions in the evaluation period, "
@@ -223,27 +244,38 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
     propensity = own["propensity"].to_numpy(dtype=np.float64)
     eligible = eligible_rewards(own, items)
 
-    def value(model: PolicyModel, scores: RewardScores) -> np.ndarray:
-        """The model's value of each reward for each decision (what it ranks by)."""
-        return scores.values(member_baskets(own, model.value_params), cost,
+    def value(model: PolicyModel, rows: pd.DataFrame,
+              scores: RewardScores | None = None) -> np.ndarray:
+        """The model's value of each reward for each of ``rows`` (what it ranks by)."""
+        scores = model.scorer(rows, items) if scores is None else scores
+        return scores.values(member_baskets(rows, model.value_params), cost,
                              float(model.value_params.get("margin", margin)))
 
-    champ_value = None if champion is None else value(champion, champion.scorer(own, items))
+    champ_value = None if champion is None else value(champion, own)
     shares = experiment_shares(own, experiments)
-    in_experiments = int((shares.sum(axis=1) > 0).sum())
+    in_experiments, earlier = int((shares.sum(axis=1) > 0).sum()), 0
     if in_experiments:
-        version = (served_versions(own, served[0]) if served is not None
-                   else np.full(len(own), "?", dtype=object))
-        # no reward model served; where versions were not logged, the policy says cold start
-        cold = (version == "") | ((version == "?") & (own["policy"].to_numpy() == "cold_start"))
+        version = own["served_version"].to_numpy(dtype=object)
+        # the value each decision's model arm ranked by: the champion's, an earlier version's
+        # (re-scored), none where no reward model served (uniform); where versions were not
+        # logged, the champion's, or none when the policy says cold start
+        arm_value = np.zeros((len(own), m)) if champ_value is None else champ_value.copy()
+        ranked = np.full(len(own), champ_value is not None)
+        for v, model in arm_models.items():
+            at = np.flatnonzero((version == v) & (shares.sum(axis=1) > 0))
+            if len(at):
+                arm_value[at], ranked[at] = value(model, own.iloc[at]), True
+                earlier += len(at)
+        cold = ((version == "") | ((version == "?") & (own["policy"].to_numpy() == "cold_start"))
+                | ~ranked)
         propensity = _over_arms(own, propensity, shares, action, treated, eligible,
-                                champ_value, exploration, cold)
+                                arm_value, exploration, cold)
 
     cand_scores = candidate.scorer(own, items)
     q = np.column_stack(expected_profits(cand_scores, member_baskets(own, candidate.value_params),
                                          cost, margin))  # each reward, then no offer
     q_logged = q[r_idx, action]
-    dists = {"p_candidate": policy_distribution(value(candidate, cand_scores), eligible,
+    dists = {"p_candidate": policy_distribution(value(candidate, own, cand_scores), eligible,
                                                 exploration)}
     if champ_value is not None:
         dists["p_champion"] = policy_distribution(champ_value, eligible, exploration)
@@ -287,7 +319,10 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
         low = float(cand.dr_ci_low)
         how = f"DR lower bound {low:.3f}"
     verdict = low > bar
-    inside = (f" ({in_experiments} in uplift experiments, weighed over their arms)"
+    by_earlier = (f", {earlier} of them served by an earlier version "
+                  f"({', '.join('v' + v for v in sorted(arm_models))}), re-scored with it"
+                  if earlier else "")
+    inside = (f" ({in_experiments} in uplift experiments, weighed over their arms{by_earlier})"
               if in_experiments else "")
     reason = (f"candidate {how} {'beats' if verdict else 'does not beat'} {label}'s DR "
               f"estimate {bar:.3f} on {len(own)} logged decisions{inside}")
@@ -300,35 +335,36 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
                   if v is not None},
                **{f"gate.difference.{k}": float(v) for k, v in diff.as_dict().items()},
                "gate.paired_lower_bound": bar + diff.ci_low,
-               "gate.experiment_decisions": float(in_experiments), **power_metrics}
+               "gate.experiment_decisions": float(in_experiments),
+               "gate.experiment_decisions_earlier_versions": float(earlier), **power_metrics}
     actions = np.append(items["reward_id"].astype(str).to_numpy(), "")
     policies = pd.DataFrame({
         "decision_id": np.repeat(own["decision_id"].to_numpy(), m + 1),
         "member_id": np.repeat(own["member_id"].astype(str).to_numpy(), m + 1),
         "action": np.tile(actions, len(own)),
         "logged": (np.arange(m + 1)[None, :] == action[:, None]).ravel(),
+        # the probability the gate weighed the logged action by (over the arms in experiments)
+        "p_logging": np.repeat(propensity, m + 1),
         **{k: v.ravel() for k, v in dists.items()}})
     return GateResult(verdict, reason, len(own), cand, champ, label, diff, metrics, policies)
 
 
 def _over_arms(own: pd.DataFrame, propensity: np.ndarray, shares: np.ndarray,
                action: np.ndarray, treated: np.ndarray, eligible: np.ndarray,
-               champ_value: np.ndarray | None, exploration: Exploration,
+               arm_value: np.ndarray, exploration: Exploration,
                cold: np.ndarray) -> np.ndarray:
     """The logged actions' probabilities over the experiments' arm draw
     (:func:`mixture_propensity`): the random arm's uniform eligible reward, and the model arm
-    as it served (the champion's ranking by ``champ_value`` with exploration and no no-offer
-    draw; uniform where no reward model served, ``cold``)."""
+    as it served (the ranking by ``arm_value``, the serving model's, with exploration and no
+    no-offer draw; uniform where no reward model served, ``cold``)."""
     r = np.arange(len(own))
     n = eligible.sum(axis=1)
     m = eligible.shape[1]
     uniform = np.where(treated, eligible[r, np.minimum(action, m - 1)] / np.maximum(n, 1),
                        (n == 0).astype(np.float64))
-    model_arm = uniform.copy()
-    if champ_value is not None:
-        arm_policy = Exploration(0.0, exploration.epsilon, exploration.floor)
-        ranked = policy_distribution(champ_value, eligible, arm_policy)[r, action]
-        model_arm = np.where(cold, uniform, ranked)
+    arm_policy = Exploration(0.0, exploration.epsilon, exploration.floor)
+    ranked = policy_distribution(arm_value, eligible, arm_policy)[r, action]
+    model_arm = np.where(cold, uniform, ranked)
     return mixture_propensity(propensity, own["arm"].fillna("").to_numpy(dtype=object), shares,
                               model_arm, uniform, treated)
 
