@@ -19,6 +19,21 @@ needed are a lower bound.
         --candidate 2 --champion 1 --sizes 5000 10000 20000 0 --json /tmp/gate_power.json
 
 Size 0 means every cold-start decision.
+
+``--replay-challenger V --share S`` measures what challenger traffic would buy instead (issue
+21's next step, not built): the uniform decisions are thinned by rejection sampling (Li et al.,
+2011, "unbiased offline evaluation of contextual-bandit-based news article recommendation") so
+that the kept ones are distributed as if logged by a given policy, with their real outcomes:
+
+- ``greedy``: the champion as serving runs it (its first choice, 5 % exploration);
+- ``mixture``: the champion on 1 - S of the decisions and version V (the challenger) on S.
+
+The gate's paired difference (candidate - champion) is computed on each, with the logging
+policy's probabilities, several draws each; both sets are about the same size, so their
+half-widths compare directly (and scale as 1/sqrt(n)).
+
+    REWARDS_DATA_DIR=/tmp/loop7s .venv/bin/python bench/gate_power.py --candidate 3 \
+        --champion 1 --replay-challenger 2 --share 0.3 --repeats 5
 """
 
 from __future__ import annotations
@@ -40,6 +55,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="random subsets per size")
     ap.add_argument("--bootstrap", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--replay-challenger", default=None,
+                    help="version serving --share of the decisions in the replayed mixture")
+    ap.add_argument("--share", type=float, default=0.3)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -70,6 +88,13 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     out: dict[str, Any] = {"candidate": cand.name, "champion": champ.name,
                            "uniform_decisions": int(len(decisions)), "sizes": []}
+    if args.replay_challenger is not None:
+        challenger = registered_policy(store, name, args.replay_challenger, data, margin)
+        out["replay"] = replay(uniform, items, cand, champ, challenger, exploration, truth,
+                               args, rng)
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=1))
+        return
     for size in args.sizes:
         n = len(decisions) if size <= 0 or size >= len(decisions) else size
         for rep in range(1 if n == len(decisions) else args.repeats):
@@ -89,6 +114,48 @@ def main() -> None:
             print(json.dumps(row), flush=True)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
+
+
+def replay(uniform: pd.DataFrame, items: pd.DataFrame, cand: Any, champ: Any,
+           challenger: Any, exploration: Any, truth: Any, args: argparse.Namespace,
+           rng: np.random.Generator) -> list[dict[str, Any]]:
+    """The gate's paired difference on uniform decisions thinned to look logged by the
+    champion alone (``greedy``) or by the champion and the challenger (``mixture``)."""
+    from training.evaluation.gate import evaluate_gate, logged_rows
+
+    own = logged_rows(uniform)
+    # every policy's probability of each decision's logged action (the gate's audit frame)
+    probe = evaluate_gate(own, items, challenger, champ, exploration, min_decisions=1,
+                          n_bootstrap=10, seed=args.seed)
+    assert probe.policies is not None
+    at = probe.policies[probe.policies["logged"]].set_index("decision_id")
+    ids = own["decision_id"].to_numpy()
+    uniform_p = at.loc[ids, "p_logging"].to_numpy()
+    p_champ, p_chall = at.loc[ids, "p_champion"].to_numpy(), at.loc[ids, "p_candidate"].to_numpy()
+    loggers = {"greedy": p_champ,
+               "mixture": (1 - args.share) * p_champ + args.share * p_chall}
+    rows_out = []
+    for logger, mu in loggers.items():
+        ratio = mu / uniform_p
+        bound = float(ratio.max())
+        for rep in range(args.repeats):
+            keep = rng.random(len(ids)) < ratio / bound  # accepted ~ the logger's distribution
+            rows = uniform[uniform["decision_id"].isin(ids[keep])].copy()
+            rows["propensity"] = rows["decision_id"].map(dict(zip(ids, mu, strict=True)))
+            gate = evaluate_gate(rows, items, cand, champ, exploration, min_decisions=1,
+                                 n_bootstrap=args.bootstrap, seed=args.seed + rep)
+            d = gate.difference
+            assert d is not None and gate.policies is not None
+            true = (truth.policy_value(gate.policies, "p_candidate")
+                    - truth.policy_value(gate.policies, "p_champion"))
+            row = {"logger": logger, "share": args.share if logger == "mixture" else 0.0,
+                   "repeat": rep, "n": d.n, "dr": d.dr, "ci_low": d.ci_low,
+                   "ci_high": d.ci_high, "half_width": (d.ci_high - d.ci_low) / 2,
+                   "half_width_at_20000": (d.ci_high - d.ci_low) / 2 * np.sqrt(d.n / 20_000),
+                   "true_difference": true}
+            rows_out.append(row)
+            print(json.dumps(row), flush=True)
+    return rows_out
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ Three measurements on an existing data folder with a trained reward champion:
   `hierarchical` (binary P(convert) and P(redeem | converted) models instead of three classes),
   `forced_type_splits` (every tree first splits the rows by reward type),
   `refit_train_valid` (refit on train + validation with the early-stopped number of rounds,
-  scaled by the row count). `a+b` combines any of them;
+  scaled by the row count), `weighted` / `weighted_sqrt` (the training's logging weights,
+  full or their square root; the other variants fit unweighted). `a+b` combines any of them;
 - `curve N...`: the learning curve of the base refit: the same fit on a random N of the
   training offers (and the same share of the validation ones), the policy value of each; with
   `--param name=value` (TrainSettings fields) to try other LightGBM settings. How much a policy
@@ -93,7 +94,8 @@ def _member_inputs(data: Dataset) -> list[str]:
 
 def _cross_fitted(data: Dataset, label: np.ndarray, rows: np.ndarray,
                   params: dict[str, object]) -> list[lgb.Booster]:
-    """Two boosters on the member inputs of ``rows``; booster f never saw members with id % 2 == f."""
+    """Two boosters on the member inputs of ``rows``; booster f never saw members with
+    id % 2 == f."""
     names = _member_inputs(data)
     X = data.X[:, [data.input_names.index(n) for n in names]]
     ids = data.rows["member_id"].to_numpy()
@@ -259,7 +261,8 @@ def _forced_type_splits(data: Dataset, folder: Path) -> str:
     return str(path)
 
 
-def _fit(X: np.ndarray, data: Dataset, settings, learners: set[str]) -> tuple[Predict, object]:  # noqa: ANN001
+def _fit(X: np.ndarray, data: Dataset, settings,  # noqa: ANN001
+         learners: set[str]) -> tuple[Predict, object]:
     """Fit the reward model the way ``learners`` say; returns its predictor and best round(s)."""
     with tempfile.TemporaryDirectory(prefix="policy-gap-") as tmp:  # LightGBM reads it at fit
         extra_params = ({"forcedsplits_filename": _forced_type_splits(data, Path(tmp))}
