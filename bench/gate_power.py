@@ -105,11 +105,10 @@ def main() -> None:
             d = gate.difference
             true = (truth.policy_value(gate.policies, "p_candidate")
                     - truth.policy_value(gate.policies, "p_champion"))
-            half = (d.ci_high - d.ci_low) / 2
             row = {"n": d.n, "repeat": rep, "dr": d.dr, "ci_low": d.ci_low, "ci_high": d.ci_high,
-                   "half_width": half, "true_difference": true,
+                   "half_width": d.half_width, "true_difference": true,
                    # the n at which the half-width (~1/sqrt(n)) would equal the true gain
-                   "n_to_certify": d.n * (half / true) ** 2 if true > 0 else None}
+                   "n_to_certify": d.decisions_to_show(true)}
             out["sizes"].append(row)
             print(json.dumps(row), flush=True)
     if args.json:
@@ -150,8 +149,8 @@ def replay(uniform: pd.DataFrame, items: pd.DataFrame, cand: Any, champ: Any,
                     - truth.policy_value(gate.policies, "p_champion"))
             row = {"logger": logger, "share": args.share if logger == "mixture" else 0.0,
                    "repeat": rep, "n": d.n, "dr": d.dr, "ci_low": d.ci_low,
-                   "ci_high": d.ci_high, "half_width": (d.ci_high - d.ci_low) / 2,
-                   "half_width_at_20000": (d.ci_high - d.ci_low) / 2 * np.sqrt(d.n / 20_000),
+                   "ci_high": d.ci_high, "half_width": d.half_width,
+                   "half_width_at_20000": d.half_width * np.sqrt(d.n / 20_000),
                    "true_difference": true}
             rows_out.append(row)
             print(json.dumps(row), flush=True)

@@ -46,11 +46,10 @@ def main() -> None:
     from training.data.datasets import difficulty_dataset, reward_dataset, reweighted
     from training.data.history import read_history_meta
     from training.evaluation.difficulty import evaluate_difficulty
-    from training.evaluation.evaluate import eligible_rewards, fit_value_params, member_baskets
+    from training.evaluation.evaluate import fit_value_params
     from training.evaluation.reward import evaluate_reward
-    from training.evaluation.scoring import reward_values, score_rewards
     from training.models.lgbm import fit_classifier
-    from training.simulate.oracle import WorldTruth, policy_value
+    from training.simulate.oracle import WorldTruth, policy_values
 
     store, base = get_store_settings(), get_train_settings()
     world = WorldTruth.load(store.world_dir)
@@ -76,20 +75,13 @@ def main() -> None:
                 params = fit_value_params(data, margin)
                 ev = evaluate_reward(model, data, data.split, store.features_dir,
                                      settings.policy_eval_members, params, seed)
-                snap, items = ev.holdout.policy_members, ev.holdout.items
-                scores = score_rewards(model, snap, items, data.service_features,
-                                       data.vocabulary)
-                eligible = eligible_rewards(snap, items)
-                value = reward_values(scores, member_baskets(snap, params),
-                                      items["reward_cost"].to_numpy(np.float64),
-                                      float(params["margin"]))
-                truth = world.reward_response(snap["member_id"].to_numpy())["incremental_value"]
-                v = policy_value(value, truth, eligible)
+                policy_values(ev, model, data.service_features, world, ev.holdout, params)
+                v = ev.metrics["policy.value_model"]
                 report({"family": "reward", "weighting": weighting, "seed": seed,
                         "train_rows": int((data.part == "train").sum()),
                         "model_policy_rows": chosen, "rounds": int(model.best_iteration_ or 0),
                         "policy_value": round(v, 4),
-                        "share_of_oracle": round(v / policy_value(truth, truth, eligible), 4),
+                        "share_of_oracle": round(v / ev.metrics["policy.value_oracle"], 4),
                         "auc": round(float(ev.metrics["propensity.auc"]), 4)})
     if "difficulty" in args.families:
         service = base.difficulty_service

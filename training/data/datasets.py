@@ -153,11 +153,11 @@ WEIGHT_POWERS = {"inverse": 1.0, "sqrt": 0.5, "none": 0.0}
 def reweighted(data: Dataset, how: str, probability: str) -> Dataset:
     """``data`` with the logging weights ``how`` says ("inverse", "sqrt" or "none") of its
     ``probability`` column; the builders below give "inverse"."""
-    if data.weight is None or how == "inverse":
+    power = WEIGHT_POWERS[how]
+    if data.weight is None or power == 1.0:
         return data
-    if how == "none":
-        return replace(data, weight=None)
-    return replace(data, weight=logging_weights(data.rows, probability, WEIGHT_POWERS[how]))
+    return replace(data, weight=logging_weights(data.rows, probability, power) if power
+                   else None)
 
 
 def _final_outcomes(logged: pd.DataFrame, meta: HistoryMeta) -> pd.DataFrame:

@@ -148,12 +148,14 @@ def add_reward_figures(ev: Evaluation, model: lgb.LGBMClassifier, service_featur
     ev.metrics["uplift.oracle_qini"] = metrics.qini_auc_score(converted, t, true_uplift)
     ev.curves["qini_oracle"] = metrics.qini_curve(converted, t, true_uplift)
 
-    _policy_values(ev, model, service_features, world, hold, value_params)
+    policy_values(ev, model, service_features, world, hold, value_params)
     _true_ope_value(ev, world, hold)
 
 
-def _policy_values(ev: Evaluation, model: lgb.LGBMClassifier, service_features: list[str],
-                   world: WorldTruth, hold: RewardHoldout, value_params: dict[str, float]) -> None:
+def policy_values(ev: Evaluation, model: lgb.LGBMClassifier, service_features: list[str],
+                  world: WorldTruth, hold: RewardHoldout, value_params: dict[str, float]) -> None:
+    """The true value of the model's greedy policy on the evaluation members (and of the
+    propensity-only, oracle and random policies) into ``ev.metrics["policy.value_*"]``."""
     snapshot = hold.policy_members
     ids = snapshot["member_id"].to_numpy()
     scores = score_rewards(model, snapshot, hold.items, service_features, VOCABULARY)
