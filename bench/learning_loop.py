@@ -199,10 +199,13 @@ def main() -> None:
             decide_s = time.perf_counter() - t0
             shares = round_shares(services, frame, truth, start)
             versions = frame["versions"].value_counts().index[0]
-            served_model = (json.loads(versions).get(services.settings.reward_model_name)
-                            or "cold_start")
+            name = services.settings.reward_model_name
+            served_model = json.loads(versions).get(name) or "cold_start"
+            trial_model = json.loads(versions).get(name + "@trial")
             log(f"round {r}: {len(frame):,} decisions in {decide_s:.0f} s, served by "
-                f"{served_model}, {n_events:,} outcome events, {organic:,} own-activity "
+                f"{served_model}"
+                f"{f' + trial v{trial_model}' if trial_model else ''}, {n_events:,} outcome "
+                f"events, {organic:,} own-activity "
                 f"events; share of oracle "
                 f"{shares['value_share_of_oracle']:.3f} (policy "
                 f"{shares.get('policy_share_of_oracle', float('nan')):.3f}, random "
@@ -237,6 +240,31 @@ def main() -> None:
                          "champion_policy_share_of_oracle": (
                              truth.greedy_share(gate, "p_champion")
                              if gate is not None and "p_champion" in gate else None)}
+            trial = None
+            if fam.get("trial"):
+                tried, tmet = fam["trial"], fam["trial"]["metrics"]
+                trial_file = gate_file.with_name("gate_reward_trial.parquet")
+                tgate = pd.read_parquet(trial_file) if trial_file.is_file() else None
+                trial = {"version": tried["version"], "promoted": tried["promoted"],
+                         "reason": tried["reason"],
+                         "ope_dr": tmet.get("gate.trial.candidate.dr"),
+                         "ope_ci_low": tmet.get("gate.trial.candidate.dr_ci_low"),
+                         "ope_ci_high": tmet.get("gate.trial.candidate.dr_ci_high"),
+                         "gate_decisions": tmet.get("gate.trial.candidate.n"),
+                         "difference_dr": tmet.get("gate.trial.difference.dr"),
+                         "difference_ci": [tmet.get("gate.trial.difference.ci_low"),
+                                           tmet.get("gate.trial.difference.ci_high")],
+                         "true_value": (None if tgate is None
+                                        else truth.policy_value(tgate, "p_candidate")),
+                         "champion_true_value": (
+                             truth.policy_value(tgate, "p_champion")
+                             if tgate is not None and "p_champion" in tgate else None),
+                         "policy_share_of_oracle": (
+                             None if tgate is None else truth.greedy_share(tgate, "p_candidate"))}
+                log(f"  trial v{trial['version']}: DR diff {trial['difference_dr']} "
+                    f"{trial['difference_ci']} true {trial['true_value']} vs champion "
+                    f"{trial['champion_true_value']}; "
+                    f"{'PROMOTED' if trial['promoted'] else 'kept'}: {trial['reason']}")
             client.post("/v1/admin/reload").raise_for_status()
             log(f"  retrain in {retrain_s:.0f} s: candidate v{fam['candidate']} DR "
                 f"{candidate['ope_dr']} [{candidate['ope_ci_low']}, {candidate['ope_ci_high']}]"
@@ -244,7 +272,9 @@ def main() -> None:
                 f"{fam['reason']}")
             rounds.append({"round": r, "decisions": len(frame), "outcome_events": n_events,
                            "behaviour_events": organic,
-                           "served_model": served_model, **shares, "candidate": candidate,
+                           "served_model": served_model, "trial_model": trial_model,
+                           **shares, "candidate": candidate, "trial": trial,
+                           "on_trial_next": fam.get("on_trial"),
                            "difficulty": record["families"][1],
                            "seconds": {"serve_and_answer": round(decide_s, 1),
                                        "retrain": round(retrain_s, 1)}})

@@ -25,11 +25,11 @@ from serving.contract.vocabulary import Vocabulary
 from serving.decisioning.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
 from serving.decisioning.catalog import Catalog
 from serving.decisioning.ranking import (
-    explore_targets, select_slate_exploring_new, target_layout, target_neighbours, uniform_slate,
+    explore_targets, first_slot_probability, select_slate_exploring_new, target_layout, target_neighbours, uniform_slate,
     uniform_targets,
 )
 from serving.decisioning.recommend import (
-    COLD_START_REASON, FAMILIES, Decision, MemberFacts, Recommender,
+    COLD_START_REASON, FAMILIES, TRIAL_SUFFIX, Decision, MemberFacts, Recommender,
 )
 from serving.decisioning.rules import Rules, select_slate
 from serving.stores.events.schema import feature_json, loads
@@ -519,3 +519,121 @@ def test_never_promoted_is_what_the_registry_said_at_the_last_refresh(tmp_path: 
     source.answer = ("1", tmp_path / "missing.onnx")  # promoted, but it cannot be loaded
     assert manager.refresh() == {"reward": "refused v1"}
     assert not manager.never_promoted("reward") and manager.get("reward") is None
+
+
+# -- a reward model on trial beside the champion -------------------------------------------------
+
+def test_first_slot_probability_is_what_the_slate_logs() -> None:
+    """For any slate, the probability the other policy would have shown the first item
+    with equals what select_slate_exploring_new logs when it is that policy: the same
+    formula, computed without drawing."""
+    rng = np.random.default_rng(3)
+    checked = 0
+    for case in range(400):
+        n = int(rng.integers(1, 9))
+        value = rng.normal(size=n).round(1)  # rounded: ties happen and go to the lower index
+        if case % 7 == 0:
+            value[rng.integers(n)] = np.nan
+        category = rng.integers(0, 3, size=n)
+        new = rng.random(n) < 0.3
+        k, cap = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        epsilon, floor = float(rng.choice([0.0, 0.1, 0.3])), float(rng.choice([0.0, 0.05]))
+        new_epsilon = float(rng.choice([0.0, 0.1, 0.5]))
+        slate, _ = select_slate_exploring_new(value, category, k, cap, epsilon, rng, new,
+                                              new_epsilon, floor)
+        if len(slate.index):
+            assert first_slot_probability(value, int(slate.index[0]), k, cap, epsilon, new,
+                                          new_epsilon, floor) == pytest.approx(
+                slate.probability[0], abs=1e-12), case
+            checked += 1
+    assert checked > 350
+    # and over every item, the first slot's probabilities sum to 1
+    value, new = np.array([3.0, 1.0, 2.0, 0.5]), np.array([False, False, True, True])
+    for k in (1, 2):
+        total = sum(first_slot_probability(value, i, k, 1, 0.2, new, 0.1, 0.0)
+                    for i in range(4))
+        assert total == pytest.approx(1.0)
+
+
+class TrialRewardModel(RewardModel):
+    """A rival version: conversion rises with cost, so the dearest eligible reward (R6)
+    is its best, where the champion's is the cheapest (R1)."""
+
+    def __init__(self, broken: bool = False) -> None:
+        super().__init__(broken)
+        self.meta = self.meta.model_copy(update={"version": "8"})
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        if self.broken:
+            raise RuntimeError("corrupt session")
+        cost = X[:, self.meta.service_features.index("reward_cost")]
+        convert = np.where(cost < 0, 0.05, 0.1 + cost / 20).astype(np.float32)
+        return np.stack([1 - convert, convert / 2, convert / 2], axis=1)
+
+
+def trial_recommender(share: float, seed: int) -> Recommender:
+    rules = Rules.model_validate({"exploration": {"epsilon": 0.1}})
+    return Recommender(catalog(), rules, seed=seed, new_reward_epsilon=0.0, no_offer_share=0.1,
+                       exploration_floor=0.0, target_exploration=0.0, trial_share=share)
+
+
+def test_a_trial_serves_its_share_and_the_first_slot_logs_the_probability_over_the_draw(
+        ) -> None:
+    share, draws = 0.3, 6_000
+    rec = trial_recommender(share, seed=11)
+    champion, trial = RewardModel(), TrialRewardModel()
+    slot0: Counter[str] = Counter()
+    pairs: list[tuple[Hashable, float]] = []
+    served_by: Counter[str] = Counter()
+    for _ in range(draws):
+        d = decide(rec, champion, DifficultyModel(), k_rewards=2, reward_trial=trial)
+        versions = d.record.model_versions
+        assert versions["reward" + TRIAL_SUFFIX] == "8"  # no-offer draws included
+        assert d.record.policy == "model" and not d.response.degraded
+        if d.record.flags["no_offer"]:
+            slot0["no offer"] += 1
+            pairs.append(("no offer", 0.1))
+            continue
+        served_by[versions["reward"]] += 1
+        first = items_of(d, "reward")[0]
+        slot0[str(first["item_id"])] += 1
+        pairs.append((first["item_id"], first["shown_probability"]))
+        # the trial's inputs are logged with the champion's
+        assert set(d.record.features or {}) >= set(trial.meta.service_features) - {"reward_cost"}
+    logged = logged_once(pairs)
+    e = 0.1 / 6  # epsilon over the six rewards a Bronze member may get
+    assert logged["R1"] == pytest.approx(0.9 * ((1 - share) * (0.9 + e) + share * e))
+    assert logged["R6"] == pytest.approx(0.9 * ((1 - share) * e + share * (0.9 + e)))
+    assert logged["R3"] == pytest.approx(0.9 * e)
+    assert_frequencies_match(slot0, logged)
+    offered = sum(served_by.values())
+    assert set(served_by) == {"7", "8"}
+    assert abs(served_by["8"] / offered - share) < 4 * np.sqrt(share * (1 - share) / offered)
+
+
+def test_a_trial_stays_out_of_experiments_and_a_broken_one_leaves_the_champion_alone(
+        ) -> None:
+    champion = RewardModel()
+    for arm in ("model", "random", "holdout"):
+        rec = trial_recommender(0.5, seed=2)
+        for _ in range(50):
+            d = decide(rec, champion, DifficultyModel(), reward_trial=TrialRewardModel(),
+                       arm=arm, experiment_id="E1")
+            assert d.record.model_versions["reward"] == "7"
+            assert "reward" + TRIAL_SUFFIX not in d.record.model_versions
+    # a trial that fails to score: the champion serves alone, logged as alone, not degraded
+    # (a no-offer draw names the trial in play: it was drawn before any scoring)
+    with_broken, alone = trial_recommender(0.5, seed=4), trial_recommender(0.0, seed=4)
+    offered = 0
+    for _ in range(200):
+        a = decide(with_broken, champion, DifficultyModel(),
+                   reward_trial=TrialRewardModel(broken=True))
+        b = decide(alone, champion, DifficultyModel(), reward_trial=TrialRewardModel())
+        assert b.record.model_versions == {"reward": "7", "difficulty": "7"}
+        if a.response.rewards:
+            offered += 1
+            assert a.record.model_versions == b.record.model_versions
+        assert not a.response.degraded and a.record.policy == "model"
+        assert [(i["item_id"], i["shown_probability"]) for i in items_of(a, "reward")] == [
+            (i["item_id"], i["shown_probability"]) for i in items_of(b, "reward")]
+    assert offered > 150

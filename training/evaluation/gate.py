@@ -127,6 +127,29 @@ def served_versions(rows: pd.DataFrame, model: str) -> np.ndarray:
         dtype=object)
 
 
+def trial_rows(rows: pd.DataFrame, model: str, version: str) -> pd.DataFrame:
+    """The rows of the period ``model`` v``version`` was on trial: from the first decision
+    that names it in play (``model_versions["<model>@trial"]``) to the last, every decision
+    in between. Selected by time, not by the tag, so the selection cannot depend on what a
+    decision drew or served (a trial that failed to score for some member leaves that
+    decision to the champion, logged as such: still a valid logged decision)."""
+    from serving.decisioning.recommend import TRIAL_SUFFIX
+
+    if "model_versions" not in rows or rows.empty:
+        return rows.iloc[:0]
+    key = model + TRIAL_SUFFIX
+    text = rows["model_versions"].fillna("").astype(str)
+    tagged = text.str.contains(f'"{key}"', regex=False).to_numpy()
+    if tagged.any():
+        tagged[tagged] = text[tagged].map(
+            lambda t: str(json.loads(t).get(key)) == version).to_numpy(dtype=bool)
+    if not tagged.any():
+        return rows.iloc[:0]
+    t = rows["event_timestamp"]
+    first, last = t[tagged].min(), t[tagged].max()
+    return rows[((t >= first) & (t <= last)).to_numpy()]
+
+
 def logged_rows(rows: pd.DataFrame, experiments: Sequence[ArmShares] = (),
                 champion: tuple[str, str | None] | None = None,
                 readable: Collection[str] = ()) -> pd.DataFrame:
