@@ -248,6 +248,23 @@ def experiment_arms(store: StoreSettings, events_url: str | None = None) -> list
         events.close()
 
 
+def served_decisions(store: StoreSettings, times: pd.Series) -> pd.DataFrame:
+    """The decision log (features served, ranking context) of the period ``times`` spans,
+    from serving's event store, for the gate to re-run the policies as serving did."""
+    from serving.stores.events import open_event_store
+
+    if times.empty:
+        return pd.DataFrame(columns=["decision_id", "features", "ranking"])
+    events = open_event_store(ServeSettings().events(store))
+    try:
+        decisions, _ = events.decision_log(since=times.min().to_pydatetime(),
+                                           until=(times.max() + pd.Timedelta(seconds=1))
+                                           .to_pydatetime())
+    finally:
+        events.close()
+    return decisions
+
+
 def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings,
                  result: Any, snapshot_dir: Any) -> FamilyOutcome:
     """The candidate against the champion on the test period's decisions and, when a version
@@ -256,7 +273,9 @@ def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSet
     them may be promoted (the trial first: its evidence is the stronger); a kept candidate
     goes on trial unless the gate showed it worse."""
     from training.evaluation.evaluate import fit_value_params
-    from training.evaluation.gate import PolicyModel, evaluate_gate, trial_rows
+    from training.evaluation.gate import (
+        PolicyModel, evaluate_gate, trial_rows, with_served_context,
+    )
     from training.evaluation.scoring import score_rewards
     from training.data.history import read_history_meta
     from training.models import tracking
@@ -270,8 +289,14 @@ def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSet
     champ = None if before is None else registered_policy(store, name, before, data, margin)
     experiments = experiment_arms(store)
     exploration = exploration_settings(store)
+    test = data.rows[data.part == "test"]
+    on_trial_rows = (trial_rows(data.rows, name, trial_before) if trial_before is not None
+                     else data.rows.iloc[:0])
+    decisions = served_decisions(store, pd.concat([test["event_timestamp"],
+                                                   on_trial_rows["event_timestamp"]]))
 
     def gate_on(rows: pd.DataFrame, policy: Any) -> Any:
+        rows = with_served_context(rows, decisions)  # as serving ran: its features, its ranking
         return evaluate_gate(rows, items, policy, champ, exploration,
                              min_decisions=loop.min_decisions, n_bootstrap=loop.bootstrap,
                              seed=settings.seed, clip=loop.clip, test=loop.gate_test,
@@ -282,13 +307,13 @@ def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSet
     cand = PolicyModel(f"v{result.version}", lambda m, i: score_rewards(
         result.model, m, i, data.service_features, data.vocabulary),
         fit_value_params(data, margin))
-    gate = gate_on(data.rows[data.part == "test"], cand)
+    gate = gate_on(test, cand)
     if gate.policies is not None:  # what the gate compared, beside the snapshot it read
         gate.policies.to_parquet(snapshot_dir / "gate_reward.parquet", index=False)
 
     trial_gate, trial = None, None
     if trial_before is not None and champ is not None and trial_before != before:
-        trial_gate = gate_on(trial_rows(data.rows, name, trial_before),
+        trial_gate = gate_on(on_trial_rows,
                              registered_policy(store, name, trial_before, data, margin))
         if trial_gate.policies is not None:
             trial_gate.policies.to_parquet(snapshot_dir / "gate_reward_trial.parquet",

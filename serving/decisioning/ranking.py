@@ -10,7 +10,8 @@ from serving.decisioning.rules import Slate, select_slate, slot_epsilon
 
 
 def expected_value(uplift: np.ndarray, p_redeem: np.ndarray, basket_value: np.ndarray,
-                   cost: np.ndarray, margin: float, cost_multiplier: float = 1.0) -> np.ndarray:
+                   cost: np.ndarray, margin: float,
+                   cost_multiplier: float | np.ndarray = 1.0) -> np.ndarray:
     """Incremental profit of an offer: margin x basket x uplift - lambda x P(redeem) x cost.
 
     The program pays the reward only when it is redeemed, so cost is weighted by propensity;

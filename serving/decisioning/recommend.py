@@ -253,6 +253,7 @@ class Recommender:
                  and self.trial_share > 0 else None)
         if trial is not None:
             versions[trial.meta.name + TRIAL_SUFFIX] = trial.meta.version
+        context: dict[str, Any] = {}
         if no_offer:
             rewards, reward_items, uplift_score = [], [], None
         else:
@@ -261,7 +262,7 @@ class Recommender:
                 max(k_rewards, 1) if arm else k_rewards, exclude, facts.recent, now,
                 cost_multiplier, reasons, history, personalized, random_arm=arm == "random",
                 cold=reward_cold, offer_share=1.0 - (no_offer_p or 0.0), fell_back=fell_back,
-                trial=trial, versions=versions)
+                trial=trial, versions=versions, context=context)
         if arm is not None:
             rewards, reward_items = rewards[:k_rewards], reward_items[:k_rewards]
         challenges: list[ChallengeOut]
@@ -294,7 +295,8 @@ class Recommender:
             items=reward_items + challenge_items,
             flags={"personalized": response.personalized, "cold_start": cold,
                    "degraded": response.degraded, "no_offer": no_offer},
-            policy=policy, no_offer_probability=no_offer_p)
+            policy=policy, no_offer_probability=no_offer_p,
+            ranking=context if context and reward_items else None)
         exposure = None
         if experiment_id is not None and arm is not None:
             exposure = ExposureRecord(
@@ -315,7 +317,7 @@ class Recommender:
                  lam: float, reasons: list[str], history: bool, consent: bool,
                  random_arm: bool = False, cold: bool = False, offer_share: float = 1.0,
                  fell_back: list[str] | None = None, trial: ScoringModel | None = None,
-                 versions: dict[str, str] | None = None
+                 versions: dict[str, str] | None = None, context: dict[str, Any] | None = None
                  ) -> tuple[list[RewardOut], list[dict[str, Any]], float | None]:
         """Ranked rewards, their log items, and the model's uplift for its first offer.
 
@@ -323,22 +325,33 @@ class Recommender:
         ``offer_share``: the probability that this decision offers rewards at all (1 - the
         no-offer share), a factor of every shown probability. ``trial``: a version on trial
         (``recommend``); ``versions`` (the decision's model versions) then names it and the
-        version that served.
+        version that served. ``context`` receives the ranking's context (the decision log's
+        ``ranking``: cost multiplier, blocked rewards, novelty factors).
         """
         versions = {} if versions is None else versions
         catalog = loaded.catalog
         cat = catalog.reward_cols
         ok = np.ones(len(cat["reward_id"]), dtype=bool)
-        if exclude:
-            ok &= ~np.isin(cat["reward_id"], list(exclude))
         if self.rules.eligibility.respect_min_tier:
             ok &= cat["min_tier_rank"] <= tier_rank
+        allowed = ok  # by the member's tier
+        if exclude:
+            ok = ok & ~np.isin(cat["reward_id"], list(exclude))
         days_since = _days_since(cat["reward_id"], recent, now)
         if recent:  # never shown (no recent offers): nothing is in a cooldown
-            ok &= ~(days_since < self.rules.frequency.reward_cooldown_days)
+            ok = ok & ~(days_since < self.rules.frequency.reward_cooldown_days)
         idx = np.flatnonzero(ok)  # the eligible rewards; i below indexes into idx
         if k == 0 or len(idx) == 0:
             return [], [], None
+        if context is not None:  # what the ranking applies besides the scores (RankingContext)
+            context["cost_multiplier"] = float(lam)
+            if exclude or recent:
+                context["blocked"] = cat["reward_id"][allowed & ~ok].tolist()
+            if recent and self.rules.novelty.decay > 0:
+                nov = self.rules.novelty
+                factor = novelty_factor(days_since[idx], nov.window_days, nov.decay)
+                context["novelty"] = {cat["reward_id"][idx[i]]: float(factor[i])
+                                      for i in np.flatnonzero(factor < 1.0).tolist()}
         n = len(idx)
         cost = cat["cost"][idx].astype(np.float64)
         if cold and not random_arm:
