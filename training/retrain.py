@@ -8,7 +8,7 @@
     -> off-policy estimates of candidate and champion on the latest logged decisions, and of
        the version on trial (if any) on the decisions it was in play for
     -> promote only when the evidence says so, else keep the champion and say why; a kept
-       candidate goes on trial (served on a share of decisions, REWARDS_SERVE_TRIAL_SHARE) so
+       candidate goes on trial (served on a share of decisions, REWARDS_TRIAL_SHARE) so
        the next retrain can measure it on its own traffic
     -> running services reload
 
@@ -55,9 +55,14 @@ class RetrainSettings(BaseSettings):
         "lower bound of the candidate-minus-champion difference on the same decisions) or "
         "'marginal' (the candidate's own interval: wider, the noise both share counted)")
     trials: bool = Field(True, description="put a kept reward candidate on trial (the "
-                         "registry's `trial` alias: serving runs it on REWARDS_SERVE_TRIAL_SHARE "
+                         "registry's `trial` alias: serving runs it on REWARDS_TRIAL_SHARE "
                          "of decisions) unless the gate showed it worse than the champion; the "
                          "next retrain evaluates it on the decisions it was in play for")
+    trial_patience: float = Field(2.0, ge=0, description="a version on trial that the gate "
+                                  "could not promote stays on trial (instead of the newest "
+                                  "candidate) while its estimated gain is positive and would "
+                                  "be shown on at most this many times the decisions it was "
+                                  "evaluated on; 0 always moves on to the newest candidate")
     reload_urls: list[str] = Field(default_factory=list, description="base URLs of running "
                                    "services to reload after a promotion (else they poll)")
     reload_key: str | None = Field(None, description="admin API key for the reload calls")
@@ -324,24 +329,15 @@ def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSet
                              for k, v in trial_gate.metrics.items()}}
 
     promoted = False
-    if trial_gate is not None and trial_gate.promote:
-        trial["promoted"] = _promote(name, trial["reason"], version=trial_before)  # type: ignore[index]
+    if trial_gate is not None and trial is not None and trial_gate.promote:
+        trial["promoted"] = _promote(name, str(trial["reason"]), version=trial_before)
     elif gate.promote:
         promoted = _promote(name, gate.reason)
     changed = promoted or bool(trial and trial["promoted"])
     on_trial = tracking.trial_version(name)
     if loop.trials and not promoted:
-        # the candidate goes on trial unless shown worse than the champion it was measured
-        # against; a trial shown worse ends
-        shown_worse = gate.difference is not None and gate.difference.ci_high < 0
-        trial_worse = (trial_gate is not None and trial_gate.difference is not None
-                       and trial_gate.difference.ci_high < 0)
-        if not shown_worse and tracking.champion_version(name) is not None:
-            want = result.version
-        elif trial_worse:
-            want = None
-        else:
-            want = on_trial
+        want = _next_trial(gate, trial_gate, trial, on_trial, result.version,
+                           tracking.champion_version(name) is not None, loop.trial_patience)
         if want != on_trial:
             why = ("kept by the off-policy gate: served on a share of decisions so that the "
                    "next retrain can measure it" if want else "shown worse than the champion")
@@ -363,6 +359,36 @@ def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSet
                                      else {})})
     return FamilyOutcome(name, result.version, before, promoted, gate.reason, gate.metrics,
                          trial=trial, on_trial=on_trial, changed=changed)
+
+
+def _next_trial(gate: Any, trial_gate: Any, trial: dict[str, Any] | None, on_trial: str | None,
+                candidate: str, has_champion: bool, patience: float) -> str | None:
+    """The version to run on trial next: the current one while it is :func:`promising` (the
+    reason says so), else the candidate unless the gate showed it worse than the champion (or
+    there is no champion to run beside), else the current one unless it was shown worse."""
+    if trial_gate is not None and trial is not None and not trial["promoted"] \
+            and promising(trial_gate, patience):
+        need = trial_gate.difference.decisions_to_show(trial_gate.difference.dr)
+        trial["reason"] += (f"; kept on trial: its estimated gain would be shown on about "
+                            f"{need:,.0f} decisions")
+        return on_trial
+    if has_champion and not (gate.difference is not None and gate.difference.ci_high < 0):
+        return candidate
+    if trial_gate is not None and trial_gate.difference is not None \
+            and trial_gate.difference.ci_high < 0:
+        return None
+    return on_trial
+
+
+def promising(gate: Any, patience: float) -> bool:
+    """A trial worth keeping: its estimated gain is positive and would be shown on at most
+    ``patience`` times the decisions it has been evaluated on (so about one more evaluation
+    period, at ``patience`` 2, would settle it)."""
+    diff = gate.difference
+    if diff is None or diff.dr <= 0 or patience <= 0:
+        return False
+    need = diff.decisions_to_show(diff.dr)
+    return need is not None and need <= patience * gate.decisions
 
 
 def _gate_difficulty(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings,

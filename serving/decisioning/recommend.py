@@ -375,7 +375,7 @@ class Recommender:
         else:
             value, scores = _reward_values(proba, model, features, cost, lam)
         ranked = self._novelty(value, days_since[idx], recent)
-        # A version on trial (REWARDS_SERVE_TRIAL_SHARE): scored too, and drawn to serve with
+        # A version on trial (REWARDS_TRIAL_SHARE): scored too, and drawn to serve with
         # probability trial_share; the first slot then logs its probability over that draw.
         on_trial: tuple[ScoringModel, np.ndarray] | None = None
         if trial is not None and model is not None and self.trial_share > 0:

@@ -274,7 +274,7 @@ def check_refusals(client: TestClient, store: StoreSettings) -> None:
 def test_a_trial_serves_its_share_and_a_broken_one_is_refused_without_harm(
         private_app) -> None:  # noqa: ANN001
     """A version put on trial (the registry's `trial` alias) is loaded on reload and serves
-    about REWARDS_SERVE_TRIAL_SHARE (0.3) of the decisions, every decision naming it in play;
+    about REWARDS_TRIAL_SHARE (0.3) of the decisions, every decision naming it in play;
     a trial whose file is garbage is refused: the champion serves alone, nothing degraded,
     /readyz stays ready and says why."""
     import mlflow

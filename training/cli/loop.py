@@ -110,6 +110,6 @@ def retrain(
                            f"({trial['reason']})")
             if fam.get("on_trial"):
                 typer.echo(f"{fam['name']} v{fam['on_trial']} is on trial: serving runs it on "
-                           "REWARDS_SERVE_TRIAL_SHARE of decisions until the next retrain")
+                           "REWARDS_TRIAL_SHARE of decisions until the next retrain")
         if record["status"] == "unchanged":
             typer.echo(f"unchanged: no decision closed since snapshot {record['snapshot']['id']}")

@@ -201,7 +201,7 @@ def models_trial(
     reason: Annotated[str, typer.Option(help="Why; recorded in the history.")] = "",
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Serve VERSION beside the champion on a share of decisions (REWARDS_SERVE_TRIAL_SHARE),
+    """Serve VERSION beside the champion on a share of decisions (REWARDS_TRIAL_SHARE),
     so that the next `rewards retrain` measures it on its own traffic (reward model only)."""
     from training.config import get_train_settings
     from training.models import tracking

@@ -3,7 +3,7 @@
 Each registered model has two aliases. ``challenger`` is the newest registered version;
 ``champion`` is what serving loads. A third, ``trial``, is set only on purpose (by
 `rewards retrain` or `rewards models trial`): serving runs that version beside the champion on a
-share of decisions (REWARDS_SERVE_TRIAL_SHARE) so the next off-policy gate can measure it on
+share of decisions (REWARDS_TRIAL_SHARE) so the next off-policy gate can measure it on
 its own traffic. Moving ``champion`` goes through :func:`promote`, which only
 lets a challenger through when it is not worse than the champion on held-out metrics (read from
 each version's MLflow run), or through :func:`rollback`. Every alias move is appended to a
