@@ -22,7 +22,12 @@ Only this bench reads the truth, to report each round:
   distribution on the decisions its off-policy gate evaluated (what ope_dr estimates);
 - candidate.policy_share_of_oracle / champion_policy_share_of_oracle: each one's first choice
   on those decisions, as a share of the oracle (what the candidate would have served, had the
-  gate promoted it).
+  gate promoted it);
+- with a version on trial in the round (``trial_model``): policy_share_of_oracle is the greedy
+  choice of the version that served each decision, champion_ / trial_policy_share_of_oracle
+  each one's on every decision, trial_served_share the share it served; ``trial`` is the
+  retrain's evaluation of it on its own traffic (as ``candidate``), ``on_trial_next`` the
+  version on trial in the next round.
 
 Simulated time: decisions of round r are spread over the first ``--spread-days`` of a
 ``--round-days`` period starting where the history ends (the app's clock is set per batch:
@@ -74,6 +79,10 @@ def plot(rounds: list[dict[str, Any]], path: Path) -> None:
     cand = [r["candidate"].get("policy_share_of_oracle") for r in rounds]
     ax.plot([v + 0.5 for v in x], [np.nan if c is None else c for c in cand], "^",
             color="tab:green", label="retrained candidate's greedy choice (after the round)")
+    trial = [r.get("trial_policy_share_of_oracle") for r in rounds]
+    if any(t is not None for t in trial):
+        ax.plot(x, [np.nan if t is None else t for t in trial], "D", color="tab:purple",
+                label="version on trial's greedy choice (its round)")
     champ = [r["candidate"].get("champion_policy_share_of_oracle") for r in rounds]
     ax.plot([v + 0.5 for v in x], [np.nan if c is None else c for c in champ], "x",
             color="grey", label="champion's greedy choice, same decisions")
