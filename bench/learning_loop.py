@@ -92,6 +92,11 @@ def plot(rounds: list[dict[str, Any]], path: Path) -> None:
             ax.annotate("promoted" if c["promoted"] else "kept champion",
                         (v + 0.5, c["policy_share_of_oracle"]), textcoords="offset points",
                         xytext=(0, 6), ha="center", fontsize=7)
+        t, share = r.get("trial"), r.get("trial_policy_share_of_oracle")
+        if t is not None and share is not None:
+            ax.annotate(f"trial v{t['version']} {'promoted' if t['promoted'] else 'kept on trial'}",
+                        (v, share), textcoords="offset points", xytext=(6, 4), ha="left",
+                        fontsize=7, color="tab:purple")
     ax.plot(x, [r["random_share_of_oracle"] for r in rounds], ":", label="random eligible")
     ax.axhline(0.80, color="grey", lw=0.8)
     ax.set_xlabel("round (0: cold start)")
@@ -140,7 +145,12 @@ def main() -> None:
                          "decision the gate reads is made in an arm")
     ap.add_argument("--experiment-round", type=int, default=1)
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "learning_loop.png")
+    ap.add_argument("--replot", type=Path, default=None, metavar="JSON",
+                    help="only draw --plot from an earlier run's --json output")
     args = ap.parse_args()
+    if args.replot is not None:
+        plot(json.loads(args.replot.read_text())["rounds"], args.plot)
+        return
 
     data = args.data_dir or Path(tempfile.mkdtemp(prefix="learning-loop-"))
     os.environ.update({"REWARDS_DATA_DIR": str(data), "REWARDS_AUTH_DISABLED": "true",
