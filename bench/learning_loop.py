@@ -22,7 +22,12 @@ Only this bench reads the truth, to report each round:
   distribution on the decisions its off-policy gate evaluated (what ope_dr estimates);
 - candidate.policy_share_of_oracle / champion_policy_share_of_oracle: each one's first choice
   on those decisions, as a share of the oracle (what the candidate would have served, had the
-  gate promoted it).
+  gate promoted it);
+- with a version on trial in the round (``trial_model``): policy_share_of_oracle is the greedy
+  choice of the version that served each decision, champion_ / trial_policy_share_of_oracle
+  each one's on every decision, trial_served_share the share it served; ``trial`` is the
+  retrain's evaluation of it on its own traffic (as ``candidate``), ``on_trial_next`` the
+  version on trial in the next round.
 
 Simulated time: decisions of round r are spread over the first ``--spread-days`` of a
 ``--round-days`` period starting where the history ends (the app's clock is set per batch:
@@ -74,6 +79,10 @@ def plot(rounds: list[dict[str, Any]], path: Path) -> None:
     cand = [r["candidate"].get("policy_share_of_oracle") for r in rounds]
     ax.plot([v + 0.5 for v in x], [np.nan if c is None else c for c in cand], "^",
             color="tab:green", label="retrained candidate's greedy choice (after the round)")
+    trial = [r.get("trial_policy_share_of_oracle") for r in rounds]
+    if any(t is not None for t in trial):
+        ax.plot(x, [np.nan if t is None else t for t in trial], "D", color="tab:purple",
+                label="version on trial's greedy choice (its round)")
     champ = [r["candidate"].get("champion_policy_share_of_oracle") for r in rounds]
     ax.plot([v + 0.5 for v in x], [np.nan if c is None else c for c in champ], "x",
             color="grey", label="champion's greedy choice, same decisions")
@@ -83,6 +92,11 @@ def plot(rounds: list[dict[str, Any]], path: Path) -> None:
             ax.annotate("promoted" if c["promoted"] else "kept champion",
                         (v + 0.5, c["policy_share_of_oracle"]), textcoords="offset points",
                         xytext=(0, 6), ha="center", fontsize=7)
+        t, share = r.get("trial"), r.get("trial_policy_share_of_oracle")
+        if t is not None and share is not None:
+            ax.annotate(f"trial v{t['version']} {'promoted' if t['promoted'] else 'kept on trial'}",
+                        (v, share), textcoords="offset points", xytext=(6, 4), ha="left",
+                        fontsize=7, color="tab:purple")
     ax.plot(x, [r["random_share_of_oracle"] for r in rounds], ":", label="random eligible")
     ax.axhline(0.80, color="grey", lw=0.8)
     ax.set_xlabel("round (0: cold start)")
@@ -131,7 +145,12 @@ def main() -> None:
                          "decision the gate reads is made in an arm")
     ap.add_argument("--experiment-round", type=int, default=1)
     ap.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "learning_loop.png")
+    ap.add_argument("--replot", type=Path, default=None, metavar="JSON",
+                    help="only draw --plot from an earlier run's --json output")
     args = ap.parse_args()
+    if args.replot is not None:
+        plot(json.loads(args.replot.read_text())["rounds"], args.plot)
+        return
 
     data = args.data_dir or Path(tempfile.mkdtemp(prefix="learning-loop-"))
     os.environ.update({"REWARDS_DATA_DIR": str(data), "REWARDS_AUTH_DISABLED": "true",
@@ -199,10 +218,13 @@ def main() -> None:
             decide_s = time.perf_counter() - t0
             shares = round_shares(services, frame, truth, start)
             versions = frame["versions"].value_counts().index[0]
-            served_model = (json.loads(versions).get(services.settings.reward_model_name)
-                            or "cold_start")
+            name = services.settings.reward_model_name
+            served_model = json.loads(versions).get(name) or "cold_start"
+            trial_model = json.loads(versions).get(name + "@trial")
             log(f"round {r}: {len(frame):,} decisions in {decide_s:.0f} s, served by "
-                f"{served_model}, {n_events:,} outcome events, {organic:,} own-activity "
+                f"{served_model}"
+                f"{f' + trial v{trial_model}' if trial_model else ''}, {n_events:,} outcome "
+                f"events, {organic:,} own-activity "
                 f"events; share of oracle "
                 f"{shares['value_share_of_oracle']:.3f} (policy "
                 f"{shares.get('policy_share_of_oracle', float('nan')):.3f}, random "
@@ -237,6 +259,31 @@ def main() -> None:
                          "champion_policy_share_of_oracle": (
                              truth.greedy_share(gate, "p_champion")
                              if gate is not None and "p_champion" in gate else None)}
+            trial = None
+            if fam.get("trial"):
+                tried, tmet = fam["trial"], fam["trial"]["metrics"]
+                trial_file = gate_file.with_name("gate_reward_trial.parquet")
+                tgate = pd.read_parquet(trial_file) if trial_file.is_file() else None
+                trial = {"version": tried["version"], "promoted": tried["promoted"],
+                         "reason": tried["reason"],
+                         "ope_dr": tmet.get("gate.trial.candidate.dr"),
+                         "ope_ci_low": tmet.get("gate.trial.candidate.dr_ci_low"),
+                         "ope_ci_high": tmet.get("gate.trial.candidate.dr_ci_high"),
+                         "gate_decisions": tmet.get("gate.trial.candidate.n"),
+                         "difference_dr": tmet.get("gate.trial.difference.dr"),
+                         "difference_ci": [tmet.get("gate.trial.difference.ci_low"),
+                                           tmet.get("gate.trial.difference.ci_high")],
+                         "true_value": (None if tgate is None
+                                        else truth.policy_value(tgate, "p_candidate")),
+                         "champion_true_value": (
+                             truth.policy_value(tgate, "p_champion")
+                             if tgate is not None and "p_champion" in tgate else None),
+                         "policy_share_of_oracle": (
+                             None if tgate is None else truth.greedy_share(tgate, "p_candidate"))}
+                log(f"  trial v{trial['version']}: DR diff {trial['difference_dr']} "
+                    f"{trial['difference_ci']} true {trial['true_value']} vs champion "
+                    f"{trial['champion_true_value']}; "
+                    f"{'PROMOTED' if trial['promoted'] else 'kept'}: {trial['reason']}")
             client.post("/v1/admin/reload").raise_for_status()
             log(f"  retrain in {retrain_s:.0f} s: candidate v{fam['candidate']} DR "
                 f"{candidate['ope_dr']} [{candidate['ope_ci_low']}, {candidate['ope_ci_high']}]"
@@ -244,7 +291,9 @@ def main() -> None:
                 f"{fam['reason']}")
             rounds.append({"round": r, "decisions": len(frame), "outcome_events": n_events,
                            "behaviour_events": organic,
-                           "served_model": served_model, **shares, "candidate": candidate,
+                           "served_model": served_model, "trial_model": trial_model,
+                           **shares, "candidate": candidate, "trial": trial,
+                           "on_trial_next": fam.get("on_trial"),
                            "difficulty": record["families"][1],
                            "seconds": {"serve_and_answer": round(decide_s, 1),
                                        "retrain": round(retrain_s, 1)}})

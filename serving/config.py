@@ -168,6 +168,12 @@ class ServeSettings(ModelSettings):
         0.05, ge=0, le=1 / 3, description="with a difficulty model, the probability that each "
                                           "neighbouring allowed target (one step lower, one "
                                           "higher) is served instead of the flow-zone pick")
+    trial_share: float = Field(
+        0.3, ge=0, le=0.5, description="outside experiments, the share of decisions served by "
+                                       "the reward model on trial (the registry's `trial` "
+                                       "alias, set by `rewards retrain` or `rewards models "
+                                       "trial`) instead of the champion, so the next gate can "
+                                       "measure it; 0 never serves a trial")
     # -- security (serving/api/auth.py, docs/security.md) --
     auth_disabled: bool = Field(
         False, description="local development only: every route open, no key needed; logged as "

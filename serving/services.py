@@ -152,7 +152,8 @@ class Services:
             cost_multiplier=self.cost_multiplier(now), tier_hint=tier_hint,
             arm=experiment.arm_of(member_id) if experiment else None,
             experiment_id=experiment.id if experiment else None,
-            no_champion=self.no_champion())
+            no_champion=self.no_champion(),
+            reward_trial=self.models.trial(self.settings.reward_model_name))
         self._count(decision)
         # group-committed, not awaited; the writer validates the record (Decision.record)
         self.decision_writer.submit([decision])
@@ -316,7 +317,8 @@ def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metri
         return service_feature_names(feast_store, service)
 
     manager = ModelManager(ChampionSource(store.tracking_uri, store.models), service_features)
-    manager.add(settings.reward_model_name, settings.reward_service, REWARD_DERIVED)
+    manager.add(settings.reward_model_name, settings.reward_service, REWARD_DERIVED,
+                trials=settings.trial_share > 0)
     manager.add(settings.difficulty_model_name, settings.difficulty_service, DIFFICULTY_DERIVED)
     services = Services(
         store=store, settings=settings, metrics=metrics, events=events, models=manager,
@@ -324,7 +326,8 @@ def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metri
                                 catalog_settings.new_reward_epsilon,
                                 no_offer_share=settings.no_offer_share,
                                 exploration_floor=settings.exploration_floor,
-                                target_exploration=settings.target_exploration), reader=reader,
+                                target_exploration=settings.target_exploration,
+                                trial_share=settings.trial_share), reader=reader,
         event_writer=GroupCommitter(events.add_events, "event-writer"),
         decision_writer=GroupCommitter(_log_decisions(events), "decision-writer",
                                        linger_seconds=settings.decision_log_linger_ms / 1000),

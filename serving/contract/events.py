@@ -441,6 +441,23 @@ class DecisionItem(BaseModel):
 Policy = Literal["model", "cold_start", "fallback"]
 
 
+class RankingContext(BaseModel):
+    """What the reward ranking of a decision applied besides the model's scores, logged so
+    that off-policy evaluation re-ranks as serving did (a policy evaluated without it is not
+    the policy that served: on the learning-loop bench a third of the greedy choices differed).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: the budget's cost multiplier (lambda, >= 1) the values were computed with
+    cost_multiplier: float = Field(1.0, ge=0)
+    #: rewards the member's tier allowed but the decision kept out: cooldown after a recent
+    #: offer, the request's exclusions, a reward's daily cap reached
+    blocked: list[Identifier] = Field(default_factory=list)
+    #: the novelty factor of rewards shown within the novelty window (positive values only)
+    novelty: dict[str, float] = Field(default_factory=dict)
+
+
 class DecisionRecord(BaseModel):
     """A recommendation as served: who, when, which arm and models, and what was offered,
     with what learning needs later: the feature values the models were given and, per item,
@@ -467,6 +484,8 @@ class DecisionRecord(BaseModel):
     #: experiments, 1 in an experiment's holdout arm (given the arm), None in its other arms
     #: (their slots carry the probabilities) or when no reward was asked for
     no_offer_probability: float | None = Field(None, ge=0, le=1)
+    #: the reward ranking's context (None: no reward was ranked, e.g. the no-offer draw)
+    ranking: RankingContext | None = None
 
     _created_at_utc = field_validator("created_at")(_utc)
 

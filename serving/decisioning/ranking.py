@@ -10,7 +10,8 @@ from serving.decisioning.rules import Slate, select_slate, slot_epsilon
 
 
 def expected_value(uplift: np.ndarray, p_redeem: np.ndarray, basket_value: np.ndarray,
-                   cost: np.ndarray, margin: float, cost_multiplier: float = 1.0) -> np.ndarray:
+                   cost: np.ndarray, margin: float,
+                   cost_multiplier: float | np.ndarray = 1.0) -> np.ndarray:
     """Incremental profit of an offer: margin x basket x uplift - lambda x P(redeem) x cost.
 
     The program pays the reward only when it is redeemed, so cost is weighted by propensity;
@@ -88,6 +89,31 @@ def flow_zone_targets(p_complete: np.ndarray, layout: np.ndarray,
     distance[np.isnan(distance)] = np.inf
     nearest = distance[:, layout].argmin(axis=2)  # first minimum: the lowest target
     return layout[np.arange(len(layout)), nearest]
+
+
+def first_slot_probability(value: np.ndarray, pick: int, k: int, max_per_category: int,
+                           epsilon: float, new: np.ndarray, new_epsilon: float,
+                           floor: float = 0.0) -> float:
+    """The probability that :func:`select_slate_exploring_new`, given the same arguments,
+    shows item ``pick`` in the slate's first slot: what a policy that did not serve the
+    decision would have shown there, so a decision served by one of two policies drawn at
+    random (a trial beside the champion) logs the first slot's probability over the draw.
+
+    The first slot is :func:`select_slate`'s first slot, or, for a one-item slate with new
+    items eligible, that slot with the new-item exploration mixed in."""
+    n = len(value)
+    if k <= 0 or n == 0 or max_per_category <= 0:
+        return 0.0
+    # best first, equal values by index, NaN last: select_slate's order
+    best = int(np.argsort(-np.asarray(value, dtype=np.float64), kind="stable")[0])
+    new = np.asarray(new, dtype=bool)
+    explores_new = k == 1 and new_epsilon > 0 and bool(new.any())
+    share = 1.0 - new_epsilon if explores_new else 1.0
+    e = slot_epsilon(epsilon, n, floor / share if explores_new and share > 0 else floor)
+    p = (1.0 - e) * (pick == best) + e / n
+    if explores_new:
+        p = share * p + new_epsilon * bool(new[pick]) / int(new.sum())
+    return float(p)
 
 
 def select_slate_exploring_new(value: np.ndarray, category: np.ndarray, k: int,

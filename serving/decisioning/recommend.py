@@ -34,7 +34,7 @@ from serving.decisioning.candidates import (
 from serving.contract.events import DecisionRecord, ExposureRecord, Policy
 from serving.decisioning.ids import new_decision_id
 from serving.decisioning.ranking import (
-    explore_targets, flow_zone_choice, flow_zone_targets, member_basket,
+    explore_targets, first_slot_probability, flow_zone_choice, flow_zone_targets, member_basket,
     select_slate_exploring_new, target_neighbours, uniform_slate, uniform_targets,
 )
 from serving.decisioning.catalog import Catalog, model_cutoff_us
@@ -52,6 +52,11 @@ NO_OFFER_SHARE = 0.05
 EXPLORATION_FLOOR = 0.002
 TARGET_EXPLORATION = 0.05
 COLD_START_REASON = "cold start: uniform exploration until a first model is promoted"
+#: Default share of decisions served by a reward model on trial (ServeSettings.trial_share).
+TRIAL_SHARE = 0.3
+#: ``model_versions`` key of the version on trial in a decision it was drawn for:
+#: ``{name}@trial`` (``model_versions[name]`` is the version that served)
+TRIAL_SUFFIX = "@trial"
 #: The model families, as ``Recommender.recommend``'s ``no_champion`` names them.
 FAMILIES = ("reward", "difficulty")
 log = logging.getLogger("rewards.recommend")
@@ -135,8 +140,10 @@ class Recommender:
                  new_reward_epsilon: float = NEW_REWARD_EPSILON, *,
                  no_offer_share: float = NO_OFFER_SHARE,
                  exploration_floor: float = EXPLORATION_FLOOR,
-                 target_exploration: float = TARGET_EXPLORATION) -> None:
+                 target_exploration: float = TARGET_EXPLORATION,
+                 trial_share: float = TRIAL_SHARE) -> None:
         for name, value, high in (("new_reward_epsilon", new_reward_epsilon, 1.0),
+                                  ("trial_share", trial_share, 0.5),
                                   ("no_offer_share", no_offer_share, 0.5),
                                   ("exploration_floor", exploration_floor, 0.5),
                                   ("target_exploration", target_exploration, 1 / 3)):
@@ -152,6 +159,9 @@ class Recommender:
         self.exploration_floor = exploration_floor
         #: probability of each neighbour of a flow-zone target (difficulty model only)
         self.target_exploration = target_exploration
+        #: outside experiments, the probability that a reward model on trial serves a
+        #: decision instead of the champion
+        self.trial_share = trial_share
         self._cutoffs: dict[tuple[str, str], int | None] = {}
 
     @property
@@ -189,12 +199,21 @@ class Recommender:
                   channel: str, exclude: set[str], now: datetime, cost_multiplier: float,
                   tier_hint: str | None = None, arm: str | None = None,
                   experiment_id: str | None = None,
-                  no_champion: Collection[str] = ()) -> Decision:
+                  no_champion: Collection[str] = (),
+                  reward_trial: ScoringModel | None = None) -> Decision:
         """One member's decision and its log record.
 
         A family ("reward", "difficulty") passed without a model is in cold start when it is
         in ``no_champion`` (no model was ever promoted: uniform exploration, not degraded),
         else it falls back to the rules (its model is broken: degraded).
+
+        ``reward_trial``: a reward model on trial beside the champion. Outside experiments it
+        serves a ``trial_share`` of the decisions that offer rewards; both are scored, and the
+        first slot logs its probability over the draw, (1 - share) x the champion's + share x
+        the trial's, so the next off-policy gate can evaluate the trial on its own traffic.
+        Later slots log their probability under the version that served (as before: given
+        the first slot). The log names both (``model_versions``: the serving one under the
+        model's name, the trial under ``name@trial``).
         """
         loaded = self._loaded  # this request's catalog, whatever set_catalog does meanwhile
         vocabulary = loaded.catalog.vocabulary
@@ -226,6 +245,15 @@ class Recommender:
         rewards: list[RewardOut]
         reward_items: list[dict[str, Any]]
         uplift_score: float | None
+        models = [m for m in (reward_model, difficulty_model) if m is not None]
+        versions = {m.meta.name: m.meta.version for m in models}
+        # a version on trial is in play in every decision asking for rewards outside
+        # experiments (no-offer draws included: the gate reads them too)
+        trial = (reward_trial if arm is None and reward_model is not None and k_rewards > 0
+                 and self.trial_share > 0 else None)
+        if trial is not None:
+            versions[trial.meta.name + TRIAL_SUFFIX] = trial.meta.version
+        context: dict[str, Any] = {}
         if no_offer:
             rewards, reward_items, uplift_score = [], [], None
         else:
@@ -233,7 +261,8 @@ class Recommender:
                 loaded, features, tier_rank, reward_model,
                 max(k_rewards, 1) if arm else k_rewards, exclude, facts.recent, now,
                 cost_multiplier, reasons, history, personalized, random_arm=arm == "random",
-                cold=reward_cold, offer_share=1.0 - (no_offer_p or 0.0), fell_back=fell_back)
+                cold=reward_cold, offer_share=1.0 - (no_offer_p or 0.0), fell_back=fell_back,
+                trial=trial, versions=versions, context=context)
         if arm is not None:
             rewards, reward_items = rewards[:k_rewards], reward_items[:k_rewards]
         challenges: list[ChallengeOut]
@@ -247,8 +276,8 @@ class Recommender:
             challenges, challenge_items = self._challenges(
                 loaded, features, difficulty_model, k_challenges, exclude, facts.recent, now,
                 reasons, history, cold=difficulty_cold, fell_back=fell_back)
-        models = [m for m in (reward_model, difficulty_model) if m is not None]
-        versions = {m.meta.name: m.meta.version for m in models}
+        if trial is not None and trial.meta.name + TRIAL_SUFFIX in versions:
+            models.append(trial)  # its inputs are logged too
         policy: Policy = (
             "fallback" if fell_back or (reward_model is None and not reward_cold)
             or (difficulty_model is None and not difficulty_cold)
@@ -266,7 +295,8 @@ class Recommender:
             items=reward_items + challenge_items,
             flags={"personalized": response.personalized, "cold_start": cold,
                    "degraded": response.degraded, "no_offer": no_offer},
-            policy=policy, no_offer_probability=no_offer_p)
+            policy=policy, no_offer_probability=no_offer_p,
+            ranking=context if context and reward_items else None)
         exposure = None
         if experiment_id is not None and arm is not None:
             exposure = ExposureRecord(
@@ -286,27 +316,42 @@ class Recommender:
                  k: int, exclude: set[str], recent: dict[str, datetime], now: datetime,
                  lam: float, reasons: list[str], history: bool, consent: bool,
                  random_arm: bool = False, cold: bool = False, offer_share: float = 1.0,
-                 fell_back: list[str] | None = None
+                 fell_back: list[str] | None = None, trial: ScoringModel | None = None,
+                 versions: dict[str, str] | None = None, context: dict[str, Any] | None = None
                  ) -> tuple[list[RewardOut], list[dict[str, Any]], float | None]:
         """Ranked rewards, their log items, and the model's uplift for its first offer.
 
         ``cold``: no reward model was ever promoted, the rewards are drawn uniformly.
         ``offer_share``: the probability that this decision offers rewards at all (1 - the
-        no-offer share), a factor of every shown probability.
+        no-offer share), a factor of every shown probability. ``trial``: a version on trial
+        (``recommend``); ``versions`` (the decision's model versions) then names it and the
+        version that served. ``context`` receives the ranking's context (the decision log's
+        ``ranking``: cost multiplier, blocked rewards, novelty factors).
         """
+        versions = {} if versions is None else versions
         catalog = loaded.catalog
         cat = catalog.reward_cols
         ok = np.ones(len(cat["reward_id"]), dtype=bool)
-        if exclude:
-            ok &= ~np.isin(cat["reward_id"], list(exclude))
         if self.rules.eligibility.respect_min_tier:
             ok &= cat["min_tier_rank"] <= tier_rank
+        allowed = ok  # by the member's tier
+        if exclude:
+            ok = ok & ~np.isin(cat["reward_id"], list(exclude))
         days_since = _days_since(cat["reward_id"], recent, now)
         if recent:  # never shown (no recent offers): nothing is in a cooldown
-            ok &= ~(days_since < self.rules.frequency.reward_cooldown_days)
+            ok = ok & ~(days_since < self.rules.frequency.reward_cooldown_days)
         idx = np.flatnonzero(ok)  # the eligible rewards; i below indexes into idx
         if k == 0 or len(idx) == 0:
             return [], [], None
+        if context is not None:  # what the ranking applies besides the scores (RankingContext)
+            context["cost_multiplier"] = float(lam)
+            if exclude or recent:
+                context["blocked"] = cat["reward_id"][allowed & ~ok].tolist()
+            if recent and self.rules.novelty.decay > 0:
+                nov = self.rules.novelty
+                factor = novelty_factor(days_since[idx], nov.window_days, nov.decay)
+                context["novelty"] = {cat["reward_id"][idx[i]]: float(factor[i])
+                                      for i in np.flatnonzero(factor < 1.0).tolist()}
         n = len(idx)
         cost = cat["cost"][idx].astype(np.float64)
         if cold and not random_arm:
@@ -328,22 +373,47 @@ class Recommender:
             value = -cost
             scores = {"propensity": np.full(n, np.nan), "uplift": np.full(n, np.nan)}
         else:
-            member = scores_from_proba(proba, 1)
-            params = model.meta.value_params
-            # float64, not a Python float: NumPy would compute in float32 with it
-            basket = member_basket(features.get("avg_basket_90d", 0.0), params)
-            value = member.values(basket, cost, params.get("margin", DEFAULT_MARGIN), lam)[0]
-            scores = {"propensity": member.propensity[0], "uplift": member.uplift[0]}
-        ranked = value
-        if recent:  # novelty decay applies only to items shown before
-            nov = self.rules.novelty
-            ranked = value * np.where(value > 0, novelty_factor(days_since[idx], nov.window_days,
-                                                                nov.decay), 1.0)
+            value, scores = _reward_values(proba, model, features, cost, lam)
+        ranked = self._novelty(value, days_since[idx], recent)
+        # A version on trial (REWARDS_TRIAL_SHARE): scored too, and drawn to serve with
+        # probability trial_share; the first slot then logs its probability over that draw.
+        on_trial: tuple[ScoringModel, np.ndarray] | None = None
+        if trial is not None and model is not None and self.trial_share > 0:
+            try:
+                X = loaded.member_rows("reward", trial.meta.service_features).matrix(
+                    features, np.append(idx, len(ok)))
+                t_value, t_scores = _reward_values(trial.predict(X), trial, features, cost, lam)
+                on_trial = trial, self._novelty(t_value, days_since[idx], recent)
+            except Exception as exc:  # noqa: BLE001 - a broken trial leaves the champion alone
+                log.warning("trial model error", extra={"model": trial.meta.name,
+                                                        "error": type(exc).__name__})
+        serving, other = model, None
+        if on_trial is None and trial is not None:  # it could not score: the champion alone
+            versions.pop(trial.meta.name + TRIAL_SUFFIX, None)
+        if on_trial is not None:
+            if self.rng.random() < self.trial_share:
+                serving, other = on_trial[0], (model, ranked)
+                value, scores, ranked = t_value, t_scores, on_trial[1]
+                versions[trial.meta.name] = trial.meta.version  # type: ignore[union-attr]
+            else:
+                other = on_trial
+        category = catalog.reward_category_index[idx]  # type: ignore[attr-defined]
+        cap, epsilon = self.rules.diversity.max_per_category, self.rules.exploration.epsilon
         slate, explored = select_slate_exploring_new(
-            ranked, catalog.reward_category_index[idx], k,  # type: ignore[attr-defined]
-            self.rules.diversity.max_per_category, self.rules.exploration.epsilon, self.rng,
-            self.new_rewards(catalog, model)[idx], self.new_reward_epsilon,
+            ranked, category, k, cap, epsilon, self.rng,
+            self.new_rewards(catalog, serving)[idx], self.new_reward_epsilon,
             self.exploration_floor)
+        if other is not None and len(slate.index):
+            # the first slot's probability over the draw of the serving version
+            pick = int(slate.index[0])
+            p_other = first_slot_probability(
+                other[1], pick, k, cap, epsilon, self.new_rewards(catalog, other[0])[idx],
+                self.new_reward_epsilon, self.exploration_floor)
+            p_served = float(slate.probability[0])
+            s = self.trial_share
+            slate.probability[0] = ((1 - s) * p_served + s * p_other if serving is model
+                                    else (1 - s) * p_other + s * p_served)
+        model = serving
         model_uplift = None
         if model is not None and len(slate.index):
             # what the model expects its first offer to add: the score the Qini curve ranks by
@@ -370,6 +440,15 @@ class Recommender:
             items.append(dict(item_type="reward", item_id=reward_id, rank=rank,
                                       score=item_value, shown_probability=p, cost=item_cost))
         return out, items, model_uplift
+
+    def _novelty(self, value: np.ndarray, days_since: np.ndarray, recent: Mapping[str, Any]
+                 ) -> np.ndarray:
+        """What the slate ranks by: the value, decayed for items shown recently."""
+        if not recent:  # novelty decay applies only to items shown before
+            return value
+        nov = self.rules.novelty
+        return value * np.where(value > 0, novelty_factor(days_since, nov.window_days,
+                                                          nov.decay), 1.0)
 
     def _uniform_rewards(self, cat: Mapping[str, np.ndarray], idx: np.ndarray,
                          cost: np.ndarray, k: int, offer_share: float
@@ -526,6 +605,18 @@ def _item_out(cls: type[_Out], **fields: Any) -> _Out:
     except ValidationError as exc:
         log.warning("response item outside its schema", extra={"error": str(exc)[:500]})
         return cls.model_construct(**fields)
+
+
+def _reward_values(proba: np.ndarray, model: ScoringModel, features: Mapping[str, float],
+                   cost: np.ndarray, lam: float) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A reward model's expected value of each candidate (the last row of ``proba`` is the
+    no-offer's), and its propensity and uplift scores."""
+    member = scores_from_proba(proba, 1)
+    params = model.meta.value_params
+    # float64, not a Python float: NumPy would compute in float32 with it
+    basket = member_basket(features.get("avg_basket_90d", 0.0), params)
+    value = member.values(basket, cost, params.get("margin", DEFAULT_MARGIN), lam)[0]
+    return value, {"propensity": member.propensity[0], "uplift": member.uplift[0]}
 
 
 def _member_names(*models: ScoringModel | None) -> list[str]:

@@ -56,9 +56,10 @@ class RewardScores:
         return self.p_convert - self.p_control
 
     def values(self, basket: np.ndarray, cost: np.ndarray, margin: float,
-               cost_multiplier: float = 1.0) -> np.ndarray:
+               cost_multiplier: float | np.ndarray = 1.0) -> np.ndarray:
         """Expected incremental profit of each offer (members x rewards): ``basket`` per member
-        (float64, see ranking.member_basket), ``cost`` per reward."""
+        (float64, see ranking.member_basket), ``cost`` per reward; ``cost_multiplier`` one
+        for all or one per member ((members x 1))."""
         return expected_value(self.uplift, self.propensity,
                               np.asarray(basket).reshape(-1, 1), np.asarray(cost)[None, :],
                               margin, cost_multiplier)

@@ -4,6 +4,11 @@ A model is only ever swapped in after it loaded, its metadata matched the Featur
 names (same features, same order) and the derived columns this code builds, and it scored a
 probe row. Anything else is refused and the current model keeps serving; the refusal is kept
 for /readyz and the metrics.
+
+A slot opened with ``trials=True`` (the reward family) also keeps the version on trial (the
+registry's ``trial`` alias), verified the same way: serving runs it beside the champion on a
+share of decisions. A trial that cannot load is left out (the champion serves alone); it never
+makes the service unready.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import ClassVar
 import numpy as np
 
 from serving.contract.model_meta import ModelMetadata, ModelRefused, read_onnx_metadata
-from serving.stores.registry import ChampionSource
+from serving.stores.registry import TRIAL, ChampionSource
 
 log = logging.getLogger("rewards.models")
 
@@ -97,6 +102,11 @@ class ModelSlot:
     #: what the registry last said: True a champion exists (loaded or not), False none was
     #: ever promoted, None not known (not asked yet, or the registry was unreachable)
     champion_registered: bool | None = None
+    #: whether this family runs versions on trial beside its champion
+    trials: bool = False
+    #: the version on trial, loaded and verified (None: no trial, or it failed to load)
+    trial: LoadedModel | None = None
+    trial_error: str | None = None
 
 
 @dataclass
@@ -108,11 +118,19 @@ class ModelManager:
     slots: dict[str, ModelSlot] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, name: str, service: str, derived: Sequence[str]) -> None:
-        self.slots[name] = ModelSlot(name, service, derived)
+    def add(self, name: str, service: str, derived: Sequence[str], trials: bool = False) -> None:
+        self.slots[name] = ModelSlot(name, service, derived, trials=trials)
 
     def get(self, name: str) -> LoadedModel | None:
         return self.slots[name].current
+
+    def trial(self, name: str) -> LoadedModel | None:
+        """The version of ``name`` on trial, when one is loaded beside a loaded champion."""
+        slot, trial = self.slots[name], self.slots[name].trial
+        if slot.current is None or trial is None or \
+                trial.meta.version == slot.current.meta.version:
+            return None
+        return trial
 
     def never_promoted(self, name: str) -> bool:
         """True while the registry has no champion of ``name`` and none is loaded: the
@@ -134,6 +152,38 @@ class ModelManager:
         return outcomes
 
     def _refresh_one(self, slot: ModelSlot) -> str:
+        outcome = self._refresh_champion(slot)
+        if slot.trials and outcome != "registry unavailable":
+            outcome += self._refresh_trial(slot)
+        return outcome
+
+    def _refresh_trial(self, slot: ModelSlot) -> str:
+        """Follow the registry's trial alias; '' when nothing changed."""
+        before = slot.trial.meta.version if slot.trial is not None else None
+        try:
+            found = self.source.alias(slot.name, TRIAL) if slot.champion_registered else None
+        except Exception as exc:  # noqa: BLE001 - registry down: keep what we have
+            slot.trial_error = f"registry unavailable: {exc}"
+            return ""
+        if found is None:
+            slot.trial, slot.trial_error = None, None
+            return f"; trial of v{before} ended" if before else ""
+        version, path = found
+        if before == version:
+            return ""
+        try:
+            model = load_onnx(path, self.service_features(slot.service), slot.derived)
+        except ModelRefused as exc:
+            slot.trial, slot.trial_error = None, str(exc)
+            log.error("trial model refused", extra={"model": slot.name, "reason": str(exc)})
+            return f"; trial v{version} refused"
+        if model.meta.version != version:
+            model.meta = model.meta.model_copy(update={"version": version})
+        slot.trial, slot.trial_error = model, None
+        log.info("trial model loaded", extra={"model": slot.name, "version": version})
+        return f"; trial v{version} loaded"
+
+    def _refresh_champion(self, slot: ModelSlot) -> str:
         try:
             found = self.source.champion(slot.name)
         except Exception as exc:  # noqa: BLE001 - registry down: keep serving what we have

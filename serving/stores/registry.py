@@ -32,6 +32,8 @@ MODEL_FILE = "model.onnx"
 METADATA_FILE = "metadata.json"
 CARD_FILE = "MODEL_CARD.md"
 CHAMPION = "champion"
+#: the version on trial beside the champion (training.models.tracking.TRIAL)
+TRIAL = "trial"
 #: Name under which a training run logs the native LightGBM booster beside the ONNX export
 #: (training.models.tracking), and the file MLflow's LightGBM flavour stores it in (LightGBM text).
 NATIVE_ARTIFACT = "native_model"
@@ -166,7 +168,12 @@ class ChampionSource:
 
     def champion(self, name: str) -> tuple[str, Path] | None:
         """(version, local ONNX path) of the champion, downloading it once; None if none."""
-        version = alias_version(self.tracking_uri, name, CHAMPION)
+        return self.alias(name, CHAMPION)
+
+    def alias(self, name: str, alias: str) -> tuple[str, Path] | None:
+        """(version, local ONNX path) of the version ``alias`` names (CHAMPION, TRIAL),
+        downloading it once; None if the alias is not set."""
+        version = alias_version(self.tracking_uri, name, alias)
         if version is None:
             return None
         return version, download_version(self.tracking_uri, name, version, self.cache_dir)

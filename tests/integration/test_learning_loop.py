@@ -134,3 +134,44 @@ def test_cold_start_then_retrain_from_own_decisions(loop_world, monkeypatch) -> 
     out = report.outcomes
     assert out["matched_by_decision_id"] + out["unmatched_unknown_decision_id"] == posted
     assert out["unmatched_unknown_decision_id"] == 0
+
+    # -- the loop goes on: the kept candidate runs on trial beside the champion, and the next
+    # retrain measures it on its own traffic, re-running both as serving ran them
+    if not reward["promoted"]:  # an operator starts the loop by hand (recorded as forced)
+        assert tracking.promote(reward["name"], {}, force=True, reason="start the loop").promoted
+    ids = truth.world.members.index.to_numpy()
+
+    def serve_round(at):  # noqa: ANN001, ANN202 - one round through the real app
+        with TestClient(create_app(store, settings)) as client:
+            services = client.app.state.services
+            frame, times = run_round(client, services, ids, at, 7.0, rng)
+            answer_round(client, store.world_dir, frame, times, 7, truth.rewards, rng)
+        return frame
+
+    serve_round(as_of)
+    second = retrain(store, train, loop, as_of=as_of + timedelta(days=14))
+    fam = second["families"][0]
+    assert fam["candidate"] == "2" and fam["trial"] is None  # nothing was on trial yet
+    if fam["promoted"]:
+        pytest.skip("v2 was promoted outright: no trial to follow on this world")
+    assert fam["on_trial"] == "2" and tracking.trial_version(reward["name"]) == "2"
+    frame = serve_round(as_of + timedelta(days=14))
+    tags = frame["versions"].map(json.loads)
+    assert tags.map(lambda v: v.get("reward@trial") == "2").all()
+    offered = frame["reward_id"].notna()
+    by_trial = tags[offered].map(lambda v: v["reward"] == "2").mean()
+    assert 0.2 < by_trial < 0.4  # REWARDS_TRIAL_SHARE 0.3
+
+    third = retrain(store, train, loop, as_of=as_of + timedelta(days=28))
+    fam = third["families"][0]
+    trial = fam["trial"]
+    assert trial is not None and trial["version"] == "2"
+    assert trial["metrics"]["gate.trial.candidate.n"] >= 100
+    assert trial["promoted"] == (tracking.champion_version(reward["name"]) == "2")
+    audit = pd.read_parquet(Path(third["snapshot_detail"]["path"]) / "gate_reward_trial.parquet")
+    read = audit[audit["logged"] & (audit["action"] != "")]
+    # what the first slot logged is the draw between the two, re-run by the gate exactly: the
+    # served features, the cost multiplier, cooldowns and novelty of each decision
+    np.testing.assert_allclose(0.7 * read["p_champion"] + 0.3 * read["p_candidate"],
+                               read["p_logging"], rtol=1e-6)
+    assert (read["p_candidate"] / read["p_logging"]).max() <= 1 / 0.3 + 1e-6

@@ -302,6 +302,54 @@ def test_champion_source_downloads_with_its_own_uri_only(
     assert not decoy.exists() and list(scratch.iterdir()) == []
 
 
+def test_a_trial_is_set_loaded_beside_the_champion_and_ended_by_its_promotion(
+    name: str, tmp_path: Path, data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """The trial alias: set with a recorded reason, refused for the champion or a missing
+    version, loaded and verified by serving's ModelManager beside the champion, and ended
+    (in the registry and in serving) when the version it names is promoted."""
+    from serving.stores.models import ModelManager
+    from serving.stores.registry import ChampionSource
+
+    for auc in (0.70, 0.71, 0.72):
+        _train_and_register(name, tmp_path, data, **_metrics(auc))
+    assert tracking.trial_version(name) is None
+    event = tracking.set_trial(name, "2", reason="kept by the gate", actor="cron")
+    assert event is not None and (event["action"], event["version"]) == ("trial", "2")
+    assert tracking.trial_version(name) == "2"
+    assert tracking.set_trial(name, "2") is None  # nothing changed, nothing recorded
+    with pytest.raises(tracking.RegistryError, match="is the champion"):
+        tracking.set_trial(name, "1")
+    with pytest.raises(tracking.RegistryError, match="no version 9"):
+        tracking.set_trial(name, "9")
+
+    manager = ModelManager(ChampionSource(mlflow.get_tracking_uri(), tmp_path / "cache"),
+                           lambda service: ["a", "b", "c"])
+    manager.add(name, "propensity_v1", ["treated"], trials=True)
+    assert manager.refresh() == {name: "loaded v1; trial v2 loaded"}
+    trial = manager.trial(name)
+    assert trial is not None and trial.meta.version == "2"
+    assert trial.predict(np.zeros((1, 4), dtype=np.float32)).shape == (1, 2)
+    assert manager.refresh() == {name: "unchanged v1"}
+
+    assert tracking.promote(name, GATE, version="2", reason="trial shown better").promoted
+    assert tracking.champion_version(name) == "2" and tracking.trial_version(name) is None
+    actions = [(e["action"], e["version"]) for e in tracking.history(name)]
+    assert actions[-3:] == [("trial", "2"), ("promote", "2"), ("end trial", "2")]
+    assert manager.refresh() == {name: "loaded v2; trial of v2 ended"}
+    served = manager.get(name)
+    assert manager.trial(name) is None and served is not None and served.meta.version == "2"
+    # a family without trials never asks for one
+    tracking.set_trial(name, "3")
+    plain = ModelManager(ChampionSource(mlflow.get_tracking_uri(), tmp_path / "cache"),
+                         lambda service: ["a", "b", "c"])
+    plain.add(name, "propensity_v1", ["treated"])
+    assert plain.refresh() == {name: "loaded v2"} and plain.trial(name) is None
+    tracking.set_trial(name, None, reason="done")
+    assert tracking.trial_version(name) is None
+    assert tracking.history(name)[-1]["action"] == "end trial"
+
+
 # --- the gate on its own ----------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -268,3 +269,61 @@ def check_refusals(client: TestClient, store: StoreSettings) -> None:
     metrics = client.get("/metrics").text
     assert 'rewards_model_refusals{model="reward"} 2.0' in metrics
     assert f'rewards_model_loaded{{model="reward",version="{v1.version}"}} 1.0' in metrics
+
+
+def test_a_trial_serves_its_share_and_a_broken_one_is_refused_without_harm(
+        private_app) -> None:  # noqa: ANN001
+    """A version put on trial (the registry's `trial` alias) is loaded on reload and serves
+    about REWARDS_TRIAL_SHARE (0.3) of the decisions, every decision naming it in play;
+    a trial whose file is garbage is refused: the champion serves alone, nothing degraded,
+    /readyz stays ready and says why."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client, store = private_app
+    registry = MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
+    v1 = registry.get_model_version_by_alias("reward", "champion")
+    good = (store.models / "reward" / str(v1.version) / "model.onnx").read_bytes()
+
+    def new_trial(content: bytes) -> str:
+        mv = registry.create_model_version("reward", source=v1.source, run_id=v1.run_id)
+        path = store.models / "reward" / str(mv.version) / "model.onnx"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)  # what the cache holds is what serving loads
+        registry.set_registered_model_alias("reward", "trial", mv.version)
+        return str(mv.version)
+
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store.tracking_uri)
+    try:
+        trial = new_trial(good)
+        outcome = client.post("/v1/admin/reload").json()["outcomes"]["reward"]
+        assert outcome == f"unchanged v{v1.version}; trial v{trial} loaded"
+        assert client.get("/readyz").json()["models"]["reward"]["trial"] == trial
+        served = Counter()
+        for i in range(300):
+            body = client.post("/v1/recommendations", json={"member_id": str(i)}).json()
+            assert body["model_versions"]["reward@trial"] == trial and not body["degraded"]
+            if body["rewards"]:
+                served[body["model_versions"]["reward"]] += 1
+        offered = sum(served.values())
+        assert set(served) == {str(v1.version), trial}
+        assert abs(served[trial] / offered - 0.3) < 4 * (0.3 * 0.7 / offered) ** 0.5
+        assert f'reward_model="{trial}"' in client.get("/metrics").text  # decisions by version
+
+        broken = new_trial(b"\x08\x07 definitely not an onnx model" * 100)
+        outcome = client.post("/v1/admin/reload").json()["outcomes"]["reward"]
+        assert outcome == f"unchanged v{v1.version}; trial v{broken} refused"
+        for i in range(20):
+            body = client.post("/v1/recommendations", json={"member_id": str(i)}).json()
+            assert body["model_versions"]["reward"] == str(v1.version)
+            assert "reward@trial" not in body["model_versions"] and not body["degraded"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        reward = ready.json()["models"]["reward"]
+        assert reward["trial"] is None and "unreadable" in reward["trial_error"]
+        registry.delete_registered_model_alias("reward", "trial")
+        outcome = client.post("/v1/admin/reload").json()["outcomes"]["reward"]
+        assert outcome == f"unchanged v{v1.version}"
+    finally:
+        mlflow.set_tracking_uri(previous_uri)

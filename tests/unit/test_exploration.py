@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Hashable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,11 +26,12 @@ from serving.contract.vocabulary import Vocabulary
 from serving.decisioning.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
 from serving.decisioning.catalog import Catalog
 from serving.decisioning.ranking import (
-    explore_targets, select_slate_exploring_new, target_layout, target_neighbours, uniform_slate,
+    explore_targets, first_slot_probability, select_slate_exploring_new, target_layout,
+    target_neighbours, uniform_slate,
     uniform_targets,
 )
 from serving.decisioning.recommend import (
-    COLD_START_REASON, FAMILIES, Decision, MemberFacts, Recommender,
+    COLD_START_REASON, FAMILIES, TRIAL_SUFFIX, Decision, MemberFacts, Recommender,
 )
 from serving.decisioning.rules import Rules, select_slate
 from serving.stores.events.schema import feature_json, loads
@@ -519,3 +521,260 @@ def test_never_promoted_is_what_the_registry_said_at_the_last_refresh(tmp_path: 
     source.answer = ("1", tmp_path / "missing.onnx")  # promoted, but it cannot be loaded
     assert manager.refresh() == {"reward": "refused v1"}
     assert not manager.never_promoted("reward") and manager.get("reward") is None
+
+
+# -- a reward model on trial beside the champion -------------------------------------------------
+
+def test_first_slot_probability_is_what_the_slate_logs() -> None:
+    """For any slate, the probability the other policy would have shown the first item
+    with equals what select_slate_exploring_new logs when it is that policy: the same
+    formula, computed without drawing."""
+    rng = np.random.default_rng(3)
+    checked = 0
+    for case in range(400):
+        n = int(rng.integers(1, 9))
+        value = rng.normal(size=n).round(1)  # rounded: ties happen and go to the lower index
+        if case % 7 == 0:
+            value[rng.integers(n)] = np.nan
+        category = rng.integers(0, 3, size=n)
+        new = rng.random(n) < 0.3
+        k, cap = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        epsilon, floor = float(rng.choice([0.0, 0.1, 0.3])), float(rng.choice([0.0, 0.05]))
+        new_epsilon = float(rng.choice([0.0, 0.1, 0.5]))
+        slate, _ = select_slate_exploring_new(value, category, k, cap, epsilon, rng, new,
+                                              new_epsilon, floor)
+        if len(slate.index):
+            assert first_slot_probability(value, int(slate.index[0]), k, cap, epsilon, new,
+                                          new_epsilon, floor) == pytest.approx(
+                slate.probability[0], abs=1e-12), case
+            checked += 1
+    assert checked > 350
+    # and over every item, the first slot's probabilities sum to 1
+    value, new = np.array([3.0, 1.0, 2.0, 0.5]), np.array([False, False, True, True])
+    for k in (1, 2):
+        total = sum(first_slot_probability(value, i, k, 1, 0.2, new, 0.1, 0.0)
+                    for i in range(4))
+        assert total == pytest.approx(1.0)
+
+
+class TrialRewardModel(RewardModel):
+    """A rival version: conversion rises with cost, so the dearest eligible reward (R6)
+    is its best, where the champion's is the cheapest (R1)."""
+
+    def __init__(self, broken: bool = False) -> None:
+        super().__init__(broken)
+        self.meta = self.meta.model_copy(update={"version": "8"})
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        if self.broken:
+            raise RuntimeError("corrupt session")
+        cost = X[:, self.meta.service_features.index("reward_cost")]
+        convert = np.where(cost < 0, 0.05, 0.1 + cost / 20).astype(np.float32)
+        return np.stack([1 - convert, convert / 2, convert / 2], axis=1)
+
+
+def trial_recommender(share: float, seed: int) -> Recommender:
+    rules = Rules.model_validate({"exploration": {"epsilon": 0.1}})
+    return Recommender(catalog(), rules, seed=seed, new_reward_epsilon=0.0, no_offer_share=0.1,
+                       exploration_floor=0.0, target_exploration=0.0, trial_share=share)
+
+
+def test_a_trial_serves_its_share_and_the_first_slot_logs_the_probability_over_the_draw(
+        ) -> None:
+    share, draws = 0.3, 6_000
+    rec = trial_recommender(share, seed=11)
+    champion, trial = RewardModel(), TrialRewardModel()
+    slot0: Counter[str] = Counter()
+    pairs: list[tuple[Hashable, float]] = []
+    served_by: Counter[str] = Counter()
+    for _ in range(draws):
+        d = decide(rec, champion, DifficultyModel(), k_rewards=2, reward_trial=trial)
+        versions = d.record.model_versions
+        assert versions["reward" + TRIAL_SUFFIX] == "8"  # no-offer draws included
+        assert d.record.policy == "model" and not d.response.degraded
+        if d.record.flags["no_offer"]:
+            slot0["no offer"] += 1
+            pairs.append(("no offer", 0.1))
+            continue
+        served_by[versions["reward"]] += 1
+        first = items_of(d, "reward")[0]
+        slot0[str(first["item_id"])] += 1
+        pairs.append((first["item_id"], first["shown_probability"]))
+        # the trial's inputs are logged with the champion's
+        assert set(d.record.features or {}) >= set(trial.meta.service_features) - {"reward_cost"}
+    logged = logged_once(pairs)
+    e = 0.1 / 6  # epsilon over the six rewards a Bronze member may get
+    assert logged["R1"] == pytest.approx(0.9 * ((1 - share) * (0.9 + e) + share * e))
+    assert logged["R6"] == pytest.approx(0.9 * ((1 - share) * e + share * (0.9 + e)))
+    assert logged["R3"] == pytest.approx(0.9 * e)
+    assert_frequencies_match(slot0, logged)
+    offered = sum(served_by.values())
+    assert set(served_by) == {"7", "8"}
+    assert abs(served_by["8"] / offered - share) < 4 * np.sqrt(share * (1 - share) / offered)
+
+
+def test_a_trial_stays_out_of_experiments_and_a_broken_one_leaves_the_champion_alone(
+        ) -> None:
+    champion = RewardModel()
+    for arm in ("model", "random", "holdout"):
+        rec = trial_recommender(0.5, seed=2)
+        for _ in range(50):
+            d = decide(rec, champion, DifficultyModel(), reward_trial=TrialRewardModel(),
+                       arm=arm, experiment_id="E1")
+            assert d.record.model_versions["reward"] == "7"
+            assert "reward" + TRIAL_SUFFIX not in d.record.model_versions
+    # a trial that fails to score: the champion serves alone, logged as alone, not degraded
+    # (a no-offer draw names the trial in play: it was drawn before any scoring)
+    with_broken, alone = trial_recommender(0.5, seed=4), trial_recommender(0.0, seed=4)
+    offered = 0
+    for _ in range(200):
+        a = decide(with_broken, champion, DifficultyModel(),
+                   reward_trial=TrialRewardModel(broken=True))
+        b = decide(alone, champion, DifficultyModel(), reward_trial=TrialRewardModel())
+        assert b.record.model_versions == {"reward": "7", "difficulty": "7"}
+        if a.response.rewards:
+            offered += 1
+            assert a.record.model_versions == b.record.model_versions
+        assert not a.response.degraded and a.record.policy == "model"
+        assert [(i["item_id"], i["shown_probability"]) for i in items_of(a, "reward")] == [
+            (i["item_id"], i["shown_probability"]) for i in items_of(b, "reward")]
+    assert offered > 150
+
+
+# -- the gate re-runs the policy that served ------------------------------------------------------
+
+def test_decisions_log_their_ranking_context() -> None:
+    """Cost multiplier, the rewards kept out (exclusion, cooldown) and the novelty factors:
+    what the ranking applied besides the scores, in the decision log."""
+    rec = recommender(epsilon=0.0)
+    recent = {"R1": datetime(2026, 4, 28, tzinfo=UTC),   # 3 days ago: in its cooldown
+              "R3": datetime(2026, 4, 11, tzinfo=UTC)}   # 20 days ago: decayed by novelty
+    models: tuple[Any, Any] = (RewardModel(), DifficultyModel())
+    d = rec.recommend(MemberFacts("M-1", MEMBER, True, recent), *models, k_rewards=2,
+                      k_challenges=1, channel="app", exclude={"R2", "GOLD"}, now=NOW,
+                      cost_multiplier=2.5)
+    ranking = d.record.ranking
+    assert ranking is not None and ranking.cost_multiplier == 2.5
+    assert sorted(ranking.blocked) == ["R1", "R2"]  # GOLD: the tier keeps it out anyway
+    assert ranking.novelty == {"R3": pytest.approx(0.7)}
+    plain = rec.recommend(MemberFacts("M-1", MEMBER, True), *models, k_rewards=1,
+                          k_challenges=1, channel="app", exclude=set(), now=NOW,
+                          cost_multiplier=1.0)
+    assert plain.record.ranking is not None
+    assert plain.record.ranking.model_dump() == {"cost_multiplier": 1.0, "blocked": [],
+                                                 "novelty": {}}
+
+
+def _served_log(seed: int, n: int, trial_share: float = 0.0
+                ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """n decisions of the real Recommender (champion RewardModel, two slots) for members
+    with varied baskets and tiers, recent offers (cooldowns, novelty), exclusions and cost
+    multipliers; as a retrain's gate rows (first slot or the no-offer draw, the member
+    columns zeroed: the point-in-time values differ from those served) and as the decision
+    log's frame."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    rec = Recommender(catalog(), Rules.model_validate({"exploration": {"epsilon": 0.1}}),
+                      seed=seed, new_reward_epsilon=0.0, no_offer_share=0.05,
+                      exploration_floor=0.002, target_exploration=0.0,
+                      trial_share=trial_share)
+    ids = ["R1", "R2", "R3", "R4", "R5", "R6"]
+    trial = TrialRewardModel() if trial_share else None
+    rows, log = [], []
+    for i in range(n):
+        features = {"tier_rank": float(rng.integers(0, 3)),
+                    "avg_basket_90d": float(rng.choice([0.0, rng.uniform(5, 120)])),
+                    "visits_30d": float(rng.integers(0, 9))}
+        recent = {r: NOW - pd.Timedelta(days=float(rng.uniform(1, 40))).to_pytimedelta()
+                  for r in rng.choice(ids, size=int(rng.integers(0, 4)), replace=False)}
+        exclude = set(rng.choice(ids, size=int(rng.integers(0, 2)), replace=False))
+        models: tuple[Any, Any] = (RewardModel(), DifficultyModel())
+        d = rec.recommend(MemberFacts(f"M{i}", features, True, recent), *models, k_rewards=2,
+                          k_challenges=0, channel="app", exclude=exclude, reward_trial=trial,
+                          now=NOW, cost_multiplier=float(rng.choice([1.0, rng.uniform(1, 8)])))
+        r = d.record
+        first = next((it for it in r.items if it.item_type == "reward" and it.rank == 0), None)
+        if first is None and not r.flags["no_offer"]:
+            continue  # nothing eligible: no first slot to evaluate
+        rows.append({"decision_id": r.decision_id, "member_id": r.member_id,
+                     "event_timestamp": pd.Timestamp(NOW), "source": "service",
+                     "policy": r.policy, "slot": 0, "arm": None, "treated": first is not None,
+                     "reward_id": first.item_id if first else None,
+                     "propensity": first.shown_probability if first else r.no_offer_probability,
+                     "spend": float(rng.uniform(0, 50)), "redeemed": 0.0,
+                     "tier_rank": 0.0, "avg_basket_90d": 0.0, "visits_30d": 0.0,
+                     "model_versions": json.dumps(r.model_versions)})
+        log.append({"decision_id": r.decision_id, "features": json.dumps(r.features),
+                    "ranking": None if r.ranking is None else json.dumps(r.ranking.model_dump())})
+    return pd.DataFrame(rows), pd.DataFrame(log)
+
+
+def _gate_policy(name: str, rising: bool) -> object:
+    """The fake reward models as the gate's policies: conversion 0.6 - cost / 20 (the
+    champion, RewardModel) or 0.1 + cost / 20 (TrialRewardModel), no-offer 0.05."""
+    from serving.decisioning.scoring import RewardScores
+    from training.evaluation.gate import PolicyModel
+
+    def scorer(members: pd.DataFrame, items: pd.DataFrame) -> RewardScores:
+        c = items["reward_cost"].to_numpy()
+        convert = np.tile(0.1 + c / 20 if rising else 0.6 - c / 20, (len(members), 1))
+        return RewardScores(propensity=convert / 2, p_convert=convert,
+                            p_control=np.full((len(members), 1), 0.05))
+
+    return PolicyModel(name, scorer, {"margin": 0.3, "basket_multiplier": 1.0,
+                                      "basket_fallback": 50.0})
+
+
+def _gate_items() -> pd.DataFrame:
+    cols = catalog().reward_cols
+    return pd.DataFrame({"reward_id": cols["reward_id"],
+                         "reward_cost": cols["cost"].astype(np.float64),
+                         "reward_min_tier_rank": cols["min_tier_rank"]})
+
+
+def test_the_gate_re_runs_exactly_the_policy_that_served() -> None:
+    """Decisions of the real Recommender, given to the off-policy gate with the decision
+    log's served features and ranking context: the gate's champion gives every logged first
+    slot exactly the probability serving logged. Without the context (the point-in-time
+    features, no cost multiplier, cooldown or novelty) it does not."""
+    from training.evaluation.gate import Exploration, evaluate_gate, with_served_context
+
+    rows, log = _served_log(seed=3, n=1_500)
+    items = _gate_items()
+    champion = _gate_policy("v7", rising=False)
+    exploration = Exploration(no_offer_share=0.05, epsilon=0.1, floor=0.002)
+
+    def p_champion_vs_logged(gate_rows: pd.DataFrame) -> np.ndarray:
+        gate = evaluate_gate(gate_rows, items, champion, champion,  # type: ignore[arg-type]
+                             exploration, min_decisions=10, n_bootstrap=50)
+        assert gate.policies is not None and gate.decisions == len(rows)
+        read = gate.policies[gate.policies["logged"]]
+        return np.abs(read["p_champion"].to_numpy() - read["p_logging"].to_numpy())
+
+    served = with_served_context(rows, log)
+    assert served["avg_basket_90d"].gt(0).any() and rows["avg_basket_90d"].eq(0).all()
+    assert p_champion_vs_logged(served).max() < 1e-9
+    off = p_champion_vs_logged(rows)
+    assert (off > 0.1).mean() > 0.1  # without the context, a policy that did not serve
+
+
+def test_the_gate_re_runs_a_trial_and_the_champion_as_they_served_together() -> None:
+    """Decisions served with a version on trial: the probability each first slot logged is
+    (1 - share) x the gate's champion + share x the gate's trial, exactly."""
+    from training.evaluation.gate import Exploration, evaluate_gate, with_served_context
+
+    share = 0.3
+    rows, log = _served_log(seed=4, n=1_500, trial_share=share)
+    assert rows["model_versions"].str.contains('"reward@trial": "8"').all()
+    gate = evaluate_gate(with_served_context(rows, log), _gate_items(),
+                         _gate_policy("v8", rising=True),  # type: ignore[arg-type]
+                         _gate_policy("v7", rising=False),  # type: ignore[arg-type]
+                         Exploration(no_offer_share=0.05, epsilon=0.1, floor=0.002),
+                         min_decisions=10, n_bootstrap=50)
+    assert gate.policies is not None
+    read = gate.policies[gate.policies["logged"]]
+    mixed = (1 - share) * read["p_champion"] + share * read["p_candidate"]
+    np.testing.assert_allclose(mixed.to_numpy(), read["p_logging"].to_numpy(), atol=1e-9)
+    weights = read["p_candidate"] / read["p_logging"]
+    assert weights.max() <= 1 / share + 1e-9  # the trial's own traffic bounds its weights

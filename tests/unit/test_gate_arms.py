@@ -268,3 +268,56 @@ def test_experiment_decisions_of_an_earlier_champion_are_rescored_with_it() -> N
     for est, true in ((gate.candidate, truth["cand"]), (gate.champion, truth["champ"])):
         assert est.ips_ci_low <= true <= est.ips_ci_high
         assert est.dr_ci_low <= true <= est.dr_ci_high
+
+
+def _logged_with_trial(n: int, seed: int, share: float) -> dict[str, np.ndarray]:
+    """Decisions outside experiments: the champion's policy (epsilon 0.07, no-offer 0.05) or,
+    on ``share`` of them, the trial's (the right model), each logged with its probability over
+    that draw: (1 - share) x the champion's + share x the trial's."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=n)
+    champ = _eps_greedy(_champion(x), 0.07, none=0.05)
+    trial = _target(x)
+    on_trial = rng.random(n) < share
+    drawn = np.where(on_trial[:, None], trial, champ)
+    action = (rng.random(n)[:, None] > drawn.cumsum(axis=1)).sum(axis=1)
+    r = np.arange(n)
+    mixed = (1 - share) * champ + share * trial
+    return {"x": x, "arm": np.full(n, None, dtype=object), "action": action,
+            "reward": rng.binomial(1, _means(x)[r, action]).astype(float),
+            "logged": mixed[r, action], "on_trial": on_trial}
+
+
+def test_a_trial_is_evaluated_on_its_own_traffic_and_the_interval_narrows() -> None:
+    """The gate on the decisions a version on trial was in play for: its window is found by
+    time from the tagged decisions (untagged ones before and after are left out), the paired
+    interval covers the true gain, and it is several times narrower than the same number of
+    decisions logged by the champion alone give."""
+    from training.evaluation.gate import trial_rows
+
+    n, share = 12_000, 0.3
+    d = _logged_with_trial(n, seed=5, share=share)
+    tagged = np.where(d["on_trial"], '{"reward":"2","reward@trial":"2"}',
+                      '{"reward":"1","reward@trial":"2"}')
+    rows, items = _gate_rows(d, tagged)
+    before, _ = _gate_rows(_logged_with_trial(2_000, seed=6, share=0.0))
+    before["event_timestamp"] -= pd.Timedelta(days=7)
+    before["decision_id"] = "b" + before["decision_id"]
+    window = trial_rows(pd.concat([before, rows], ignore_index=True), "reward", "2")
+    assert list(window["decision_id"]) == list(rows["decision_id"])
+    assert trial_rows(rows, "reward", "3").empty and trial_rows(before, "reward", "2").empty
+    champion, trial = _policy("v1", np.array([-1.0, 0.2, 0.8])), _policy("v2", COEF)
+    exploration = Exploration(no_offer_share=0.05, epsilon=0.07, floor=0.0)
+    gate = evaluate_gate(window, items, trial, champion, exploration, min_decisions=100,
+                         n_bootstrap=300)
+    x = np.random.default_rng(1).normal(size=1_000_000)
+    gain = float(((_target(x) - _eps_greedy(_champion(x), 0.07, none=0.05))
+                  * _means(x)).sum(axis=1).mean())
+    assert gate.difference is not None and gate.decisions == n
+    assert gate.difference.ci_low <= gain <= gate.difference.ci_high
+    alone_rows, _ = _gate_rows(_logged_with_trial(n, seed=5, share=0.0))
+    alone = evaluate_gate(alone_rows, items, trial, champion, exploration, min_decisions=100,
+                          n_bootstrap=300)
+    assert alone.difference is not None
+    ratio = gate.difference.half_width / alone.difference.half_width
+    assert ratio < 0.6, (gate.difference.half_width, alone.difference.half_width, gain)

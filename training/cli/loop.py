@@ -81,9 +81,10 @@ def retrain(
     """Retrain from the service's own decisions and outcomes, gated by off-policy evaluation.
 
     Snapshot (dataset hash) -> features from the event store -> reward and difficulty models
-    -> held-out metrics -> off-policy estimates of candidate and champion -> promote only when
-    the candidate's DR lower bound beats the champion's estimate -> services reload. Safe to
-    run from cron: without new closed decisions it changes nothing."""
+    -> held-out metrics -> off-policy estimates of candidate and champion (and of the version
+    on trial, on its own traffic) -> promote only when a DR lower bound beats the champion's
+    estimate, else put the candidate on trial -> services reload. Safe to run from cron:
+    without new closed decisions it changes nothing."""
     from training.config import get_train_settings
     from training.retrain import RetrainSettings
     from training.retrain import retrain as run
@@ -102,5 +103,13 @@ def retrain(
         for fam in record.get("families", []):
             verdict = "promoted" if fam["promoted"] else "kept the champion"
             typer.echo(f"{fam['name']} v{fam['candidate']}: {verdict} ({fam['reason']})")
+            trial = fam.get("trial")
+            if trial:
+                typer.echo(f"{fam['name']} v{trial['version']} (on trial): "
+                           f"{'promoted' if trial['promoted'] else 'not promoted'} "
+                           f"({trial['reason']})")
+            if fam.get("on_trial"):
+                typer.echo(f"{fam['name']} v{fam['on_trial']} is on trial: serving runs it on "
+                           "REWARDS_TRIAL_SHARE of decisions until the next retrain")
         if record["status"] == "unchanged":
             typer.echo(f"unchanged: no decision closed since snapshot {record['snapshot']['id']}")

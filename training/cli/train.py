@@ -151,13 +151,15 @@ def models_list(
     report: dict[str, dict[str, Any]] = {
         n: {"champion": tracking.champion_version(n),
             "challenger": tracking.challenger_version(n),
+            "trial": tracking.trial_version(n),
             "history": tracking.history(n)} for n in names}
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
     for n, info in report.items():
-        typer.secho(f"{n}: champion v{info['champion']}  challenger v{info['challenger']}",
-                    bold=True)
+        trial = f"  on trial v{info['trial']}" if info["trial"] else ""
+        typer.secho(f"{n}: champion v{info['champion']}  challenger v{info['challenger']}"
+                    f"{trial}", bold=True)
         for e in info["history"]:
             forced = " (forced)" if e.get("forced") else ""
             typer.echo(f"  {e['at']}  {e['action']:<9} v{e['version']}"
@@ -187,6 +189,33 @@ def models_promote(
                         f"v{result.from_version}:\n  {lines}")
     typer.echo(json.dumps({"model": name, "champion": result.version,
                            "previous": result.from_version, "forced": result.forced}))
+
+
+@models_app.command("trial")
+@friendly
+def models_trial(
+    name: ModelName,
+    version: Annotated[str | None, typer.Argument(
+        help="The version to put on trial; omit with --end.")] = None,
+    end: Annotated[bool, typer.Option("--end", help="End the current trial.")] = False,
+    reason: Annotated[str, typer.Option(help="Why; recorded in the history.")] = "",
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Serve VERSION beside the champion on a share of decisions (REWARDS_TRIAL_SHARE),
+    so that the next `rewards retrain` measures it on its own traffic (reward model only)."""
+    from training.config import get_train_settings
+    from training.models import tracking
+
+    _known_model(name)
+    if name != get_train_settings().reward_model_name:
+        raise UserError(f"NAME: only the reward model runs trials, not {name!r}")
+    if (version is None) == (not end):
+        raise UserError("VERSION: give a version to put on trial, or --end to end the trial")
+    _registry(data_dir)
+    _registered(name)
+    event = tracking.set_trial(name, None if end else version, reason=reason)
+    typer.echo(json.dumps({"model": name, "trial": tracking.trial_version(name),
+                           "changed": event is not None}))
 
 
 @models_app.command("rollback")

@@ -22,9 +22,17 @@ The model arm's probabilities are re-derived from the version that served each d
 champion, or an earlier one loaded from the registry when a promotion falls inside the
 evaluation period (``arm_models``).
 
+The policies are re-run on each decision as serving ran it (:func:`with_served_context`): on
+the member feature values the models were given (the decision log's ``features``, not the
+point-in-time features training reads, which know the events since the online store was last
+refreshed) and with the ranking's context the decision logged (``ranking``: the budget's cost
+multiplier, the rewards kept out by a cooldown, an exclusion or a daily cap, the novelty
+decay). Without them a third of the champion's greedy choices on the learning-loop bench were
+not what it had served, and every such decision weighed up to 1 / the exploration floor.
+
 Only the first slot of a decision is evaluated (its logged probability is a marginal; later
-slots' are conditional on the first). Novelty decay, cooldowns and the new-reward exploration
-are left out of the target policies: they act the same on both and are second order here.
+slots' are conditional on the first). The new-reward exploration is left out of the target
+policies: it acts the same on both and is second order here.
 """
 
 from __future__ import annotations
@@ -125,6 +133,78 @@ def served_versions(rows: pd.DataFrame, model: str) -> np.ndarray:
     text = rows["model_versions"].fillna("").astype(str)
     return text.map(lambda t: str(json.loads(t).get(model) or "") if t else "?").to_numpy(
         dtype=object)
+
+
+def with_served_context(rows: pd.DataFrame, decisions: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` with each decision's member feature values replaced by those it was served
+    with and its ranking context attached (column ``ranking``, JSON text), both from the
+    decision log (``decisions``: EventStore.decision_log's frame). Rows of decisions the log
+    does not hold, or that logged no features, keep theirs."""
+    if rows.empty or decisions.empty or "decision_id" not in rows:
+        return rows
+    log = decisions.drop_duplicates("decision_id").set_index("decision_id")
+    at = log.index.get_indexer(rows["decision_id"])
+    out = rows.copy()
+    if "ranking" in log:
+        out["ranking"] = np.where(at >= 0, log["ranking"].to_numpy(dtype=object)[at], None)
+    text = np.where(at >= 0, log["features"].to_numpy(dtype=object)[at], None)
+    has = np.flatnonzero([isinstance(t, str) for t in text])
+    if len(has):
+        served = pd.DataFrame.from_records([json.loads(str(text[i])) for i in has])
+        for column in served.columns.intersection(out.columns):
+            values = served[column].to_numpy(dtype=np.float64)
+            keep = ~np.isnan(values)  # a value the log kept as null: the row's own stays
+            col = out[column].to_numpy(dtype=np.float64, copy=True)
+            col[has[keep]] = values[keep]
+            out[column] = col
+    return out
+
+
+def ranking_context(rows: pd.DataFrame, reward_ids: Sequence[str]
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, what its logged ranking context (``ranking``, :func:`with_served_context`)
+    says: the cost multiplier (n), the rewards kept out ((n x rewards) bool) and each
+    reward's novelty factor ((n x rewards), 1 where none). Rows without one: 1, none, 1."""
+    n, m = len(rows), len(reward_ids)
+    lam, blocked, novelty = np.ones(n), np.zeros((n, m), dtype=bool), np.ones((n, m))
+    if "ranking" not in rows:
+        return lam, blocked, novelty
+    index = {r: j for j, r in enumerate(reward_ids)}
+    for i, text in enumerate(rows["ranking"].to_numpy(dtype=object)):
+        if not isinstance(text, str):
+            continue
+        ctx = json.loads(text)
+        lam[i] = float(ctx.get("cost_multiplier", 1.0))
+        for r in ctx.get("blocked", ()):
+            if r in index:
+                blocked[i, index[r]] = True
+        for r, factor in ctx.get("novelty", {}).items():
+            if r in index:
+                novelty[i, index[r]] = float(factor)
+    return lam, blocked, novelty
+
+
+def trial_rows(rows: pd.DataFrame, model: str, version: str) -> pd.DataFrame:
+    """The rows of the period ``model`` v``version`` was on trial: from the first decision
+    that names it in play (``model_versions["<model>@trial"]``) to the last, every decision
+    in between. Selected by time, not by the tag, so the selection cannot depend on what a
+    decision drew or served (a trial that failed to score for some member leaves that
+    decision to the champion, logged as such: still a valid logged decision)."""
+    from serving.decisioning.recommend import TRIAL_SUFFIX
+
+    if "model_versions" not in rows or rows.empty:
+        return rows.iloc[:0]
+    key = model + TRIAL_SUFFIX
+    text = rows["model_versions"].fillna("").astype(str)
+    tagged = text.str.contains(f'"{key}"', regex=False).to_numpy()
+    if tagged.any():
+        tagged[tagged] = text[tagged].map(
+            lambda t: str(json.loads(t).get(key)) == version).to_numpy(dtype=bool)
+    if not tagged.any():
+        return rows.iloc[:0]
+    t = rows["event_timestamp"]
+    first, last = t[tagged].min(), t[tagged].max()
+    return rows[((t >= first) & (t <= last)).to_numpy()]
 
 
 def logged_rows(rows: pd.DataFrame, experiments: Sequence[ArmShares] = (),
@@ -242,16 +322,20 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
         treated, own["redeemed"].to_numpy(dtype=np.float64) * cost[np.minimum(action, m - 1)],
         0.0)
     propensity = own["propensity"].to_numpy(dtype=np.float64)
-    eligible = eligible_rewards(own, items)
+    lam, blocked, novelty = ranking_context(own, items["reward_id"].astype(str).tolist())
+    eligible = eligible_rewards(own, items) & ~blocked
 
-    def value(model: PolicyModel, rows: pd.DataFrame,
+    def value(model: PolicyModel, at: np.ndarray | slice = slice(None),
               scores: RewardScores | None = None) -> np.ndarray:
-        """The model's value of each reward for each of ``rows`` (what it ranks by)."""
+        """What the model ranks each reward by for each of ``own``'s rows ``at``: its value
+        with the decision's cost multiplier, decayed by novelty (as serving ranks)."""
+        rows = own.iloc[at]
         scores = model.scorer(rows, items) if scores is None else scores
-        return scores.values(member_baskets(rows, model.value_params), cost,
-                             float(model.value_params.get("margin", margin)))
+        v = scores.values(member_baskets(rows, model.value_params), cost,
+                          float(model.value_params.get("margin", margin)), lam[at][:, None])
+        return v * np.where(v > 0, novelty[at], 1.0)
 
-    champ_value = None if champion is None else value(champion, own)
+    champ_value = None if champion is None else value(champion)
     shares = experiment_shares(own, experiments)
     in_experiments, earlier = int((shares.sum(axis=1) > 0).sum()), 0
     if in_experiments:
@@ -264,7 +348,7 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
         for v, model in arm_models.items():
             at = np.flatnonzero((version == v) & (shares.sum(axis=1) > 0))
             if len(at):
-                arm_value[at], ranked[at] = value(model, own.iloc[at]), True
+                arm_value[at], ranked[at] = value(model, at), True
                 earlier += len(at)
         cold = ((version == "") | ((version == "?") & (own["policy"].to_numpy() == "cold_start"))
                 | ~ranked)
@@ -275,7 +359,7 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
     q = np.column_stack(expected_profits(cand_scores, member_baskets(own, candidate.value_params),
                                          cost, margin))  # each reward, then no offer
     q_logged = q[r_idx, action]
-    dists = {"p_candidate": policy_distribution(value(candidate, own, cand_scores), eligible,
+    dists = {"p_candidate": policy_distribution(value(candidate, scores=cand_scores), eligible,
                                                 exploration)}
     if champ_value is not None:
         dists["p_champion"] = policy_distribution(champ_value, eligible, exploration)

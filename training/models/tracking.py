@@ -1,7 +1,10 @@
 """MLflow tracking and the model registry: runs, versions, the promotion gate and rollback.
 
 Each registered model has two aliases. ``challenger`` is the newest registered version;
-``champion`` is what serving loads. Moving ``champion`` goes through :func:`promote`, which only
+``champion`` is what serving loads. A third, ``trial``, is set only on purpose (by
+`rewards retrain` or `rewards models trial`): serving runs that version beside the champion on a
+share of decisions (REWARDS_TRIAL_SHARE) so the next off-policy gate can measure it on
+its own traffic. Moving ``champion`` goes through :func:`promote`, which only
 lets a challenger through when it is not worse than the champion on held-out metrics (read from
 each version's MLflow run), or through :func:`rollback`. Every alias move is appended to a
 history kept as registered-model tags (``history.<ns timestamp>`` -> JSON event), so the audit
@@ -51,6 +54,8 @@ from training.models.export import INPUT_NAME
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+#: A version on trial: serving gives it a share of the decisions (README "Trial traffic").
+TRIAL = "trial"
 ONNX_ARTIFACT = "onnx_model"
 HISTORY_TAG_PREFIX = "history."
 
@@ -68,7 +73,7 @@ class RegistryError(ValueError):
 class HistoryEvent(TypedDict):
     """One alias move, as stored in the registry history."""
 
-    action: Literal["register", "promote", "rollback"]
+    action: Literal["register", "promote", "rollback", "trial", "end trial"]
     version: str
     from_version: str | None
     actor: str
@@ -251,7 +256,7 @@ def _events(model: RegisteredModel) -> list[tuple[int, HistoryEvent]]:
 def _record(
     client: MlflowClient,
     model: RegisteredModel,
-    action: Literal["register", "promote", "rollback"],
+    action: Literal["register", "promote", "rollback", "trial", "end trial"],
     version: str,
     from_version: str | None,
     *,
@@ -304,6 +309,36 @@ def champion_version(name: str) -> str | None:
 def challenger_version(name: str) -> str | None:
     """The newest registered version, waiting for promotion (or already promoted)."""
     return alias_version(name, CHALLENGER)
+
+
+def trial_version(name: str) -> str | None:
+    """The version on trial (served on a share of decisions beside the champion), or None."""
+    return alias_version(name, TRIAL)
+
+
+def set_trial(name: str, version: str | None, reason: str = "",
+              actor: str | None = None) -> HistoryEvent | None:
+    """Put ``version`` on trial (None: end the trial), recorded in the history; None when
+    nothing changed. The champion cannot be on trial: it already serves every decision."""
+    client = MlflowClient()
+    model = _registered(client, name)
+    current = _alias(model, TRIAL)
+    if version == current:
+        return None
+    if version is None:
+        assert current is not None
+        client.delete_registered_model_alias(name, TRIAL)
+        return _record(client, model, "end trial", current, None, actor=actor, reason=reason)
+    if version == _alias(model, CHAMPION):
+        raise RegistryError(f"{name} v{version} is the champion: it cannot be on trial")
+    try:
+        client.get_model_version(name, version)
+    except MlflowException as exc:
+        if _missing(exc):
+            raise RegistryError(f"{name} has no version {version}") from exc
+        raise
+    client.set_registered_model_alias(name, TRIAL, version)
+    return _record(client, model, "trial", version, current, actor=actor, reason=reason)
 
 
 def _logged_model_id(client: MlflowClient, run_id: str, artifact_path: str) -> str:
@@ -399,8 +434,10 @@ def promote(
     force: bool = False,
     reason: str = "",
     actor: str | None = None,
+    version: str | None = None,
 ) -> PromotionResult:
-    """Move ``champion`` to the current challenger if the gate passes (or ``force`` with a reason).
+    """Move ``champion`` to the current challenger (or to ``version``) if the gate passes (or
+    ``force`` with a reason). A promoted version that was on trial ends its trial.
 
     A refusal is a normal outcome, returned with ``promoted=False`` and the failed checks. A
     challenger that was rolled back from also fails, so a routine promote cannot silently
@@ -412,7 +449,7 @@ def promote(
     check = gate if callable(gate) else metric_gate(gate)
     client = MlflowClient()
     model = _registered(client, name)
-    challenger = _alias(model, CHALLENGER)
+    challenger = version or _alias(model, CHALLENGER)
     champion = _alias(model, CHAMPION)
     if challenger is None:
         raise RegistryError(f"{name} has no challenger; register a model first")
@@ -436,6 +473,10 @@ def promote(
         client.set_registered_model_alias(name, CHAMPION, challenger)
         _record(client, model, "promote", challenger, champion, actor=actor,
                 reason=reason or "passed the gate", forced=force, overridden=failures)
+        if _alias(model, TRIAL) == challenger:  # the champion serves every decision now
+            client.delete_registered_model_alias(name, TRIAL)
+            _record(client, _registered(client, name), "end trial", challenger, None,
+                    actor=actor, reason="promoted to champion")
     return PromotionResult(
         name=name,
         version=challenger,

@@ -225,19 +225,37 @@ def round_shares(services: Any, frame: pd.DataFrame, truth: Truth,
                  since: datetime) -> dict[str, float]:
     """The round's shares of the oracle (``Truth.shares``): what was served, the served reward
     model's greedy choice (re-scored from the features the decision log kept; the uniform draw
-    itself in cold start) and a random eligible reward."""
+    itself in cold start) and a random eligible reward. With a version on trial, the greedy
+    choice is that of the version that served each decision, and the champion's and the
+    trial's own greedy shares on every decision come too (``champion_`` / ``trial_``)."""
+    name = services.settings.reward_model_name
     served = pd.Index(truth.rewards["reward_id"]).get_indexer(frame["reward_id"].fillna("-"))
-    model = services.models.get(services.settings.reward_model_name)
+    model = services.models.get(name)
+    trial = services.models.trial(name)
     greedy = None
+    extra: dict[str, float] = {}
     if model is not None:
         decisions, _ = services.events.decision_log(since=since)
         feats = decisions.set_index("decision_id")["features"].reindex(frame["decision_id"])
+        rows = [json.loads(f) if isinstance(f, str) else None for f in feats]
         catalog = services.recommender.catalog
-        picked = greedy_choice([json.loads(f) if isinstance(f, str) else None for f in feats],
-                               model, catalog)
         ids = np.append(catalog.reward_cols["reward_id"], "-")
-        greedy = pd.Index(truth.rewards["reward_id"]).get_indexer(ids[picked])
+        index = pd.Index(truth.rewards["reward_id"])
+        greedy = index.get_indexer(ids[greedy_choice(rows, model, catalog)])
+        if trial is not None:
+            by_trial = index.get_indexer(ids[greedy_choice(rows, trial, catalog)])
+            members = frame["member_id"].to_numpy()
+            extra = {
+                "champion_policy_share_of_oracle":
+                    truth.shares(members, served, greedy)["policy_share_of_oracle"],
+                "trial_policy_share_of_oracle":
+                    truth.shares(members, served, by_trial)["policy_share_of_oracle"],
+                "trial_served_share": float(frame["versions"].map(
+                    lambda v: json.loads(v).get(name) == trial.meta.version).mean())}
+            on_trial = frame["versions"].map(
+                lambda v: json.loads(v).get(name) == trial.meta.version).to_numpy(dtype=bool)
+            greedy = np.where(on_trial, by_trial, greedy)
     shares = truth.shares(frame["member_id"].to_numpy(), served, greedy)
     if model is None:  # cold start: the policy is the uniform draw itself
         shares["policy_share_of_oracle"] = shares["value_share_of_oracle"]
-    return shares
+    return {**shares, **extra}

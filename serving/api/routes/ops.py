@@ -30,7 +30,10 @@ async def readyz(request: Request, services: ServicesDep) -> JSONResponse:
     """Models and stores loaded (readiness); 503 with the reasons otherwise."""
     models = {name: {"version": slot.current.meta.version if slot.current else None,
                      "last_error": slot.last_error, "refusals": slot.refusals,
-                     "cold_start": services.models.never_promoted(name)}
+                     "cold_start": services.models.never_promoted(name),
+                     # a version on trial beside the champion (never a readiness condition)
+                     **({"trial": slot.trial.meta.version if slot.trial else None,
+                         "trial_error": slot.trial_error} if slot.trials else {})}
               for name, slot in services.models.slots.items()}
     checks = {
         # a family never promoted serves by uniform exploration (cold start): ready

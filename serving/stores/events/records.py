@@ -39,7 +39,8 @@ FRAME_COLUMNS: dict[str, str] = {
 #: decision_log's two frames: one row per decision, and one row per item (a slot) served.
 DECISION_LOG_COLUMNS = ("decision_id", "member_id", "event_timestamp", "channel", "arm",
                         "experiment_id", "policy", "no_offer", "no_offer_probability",
-                        "model_versions", "features", "personalized", "cold_start", "degraded")
+                        "model_versions", "features", "personalized", "cold_start", "degraded",
+                        "ranking")
 DECISION_ITEM_COLUMNS = ("decision_id", "member_id", "event_timestamp", "item_type", "item_id",
                          "item_rank", "score", "shown_probability", "target",
                          "target_probability", "cost")
@@ -272,8 +273,9 @@ class RecordStore(SqlStore):
         datetime64[us, UTC] (the decision time), policy ("model", "cold_start", "fallback";
         None for decisions logged before it was), no_offer_probability float64 (1 in an
         experiment's holdout arm; NaN: its other arms, no reward asked for, or logged before),
-        model_versions and features as JSON text (features None when no model served), and
-        the flags as bools (a flag a decision did not record reads False).
+        model_versions and features as JSON text (features None when no model served), the
+        flags as bools (a flag a decision did not record reads False), and the reward
+        ranking's context as JSON text (RankingContext; None when none was logged).
 
         items, one row per item served (DECISION_ITEM_COLUMNS): its slot (item_type,
         item_rank), score, shown_probability (the logging propensity: the no-offer share and,
@@ -294,10 +296,10 @@ class RecordStore(SqlStore):
         binary = self._dialect.binary_collation
         with paused_gc():
             (decision_id, member_id, created, channel, arm, experiment_id, policy,
-             no_offer_p, versions, features, flags) = self._fetch_members(
+             no_offer_p, versions, features, flags, ranking) = self._fetch_members(
                 "SELECT decision_id, CAST(member_id AS TEXT), created_us, channel, arm, "
-                "experiment_id, policy, no_offer_probability, model_versions, features, flags "
-                "FROM decisions", params, 11, member_ids, where,
+                "experiment_id, policy, no_offer_probability, model_versions, features, flags, "
+                "ranking FROM decisions", params, 12, member_ids, where,
                 f"created_us, decision_id COLLATE {binary}")
             flag_text = pd.Series(flags, dtype=object)
             decisions = pd.DataFrame({
@@ -311,6 +313,7 @@ class RecordStore(SqlStore):
                 "no_offer_probability": _floats(no_offer_p),
                 "model_versions": np.array(versions, dtype=object),
                 "features": np.array(features, dtype=object),
+                "ranking": np.array(ranking, dtype=object),
                 # canonical JSON (sorted keys, no spaces): a substring test per flag, no parse
                 **{flag: flag_text.str.contains(f'"{flag}":true', regex=False)
                    .to_numpy(dtype=bool) for flag in _DECISION_FLAGS},

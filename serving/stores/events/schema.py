@@ -79,7 +79,8 @@ TABLES = (
         flags TEXT NOT NULL,
         policy VARCHAR(16),
         no_offer_probability DOUBLE PRECISION,
-        features TEXT)""",
+        features TEXT,
+        ranking TEXT)""",
     "CREATE INDEX IF NOT EXISTS decisions_member_ts ON decisions (member_id, created_us)",
     "CREATE INDEX IF NOT EXISTS decisions_ts ON decisions (created_us)",
     # member_id and created_us are copied from the decision so that per-member lookups and
@@ -200,7 +201,7 @@ def _columns(cur: Any, table: str) -> list[str] | None:
 ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     # the decision log fit for learning (issue 21)
     "decisions": (("policy", "VARCHAR(16)"), ("no_offer_probability", "DOUBLE PRECISION"),
-                  ("features", "TEXT")),
+                  ("features", "TEXT"), ("ranking", "TEXT")),
     "decision_items": (("target_probability", "DOUBLE PRECISION"),),
 }
 

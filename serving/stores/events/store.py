@@ -111,7 +111,8 @@ _MEMBER_CONTEXT = (  # both in one query: rows tagged 'o' (an offer), 'c' or 'p'
 _EXPOSURE_COLUMNS = ("experiment_id", "member_id", "arm", "exposed_us", "decision_id", "channel",
                      "tier", "uplift_score")
 _DECISION_COLUMNS = ("decision_id", "member_id", "created_us", "channel", "arm", "experiment_id",
-                     "model_versions", "flags", "policy", "no_offer_probability", "features")
+                     "model_versions", "flags", "policy", "no_offer_probability", "features",
+                     "ranking")
 _ITEM_COLUMNS = ("decision_id", "item_type", "item_id", "member_id", "created_us", "item_rank",
                  "score", "shown_probability", "target", "cost", "target_probability")
 #: member_events' keys, in stored order (the API's field names: ``timestamp``).
@@ -220,7 +221,8 @@ class SqlEventStore(RecordStore):
             added = self._insert(cur, "decisions", _DECISION_COLUMNS, "decision_id", [
                 (d.decision_id, d.member_id, created[d.decision_id], d.channel, d.arm,
                  d.experiment_id, dumps(d.model_versions), dumps(d.flags), d.policy,
-                 d.no_offer_probability, feature_json(d.features))
+                 d.no_offer_probability, feature_json(d.features),
+                 None if d.ranking is None else dumps(d.ranking.model_dump()))
                 for d in unique.values()
             ])
             self._insert(cur, "decision_items", _ITEM_COLUMNS, "decision_id, item_type, item_id", [
