@@ -56,8 +56,12 @@ class RetrainSettings(BaseSettings):
         "'marginal' (the candidate's own interval: wider, the noise both share counted)")
     trials: bool = Field(True, description="put a kept reward candidate on trial (the "
                          "registry's `trial` alias: serving runs it on REWARDS_TRIAL_SHARE "
-                         "of decisions) unless the gate showed it worse than the champion; the "
-                         "next retrain evaluates it on the decisions it was in play for")
+                         "of decisions); the next retrain evaluates it on the decisions it "
+                         "was in play for")
+    trial_max_logloss_increase: float = Field(
+        0.02, ge=0, description="a candidate goes on trial only if its held-out log loss "
+        "(the test period's offers, weighted as in training) is at most this fraction above "
+        "the champion's on the same offers: a broken candidate never serves")
     trial_patience: float = Field(2.0, ge=0, description="a version on trial that the gate "
                                   "could not promote stays on trial (instead of the newest "
                                   "candidate) while its estimated gain is positive and would "
@@ -291,7 +295,9 @@ def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSet
     trial_before = tracking.trial_version(name)
     items = pd.read_parquet(store.features_dir / "reward_features.parquet")
     margin = read_history_meta(store.features_dir).margin
-    champ = None if before is None else registered_policy(store, name, before, data, margin)
+    champ_model = None if before is None else model_version(store, name, before)
+    champ = (None if champ_model is None or before is None
+             else _as_policy(*champ_model, before, data, margin))
     experiments = experiment_arms(store)
     exploration = exploration_settings(store)
     test = data.rows[data.part == "test"]
@@ -335,9 +341,14 @@ def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSet
         promoted = _promote(name, gate.reason)
     changed = promoted or bool(trial and trial["promoted"])
     on_trial = tracking.trial_version(name)
+    fit, fit_reason, fit_metrics = heldout_check(data, result.model, champ_model,
+                                                 loop.trial_max_logloss_increase)
+    reason = gate.reason
     if loop.trials and not promoted:
-        want = _next_trial(trial_gate, trial, on_trial, result.version,
+        want = _next_trial(trial_gate, trial, on_trial, result.version if fit else None,
                            tracking.champion_version(name) is not None, loop.trial_patience)
+        if not fit:
+            reason += "; not put on trial: " + fit_reason
         if want != on_trial:
             why = ("kept by the off-policy gate: served on a share of decisions so that the "
                    "next retrain can measure it" if want
@@ -348,24 +359,67 @@ def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSet
         tracking.set_trial(name, None, reason=f"v{result.version} promoted",
                            actor="rewards retrain")
         on_trial, changed = None, True
-    metrics = dict(gate.metrics)
+    metrics = {**gate.metrics, **fit_metrics}
     if trial is not None:
         metrics.update(trial["metrics"])
     verdict = "promoted" if promoted else "kept"
-    _tag(result.run_id, metrics, {"gate.verdict": verdict, "gate.reason": gate.reason,
+    _tag(result.run_id, metrics, {"gate.verdict": verdict, "gate.reason": reason,
                                   **({"gate.trial": f"v{trial['version']}: "
                                       + ("promoted" if trial["promoted"] else "kept")}
                                      if trial else {}),
                                   **({"trial": "started"} if on_trial == result.version
                                      else {})})
-    return FamilyOutcome(name, result.version, before, promoted, gate.reason, gate.metrics,
-                         trial=trial, on_trial=on_trial, changed=changed)
+    return FamilyOutcome(name, result.version, before, promoted, reason,
+                         {**gate.metrics, **fit_metrics}, trial=trial, on_trial=on_trial,
+                         changed=changed)
+
+
+def heldout_check(data: Any, model: Any, champion: tuple[Any, Any] | None,
+                  max_increase: float) -> tuple[bool, str, dict[str, float]]:
+    """Whether the candidate is fit to serve on trial: its held-out log loss against the
+    champion's on the test period's offers (the latest: neither model trained on them).
+
+    The off-policy gate cannot judge a candidate on its champion's decisions (see
+    :func:`_next_trial`), so without this a candidate broken in training (a corrupted
+    import, a feature gone constant) would serve the trial share for a whole period. Log
+    loss is a coarse guard, not a ranking: a better policy may predict a little worse, hence
+    the tolerance. With no champion, or one reading other features, there is nothing to
+    compare and the candidate passes."""
+    from training.evaluation.metrics import log_loss
+    from training.models.lgbm import predict_proba
+
+    test = data.part == "test"
+    n = int(test.sum())
+    if champion is None or n == 0 \
+            or list(champion[1].service_features) != list(data.service_features):
+        return True, "", {}
+    y, weight = data.y[test], data.weights("test")
+    cand = log_loss(y, predict_proba(model, data.X[test]), weight)
+    champ = log_loss(y, predict_proba(champion[0], data.X[test]), weight)
+    ok, reason = heldout_verdict(cand, champ, n, max_increase)
+    return ok, reason, {"gate.heldout.offers": float(n), "gate.heldout.candidate.logloss": cand,
+                        "gate.heldout.champion.logloss": champ}
+
+
+def heldout_verdict(candidate: float, champion: float, n: int,
+                    max_increase: float) -> tuple[bool, str]:
+    """The candidate passes when its log loss is at most ``max_increase`` (a fraction) above
+    the champion's; the reason names both figures and the setting."""
+    change = candidate / champion - 1 if champion > 0 else 0.0
+    text = (f"held-out log loss {candidate:.4f} vs champion {champion:.4f} on {n:,} test "
+            f"offers ({change:+.1%})")
+    if change <= max_increase + 1e-12:  # the boundary is allowed, whatever the rounding
+        return True, text
+    return False, (text + f", more than {max_increase:.1%} worse "
+                   "(REWARDS_RETRAIN_TRIAL_MAX_LOGLOSS_INCREASE)")
 
 
 def _next_trial(trial_gate: Any, trial: dict[str, Any] | None, on_trial: str | None,
-                candidate: str, has_champion: bool, patience: float) -> str | None:
+                candidate: str | None, has_champion: bool, patience: float) -> str | None:
     """The version to run on trial next: the current one while it is :func:`promising` (the
-    reason says so), else the candidate (when there is a champion to run it beside).
+    reason says so), else the candidate (when there is a champion to run it beside and
+    :func:`heldout_check` passed it; None when it did not), else the current one unless it
+    was shown worse.
 
     The candidate's own gate does not veto its trial: on decisions its champion logged, the
     candidate's picks where the two disagree carry weights of about 1 / the exploration floor,
@@ -379,7 +433,7 @@ def _next_trial(trial_gate: Any, trial: dict[str, Any] | None, on_trial: str | N
         trial["reason"] += (f"; kept on trial: its estimated gain would be shown on about "
                             f"{need:,.0f} decisions")
         return on_trial
-    if has_champion:
+    if has_champion and candidate is not None:
         return candidate
     if trial_gate is not None and trial_gate.difference is not None \
             and trial_gate.difference.ci_high < 0:

@@ -7,6 +7,7 @@ from typing import Any, Literal, cast
 import numpy as np
 import pytest
 from sklearn.calibration import calibration_curve as sk_calibration_curve
+from sklearn.metrics import log_loss as sk_log_loss
 from sklearn.metrics import roc_auc_score
 
 from training.evaluation import metrics
@@ -35,6 +36,35 @@ def test_auc_matches_sklearn_with_ties(seed: int) -> None:
     y = rng.integers(0, 2, 300)
     score = np.round(rng.normal(size=300) + y, 1)  # coarse rounding creates many ties
     assert metrics.auc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+
+
+# --- log loss --------------------------------------------------------------------------------
+
+
+def test_log_loss_hand_computed_and_matches_sklearn() -> None:
+    prob = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.25, 0.25, 0.5]])
+    y = np.array([0, 1, 2])
+    assert metrics.log_loss(y, prob) == pytest.approx(-np.log([0.7, 0.8, 0.5]).mean(), abs=1e-12)
+    w = np.array([1.0, 2.0, 3.0])
+    assert metrics.log_loss(y, prob, w) == pytest.approx(
+        -(np.log(0.7) + 2 * np.log(0.8) + 3 * np.log(0.5)) / 6, abs=1e-12)
+    rng = np.random.default_rng(3)
+    p = rng.dirichlet(np.ones(3), 500)
+    labels = rng.integers(0, 3, 500)
+    weight = rng.uniform(0.1, 5, 500)
+    assert metrics.log_loss(labels, p, weight) == pytest.approx(
+        sk_log_loss(labels, p, sample_weight=weight, labels=[0, 1, 2]), abs=1e-9)
+    # one confident miss costs -log(eps), not infinity
+    assert metrics.log_loss([1], [[1.0, 0.0]]) == pytest.approx(-np.log(1e-6))
+
+
+def test_log_loss_names_the_bad_argument() -> None:
+    with pytest.raises(ValueError, match="prob"):
+        metrics.log_loss([0, 1], [0.5, 0.5])
+    with pytest.raises(ValueError, match="y_true"):
+        metrics.log_loss([0, 3], [[0.5, 0.5], [0.5, 0.5]])
+    with pytest.raises(ValueError, match="weight"):
+        metrics.log_loss([0, 1], [[0.5, 0.5], [0.5, 0.5]], [1.0, -1.0])
 
 
 # --- calibration -----------------------------------------------------------------------------

@@ -4,10 +4,14 @@ operator reads in the README, on the gate's figures."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
+import lightgbm as lgb
+import numpy as np
+
 from training.evaluation.logged_ope import PairedDifference
-from training.retrain import _next_trial, promising
+from training.retrain import _next_trial, heldout_check, heldout_verdict, promising
 
 
 @dataclass
@@ -57,3 +61,55 @@ def test_no_trial_without_a_champion_to_run_beside() -> None:
     # with no champion (rolled back by hand), a trial shown worse ends, another one stays
     assert _next_trial(gate(-2.0, -3.0, -0.5), trial(), "2", "3", False, 2.0) is None
     assert _next_trial(gate(0.1, -0.6, 0.8), trial(), "2", "3", False, 2.0) == "2"
+
+
+def test_a_candidate_unfit_to_serve_goes_on_no_trial() -> None:
+    """``heldout_check`` failed (candidate None): the current trial stays unless shown worse."""
+    assert _next_trial(None, None, None, None, True, 2.0) is None
+    assert _next_trial(gate(0.28, -0.41, 0.94), trial(), "2", None, True, 2.0) == "2"
+    assert _next_trial(gate(-2.0, -3.0, -0.5), trial(), "2", None, True, 2.0) is None
+
+
+def test_the_heldout_verdict_allows_the_tolerance_and_names_the_setting() -> None:
+    assert heldout_verdict(0.510, 0.500, 8000, 0.02)[0]  # +2.0 %: allowed
+    ok, reason = heldout_verdict(0.520, 0.500, 8000, 0.02)
+    assert not ok
+    assert "0.5200 vs champion 0.5000 on 8,000 test offers (+4.0%)" in reason
+    assert "REWARDS_RETRAIN_TRIAL_MAX_LOGLOSS_INCREASE" in reason
+    assert heldout_verdict(0.45, 0.50, 10, 0.0)[0]  # better always passes
+
+
+def _offers(seed: int, n: int = 6000) -> SimpleNamespace:
+    """A small three-class reward dataset whose class depends on two of four inputs."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4)).astype(np.float32)
+    logits = np.column_stack([np.zeros(n), 1.5 * X[:, 0], 1.5 * X[:, 1] - 1.0])
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    y = (rng.uniform(size=(n, 1)) > p.cumsum(axis=1)).sum(axis=1)
+    part = np.where(np.arange(n) < int(0.8 * n), "train", "test")
+    weight = rng.uniform(0.5, 2.0, n)
+    return SimpleNamespace(X=X, y=y, part=part, service_features=["a", "b", "c", "d"],
+                           weights=lambda name: weight[part == name])
+
+
+def test_a_candidate_broken_in_training_is_refused_a_healthy_one_passes() -> None:
+    data = _offers(0)
+    train = data.part == "train"
+    params = {"n_estimators": 60, "num_leaves": 7, "verbose": -1}
+    healthy = lgb.LGBMClassifier(**params).fit(data.X[train], data.y[train])
+    # the same data with its labels shuffled: what a corrupted import trains
+    shuffled = np.random.default_rng(1).permutation(data.y[train])
+    broken = lgb.LGBMClassifier(**params).fit(data.X[train], shuffled)
+    meta = SimpleNamespace(service_features=data.service_features)
+
+    ok, reason, figures = heldout_check(data, broken, (healthy, meta), 0.02)
+    assert not ok and "REWARDS_RETRAIN_TRIAL_MAX_LOGLOSS_INCREASE" in reason
+    assert figures["gate.heldout.candidate.logloss"] > \
+        1.05 * figures["gate.heldout.champion.logloss"]
+    assert figures["gate.heldout.offers"] == (~train).sum()
+    ok, _, _ = heldout_check(data, healthy, (broken, meta), 0.02)
+    assert ok
+    # no champion, or one reading other inputs: nothing to compare, the candidate passes
+    assert heldout_check(data, broken, None, 0.02) == (True, "", {})
+    other = SimpleNamespace(service_features=["a", "b", "c", "e"])
+    assert heldout_check(data, broken, (healthy, other), 0.02) == (True, "", {})

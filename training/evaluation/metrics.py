@@ -36,8 +36,8 @@ from serving.experiments.stats import (  # noqa: F401 - re-exported
 
 __all__ = [
     "Estimate", "ate_difference_in_means", "auc", "calibration_curve", "doubly_robust",
-    "expected_calibration_error", "ips", "mean_ci", "proportion_ci", "qini_auc_score",
-    "qini_curve", "snips", "uplift_at_k", "uplift_auc_score", "uplift_curve",
+    "expected_calibration_error", "ips", "log_loss", "mean_ci", "proportion_ci",
+    "qini_auc_score", "qini_curve", "snips", "uplift_at_k", "uplift_auc_score", "uplift_curve",
 ]
 
 
@@ -104,6 +104,30 @@ def expected_calibration_error(
     """
     mean_pred, frac_pos, counts = calibration_curve(y_true, prob, n_bins, strategy)
     return float(np.sum(counts * np.abs(frac_pos - mean_pred)) / counts.sum())
+
+
+def log_loss(y_true: ArrayLike, prob: ArrayLike, weight: ArrayLike | None = None,
+             eps: float = 1e-6) -> float:
+    """Mean negative log-probability of the observed class, ``prob`` an (n, k) matrix of class
+    probabilities and ``y_true`` class indices in [0, k) (weighted by ``weight`` if given).
+
+    Probabilities are clipped at ``eps`` so one confident miss costs -log(eps), not infinity:
+    the figure stays comparable between two models on the same rows."""
+    y = np.asarray(y_true)
+    p = np.asarray(prob, dtype=np.float64)
+    if p.ndim != 2 or len(p) != len(y):
+        raise ValueError(f"prob: expected an ({len(y)}, k) matrix, got shape {p.shape}")
+    if len(y) == 0:
+        raise ValueError("y_true: no rows")
+    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= p.shape[1]:
+        raise ValueError(f"y_true: expected class indices in [0, {p.shape[1]})")
+    terms = -np.log(np.clip(p[np.arange(len(y)), y], eps, 1.0))
+    if weight is None:
+        return float(terms.mean())
+    w = np.asarray(weight, dtype=np.float64)
+    if w.shape != y.shape or (w < 0).any() or w.sum() <= 0:
+        raise ValueError("weight: expected non-negative weights, one per row, not all zero")
+    return float(np.average(terms, weights=w))
 
 
 # --- off-policy evaluation -------------------------------------------------------------------
