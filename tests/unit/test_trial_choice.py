@@ -146,5 +146,6 @@ def test_keeping_promising_trials_costs_one_false_promotion_in_100_and_buys_powe
     null_kept = _promotion_rate(0.0, 2.0, reps, seed=2)
     assert abs(null_single - 0.025) < 0.004
     assert abs(null_kept - 0.036) < 0.004
+    assert abs(_promotion_rate(0.0, 4.0, reps, seed=5) - 0.049) < 0.005  # more patience, more
     assert abs(_promotion_rate(1.75, 0.0, reps // 4, seed=3) - 0.42) < 0.025
     assert abs(_promotion_rate(1.75, 2.0, reps // 4, seed=4) - 0.62) < 0.025
