@@ -111,6 +111,28 @@ def plot(rounds: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def gate_report(truth: Any, metrics: dict[str, float], prefix: str,
+                gate_file: Path) -> dict[str, Any]:
+    """One gate's figures (MLflow metrics under ``prefix``) beside the truth of the policies
+    it compared (the audit file ``gate_file``, when written): what the round JSON reports
+    for the candidate and for the version on trial alike."""
+    gate = pd.read_parquet(gate_file) if gate_file.is_file() else None
+    champ = gate is not None and "p_champion" in gate
+    return {"ope_dr": metrics.get(prefix + "candidate.dr"),
+            "ope_ci_low": metrics.get(prefix + "candidate.dr_ci_low"),
+            "ope_ci_high": metrics.get(prefix + "candidate.dr_ci_high"),
+            "gate_decisions": metrics.get(prefix + "candidate.n"),
+            "difference_dr": metrics.get(prefix + "difference.dr"),
+            "difference_ci": [metrics.get(prefix + "difference.ci_low"),
+                              metrics.get(prefix + "difference.ci_high")],
+            "true_value": None if gate is None else truth.policy_value(gate, "p_candidate"),
+            "policy_share_of_oracle": (
+                None if gate is None else truth.greedy_share(gate, "p_candidate")),
+            "champion_true_value": truth.policy_value(gate, "p_champion") if champ else None,
+            "champion_policy_share_of_oracle": (
+                truth.greedy_share(gate, "p_champion") if champ else None)}
+
+
 def start_experiment(client: Any, arms: str, start: Any, end: Any) -> str:
     """Define an uplift experiment through the API, as a marketer would (its id returned)."""
     body = {"name": "loop bench", "primary_metric": "incremental_spend",
@@ -235,51 +257,22 @@ def main() -> None:
             record = json.loads(out.strip().splitlines()[-1])
             retrain_s = time.perf_counter() - t1
             fam = record["families"][0]
-            gate_file = Path(record["snapshot_detail"]["path"]) / "gate_reward.parquet"
-            gate = pd.read_parquet(gate_file) if gate_file.is_file() else None
-            true_value = None if gate is None else truth.policy_value(gate, "p_candidate")
+            snapshot = Path(record["snapshot_detail"]["path"])
             met = fam["metrics"]
-            candidate = {"version": fam["candidate"], "ope_dr": met.get("gate.candidate.dr"),
-                         "ope_ci_low": met.get("gate.candidate.dr_ci_low"),
-                         "ope_ci_high": met.get("gate.candidate.dr_ci_high"),
-                         "true_value": true_value, "promoted": fam["promoted"],
+            candidate = {"version": fam["candidate"], "promoted": fam["promoted"],
                          "reason": fam["reason"],
-                         "policy_share_of_oracle": (
-                             None if gate is None else truth.greedy_share(gate, "p_candidate")),
+                         **gate_report(truth, met, "gate.", snapshot / "gate_reward.parquet"),
                          "paired_lower_bound": met.get("gate.paired_lower_bound"),
-                         "gate_decisions": met.get("gate.candidate.n"),
                          "experiment_decisions": met.get("gate.experiment_decisions"),
-                         "difference_dr": met.get("gate.difference.dr"),
-                         "difference_ci": [met.get("gate.difference.ci_low"),
-                                           met.get("gate.difference.ci_high")],
-                         "champion_dr": met.get("gate.champion.dr"),
-                         "champion_true_value": (
-                             truth.policy_value(gate, "p_champion")
-                             if gate is not None and "p_champion" in gate else None),
-                         "champion_policy_share_of_oracle": (
-                             truth.greedy_share(gate, "p_champion")
-                             if gate is not None and "p_champion" in gate else None)}
+                         "champion_dr": met.get("gate.champion.dr")}
+            true_value = candidate["true_value"]
             trial = None
             if fam.get("trial"):
-                tried, tmet = fam["trial"], fam["trial"]["metrics"]
-                trial_file = gate_file.with_name("gate_reward_trial.parquet")
-                tgate = pd.read_parquet(trial_file) if trial_file.is_file() else None
+                tried = fam["trial"]
                 trial = {"version": tried["version"], "promoted": tried["promoted"],
                          "reason": tried["reason"],
-                         "ope_dr": tmet.get("gate.trial.candidate.dr"),
-                         "ope_ci_low": tmet.get("gate.trial.candidate.dr_ci_low"),
-                         "ope_ci_high": tmet.get("gate.trial.candidate.dr_ci_high"),
-                         "gate_decisions": tmet.get("gate.trial.candidate.n"),
-                         "difference_dr": tmet.get("gate.trial.difference.dr"),
-                         "difference_ci": [tmet.get("gate.trial.difference.ci_low"),
-                                           tmet.get("gate.trial.difference.ci_high")],
-                         "true_value": (None if tgate is None
-                                        else truth.policy_value(tgate, "p_candidate")),
-                         "champion_true_value": (
-                             truth.policy_value(tgate, "p_champion")
-                             if tgate is not None and "p_champion" in tgate else None),
-                         "policy_share_of_oracle": (
-                             None if tgate is None else truth.greedy_share(tgate, "p_candidate"))}
+                         **gate_report(truth, tried["metrics"], "gate.trial.",
+                                       snapshot / "gate_reward_trial.parquet")}
                 log(f"  trial v{trial['version']}: DR diff {trial['difference_dr']} "
                     f"{trial['difference_ci']} true {trial['true_value']} vs champion "
                     f"{trial['champion_true_value']}; "

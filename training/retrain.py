@@ -341,10 +341,10 @@ def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSet
         promoted = _promote(name, gate.reason)
     changed = promoted or bool(trial and trial["promoted"])
     on_trial = tracking.trial_version(name)
-    fit, fit_reason, fit_metrics = heldout_check(data, result.model, champ_model,
-                                                 loop.trial_max_logloss_increase)
-    reason = gate.reason
-    if loop.trials and not promoted:
+    reason, fit_metrics = gate.reason, dict[str, float]()
+    if loop.trials and not promoted:  # a candidate may go on trial: is it fit to serve?
+        fit, fit_reason, fit_metrics = heldout_check(data, result.model, champ_model,
+                                                     loop.trial_max_logloss_increase)
         want = _next_trial(trial_gate, trial, on_trial, result.version if fit else None,
                            tracking.champion_version(name) is not None, loop.trial_patience)
         if not fit:

@@ -343,15 +343,16 @@ class Recommender:
         idx = np.flatnonzero(ok)  # the eligible rewards; i below indexes into idx
         if k == 0 or len(idx) == 0:
             return [], [], None
+        # novelty decay applies only to items shown before (None: nothing was)
+        nov = self.rules.novelty
+        novelty = novelty_factor(days_since[idx], nov.window_days, nov.decay) if recent else None
         if context is not None:  # what the ranking applies besides the scores (RankingContext)
             context["cost_multiplier"] = float(lam)
             if exclude or recent:
                 context["blocked"] = cat["reward_id"][allowed & ~ok].tolist()
-            if recent and self.rules.novelty.decay > 0:
-                nov = self.rules.novelty
-                factor = novelty_factor(days_since[idx], nov.window_days, nov.decay)
-                context["novelty"] = {cat["reward_id"][idx[i]]: float(factor[i])
-                                      for i in np.flatnonzero(factor < 1.0).tolist()}
+            if novelty is not None and nov.decay > 0:
+                context["novelty"] = {cat["reward_id"][idx[i]]: float(novelty[i])
+                                      for i in np.flatnonzero(novelty < 1.0).tolist()}
         n = len(idx)
         cost = cat["cost"][idx].astype(np.float64)
         if cold and not random_arm:
@@ -374,7 +375,7 @@ class Recommender:
             scores = {"propensity": np.full(n, np.nan), "uplift": np.full(n, np.nan)}
         else:
             value, scores = _reward_values(proba, model, features, cost, lam)
-        ranked = self._novelty(value, days_since[idx], recent)
+        ranked = _decayed(value, novelty)
         # A version on trial (REWARDS_TRIAL_SHARE): scored too, and drawn to serve with
         # probability trial_share; the first slot then logs its probability over that draw.
         on_trial: tuple[ScoringModel, np.ndarray] | None = None
@@ -383,7 +384,7 @@ class Recommender:
                 X = loaded.member_rows("reward", trial.meta.service_features).matrix(
                     features, np.append(idx, len(ok)))
                 t_value, t_scores = _reward_values(trial.predict(X), trial, features, cost, lam)
-                on_trial = trial, self._novelty(t_value, days_since[idx], recent)
+                on_trial = trial, _decayed(t_value, novelty)
             except Exception as exc:  # noqa: BLE001 - a broken trial leaves the champion alone
                 log.warning("trial model error", extra={"model": trial.meta.name,
                                                         "error": type(exc).__name__})
@@ -440,15 +441,6 @@ class Recommender:
             items.append(dict(item_type="reward", item_id=reward_id, rank=rank,
                                       score=item_value, shown_probability=p, cost=item_cost))
         return out, items, model_uplift
-
-    def _novelty(self, value: np.ndarray, days_since: np.ndarray, recent: Mapping[str, Any]
-                 ) -> np.ndarray:
-        """What the slate ranks by: the value, decayed for items shown recently."""
-        if not recent:  # novelty decay applies only to items shown before
-            return value
-        nov = self.rules.novelty
-        return value * np.where(value > 0, novelty_factor(days_since, nov.window_days,
-                                                          nov.decay), 1.0)
 
     def _uniform_rewards(self, cat: Mapping[str, np.ndarray], idx: np.ndarray,
                          cost: np.ndarray, k: int, offer_share: float
@@ -605,6 +597,11 @@ def _item_out(cls: type[_Out], **fields: Any) -> _Out:
     except ValidationError as exc:
         log.warning("response item outside its schema", extra={"error": str(exc)[:500]})
         return cls.model_construct(**fields)
+
+
+def _decayed(value: np.ndarray, novelty: np.ndarray | None) -> np.ndarray:
+    """What the slate ranks by: the value, a positive one decayed by its novelty factor."""
+    return value if novelty is None else value * np.where(value > 0, novelty, 1.0)
 
 
 def _reward_values(proba: np.ndarray, model: ScoringModel, features: Mapping[str, float],

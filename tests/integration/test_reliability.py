@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pandas as pd
@@ -227,6 +228,18 @@ def test_corrupt_or_mismatching_champion_is_refused(private_app) -> None:  # noq
         mlflow.set_tracking_uri(previous_uri)
 
 
+def _register_file(registry: Any, store: StoreSettings, like: Any, content: bytes,
+                   alias: str) -> str:
+    """A new reward version (registered like ``like``) whose cached ONNX file is ``content``,
+    with ``alias`` moved to it: what the cache holds is what serving loads."""
+    mv = registry.create_model_version("reward", source=like.source, run_id=like.run_id)
+    path = store.models / "reward" / str(mv.version) / "model.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    registry.set_registered_model_alias("reward", alias, mv.version)
+    return str(mv.version)
+
+
 def check_refusals(client: TestClient, store: StoreSettings) -> None:
     import json
 
@@ -240,12 +253,7 @@ def check_refusals(client: TestClient, store: StoreSettings) -> None:
     good = store.models / "reward" / str(v1.version) / "model.onnx"
 
     def new_champion(content: bytes) -> str:
-        mv = registry.create_model_version("reward", source=v1.source, run_id=v1.run_id)
-        path = store.models / "reward" / str(mv.version) / "model.onnx"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)  # what the cache holds is what serving loads
-        registry.set_registered_model_alias("reward", "champion", mv.version)
-        return str(mv.version)
+        return _register_file(registry, store, v1, content, "champion")
 
     corrupt = new_champion(b"\x08\x07 definitely not an onnx model" * 100)
     reload = client.post("/v1/admin/reload")
@@ -286,12 +294,7 @@ def test_a_trial_serves_its_share_and_a_broken_one_is_refused_without_harm(
     good = (store.models / "reward" / str(v1.version) / "model.onnx").read_bytes()
 
     def new_trial(content: bytes) -> str:
-        mv = registry.create_model_version("reward", source=v1.source, run_id=v1.run_id)
-        path = store.models / "reward" / str(mv.version) / "model.onnx"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)  # what the cache holds is what serving loads
-        registry.set_registered_model_alias("reward", "trial", mv.version)
-        return str(mv.version)
+        return _register_file(registry, store, v1, content, "trial")
 
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(store.tracking_uri)

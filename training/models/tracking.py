@@ -474,9 +474,7 @@ def promote(
         _record(client, model, "promote", challenger, champion, actor=actor,
                 reason=reason or "passed the gate", forced=force, overridden=failures)
         if _alias(model, TRIAL) == challenger:  # the champion serves every decision now
-            client.delete_registered_model_alias(name, TRIAL)
-            _record(client, _registered(client, name), "end trial", challenger, None,
-                    actor=actor, reason="promoted to champion")
+            set_trial(name, None, reason="promoted to champion", actor=actor)
     return PromotionResult(
         name=name,
         version=challenger,

@@ -245,15 +245,14 @@ def round_shares(services: Any, frame: pd.DataFrame, truth: Truth,
         if trial is not None:
             by_trial = index.get_indexer(ids[greedy_choice(rows, trial, catalog)])
             members = frame["member_id"].to_numpy()
+            on_trial = frame["versions"].map(
+                lambda v: json.loads(v).get(name) == trial.meta.version).to_numpy(dtype=bool)
             extra = {
                 "champion_policy_share_of_oracle":
                     truth.shares(members, served, greedy)["policy_share_of_oracle"],
                 "trial_policy_share_of_oracle":
                     truth.shares(members, served, by_trial)["policy_share_of_oracle"],
-                "trial_served_share": float(frame["versions"].map(
-                    lambda v: json.loads(v).get(name) == trial.meta.version).mean())}
-            on_trial = frame["versions"].map(
-                lambda v: json.loads(v).get(name) == trial.meta.version).to_numpy(dtype=bool)
+                "trial_served_share": float(on_trial.mean())}
             greedy = np.where(on_trial, by_trial, greedy)
     shares = truth.shares(frame["member_id"].to_numpy(), served, greedy)
     if model is None:  # cold start: the policy is the uniform draw itself
