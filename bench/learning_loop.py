@@ -160,7 +160,11 @@ def main() -> None:
                          "14-day round is the world's own cadence (an offer a week)")
     ap.add_argument("--behaviour", action=argparse.BooleanOptionalAction, default=True,
                     help="members keep living during the rounds: their own activity (visits, "
-                         "purchases outside any offer...) is imported after each round")
+                         "purchases outside any offer...) is imported as simulated time passes")
+    ap.add_argument("--refresh-days", type=int, default=1,
+                    help="push the changed members' features to the online store every N "
+                         "simulated days, as a live program's `rewards serve --refresh-seconds` "
+                         "does (0: served features are those of the last retrain)")
     ap.add_argument("--experiment", default=None, metavar="ARMS",
                     help="an uplift experiment from --experiment-round on, e.g. "
                          "model=0.8,random=0.1,holdout=0.1: every member is in it, so every "
@@ -207,8 +211,8 @@ def main() -> None:
     from serving.main import create_app
     from training.simulate.loop import (
         Truth,
+        SimulatedLife,
         answer_round,
-        import_behaviour,
         round_shares,
         run_round,
     )
@@ -218,6 +222,8 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     ids = truth.world.members.index.to_numpy()
     rounds: list[dict[str, Any]] = []
+    life = SimulatedLife(world_dir, store, events_url, history_end, behaviour=args.behaviour,
+                         refresh_days=args.refresh_days)
     with TestClient(create_app()) as client:
         services = client.app.state.services
         for r in range(args.rounds):
@@ -226,17 +232,26 @@ def main() -> None:
                 end = history_end + timedelta(days=args.rounds * args.round_days + 30)
                 log("experiment " + start_experiment(client, args.experiment, start, end))
             t0 = time.perf_counter()
+            before = dict(life.stats)
             parts, n_events = [], 0
+
+            def answer(part: pd.DataFrame, times: list[Any]) -> None:
+                nonlocal n_events
+                events = answer_round(client, world_dir, part, times, window, truth.rewards,
+                                      rng)
+                n_events += len(events)
+                life.note(part["member_id"].to_numpy(), times)
+                life.note([e["member_id"] for e in events], [e["timestamp"] for e in events])
+
             for k in range(args.decisions_per_member):
                 at = start + timedelta(days=k * args.spread_days)
-                part, times = run_round(client, services, ids, at, args.spread_days, rng)
-                n_events += answer_round(client, world_dir, part, times, window, truth.rewards,
-                                         rng)
+                part, _ = run_round(client, services, ids, at, args.spread_days, rng,
+                                    before=life.advance, after=answer)
                 parts.append(part)
             frame = pd.concat(parts, ignore_index=True)
-            organic = (import_behaviour(world_dir, events_url, start,
-                                        start + timedelta(days=args.round_days))
-                       if args.behaviour else 0)
+            life.advance(start + timedelta(days=args.round_days))
+            lived = {k: round(v - before[k], 1) for k, v in life.stats.items()}
+            organic = int(lived["behaviour_events"])
             decide_s = time.perf_counter() - t0
             shares = round_shares(services, frame, truth, start)
             versions = frame["versions"].value_counts().index[0]
@@ -247,7 +262,9 @@ def main() -> None:
                 f"{served_model}"
                 f"{f' + trial v{trial_model}' if trial_model else ''}, {n_events:,} outcome "
                 f"events, {organic:,} own-activity "
-                f"events; share of oracle "
+                f"events, {lived['refreshes']:.0f} feature refreshes "
+                f"({lived['members_refreshed']:,.0f} members, {lived['refresh_seconds']:.0f} s)"
+                f"; share of oracle "
                 f"{shares['value_share_of_oracle']:.3f} (policy "
                 f"{shares.get('policy_share_of_oracle', float('nan')):.3f}, random "
                 f"{shares['random_share_of_oracle']:.3f})")
@@ -256,6 +273,7 @@ def main() -> None:
             out = rewards_cli("retrain", "--as-of", as_of.isoformat(), "--json")
             record = json.loads(out.strip().splitlines()[-1])
             retrain_s = time.perf_counter() - t1
+            life.covered(as_of)  # the retrain rebuilt every member's features as of then
             fam = record["families"][0]
             snapshot = Path(record["snapshot_detail"]["path"])
             met = fam["metrics"]
@@ -284,6 +302,8 @@ def main() -> None:
                 f"{fam['reason']}")
             rounds.append({"round": r, "decisions": len(frame), "outcome_events": n_events,
                            "behaviour_events": organic,
+                           "feature_refreshes": {k: lived[k] for k in (
+                               "refreshes", "members_refreshed", "refresh_seconds")},
                            "served_model": served_model, "trial_model": trial_model,
                            **shares, "candidate": candidate, "trial": trial,
                            "on_trial_next": fam.get("on_trial"),
@@ -292,6 +312,7 @@ def main() -> None:
                                        "retrain": round(retrain_s, 1)}})
     result = {"members": args.members, "rounds": rounds, "seed": args.seed,
               "decisions_per_member": args.decisions_per_member, "behaviour": args.behaviour,
+              "refresh_days": args.refresh_days,
               "experiment": args.experiment, "experiment_round": args.experiment_round,
               "seconds": round(time.perf_counter() - t_all, 1),
               "join_report": json.loads(rewards_cli("data", "join-report", "--as-of",

@@ -9,8 +9,10 @@ product.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -63,23 +65,137 @@ def import_behaviour(world_dir: Path, events_url: str, since: datetime,
     outcome of one), imported as a program's periodic export would be (`rewards import
     events`). Members keep living between decisions; without this their recency features
     would only age. Returns the number of events imported."""
-    from serving.stores.events import open_event_store
-    from training.data.imports import import_events_file
-    from training.simulate.onboard import program_files
+    return len(Behaviour(world_dir, since).import_between(events_url, since, until))
 
-    events = pd.read_parquet(program_files(world_dir)["events"])
-    ts = events["timestamp"]
-    keep = _organic(events) & (ts >= pd.Timestamp(since)) & (ts < pd.Timestamp(until))
-    path = (world_dir.parent / "world_without_offers"
-            / f"behaviour_{pd.Timestamp(since):%Y%m%d}.parquet")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    events[keep].to_parquet(path, index=False)
-    store = open_event_store(events_url)
-    try:
-        summary = import_events_file(path, store, progress=False)
-    finally:
-        store.close()
-    return int(summary.imported)
+
+class Behaviour:
+    """The members' own activity from ``since`` on, read from the world once and imported
+    slice by slice (see :func:`import_behaviour`)."""
+
+    def __init__(self, world_dir: Path, since: datetime) -> None:
+        from training.simulate.onboard import program_files
+
+        self.folder = world_dir.parent / "world_without_offers"
+        events = pd.read_parquet(program_files(world_dir)["events"])
+        keep = _organic(events) & (events["timestamp"] >= pd.Timestamp(since))
+        self.events = events[keep].sort_values("timestamp", kind="stable")
+
+    def import_between(self, events_url: str, since: datetime, until: datetime
+                       ) -> pd.DataFrame:
+        """Import the activity in [since, until) through `rewards import events`' own code;
+        the rows imported (member_id, timestamp...)."""
+        from serving.stores.events import open_event_store
+        from training.data.imports import import_events_file
+
+        ts = self.events["timestamp"]
+        lo, hi = ts.searchsorted(pd.Timestamp(since)), ts.searchsorted(pd.Timestamp(until))
+        part = self.events.iloc[lo:hi]
+        if part.empty:
+            return part
+        path = self.folder / f"behaviour_{pd.Timestamp(since):%Y%m%d%H%M}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part.to_parquet(path, index=False)
+        store = open_event_store(events_url)
+        try:
+            summary = import_events_file(path, store, progress=False)
+        finally:
+            store.close()
+        if summary.imported != len(part):
+            raise RuntimeError(f"{path}: {summary.imported} of {len(part)} events imported")
+        return part
+
+
+class SimulatedLife:
+    """What a live program does between decisions, on the simulation's clock.
+
+    Members' own activity is imported as time passes, and every ``refresh_days`` (0: never)
+    the members who changed since the previous refresh (a decision, an outcome, their own
+    activity) get their features recomputed and written to the online store: what
+    `rewards serve --refresh-seconds N` does for a live program. The product's refresher
+    finds changed members by when events were *received*; here outcomes are posted ahead of
+    their simulated time, so the loop names the members itself (``note``), and each refresh
+    counts only events before its simulated midnight.
+    """
+
+    def __init__(self, world_dir: Path, settings: Any, events_url: str, start: datetime, *,
+                 behaviour: bool = True, refresh_days: int = 1) -> None:
+        if pd.Timestamp(start) != pd.Timestamp(start).floor("D"):
+            raise ValueError(f"start {start} is not a midnight: refreshes fall on midnights")
+        self.settings, self.events_url, self.refresh_days = settings, events_url, refresh_days
+        self.behaviour = Behaviour(world_dir, start) if behaviour else None
+        self.now = start
+        self.next_refresh = start + timedelta(days=refresh_days) if refresh_days else None
+        self.pending: list[pd.DataFrame] = []
+        self.stats = {"behaviour_events": 0, "refreshes": 0, "members_refreshed": 0,
+                      "refresh_seconds": 0.0}
+
+    def note(self, member_ids: Any, times: Any) -> None:
+        """Members whose features change at these (simulated) times."""
+        self.pending.append(pd.DataFrame({"member_id": np.asarray(member_ids).astype(str),
+                                          "at": pd.to_datetime(list(times), utc=True)}))
+
+    def covered(self, until: datetime) -> None:
+        """A features build counted everything before ``until``: no refresh owes it."""
+        self._take(until)
+
+    def advance(self, to: datetime) -> None:
+        """Live until ``to``: import the activity before it, refresh at each boundary passed."""
+        while self.next_refresh is not None and self.next_refresh <= to:
+            self._import(self.next_refresh)
+            self._push(self.next_refresh)
+            self.next_refresh += timedelta(days=self.refresh_days)
+        self._import(to)
+
+    def _import(self, until: datetime) -> None:
+        if until <= self.now:
+            return
+        if self.behaviour is not None:
+            part = self.behaviour.import_between(self.events_url, self.now, until)
+            self.stats["behaviour_events"] += len(part)
+            if len(part):
+                self.note(part["member_id"].to_numpy(), part["timestamp"])
+        self.now = until
+
+    def _take(self, until: datetime) -> list[str]:
+        if not self.pending:
+            return []
+        frame = pd.concat(self.pending, ignore_index=True)
+        due = frame["at"] < pd.Timestamp(until)
+        self.pending = [frame[~due]]
+        return sorted(set(frame.loc[due, "member_id"]))
+
+    def _push(self, at: datetime) -> None:
+        import time
+
+        from serving.stores.catalog import open_catalog_store
+        from serving.stores.events import open_event_store
+        from serving.stores.features import open_store
+        from training.data.features import built_vocabulary
+        from training.data.history import read_history_meta
+        from training.data.refresh import push_members
+
+        members = self._take(at)
+        if not members:
+            return
+        t0 = time.perf_counter()
+        catalog = open_catalog_store(self.events_url)
+        try:
+            rewards = catalog.frame("rewards", include_retired=True)
+            challenges = catalog.frame("challenges", include_retired=True)
+        finally:
+            catalog.close()
+        features_dir = self.settings.features_dir
+        events = open_event_store(self.events_url)
+        try:
+            # a microsecond before midnight: the row counts the events before it, no later
+            push_members(events, open_store(self.settings), members, rewards, challenges,
+                         built_vocabulary(features_dir), read_history_meta(features_dir),
+                         at - timedelta(microseconds=1))
+        finally:
+            events.close()
+        self.stats["refreshes"] += 1
+        self.stats["members_refreshed"] += len(members)
+        self.stats["refresh_seconds"] += time.perf_counter() - t0
 
 
 class Truth:
@@ -188,37 +304,60 @@ def greedy_choice(features: list[dict[str, float] | None], model: Any, catalog: 
 
 
 def run_round(client: Any, services: Any, ids: np.ndarray, start: datetime, spread_days: float,
-              rng: np.random.Generator) -> tuple[pd.DataFrame, list[datetime]]:
-    """One decision per member through /v1/recommendations/batch, batches spread in time."""
+              rng: np.random.Generator, *,
+              before: Callable[[datetime], None] | None = None,
+              after: Callable[[pd.DataFrame, list[datetime]], None] | None = None
+              ) -> tuple[pd.DataFrame, list[datetime]]:
+    """One decision per member through /v1/recommendations/batch, batches spread in time.
+
+    ``before(at)`` runs before each batch (time passes: :meth:`SimulatedLife.advance`),
+    ``after(frame, times)`` after it (its members answer)."""
     order = rng.permutation(ids)
-    answers, times = [], []
+    parts, times = [], []
     n_batches = max(1, -(-len(order) // BATCH))
     for b in range(n_batches):
         chunk = order[b * BATCH:(b + 1) * BATCH]
         at = start + timedelta(days=spread_days * b / n_batches)
+        if before is not None:
+            before(at)
         services.clock = lambda at=at: at
         r = client.post("/v1/recommendations/batch",
                         json={"member_ids": [str(i) for i in chunk], "channel": "app",
                               "k_rewards": 1, "k_challenges": 1})
         r.raise_for_status()
-        answers += r.json()["results"]
+        part = answers_frame(r.json()["results"])
+        if after is not None:
+            after(part, [at] * len(chunk))
+        parts.append(part)
         times += [at] * len(chunk)
-    frame = answers_frame(answers)
-    return frame, times
+    return pd.concat(parts, ignore_index=True), times
 
 
 def answer_round(client: Any, world_dir: Path, frame: pd.DataFrame, times: list[datetime],
-                 window: int, rewards: pd.DataFrame, rng: np.random.Generator) -> int:
+                 window: int, rewards: pd.DataFrame, rng: np.random.Generator
+                 ) -> list[dict[str, Any]]:
     """Members answer as the truth says; their outcomes go through ``/v1/events`` (inside the
-    attribution window after each decision). Returns the number of events posted."""
+    attribution window after each decision). Returns the events posted."""
     from training.simulate.live import outcome_events, respond
 
-    resp = respond(world_dir, frame, window, rng)
+    world_dir = Path(world_dir)
+    resp = respond(world_dir, frame, window, rng,
+                   **_world_frames(world_dir, (world_dir / "world.json").stat().st_mtime_ns))
     events = outcome_events(frame, resp, times, rng.uniform(0.01, 0.9 * window, len(frame)),
                             rewards)
     for lo in range(0, len(events), 1000):
         client.post("/v1/events", json={"events": events[lo:lo + 1000]}).raise_for_status()
-    return len(events)
+    return events
+
+
+@functools.lru_cache(maxsize=2)
+def _world_frames(world_dir: Path, stamp: int) -> dict[str, pd.DataFrame]:
+    """The world's files ``respond`` reads, once per world and version (``stamp``, the mtime
+    of its world.json): a round answers in batches."""
+    return {"roster": pd.read_parquet(world_dir / "members.parquet"),
+            "traits": pd.read_parquet(world_dir / "truth" / "member_traits.parquet"),
+            "rewards": pd.read_parquet(world_dir / "rewards.parquet"),
+            "challenges": pd.read_parquet(world_dir / "challenges.parquet")}
 
 
 def round_shares(services: Any, frame: pd.DataFrame, truth: Truth,
