@@ -7,10 +7,12 @@ removed, impressions and holdouts left out) and no model. Then, round after roun
 ask the real app (in-process, FastAPI TestClient, the same routes and stores as `rewards serve`)
 for one reward and one challenge, ``--decisions-per-member`` times a round (2: an offer a week,
 the world's own cadence), answer as the simulator's hidden truth says, and post what happened
-through `/v1/events`; their own activity of the round (visits, reviews, purchases outside any
-offer: the world's future, without its own offers) is imported after it, as a program's export
-would be; between rounds `rewards retrain` runs as a separate process, as cron would run it, and
-the app is told to reload. Round 0 is served by cold start (uniform exploration).
+through `/v1/events`; their own activity (visits, reviews, purchases outside any offer: the
+world's future, without its own offers) is imported as simulated time passes, as a program's
+export would be; every ``--refresh-days`` simulated midnight the members who changed get fresh
+features in the online store, as `rewards serve --refresh-seconds N` gives a live program
+(``SimulatedLife``); between rounds `rewards retrain` runs as a separate process, as cron would
+run it, and the app is told to reload. Round 0 is served by cold start (uniform exploration).
 
 Only this bench reads the truth, to report each round:
 - value_share_of_oracle: the true incremental value of what was served (exploration and the
@@ -31,8 +33,10 @@ Only this bench reads the truth, to report each round:
 
 Simulated time: decisions of round r are spread over the first ``--spread-days`` of a
 ``--round-days`` period starting where the history ends (the app's clock is set per batch:
-``Services.clock``); outcomes land inside the attribution window; the retrain reads the store
-as of the next round's start, so every reward window of the round has closed.
+``Services.clock``); each batch's members answer right after it, their outcomes landing inside
+the attribution window (posted at once, ahead of their time: a refresh counts only events
+before its own midnight); the retrain reads the store as of the next round's start, so every
+reward window of the round has closed.
 
     python bench/learning_loop.py --members 20000 --rounds 4 --seed 7 --json loop.json
 """

@@ -65,7 +65,7 @@ def import_behaviour(world_dir: Path, events_url: str, since: datetime,
     outcome of one), imported as a program's periodic export would be (`rewards import
     events`). Members keep living between decisions; without this their recency features
     would only age. Returns the number of events imported."""
-    return len(Behaviour(world_dir, since).import_between(events_url, since, until))
+    return Behaviour(world_dir, since).import_between(events_url, since, until)[1]
 
 
 class Behaviour:
@@ -81,9 +81,9 @@ class Behaviour:
         self.events = events[keep].sort_values("timestamp", kind="stable")
 
     def import_between(self, events_url: str, since: datetime, until: datetime
-                       ) -> pd.DataFrame:
-        """Import the activity in [since, until) through `rewards import events`' own code;
-        the rows imported (member_id, timestamp...)."""
+                       ) -> tuple[pd.DataFrame, int]:
+        """Import the activity in [since, until) through `rewards import events`' own code
+        (idempotent); the activity and the number of events new to the store."""
         from serving.stores.events import open_event_store
         from training.data.imports import import_events_file
 
@@ -91,7 +91,7 @@ class Behaviour:
         lo, hi = ts.searchsorted(pd.Timestamp(since)), ts.searchsorted(pd.Timestamp(until))
         part = self.events.iloc[lo:hi]
         if part.empty:
-            return part
+            return part, 0
         path = self.folder / f"behaviour_{pd.Timestamp(since):%Y%m%d%H%M}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         part.to_parquet(path, index=False)
@@ -100,9 +100,7 @@ class Behaviour:
             summary = import_events_file(path, store, progress=False)
         finally:
             store.close()
-        if summary.imported != len(part):
-            raise RuntimeError(f"{path}: {summary.imported} of {len(part)} events imported")
-        return part
+        return part, int(summary.imported)
 
 
 class SimulatedLife:
@@ -131,8 +129,9 @@ class SimulatedLife:
 
     def note(self, member_ids: Any, times: Any) -> None:
         """Members whose features change at these (simulated) times."""
+        at = pd.to_datetime(list(times), utc=True, format="ISO8601")  # datetimes or ISO text
         self.pending.append(pd.DataFrame({"member_id": np.asarray(member_ids).astype(str),
-                                          "at": pd.to_datetime(list(times), utc=True)}))
+                                          "at": at}))
 
     def covered(self, until: datetime) -> None:
         """A features build counted everything before ``until``: no refresh owes it."""
@@ -150,8 +149,8 @@ class SimulatedLife:
         if until <= self.now:
             return
         if self.behaviour is not None:
-            part = self.behaviour.import_between(self.events_url, self.now, until)
-            self.stats["behaviour_events"] += len(part)
+            part, imported = self.behaviour.import_between(self.events_url, self.now, until)
+            self.stats["behaviour_events"] += imported
             if len(part):
                 self.note(part["member_id"].to_numpy(), part["timestamp"])
         self.now = until
