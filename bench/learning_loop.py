@@ -9,9 +9,10 @@ for one reward and one challenge, ``--decisions-per-member`` times a round (2: a
 the world's own cadence), answer as the simulator's hidden truth says, and post what happened
 through `/v1/events`; their own activity (visits, reviews, purchases outside any offer: the
 world's future, without its own offers) is imported as simulated time passes, as a program's
-export would be; every ``--refresh-days`` simulated midnight the members who changed get fresh
-features in the online store, as `rewards serve --refresh-seconds N` gives a live program
-(``SimulatedLife``); between rounds `rewards retrain` runs as a separate process, as cron would
+export would be; with ``--refresh-days N``, every N-th simulated midnight the members who
+changed get fresh features in the online store, as `rewards serve --refresh-seconds N` gives a
+live program (``SimulatedLife``; by default served features are those of the last retrain);
+between rounds `rewards retrain` runs as a separate process, as cron would
 run it, and the app is told to reload. Round 0 is served by cold start (uniform exploration).
 
 Only this bench reads the truth, to report each round:
@@ -20,6 +21,10 @@ Only this bench reads the truth, to report each round:
 - policy_share_of_oracle: the same for the served model's greedy choice (what the policy
   picks before exploration), the figure comparable with the offline champion's 0.85;
 - random_share_of_oracle: a uniformly random eligible reward;
+- the same against the permitted oracle (``*_of_permitted_oracle``): members without
+  personalization consent (10 % of the world) can only be served as history-less members of
+  their tier, so for them the best a program may do is one reward per tier
+  (``Truth.shares``); consenting_policy_share_of_oracle is the greedy share among the others;
 - candidate.true_value: the true expected profit per decision of the candidate's serving
   distribution on the decisions its off-policy gate evaluated (what ope_dr estimates);
 - candidate.policy_share_of_oracle / champion_policy_share_of_oracle: each one's first choice
@@ -132,9 +137,15 @@ def gate_report(truth: Any, metrics: dict[str, float], prefix: str,
             "true_value": None if gate is None else truth.policy_value(gate, "p_candidate"),
             "policy_share_of_oracle": (
                 None if gate is None else truth.greedy_share(gate, "p_candidate")),
+            "policy_share_of_permitted_oracle": (
+                None if gate is None else truth.greedy_share(
+                    gate, "p_candidate", "value_share_of_permitted_oracle")),
             "champion_true_value": truth.policy_value(gate, "p_champion") if champ else None,
             "champion_policy_share_of_oracle": (
-                truth.greedy_share(gate, "p_champion") if champ else None)}
+                truth.greedy_share(gate, "p_champion") if champ else None),
+            "champion_policy_share_of_permitted_oracle": (
+                truth.greedy_share(gate, "p_champion", "value_share_of_permitted_oracle")
+                if champ else None)}
 
 
 def start_experiment(client: Any, arms: str, start: Any, end: Any) -> str:
@@ -165,10 +176,11 @@ def main() -> None:
     ap.add_argument("--behaviour", action=argparse.BooleanOptionalAction, default=True,
                     help="members keep living during the rounds: their own activity (visits, "
                          "purchases outside any offer...) is imported as simulated time passes")
-    ap.add_argument("--refresh-days", type=int, default=1,
+    ap.add_argument("--refresh-days", type=int, default=0,
                     help="push the changed members' features to the online store every N "
                          "simulated days, as a live program's `rewards serve --refresh-seconds` "
-                         "does (0: served features are those of the last retrain)")
+                         "does (0: served features are those of the last retrain; 1 doubles "
+                         "the bench's time and, measured, does not change the policy's value)")
     ap.add_argument("--experiment", default=None, metavar="ARMS",
                     help="an uplift experiment from --experiment-round on, e.g. "
                          "model=0.8,random=0.1,holdout=0.1: every member is in it, so every "
@@ -271,7 +283,12 @@ def main() -> None:
                 f"; share of oracle "
                 f"{shares['value_share_of_oracle']:.3f} (policy "
                 f"{shares.get('policy_share_of_oracle', float('nan')):.3f}, random "
-                f"{shares['random_share_of_oracle']:.3f})")
+                f"{shares['random_share_of_oracle']:.3f}); of the permitted oracle "
+                f"(one reward per tier for the {1 - shares['consent_share']:.1%} without "
+                f"consent) {shares['value_share_of_permitted_oracle']:.3f} (policy "
+                f"{shares.get('policy_share_of_permitted_oracle', float('nan')):.3f}); "
+                f"consenting members' policy "
+                f"{shares.get('consenting_policy_share_of_oracle', float('nan')):.3f}")
             as_of = start + timedelta(days=args.round_days)
             t1 = time.perf_counter()
             out = rewards_cli("retrain", "--as-of", as_of.isoformat(), "--json")

@@ -209,6 +209,7 @@ class Truth:
         tiers = list(VOCABULARY.tiers)
         self.min_rank = self.rewards["min_tier"].map(tiers.index).to_numpy()
         self.tier_rank = self.world.members["tier"].map(tiers.index)
+        self.consent = self.world.members["consent"].fillna(True).astype(bool)
         self.cost = self.rewards["cost"].to_numpy(dtype=np.float64)
 
     def matrices(self, member_ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -224,19 +225,49 @@ class Truth:
     def shares(self, member_ids: np.ndarray, served: np.ndarray,
                greedy: np.ndarray | None) -> dict[str, float]:
         """Shares of the oracle's true incremental value: served (column, -1 = no offer),
-        greedy choice, random eligible."""
+        greedy choice, random eligible.
+
+        The oracle serves each member's best eligible reward. A member without
+        personalization consent may only be served as a history-less member of the tier, so
+        the best a program may do for them is one reward per tier: the ``permitted`` oracle
+        takes, for those members, the reward with the highest mean true value over this
+        sample's non-consenting members of the tier (in-sample: a bar set slightly high).
+        ``consenting_policy_share_of_oracle``: the greedy share among consenting members."""
         tr = self.matrices(member_ids)
         inc, ok = tr["incremental_value"], tr["eligible"]
         r = np.arange(len(member_ids))
         oracle = np.where(ok, inc, -np.inf).max(axis=1)
+        permitted = self._permitted(member_ids, inc, ok, oracle)
+        consent = self.consent.loc[member_ids.astype(np.int64)].to_numpy(dtype=bool)
         value = np.where(served >= 0, inc[r, np.maximum(served, 0)], 0.0)
         random = np.where(ok, inc, 0.0).sum(axis=1) / ok.sum(axis=1)
         out = {"oracle_value": float(oracle.mean()),
                "value_share_of_oracle": float(value.mean() / oracle.mean()),
-               "random_share_of_oracle": float(random.mean() / oracle.mean())}
+               "random_share_of_oracle": float(random.mean() / oracle.mean()),
+               "consent_share": float(consent.mean()),
+               "permitted_oracle_value": float(permitted.mean()),
+               "value_share_of_permitted_oracle": float(value.mean() / permitted.mean())}
         if greedy is not None:
             g = np.where(greedy >= 0, inc[r, np.maximum(greedy, 0)], 0.0)
             out["policy_share_of_oracle"] = float(g.mean() / oracle.mean())
+            out["policy_share_of_permitted_oracle"] = float(g.mean() / permitted.mean())
+            if consent.any():
+                out["consenting_policy_share_of_oracle"] = float(
+                    g[consent].mean() / oracle[consent].mean())
+        return out
+
+    def _permitted(self, member_ids: np.ndarray, inc: np.ndarray, ok: np.ndarray,
+                   oracle: np.ndarray) -> np.ndarray:
+        """Per member, the permitted oracle's true incremental value (see ``shares``)."""
+        ids = member_ids.astype(np.int64)
+        consent = self.consent.loc[ids].to_numpy(dtype=bool)
+        tiers = self.tier_rank.loc[ids].to_numpy()
+        out = oracle.copy()
+        for tier in np.unique(tiers[~consent]):
+            rows = ~consent & (tiers == tier)
+            mean = np.where(ok[rows], inc[rows], 0.0).sum(axis=0) / len(np.flatnonzero(rows))
+            allowed = ok[rows].all(axis=0)  # the tier's eligible rewards (the same for all)
+            out[rows] = inc[rows, int(np.argmax(np.where(allowed, mean, -np.inf)))]
         return out
 
     def policy_value(self, gate: pd.DataFrame, column: str) -> float:
@@ -256,16 +287,18 @@ class Truth:
         return float((p * q[:, order]).sum(axis=1).mean())
 
 
-    def greedy_share(self, gate: pd.DataFrame, column: str) -> float:
-        """Share of the oracle of a policy's first choice (its most likely reward) on the
-        decisions in the gate's file: what the policy would pick before exploration."""
+    def greedy_share(self, gate: pd.DataFrame, column: str,
+                     of: str = "value_share_of_oracle") -> float:
+        """Share of the oracle (``of``: or "value_share_of_permitted_oracle") of a policy's
+        first choice (its most likely reward) on the decisions in the gate's file: what the
+        policy would pick before exploration."""
         members = gate["member_id"].to_numpy()[::self._per(gate)]
         p = gate[column].to_numpy().reshape(len(members), -1)
         actions = gate["action"].iloc[:p.shape[1]].to_numpy()
         offer = actions != ""
         pick = actions[offer][np.argmax(p[:, offer], axis=1)]
         served = pd.Index(self.rewards["reward_id"].astype(str)).get_indexer(pick)
-        return self.shares(members.astype(np.int64), served, None)["value_share_of_oracle"]
+        return self.shares(members.astype(np.int64), served, None)[of]
 
     @staticmethod
     def _per(gate: pd.DataFrame) -> int:
@@ -385,14 +418,14 @@ def round_shares(services: Any, frame: pd.DataFrame, truth: Truth,
             members = frame["member_id"].to_numpy()
             on_trial = frame["versions"].map(
                 lambda v: json.loads(v).get(name) == trial.meta.version).to_numpy(dtype=bool)
-            extra = {
-                "champion_policy_share_of_oracle":
-                    truth.shares(members, served, greedy)["policy_share_of_oracle"],
-                "trial_policy_share_of_oracle":
-                    truth.shares(members, served, by_trial)["policy_share_of_oracle"],
-                "trial_served_share": float(on_trial.mean())}
+            extra = {"trial_served_share": float(on_trial.mean())}
+            for who, choice in (("champion", greedy), ("trial", by_trial)):
+                mine = truth.shares(members, served, choice)
+                extra |= {f"{who}_{k}": mine[k] for k in (
+                    "policy_share_of_oracle", "policy_share_of_permitted_oracle")}
             greedy = np.where(on_trial, by_trial, greedy)
     shares = truth.shares(frame["member_id"].to_numpy(), served, greedy)
     if model is None:  # cold start: the policy is the uniform draw itself
         shares["policy_share_of_oracle"] = shares["value_share_of_oracle"]
+        shares["policy_share_of_permitted_oracle"] = shares["value_share_of_permitted_oracle"]
     return {**shares, **extra}
