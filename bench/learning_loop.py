@@ -85,6 +85,10 @@ def plot(rounds: list[dict[str, Any]], path: Path) -> None:
             "exploration)")
     ax.plot(x, [r.get("policy_share_of_oracle", np.nan) for r in rounds], "s--",
             label="served model's greedy choice")
+    if any("policy_share_of_permitted_oracle" in r for r in rounds):
+        ax.plot(x, [r.get("policy_share_of_permitted_oracle", np.nan) for r in rounds], "s:",
+                color="tab:orange", mfc="none",
+                label="the same, of the permitted oracle (consent)")
     cand = [r["candidate"].get("policy_share_of_oracle") for r in rounds]
     ax.plot([v + 0.5 for v in x], [np.nan if c is None else c for c in cand], "^",
             color="tab:green", label="retrained candidate's greedy choice (after the round)")
