@@ -266,10 +266,11 @@ def main() -> None:
 
 
 def measure_floor(iterations: int = 2000) -> dict[str, float]:
-    """One direct online-store read + one onnxruntime call per model on the same candidate
-    matrices the service scores (every reward + the no-offer row; every template x target),
-    assembled the way the request path assembles them (the Recommender's compiled MemberRows,
-    ~30 us). No eligibility filtering: a slightly larger matrix than most requests score."""
+    """One direct online-store read + one onnxruntime call per model on the candidate matrices
+    a request scores: the rewards the member's tier allows + the no-offer row, every
+    template x target (a request drops only those in a cooldown), assembled the way the
+    request path assembles them (the Recommender's compiled MemberRows, ~30 us). Cooldowns
+    and exclusions, which shrink a request's matrices further, are not applied."""
     import numpy as np
 
     from serving.decisioning.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
@@ -293,19 +294,26 @@ def measure_floor(iterations: int = 2000) -> dict[str, float]:
     recommender = Recommender(catalog, load_rules(settings.rules(store)))
     reward_rows = recommender.member_rows("reward", r_names)
     difficulty_rows = recommender.member_rows("difficulty", d_names)
+    min_tier = catalog.reward_cols["min_tier_rank"]
+    respect_tier = recommender.rules.eligibility.respect_min_tier
     rng = np.random.default_rng(0)
-    times = []
+    times, scored = [], []
     for _ in range(iterations):
         member_id = str(int(rng.integers(1, 100_000)))
         t0 = time.perf_counter()
         row = reader.read(member_id)
         values = row.values if row else {}
-        reward.predict(reward_rows.matrix(values))
+        allowed = (np.flatnonzero(min_tier <= values.get("tier_rank", 0.0)) if respect_tier
+                   else np.arange(len(min_tier)))
+        rows = np.append(allowed, len(min_tier))  # + the no-offer row, as served
+        reward.predict(reward_rows.matrix(values, rows))
         difficulty.predict(difficulty_rows.matrix(values))
         times.append((time.perf_counter() - t0) * 1000)
+        scored.append(len(rows))
     return {"p50_ms": round(statistics.median(times), 3),
             "p99_ms": round(float(np.percentile(times, 99)), 3),
             "reward_rows": reward_rows.base.shape[0],
+            "reward_rows_scored_mean": round(float(np.mean(scored)), 1),
             "difficulty_rows": difficulty_rows.base.shape[0]}
 
 

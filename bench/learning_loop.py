@@ -7,10 +7,13 @@ removed, impressions and holdouts left out) and no model. Then, round after roun
 ask the real app (in-process, FastAPI TestClient, the same routes and stores as `rewards serve`)
 for one reward and one challenge, ``--decisions-per-member`` times a round (2: an offer a week,
 the world's own cadence), answer as the simulator's hidden truth says, and post what happened
-through `/v1/events`; their own activity of the round (visits, reviews, purchases outside any
-offer: the world's future, without its own offers) is imported after it, as a program's export
-would be; between rounds `rewards retrain` runs as a separate process, as cron would run it, and
-the app is told to reload. Round 0 is served by cold start (uniform exploration).
+through `/v1/events`; their own activity (visits, reviews, purchases outside any offer: the
+world's future, without its own offers) is imported as simulated time passes, as a program's
+export would be; with ``--refresh-days N``, every N-th simulated midnight the members who
+changed get fresh features in the online store, as `rewards serve --refresh-seconds N` gives a
+live program (``SimulatedLife``; by default served features are those of the last retrain);
+between rounds `rewards retrain` runs as a separate process, as cron would
+run it, and the app is told to reload. Round 0 is served by cold start (uniform exploration).
 
 Only this bench reads the truth, to report each round:
 - value_share_of_oracle: the true incremental value of what was served (exploration and the
@@ -18,6 +21,10 @@ Only this bench reads the truth, to report each round:
 - policy_share_of_oracle: the same for the served model's greedy choice (what the policy
   picks before exploration), the figure comparable with the offline champion's 0.85;
 - random_share_of_oracle: a uniformly random eligible reward;
+- the same against the permitted oracle (``*_of_permitted_oracle``): members without
+  personalization consent (10 % of the world) can only be served as history-less members of
+  their tier, so for them the best a program may do is one reward per tier
+  (``Truth.shares``); consenting_policy_share_of_oracle is the greedy share among the others;
 - candidate.true_value: the true expected profit per decision of the candidate's serving
   distribution on the decisions its off-policy gate evaluated (what ope_dr estimates);
 - candidate.policy_share_of_oracle / champion_policy_share_of_oracle: each one's first choice
@@ -31,8 +38,10 @@ Only this bench reads the truth, to report each round:
 
 Simulated time: decisions of round r are spread over the first ``--spread-days`` of a
 ``--round-days`` period starting where the history ends (the app's clock is set per batch:
-``Services.clock``); outcomes land inside the attribution window; the retrain reads the store
-as of the next round's start, so every reward window of the round has closed.
+``Services.clock``); each batch's members answer right after it, their outcomes landing inside
+the attribution window (posted at once, ahead of their time: a refresh counts only events
+before its own midnight); the retrain reads the store as of the next round's start, so every
+reward window of the round has closed.
 
     python bench/learning_loop.py --members 20000 --rounds 4 --seed 7 --json loop.json
 """
@@ -76,6 +85,10 @@ def plot(rounds: list[dict[str, Any]], path: Path) -> None:
             "exploration)")
     ax.plot(x, [r.get("policy_share_of_oracle", np.nan) for r in rounds], "s--",
             label="served model's greedy choice")
+    if any("policy_share_of_permitted_oracle" in r for r in rounds):
+        ax.plot(x, [r.get("policy_share_of_permitted_oracle", np.nan) for r in rounds], "s:",
+                color="tab:orange", mfc="none",
+                label="the same, of the permitted oracle (consent)")
     cand = [r["candidate"].get("policy_share_of_oracle") for r in rounds]
     ax.plot([v + 0.5 for v in x], [np.nan if c is None else c for c in cand], "^",
             color="tab:green", label="retrained candidate's greedy choice (after the round)")
@@ -128,9 +141,15 @@ def gate_report(truth: Any, metrics: dict[str, float], prefix: str,
             "true_value": None if gate is None else truth.policy_value(gate, "p_candidate"),
             "policy_share_of_oracle": (
                 None if gate is None else truth.greedy_share(gate, "p_candidate")),
+            "policy_share_of_permitted_oracle": (
+                None if gate is None else truth.greedy_share(
+                    gate, "p_candidate", "value_share_of_permitted_oracle")),
             "champion_true_value": truth.policy_value(gate, "p_champion") if champ else None,
             "champion_policy_share_of_oracle": (
-                truth.greedy_share(gate, "p_champion") if champ else None)}
+                truth.greedy_share(gate, "p_champion") if champ else None),
+            "champion_policy_share_of_permitted_oracle": (
+                truth.greedy_share(gate, "p_champion", "value_share_of_permitted_oracle")
+                if champ else None)}
 
 
 def start_experiment(client: Any, arms: str, start: Any, end: Any) -> str:
@@ -160,7 +179,12 @@ def main() -> None:
                          "14-day round is the world's own cadence (an offer a week)")
     ap.add_argument("--behaviour", action=argparse.BooleanOptionalAction, default=True,
                     help="members keep living during the rounds: their own activity (visits, "
-                         "purchases outside any offer...) is imported after each round")
+                         "purchases outside any offer...) is imported as simulated time passes")
+    ap.add_argument("--refresh-days", type=int, default=0,
+                    help="push the changed members' features to the online store every N "
+                         "simulated days, as a live program's `rewards serve --refresh-seconds` "
+                         "does (0: served features are those of the last retrain; 1 doubles "
+                         "the bench's time and, measured, does not change the policy's value)")
     ap.add_argument("--experiment", default=None, metavar="ARMS",
                     help="an uplift experiment from --experiment-round on, e.g. "
                          "model=0.8,random=0.1,holdout=0.1: every member is in it, so every "
@@ -207,8 +231,8 @@ def main() -> None:
     from serving.main import create_app
     from training.simulate.loop import (
         Truth,
+        SimulatedLife,
         answer_round,
-        import_behaviour,
         round_shares,
         run_round,
     )
@@ -218,6 +242,8 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     ids = truth.world.members.index.to_numpy()
     rounds: list[dict[str, Any]] = []
+    life = SimulatedLife(world_dir, store, events_url, history_end, behaviour=args.behaviour,
+                         refresh_days=args.refresh_days)
     with TestClient(create_app()) as client:
         services = client.app.state.services
         for r in range(args.rounds):
@@ -226,17 +252,26 @@ def main() -> None:
                 end = history_end + timedelta(days=args.rounds * args.round_days + 30)
                 log("experiment " + start_experiment(client, args.experiment, start, end))
             t0 = time.perf_counter()
+            before = dict(life.stats)
             parts, n_events = [], 0
+
+            def answer(part: pd.DataFrame, times: list[Any]) -> None:
+                nonlocal n_events
+                events = answer_round(client, world_dir, part, times, window, truth.rewards,
+                                      rng)
+                n_events += len(events)
+                life.note(part["member_id"].to_numpy(), times)
+                life.note([e["member_id"] for e in events], [e["timestamp"] for e in events])
+
             for k in range(args.decisions_per_member):
                 at = start + timedelta(days=k * args.spread_days)
-                part, times = run_round(client, services, ids, at, args.spread_days, rng)
-                n_events += answer_round(client, world_dir, part, times, window, truth.rewards,
-                                         rng)
+                part, _ = run_round(client, services, ids, at, args.spread_days, rng,
+                                    before=life.advance, after=answer)
                 parts.append(part)
             frame = pd.concat(parts, ignore_index=True)
-            organic = (import_behaviour(world_dir, events_url, start,
-                                        start + timedelta(days=args.round_days))
-                       if args.behaviour else 0)
+            life.advance(start + timedelta(days=args.round_days))
+            lived = {k: round(v - before[k], 1) for k, v in life.stats.items()}
+            organic = int(lived["behaviour_events"])
             decide_s = time.perf_counter() - t0
             shares = round_shares(services, frame, truth, start)
             versions = frame["versions"].value_counts().index[0]
@@ -247,15 +282,23 @@ def main() -> None:
                 f"{served_model}"
                 f"{f' + trial v{trial_model}' if trial_model else ''}, {n_events:,} outcome "
                 f"events, {organic:,} own-activity "
-                f"events; share of oracle "
+                f"events, {lived['refreshes']:.0f} feature refreshes "
+                f"({lived['members_refreshed']:,.0f} members, {lived['refresh_seconds']:.0f} s)"
+                f"; share of oracle "
                 f"{shares['value_share_of_oracle']:.3f} (policy "
                 f"{shares.get('policy_share_of_oracle', float('nan')):.3f}, random "
-                f"{shares['random_share_of_oracle']:.3f})")
+                f"{shares['random_share_of_oracle']:.3f}); of the permitted oracle "
+                f"(one reward per tier for the {1 - shares['consent_share']:.1%} without "
+                f"consent) {shares['value_share_of_permitted_oracle']:.3f} (policy "
+                f"{shares.get('policy_share_of_permitted_oracle', float('nan')):.3f}); "
+                f"consenting members' policy "
+                f"{shares.get('consenting_policy_share_of_oracle', float('nan')):.3f}")
             as_of = start + timedelta(days=args.round_days)
             t1 = time.perf_counter()
             out = rewards_cli("retrain", "--as-of", as_of.isoformat(), "--json")
             record = json.loads(out.strip().splitlines()[-1])
             retrain_s = time.perf_counter() - t1
+            life.covered(as_of)  # the retrain rebuilt every member's features as of then
             fam = record["families"][0]
             snapshot = Path(record["snapshot_detail"]["path"])
             met = fam["metrics"]
@@ -284,6 +327,8 @@ def main() -> None:
                 f"{fam['reason']}")
             rounds.append({"round": r, "decisions": len(frame), "outcome_events": n_events,
                            "behaviour_events": organic,
+                           "feature_refreshes": {k: lived[k] for k in (
+                               "refreshes", "members_refreshed", "refresh_seconds")},
                            "served_model": served_model, "trial_model": trial_model,
                            **shares, "candidate": candidate, "trial": trial,
                            "on_trial_next": fam.get("on_trial"),
@@ -292,6 +337,7 @@ def main() -> None:
                                        "retrain": round(retrain_s, 1)}})
     result = {"members": args.members, "rounds": rounds, "seed": args.seed,
               "decisions_per_member": args.decisions_per_member, "behaviour": args.behaviour,
+              "refresh_days": args.refresh_days,
               "experiment": args.experiment, "experiment_round": args.experiment_round,
               "seconds": round(time.perf_counter() - t_all, 1),
               "join_report": json.loads(rewards_cli("data", "join-report", "--as-of",

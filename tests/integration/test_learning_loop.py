@@ -132,7 +132,7 @@ def test_cold_start_then_retrain_from_own_decisions(loop_world, monkeypatch) -> 
     assert report.decisions["service_logged"] == 1_500
     assert report.decisions["no_offer"] == int(no_offer.sum())
     out = report.outcomes
-    assert out["matched_by_decision_id"] + out["unmatched_unknown_decision_id"] == posted
+    assert out["matched_by_decision_id"] + out["unmatched_unknown_decision_id"] == len(posted)
     assert out["unmatched_unknown_decision_id"] == 0
 
     # -- the loop goes on: the kept candidate runs on trial beside the champion, and the next

@@ -494,6 +494,10 @@ def test_members_changed_since_sees_events_and_profile_changes(store: EventStore
     again = datetime.now(UTC)
     store.import_events(frame_of([("x1", "visit", "M-7", T0)]))  # importing again: nobody
     assert store.members_changed_since(again) == []
+    # a decision counts among the member's offers: its member changed when it was made
+    store.log_decision(decision("d-now", member_id="M-11", created_at=datetime.now(UTC)))
+    store.log_decision(decision("d-old", member_id="M-12", created_at=T0))
+    assert store.members_changed_since(again) == ["M-11"]
 
 
 # --- bulk imports -----------------------------------------------------------------------------

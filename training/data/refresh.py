@@ -106,13 +106,25 @@ def refresh(events_store: EventStore, feast_store: Any, rewards: pd.DataFrame,
     t0 = time.perf_counter()
     after = since or read_watermark(features_dir) or meta.end_ts.to_pydatetime()
     members = sorted(events_store.members_changed_since(after))
-    rows = current_rows(events_store, members, rewards, challenges, vocabulary, meta, started)
+    written = push_members(events_store, feast_store, members, rewards, challenges, vocabulary,
+                           meta, started)
+    watermark = started - SAFETY
+    write_watermark(features_dir, watermark)
+    return RefreshResult(len(members), written, round(time.perf_counter() - t0, 3), watermark)
+
+
+def push_members(events_store: EventStore, feast_store: Any, member_ids: list[str],
+                 rewards: pd.DataFrame, challenges: pd.DataFrame, vocabulary: Vocabulary,
+                 meta: HistoryMeta, now: datetime) -> int:
+    """Write these members' :func:`current_rows` to the online store; the rows written.
+
+    ``refresh`` picks the members by when their events were received; a caller that knows
+    who changed (the learning-loop bench, whose clock is simulated) names them."""
+    rows = current_rows(events_store, member_ids, rewards, challenges, vocabulary, meta, now)
     if len(rows):
         values = rows.astype({name: np.float32 for name in member_feature_names(vocabulary)})
         feast_store.write_to_online_store(MEMBER_VIEW, values)
-    watermark = started - SAFETY
-    write_watermark(features_dir, watermark)
-    return RefreshResult(len(members), len(rows), round(time.perf_counter() - t0, 3), watermark)
+    return len(rows)
 
 
 def member_at(feast_store: Any, service_name: str, member_id: str,

@@ -9,8 +9,10 @@ product.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -63,23 +65,136 @@ def import_behaviour(world_dir: Path, events_url: str, since: datetime,
     outcome of one), imported as a program's periodic export would be (`rewards import
     events`). Members keep living between decisions; without this their recency features
     would only age. Returns the number of events imported."""
-    from serving.stores.events import open_event_store
-    from training.data.imports import import_events_file
-    from training.simulate.onboard import program_files
+    return Behaviour(world_dir, since).import_between(events_url, since, until)[1]
 
-    events = pd.read_parquet(program_files(world_dir)["events"])
-    ts = events["timestamp"]
-    keep = _organic(events) & (ts >= pd.Timestamp(since)) & (ts < pd.Timestamp(until))
-    path = (world_dir.parent / "world_without_offers"
-            / f"behaviour_{pd.Timestamp(since):%Y%m%d}.parquet")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    events[keep].to_parquet(path, index=False)
-    store = open_event_store(events_url)
-    try:
-        summary = import_events_file(path, store, progress=False)
-    finally:
-        store.close()
-    return int(summary.imported)
+
+class Behaviour:
+    """The members' own activity from ``since`` on, read from the world once and imported
+    slice by slice (see :func:`import_behaviour`)."""
+
+    def __init__(self, world_dir: Path, since: datetime) -> None:
+        from training.simulate.onboard import program_files
+
+        self.folder = world_dir.parent / "world_without_offers"
+        events = pd.read_parquet(program_files(world_dir)["events"])
+        keep = _organic(events) & (events["timestamp"] >= pd.Timestamp(since))
+        self.events = events[keep].sort_values("timestamp", kind="stable")
+
+    def import_between(self, events_url: str, since: datetime, until: datetime
+                       ) -> tuple[pd.DataFrame, int]:
+        """Import the activity in [since, until) through `rewards import events`' own code
+        (idempotent); the activity and the number of events new to the store."""
+        from serving.stores.events import open_event_store
+        from training.data.imports import import_events_file
+
+        ts = self.events["timestamp"]
+        lo, hi = ts.searchsorted(pd.Timestamp(since)), ts.searchsorted(pd.Timestamp(until))
+        part = self.events.iloc[lo:hi]
+        if part.empty:
+            return part, 0
+        path = self.folder / f"behaviour_{pd.Timestamp(since):%Y%m%d%H%M}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part.to_parquet(path, index=False)
+        store = open_event_store(events_url)
+        try:
+            summary = import_events_file(path, store, progress=False)
+        finally:
+            store.close()
+        return part, int(summary.imported)
+
+
+class SimulatedLife:
+    """What a live program does between decisions, on the simulation's clock.
+
+    Members' own activity is imported as time passes, and every ``refresh_days`` (0: never)
+    the members who changed since the previous refresh (a decision, an outcome, their own
+    activity) get their features recomputed and written to the online store: what
+    `rewards serve --refresh-seconds N` does for a live program. The product's refresher
+    finds changed members by when events were *received*; here outcomes are posted ahead of
+    their simulated time, so the loop names the members itself (``note``), and each refresh
+    counts only events before its simulated midnight.
+    """
+
+    def __init__(self, world_dir: Path, settings: Any, events_url: str, start: datetime, *,
+                 behaviour: bool = True, refresh_days: int = 1) -> None:
+        if pd.Timestamp(start) != pd.Timestamp(start).floor("D"):
+            raise ValueError(f"start {start} is not a midnight: refreshes fall on midnights")
+        self.settings, self.events_url, self.refresh_days = settings, events_url, refresh_days
+        self.behaviour = Behaviour(world_dir, start) if behaviour else None
+        self.now = start
+        self.next_refresh = start + timedelta(days=refresh_days) if refresh_days else None
+        self.pending: list[pd.DataFrame] = []
+        self.stats = {"behaviour_events": 0, "refreshes": 0, "members_refreshed": 0,
+                      "refresh_seconds": 0.0}
+
+    def note(self, member_ids: Any, times: Any) -> None:
+        """Members whose features change at these (simulated) times."""
+        at = pd.to_datetime(list(times), utc=True, format="ISO8601")  # datetimes or ISO text
+        self.pending.append(pd.DataFrame({"member_id": np.asarray(member_ids).astype(str),
+                                          "at": at}))
+
+    def covered(self, until: datetime) -> None:
+        """A features build counted everything before ``until``: no refresh owes it."""
+        self._take(until)
+
+    def advance(self, to: datetime) -> None:
+        """Live until ``to``: import the activity before it, refresh at each boundary passed."""
+        while self.next_refresh is not None and self.next_refresh <= to:
+            self._import(self.next_refresh)
+            self._push(self.next_refresh)
+            self.next_refresh += timedelta(days=self.refresh_days)
+        self._import(to)
+
+    def _import(self, until: datetime) -> None:
+        if until <= self.now:
+            return
+        if self.behaviour is not None:
+            part, imported = self.behaviour.import_between(self.events_url, self.now, until)
+            self.stats["behaviour_events"] += imported
+            if len(part):
+                self.note(part["member_id"].to_numpy(), part["timestamp"])
+        self.now = until
+
+    def _take(self, until: datetime) -> list[str]:
+        if not self.pending:
+            return []
+        frame = pd.concat(self.pending, ignore_index=True)
+        due = frame["at"] < pd.Timestamp(until)
+        self.pending = [frame[~due]]
+        return sorted(set(frame.loc[due, "member_id"]))
+
+    def _push(self, at: datetime) -> None:
+        import time
+
+        from serving.stores.catalog import open_catalog_store
+        from serving.stores.events import open_event_store
+        from serving.stores.features import open_store
+        from training.data.features import built_vocabulary
+        from training.data.history import read_history_meta
+        from training.data.refresh import push_members
+
+        members = self._take(at)
+        if not members:
+            return
+        t0 = time.perf_counter()
+        catalog = open_catalog_store(self.events_url)
+        try:
+            rewards = catalog.frame("rewards", include_retired=True)
+            challenges = catalog.frame("challenges", include_retired=True)
+        finally:
+            catalog.close()
+        features_dir = self.settings.features_dir
+        events = open_event_store(self.events_url)
+        try:
+            # a microsecond before midnight: the row counts the events before it, no later
+            push_members(events, open_store(self.settings), members, rewards, challenges,
+                         built_vocabulary(features_dir), read_history_meta(features_dir),
+                         at - timedelta(microseconds=1))
+        finally:
+            events.close()
+        self.stats["refreshes"] += 1
+        self.stats["members_refreshed"] += len(members)
+        self.stats["refresh_seconds"] += time.perf_counter() - t0
 
 
 class Truth:
@@ -94,6 +209,7 @@ class Truth:
         tiers = list(VOCABULARY.tiers)
         self.min_rank = self.rewards["min_tier"].map(tiers.index).to_numpy()
         self.tier_rank = self.world.members["tier"].map(tiers.index)
+        self.consent = self.world.members["consent"].fillna(True).astype(bool)
         self.cost = self.rewards["cost"].to_numpy(dtype=np.float64)
 
     def matrices(self, member_ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -109,19 +225,49 @@ class Truth:
     def shares(self, member_ids: np.ndarray, served: np.ndarray,
                greedy: np.ndarray | None) -> dict[str, float]:
         """Shares of the oracle's true incremental value: served (column, -1 = no offer),
-        greedy choice, random eligible."""
+        greedy choice, random eligible.
+
+        The oracle serves each member's best eligible reward. A member without
+        personalization consent may only be served as a history-less member of the tier, so
+        the best a program may do for them is one reward per tier: the ``permitted`` oracle
+        takes, for those members, the reward with the highest mean true value over this
+        sample's non-consenting members of the tier (in-sample: a bar set slightly high).
+        ``consenting_policy_share_of_oracle``: the greedy share among consenting members."""
         tr = self.matrices(member_ids)
         inc, ok = tr["incremental_value"], tr["eligible"]
         r = np.arange(len(member_ids))
         oracle = np.where(ok, inc, -np.inf).max(axis=1)
+        permitted = self._permitted(member_ids, inc, ok, oracle)
+        consent = self.consent.loc[member_ids.astype(np.int64)].to_numpy(dtype=bool)
         value = np.where(served >= 0, inc[r, np.maximum(served, 0)], 0.0)
         random = np.where(ok, inc, 0.0).sum(axis=1) / ok.sum(axis=1)
         out = {"oracle_value": float(oracle.mean()),
                "value_share_of_oracle": float(value.mean() / oracle.mean()),
-               "random_share_of_oracle": float(random.mean() / oracle.mean())}
+               "random_share_of_oracle": float(random.mean() / oracle.mean()),
+               "consent_share": float(consent.mean()),
+               "permitted_oracle_value": float(permitted.mean()),
+               "value_share_of_permitted_oracle": float(value.mean() / permitted.mean())}
         if greedy is not None:
             g = np.where(greedy >= 0, inc[r, np.maximum(greedy, 0)], 0.0)
             out["policy_share_of_oracle"] = float(g.mean() / oracle.mean())
+            out["policy_share_of_permitted_oracle"] = float(g.mean() / permitted.mean())
+            if consent.any():
+                out["consenting_policy_share_of_oracle"] = float(
+                    g[consent].mean() / oracle[consent].mean())
+        return out
+
+    def _permitted(self, member_ids: np.ndarray, inc: np.ndarray, ok: np.ndarray,
+                   oracle: np.ndarray) -> np.ndarray:
+        """Per member, the permitted oracle's true incremental value (see ``shares``)."""
+        ids = member_ids.astype(np.int64)
+        consent = self.consent.loc[ids].to_numpy(dtype=bool)
+        tiers = self.tier_rank.loc[ids].to_numpy()
+        out = oracle.copy()
+        for tier in np.unique(tiers[~consent]):
+            rows = ~consent & (tiers == tier)
+            mean = np.where(ok[rows], inc[rows], 0.0).sum(axis=0) / len(np.flatnonzero(rows))
+            allowed = ok[rows].all(axis=0)  # the tier's eligible rewards (the same for all)
+            out[rows] = inc[rows, int(np.argmax(np.where(allowed, mean, -np.inf)))]
         return out
 
     def policy_value(self, gate: pd.DataFrame, column: str) -> float:
@@ -141,16 +287,18 @@ class Truth:
         return float((p * q[:, order]).sum(axis=1).mean())
 
 
-    def greedy_share(self, gate: pd.DataFrame, column: str) -> float:
-        """Share of the oracle of a policy's first choice (its most likely reward) on the
-        decisions in the gate's file: what the policy would pick before exploration."""
+    def greedy_share(self, gate: pd.DataFrame, column: str,
+                     of: str = "value_share_of_oracle") -> float:
+        """Share of the oracle (``of``: or "value_share_of_permitted_oracle") of a policy's
+        first choice (its most likely reward) on the decisions in the gate's file: what the
+        policy would pick before exploration."""
         members = gate["member_id"].to_numpy()[::self._per(gate)]
         p = gate[column].to_numpy().reshape(len(members), -1)
         actions = gate["action"].iloc[:p.shape[1]].to_numpy()
         offer = actions != ""
         pick = actions[offer][np.argmax(p[:, offer], axis=1)]
         served = pd.Index(self.rewards["reward_id"].astype(str)).get_indexer(pick)
-        return self.shares(members.astype(np.int64), served, None)["value_share_of_oracle"]
+        return self.shares(members.astype(np.int64), served, None)[of]
 
     @staticmethod
     def _per(gate: pd.DataFrame) -> int:
@@ -188,37 +336,60 @@ def greedy_choice(features: list[dict[str, float] | None], model: Any, catalog: 
 
 
 def run_round(client: Any, services: Any, ids: np.ndarray, start: datetime, spread_days: float,
-              rng: np.random.Generator) -> tuple[pd.DataFrame, list[datetime]]:
-    """One decision per member through /v1/recommendations/batch, batches spread in time."""
+              rng: np.random.Generator, *,
+              before: Callable[[datetime], None] | None = None,
+              after: Callable[[pd.DataFrame, list[datetime]], None] | None = None
+              ) -> tuple[pd.DataFrame, list[datetime]]:
+    """One decision per member through /v1/recommendations/batch, batches spread in time.
+
+    ``before(at)`` runs before each batch (time passes: :meth:`SimulatedLife.advance`),
+    ``after(frame, times)`` after it (its members answer)."""
     order = rng.permutation(ids)
-    answers, times = [], []
+    parts, times = [], []
     n_batches = max(1, -(-len(order) // BATCH))
     for b in range(n_batches):
         chunk = order[b * BATCH:(b + 1) * BATCH]
         at = start + timedelta(days=spread_days * b / n_batches)
+        if before is not None:
+            before(at)
         services.clock = lambda at=at: at
         r = client.post("/v1/recommendations/batch",
                         json={"member_ids": [str(i) for i in chunk], "channel": "app",
                               "k_rewards": 1, "k_challenges": 1})
         r.raise_for_status()
-        answers += r.json()["results"]
+        part = answers_frame(r.json()["results"])
+        if after is not None:
+            after(part, [at] * len(chunk))
+        parts.append(part)
         times += [at] * len(chunk)
-    frame = answers_frame(answers)
-    return frame, times
+    return pd.concat(parts, ignore_index=True), times
 
 
 def answer_round(client: Any, world_dir: Path, frame: pd.DataFrame, times: list[datetime],
-                 window: int, rewards: pd.DataFrame, rng: np.random.Generator) -> int:
+                 window: int, rewards: pd.DataFrame, rng: np.random.Generator
+                 ) -> list[dict[str, Any]]:
     """Members answer as the truth says; their outcomes go through ``/v1/events`` (inside the
-    attribution window after each decision). Returns the number of events posted."""
+    attribution window after each decision). Returns the events posted."""
     from training.simulate.live import outcome_events, respond
 
-    resp = respond(world_dir, frame, window, rng)
+    world_dir = Path(world_dir)
+    resp = respond(world_dir, frame, window, rng,
+                   **_world_frames(world_dir, (world_dir / "world.json").stat().st_mtime_ns))
     events = outcome_events(frame, resp, times, rng.uniform(0.01, 0.9 * window, len(frame)),
                             rewards)
     for lo in range(0, len(events), 1000):
         client.post("/v1/events", json={"events": events[lo:lo + 1000]}).raise_for_status()
-    return len(events)
+    return events
+
+
+@functools.lru_cache(maxsize=2)
+def _world_frames(world_dir: Path, stamp: int) -> dict[str, pd.DataFrame]:
+    """The world's files ``respond`` reads, once per world and version (``stamp``, the mtime
+    of its world.json): a round answers in batches."""
+    return {"roster": pd.read_parquet(world_dir / "members.parquet"),
+            "traits": pd.read_parquet(world_dir / "truth" / "member_traits.parquet"),
+            "rewards": pd.read_parquet(world_dir / "rewards.parquet"),
+            "challenges": pd.read_parquet(world_dir / "challenges.parquet")}
 
 
 def round_shares(services: Any, frame: pd.DataFrame, truth: Truth,
@@ -247,14 +418,14 @@ def round_shares(services: Any, frame: pd.DataFrame, truth: Truth,
             members = frame["member_id"].to_numpy()
             on_trial = frame["versions"].map(
                 lambda v: json.loads(v).get(name) == trial.meta.version).to_numpy(dtype=bool)
-            extra = {
-                "champion_policy_share_of_oracle":
-                    truth.shares(members, served, greedy)["policy_share_of_oracle"],
-                "trial_policy_share_of_oracle":
-                    truth.shares(members, served, by_trial)["policy_share_of_oracle"],
-                "trial_served_share": float(on_trial.mean())}
+            extra = {"trial_served_share": float(on_trial.mean())}
+            for who, choice in (("champion", greedy), ("trial", by_trial)):
+                mine = truth.shares(members, served, choice)
+                extra |= {f"{who}_{k}": mine[k] for k in (
+                    "policy_share_of_oracle", "policy_share_of_permitted_oracle")}
             greedy = np.where(on_trial, by_trial, greedy)
     shares = truth.shares(frame["member_id"].to_numpy(), served, greedy)
     if model is None:  # cold start: the policy is the uniform draw itself
         shares["policy_share_of_oracle"] = shares["value_share_of_oracle"]
+        shares["policy_share_of_permitted_oracle"] = shares["value_share_of_permitted_oracle"]
     return {**shares, **extra}

@@ -249,16 +249,20 @@ class RecordStore(SqlStore):
             return pd.DataFrame({n: typed_column(n, raw.pop(0)) for n in names}, copy=False)
 
     def members_changed_since(self, received_after: datetime) -> list[str]:
-        """Members with an event received, or a profile changed, after a time (sorted).
+        """Members with an event received, a profile changed or a decision made after a time
+        (sorted).
 
-        For incremental feature refreshes. A write takes its time when its transaction starts,
-        so an import chunk committing as you ask may carry a time just before your call: ask
-        from a little before your previous call (recomputing a member twice is harmless).
+        For incremental feature refreshes: a decision counts among the member's offers (its
+        time is the service's clock when it was logged). A write takes its time when its
+        transaction starts, so an import chunk committing as you ask may carry a time just
+        before your call: ask from a little before your previous call (recomputing a member
+        twice is harmless).
         """
         after = micros(received_after)
         rows = self._query("SELECT member_id FROM events WHERE received_us > ? "
-                           "UNION SELECT member_id FROM members WHERE updated_us > ?",
-                           (after, after))
+                           "UNION SELECT member_id FROM members WHERE updated_us > ? "
+                           "UNION SELECT CAST(member_id AS TEXT) FROM decisions "
+                           "WHERE created_us > ?", (after, after, after))
         return sorted(str(row[0]) for row in rows)
 
     def decision_log(self, since: datetime | None = None, until: datetime | None = None,
