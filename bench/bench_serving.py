@@ -165,6 +165,56 @@ def run_wrk(wrk: str, port: int, connections: int, seconds: int, members: int,
 REPO = Path(__file__).resolve().parent.parent
 
 
+def copy_catalog(source_url: str, target_url: str) -> dict[str, int]:
+    """The data folder's catalog (vocabulary in code order, rewards, challenges, retired ones
+    included) into the bench's fresh event store, through the catalog's own import."""
+    from serving.stores.catalog import import_rows, open_catalog_store
+
+    source, target = open_catalog_store(source_url), open_catalog_store(target_url)
+    try:
+        if source.is_empty():
+            raise SystemExit(f"the catalog at {source_url} is empty: nothing would be scored")
+        vocabulary = source.vocabulary().as_dict()
+        rows = [{"kind": kind, "value": value} for kind, values in vocabulary.items()
+                for value in values]
+        counts = {"vocabulary": len(rows)}
+        stored = {kind: [{k: v for k, v in row.items() if k not in ("created_us", "updated_us")}
+                         for row in source.rows(kind, include_retired=True)]  # type: ignore[arg-type]
+                  for kind in ("rewards", "challenges")}
+        for kind, items in (("vocabulary", rows), ("rewards", stored["rewards"]),
+                            ("challenges", stored["challenges"])):
+            result = import_rows(target, kind, items)  # type: ignore[arg-type]
+            if result.errors:
+                raise SystemExit(f"copying the catalog's {kind}: {result.errors[:3]}")
+            counts[kind] = len(items)
+        return counts
+    finally:
+        source.close()
+        target.close()
+
+
+def check_answers(port: int, members: int, n: int = 20) -> None:
+    """Refuse to measure a server whose answers score nothing: of ``n`` answers, at least one
+    offers rewards and one challenges (a single answer may be a no-offer draw)."""
+    import random
+
+    rng = random.Random(7)
+    offered = {"rewards": 0, "challenges": 0}
+    for _ in range(n):
+        body = json.dumps({"member_id": str(rng.randint(1, members)), "k_rewards": 3,
+                           "k_challenges": 3}).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/recommendations", data=body,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            answer = json.loads(resp.read())
+        for kind in offered:
+            offered[kind] += bool(answer[kind])
+    if not all(offered.values()):
+        raise SystemExit(f"of {n} answers, {offered} offered rewards / challenges: the server "
+                         "scores nothing (an empty catalog?)")
+
+
 def production_env(data_dir: Path) -> dict[str, str]:
     """Variables of the production profile on the scripts' servers; a new events database."""
     import uuid
@@ -228,7 +278,13 @@ def main() -> None:
             warmed = warm_page_cache(online_db)
     with tempfile.TemporaryDirectory() as tmp:
         env.setdefault("REWARDS_EVENTS_URL", f"sqlite:///{Path(tmp) / 'events.db'}")
+        from serving.config import get_serve_settings, get_store_settings
         from serving.stores.keys import open_key_store
+
+        # the decisions go to a fresh store, but the catalog lives in the event store: without
+        # it every answer is empty and nothing is scored
+        report_catalog = copy_catalog(get_serve_settings().events(get_store_settings()),
+                                      env["REWARDS_EVENTS_URL"])
 
         global API_KEY
         keys = open_key_store(env["REWARDS_EVENTS_URL"])
@@ -241,7 +297,9 @@ def main() -> None:
         try:
             ready = wait_ready(args.port, args.workers)
             report: dict[str, object] = {"ready": ready["ready"], "workers": args.workers,
-                                         "profile": args.profile, "page_cache_warm_s": warmed}
+                                         "profile": args.profile, "page_cache_warm_s": warmed,
+                                         "catalog": report_catalog}
+            check_answers(args.port, args.members)
             run_wrk(wrk, args.port, 4, 5, args.members, None)  # warm-up
             c1 = run_wrk(wrk, args.port, 1, 10, args.members, None)
             report["concurrency_1"] = c1
