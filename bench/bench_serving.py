@@ -174,20 +174,16 @@ def copy_catalog(source_url: str, target_url: str) -> dict[str, int]:
     try:
         if source.is_empty():
             raise SystemExit(f"the catalog at {source_url} is empty: nothing would be scored")
-        vocabulary = source.vocabulary().as_dict()
-        rows = [{"kind": kind, "value": value} for kind, values in vocabulary.items()
-                for value in values]
-        counts = {"vocabulary": len(rows)}
-        stored = {kind: [{k: v for k, v in row.items() if k not in ("created_us", "updated_us")}
-                         for row in source.rows(kind, include_retired=True)]  # type: ignore[arg-type]
-                  for kind in ("rewards", "challenges")}
-        for kind, items in (("vocabulary", rows), ("rewards", stored["rewards"]),
-                            ("challenges", stored["challenges"])):
-            result = import_rows(target, kind, items)  # type: ignore[arg-type]
+        copied = {"vocabulary": [{"kind": kind, "value": value} for kind, values
+                                 in source.vocabulary().as_dict().items() for value in values]}
+        for kind in ("rewards", "challenges"):  # stored rows, minus the store's own stamps
+            copied[kind] = [{k: v for k, v in row.items() if k not in ("created_us", "updated_us")}
+                            for row in source.rows(kind, include_retired=True)]  # type: ignore[arg-type]
+        for kind, rows in copied.items():  # the vocabulary first: items are checked against it
+            result = import_rows(target, kind, rows)  # type: ignore[arg-type]
             if result.errors:
                 raise SystemExit(f"copying the catalog's {kind}: {result.errors[:3]}")
-            counts[kind] = len(items)
-        return counts
+        return {kind: len(rows) for kind, rows in copied.items()}
     finally:
         source.close()
         target.close()

@@ -27,7 +27,7 @@ def test_non_consenting_members_get_their_tiers_best_single_reward() -> None:
                     [0.0, 0.0, 3.0]])
     ok = np.array([[True, True, False]] * 3 + [[True, True, True]] * 2)
     oracle = np.where(ok, inc, -np.inf).max(axis=1)
-    got = truth._permitted(np.arange(5), inc, ok, oracle)
+    got = truth._permitted(np.arange(5), inc, ok, oracle, truth.consent.to_numpy())
     # consenting members keep their own best; tier 0's two share column 0 (mean 3.0 > 2.5)
     np.testing.assert_allclose(got, [5.0, 4.0, 2.0, 7.0, 3.0])
     assert (got <= oracle).all() and got[1:3].sum() < oracle[1:3].sum()
@@ -38,4 +38,5 @@ def test_everyone_consenting_leaves_the_oracle_as_is() -> None:
     inc = np.array([[1.0, 2.0], [3.0, 0.5]])
     ok = np.ones_like(inc, dtype=bool)
     oracle = inc.max(axis=1)
-    np.testing.assert_allclose(truth._permitted(np.arange(2), inc, ok, oracle), oracle)
+    np.testing.assert_allclose(
+        truth._permitted(np.arange(2), inc, ok, oracle, truth.consent.to_numpy()), oracle)

@@ -237,8 +237,8 @@ class Truth:
         inc, ok = tr["incremental_value"], tr["eligible"]
         r = np.arange(len(member_ids))
         oracle = np.where(ok, inc, -np.inf).max(axis=1)
-        permitted = self._permitted(member_ids, inc, ok, oracle)
         consent = self.consent.loc[member_ids.astype(np.int64)].to_numpy(dtype=bool)
+        permitted = self._permitted(member_ids, inc, ok, oracle, consent)
         value = np.where(served >= 0, inc[r, np.maximum(served, 0)], 0.0)
         random = np.where(ok, inc, 0.0).sum(axis=1) / ok.sum(axis=1)
         out = {"oracle_value": float(oracle.mean()),
@@ -257,11 +257,10 @@ class Truth:
         return out
 
     def _permitted(self, member_ids: np.ndarray, inc: np.ndarray, ok: np.ndarray,
-                   oracle: np.ndarray) -> np.ndarray:
-        """Per member, the permitted oracle's true incremental value (see ``shares``)."""
-        ids = member_ids.astype(np.int64)
-        consent = self.consent.loc[ids].to_numpy(dtype=bool)
-        tiers = self.tier_rank.loc[ids].to_numpy()
+                   oracle: np.ndarray, consent: np.ndarray) -> np.ndarray:
+        """Per member, the permitted oracle's true incremental value (see ``shares``);
+        ``consent``: each member's, as ``shares`` read it."""
+        tiers = self.tier_rank.loc[member_ids.astype(np.int64)].to_numpy()
         out = oracle.copy()
         for tier in np.unique(tiers[~consent]):
             rows = ~consent & (tiers == tier)
