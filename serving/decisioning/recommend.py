@@ -52,6 +52,11 @@ NO_OFFER_SHARE = 0.05
 EXPLORATION_FLOOR = 0.002
 TARGET_EXPLORATION = 0.05
 COLD_START_REASON = "cold start: uniform exploration until a first model is promoted"
+#: degraded_reasons of an answer asking for what the catalog has none of: a program that
+#: has not imported its catalog (or deactivated all of it) is told so in every answer, not
+#: only by /readyz, so an automation does not mistake "nothing" for "nothing suits"
+NO_REWARDS_REASON = "catalog: no active reward"
+NO_CHALLENGES_REASON = "catalog: no active challenge template"
 #: Default share of decisions served by a reward model on trial (ServeSettings.trial_share).
 TRIAL_SHARE = 0.3
 #: ``model_versions`` key of the version on trial in a decision it was drawn for:
@@ -218,6 +223,10 @@ class Recommender:
         loaded = self._loaded  # this request's catalog, whatever set_catalog does meanwhile
         vocabulary = loaded.catalog.vocabulary
         reasons = list(facts.degraded_reasons)
+        if k_rewards > 0 and not loaded.catalog.reward_cols["reward_id"].size:
+            reasons.append(NO_REWARDS_REASON)
+        if k_challenges > 0 and not loaded.catalog.template_ids:
+            reasons.append(NO_CHALLENGES_REASON)
         cold = facts.unknown
         personalized = facts.consent or not self.rules.eligibility.respect_consent
         if facts.features is None or not personalized:

@@ -31,7 +31,8 @@ from serving.decisioning.ranking import (
     uniform_targets,
 )
 from serving.decisioning.recommend import (
-    COLD_START_REASON, FAMILIES, TRIAL_SUFFIX, Decision, MemberFacts, Recommender,
+    COLD_START_REASON, FAMILIES, NO_CHALLENGES_REASON, NO_REWARDS_REASON, TRIAL_SUFFIX,
+    Decision, MemberFacts, Recommender,
 )
 from serving.decisioning.rules import Rules, select_slate
 from serving.stores.events.schema import feature_json, loads
@@ -440,6 +441,47 @@ def test_the_policy_tells_cold_start_from_a_broken_model() -> None:
     assert broken.record.policy == "fallback" and broken.response.degraded
     # one family broken, the other in cold start: the breakage is what the log must say
     assert decide(rec, None, None, no_champion=("difficulty",)).record.policy == "fallback"
+
+
+def test_an_empty_catalog_degrades_every_answer_that_asks_for_what_it_lacks() -> None:
+    """No reward (or no template) to offer is the program's set-up, not a member's lot: the
+    answer says so, for what it asked, whatever the models and the no-offer draw do."""
+    rules = Rules.model_validate({"exploration": {"epsilon": 0.1}})
+    none = pd.DataFrame([reward("R1", "food", 1.0)]).iloc[:0]
+    templates = pd.DataFrame([challenge("C1", "streak", 2, 5, 1)])
+    no_rewards = Catalog.build(none, templates, vocabulary=VOCAB, version=2)
+    nothing = Catalog.build(none, templates.iloc[:0], vocabulary=VOCAB, version=3)
+    for cat, lacks in ((no_rewards, [NO_REWARDS_REASON]),
+                       (nothing, [NO_REWARDS_REASON, NO_CHALLENGES_REASON])):
+        rec = Recommender(cat, rules, seed=1, new_reward_epsilon=0.0, no_offer_share=0.5)
+        for models in ((RewardModel(), DifficultyModel()), (None, None)):
+            for _ in range(20):  # no-offer draws included
+                r = decide(rec, *models, no_champion=FAMILIES).response
+                assert r.rewards == [] and r.degraded and r.degraded_reasons == lacks
+        # asking for nothing it lacks: not degraded
+        r = decide(rec, RewardModel(), DifficultyModel(), k_rewards=0,
+                   k_challenges=0 if NO_CHALLENGES_REASON in lacks else 2).response
+        assert not r.degraded and r.degraded_reasons == []
+    # the full catalog: nothing said
+    r = decide(recommender(), RewardModel(), DifficultyModel()).response
+    assert r.rewards and not r.degraded
+
+
+def test_a_catalog_emptied_of_one_family_swaps_in_and_serves_the_other() -> None:
+    """Retiring every template (a rewards-only program) must not stop the catalog reload:
+    the swap compiles the candidate matrices of the models served so far, one of which now
+    has no candidate at all."""
+    rec = recommender(seed=4)
+    assert decide(rec, RewardModel(), DifficultyModel()).response.challenges  # compiled both
+    rewards_only = Catalog.build(
+        pd.DataFrame([reward("R1", "food", 1.0), reward("R3", "travel", 3.0)]),
+        pd.DataFrame([challenge("C1", "streak", 2, 5, 1)]).iloc[:0], vocabulary=VOCAB,
+        version=2)
+    rec.set_catalog(rewards_only)
+    assert rec.member_rows("difficulty", DifficultyModel.features).matrix(MEMBER).shape[0] == 0
+    r = decide(rec, RewardModel(), DifficultyModel()).response
+    assert [o.reward_id for o in r.rewards][:1] == ["R1"] and r.challenges == []
+    assert r.degraded_reasons == [NO_CHALLENGES_REASON]
 
 
 def test_challenge_targets_explore_the_neighbours_of_the_flow_zone_pick() -> None:
