@@ -225,7 +225,7 @@ class Recommender:
         reasons = list(facts.degraded_reasons)
         if k_rewards > 0 and not loaded.catalog.reward_cols["reward_id"].size:
             reasons.append(NO_REWARDS_REASON)
-        if k_challenges > 0 and not loaded.catalog.template_ids:
+        if k_challenges > 0 and not loaded.catalog.target_cols["challenge_id"].size:
             reasons.append(NO_CHALLENGES_REASON)
         cold = facts.unknown
         personalized = facts.consent or not self.rules.eligibility.respect_consent
