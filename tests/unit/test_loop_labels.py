@@ -262,3 +262,43 @@ def test_gate_reads_only_the_services_first_slot() -> None:
     # feature files written before the arm was recorded read as outside experiments
     rows["arm"] = ["", "", "random", "", ""]
     assert logged_rows(rows)["decision_id"].tolist() == ["a"]
+
+
+def test_assignments_are_labelled_before_any_challenge_was_ever_completed() -> None:
+    """A new program's first assignments, with no completion in the store yet (none at all,
+    or only other events): every one is labelled not completed at the end of its period."""
+    decisions, items = log_frames()
+    asg = assignments_from_log(decisions, items)
+    challenges = pd.DataFrame({"challenge_id": ["C1"], "duration_days": [14]})
+    purchase = event_frame([{"member_id": "m1", "event_timestamp": ts(1),
+                             "event_type": "purchase", "decision_id": "d1", "amount": 20.0}])
+    for events in (purchase, purchase.iloc[:0]):
+        labelled = label_assignments(asg, events, challenges)
+        assert labelled["completed"].tolist() == [0]
+        assert labelled["outcome_timestamp"].tolist() == [ts(14)]
+        assert str(labelled["outcome_timestamp"].dtype) == UTC_US
+
+
+def test_a_window_ending_at_the_cut_is_closed_for_the_snapshot_and_the_report(
+        tmp_path) -> None:  # noqa: ANN001
+    """Labels count events before the window's end and the store is read before the cut: a
+    window that ends exactly at the cut is final, for the snapshot as for the join report."""
+    decisions, items = log_frames()
+    decisions, items = decisions.iloc[:1], items.iloc[:1]  # d1's reward only
+    events = event_frame([{"member_id": "m1", "event_timestamp": ts(6.9),
+                           "event_type": "purchase", "decision_id": "d1", "amount": 5.0}])
+    labelled = labelled_decisions(events, decisions, items,
+                                  pd.DataFrame({"challenge_id": ["C1"], "duration_days": [14]}),
+                                  7)
+    assert labelled.offers["window_end"].tolist() == [ts(7)]
+    report = join_report(labelled.events, labelled.offers, labelled.assignments, ts(7), 7)
+    rows, counts = freeze("offers", labelled.offers, tmp_path, as_of=ts(7))
+    assert report.decisions["open_windows"] == 0 and report.decisions["labelled"] == 1
+    assert counts["newly_labelled"] == 1 and counts["open_left_out"] == 0
+    assert rows["spend"].tolist() == [5.0]
+    # a microsecond earlier, both wait
+    early = join_report(labelled.events, labelled.offers, labelled.assignments,
+                        ts(7) - pd.Timedelta(microseconds=1), 7)
+    _, counts = freeze("offers", labelled.offers, tmp_path / "other",
+                       as_of=ts(7) - pd.Timedelta(microseconds=1))
+    assert early.decisions["open_windows"] == 1 and counts["open_left_out"] == 1

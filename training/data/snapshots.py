@@ -47,7 +47,10 @@ class Snapshot:
 
 
 def _closed(frame: pd.DataFrame, as_of: pd.Timestamp) -> pd.Series:
-    return closes_at(frame) < as_of
+    """Rows whose label is final as of ``as_of``: labels count events before the end of the
+    window and the store is read before ``as_of``, so a window ending at ``as_of`` is closed
+    (the join report counts it labelled too)."""
+    return closes_at(frame) <= as_of
 
 
 def freeze(kind: str, frame: pd.DataFrame, ledger_dir: Path,
