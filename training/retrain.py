@@ -111,6 +111,7 @@ def retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings
 def _retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings,
              cut: pd.Timestamp, force: bool, progress: Progress) -> dict[str, Any]:
     from training.cli.data import build_store_features, materialize
+    from training.data.history import read_watermark
     from training.data.snapshots import read_latest, take_snapshot, write_latest
 
     started = time.perf_counter()
@@ -127,8 +128,10 @@ def _retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSetting
     snapshots_dir = store.data / SNAPSHOTS
     built = step("features and labelled decisions from the event store",
                  lambda: build_store_features(store, as_of=cut, progress=False))
+    read_at = read_watermark(store.features_dir)  # when the build read the store
     snap = step("snapshot (closed decisions, frozen labels)",
-                lambda: take_snapshot(store.features_dir, snapshots_dir, cut))
+                lambda: take_snapshot(store.features_dir, snapshots_dir, cut,
+                                      None if read_at is None else pd.Timestamp(read_at)))
     progress(f"  snapshot {snap.id}: {snap.offers:,} offers, {snap.assignments:,} assignments "
              f"({snap.newly_labelled:,} newly labelled, {snap.open_left_out:,} open windows "
              "left out)")

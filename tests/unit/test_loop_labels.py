@@ -302,3 +302,27 @@ def test_a_window_ending_at_the_cut_is_closed_for_the_snapshot_and_the_report(
     _, counts = freeze("offers", labelled.offers, tmp_path / "other",
                        as_of=ts(7) - pd.Timedelta(microseconds=1))
     assert early.decisions["open_windows"] == 1 and counts["open_left_out"] == 1
+
+
+def test_an_outcome_received_while_the_build_ran_counts_as_late(tmp_path) -> None:  # noqa: ANN001
+    """The labels are what the build read from the store; the snapshot is taken minutes later.
+    Frozen at the read time, an outcome that arrived in between is reported late (kept, never
+    relabelling) instead of being in neither the label nor the late count."""
+    from training.data.snapshots import labelled_at
+
+    decisions, items = log_frames()
+    decisions, items = decisions.iloc[:1], items.iloc[:1]
+    read_at = pd.Timestamp("2026-03-09T12:00:00Z")
+    events = event_frame([{"member_id": "m1", "event_timestamp": ts(2), "event_type": "redemption",
+                           "decision_id": "d1", "reward_id": "R1",
+                           "received_at": read_at + pd.Timedelta(seconds=30)}])
+    labelled = labelled_decisions(events.iloc[:0], decisions, items,
+                                  pd.DataFrame({"challenge_id": ["C1"], "duration_days": [14]}),
+                                  7)  # the build read the store before the redemption came
+    rows, _ = freeze("offers", labelled.offers, tmp_path, as_of=ts(8), labelled_at=read_at)
+    assert rows["redeemed"].tolist() == [0]
+    frozen = labelled_at(tmp_path)
+    assert frozen.to_dict() == {"d1": read_at}
+    report = join_report(events.assign(matched_by="decision_id"), labelled.offers,
+                         labelled.assignments, ts(8), 7, labelled_at=frozen)
+    assert report.outcomes["late_after_labelling"] == 1
