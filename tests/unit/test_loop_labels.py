@@ -326,3 +326,43 @@ def test_an_outcome_received_while_the_build_ran_counts_as_late(tmp_path) -> Non
     report = join_report(events.assign(matched_by="decision_id"), labelled.offers,
                          labelled.assignments, ts(8), 7, labelled_at=frozen)
     assert report.outcomes["late_after_labelling"] == 1
+
+
+def test_the_join_report_counts_windows_and_what_each_event_can_label() -> None:
+    """d1 offers R1 (a 7-day window) and assigns C1 (14 days), d2 only assigns C1. On day 11
+    the reward window is closed (the snapshot trains on it) and both challenge windows are
+    open; an outcome is outside the window of the rows it could label, and an id naming a
+    decision that has nothing for it to label is counted apart from the matches."""
+    decisions = pd.DataFrame({
+        "decision_id": ["d1", "d2"], "member_id": ["m1", "m2"],
+        "event_timestamp": pd.Series([ts(0), ts(0)]).astype(UTC_US), "channel": "app",
+        "arm": None, "experiment_id": None, "policy": "model", "no_offer": False,
+        "no_offer_probability": 0.05, "model_versions": "{}", "features": None})
+    items = pd.DataFrame({
+        "decision_id": ["d1", "d1", "d2"], "member_id": ["m1", "m1", "m2"],
+        "event_timestamp": pd.Series([ts(0)] * 3).astype(UTC_US),
+        "item_type": ["reward", "challenge", "challenge"], "item_id": ["R1", "C1", "C1"],
+        "item_rank": 0, "score": 1.0, "shown_probability": 0.5,
+        "target": [np.nan, 5.0, 5.0], "target_probability": [np.nan, 0.9, 0.9], "cost": 1.0})
+    events = event_frame([
+        # by id on day 10: past R1's 7-day window, though inside d1's challenge period
+        {"member_id": "m1", "event_timestamp": ts(10), "event_type": "redemption",
+         "decision_id": "d1", "reward_id": "R1"},
+        {"member_id": "m1", "event_timestamp": ts(10), "event_type": "purchase",
+         "decision_id": "d1", "amount": 30.0},
+        # by id, a reward d1 never offered: labels nothing
+        {"member_id": "m1", "event_timestamp": ts(1), "event_type": "redemption",
+         "decision_id": "d1", "reward_id": "R9"},
+        {"member_id": "m2", "event_timestamp": ts(2), "event_type": "challenge_completed",
+         "decision_id": "d2", "challenge_id": "C1"},
+        # by id, a purchase naming a challenge-only decision: labels nothing
+        {"member_id": "m2", "event_timestamp": ts(1), "event_type": "purchase",
+         "decision_id": "d2", "amount": 20.0}])
+    labelled = labelled_decisions(events, decisions, items,
+                                  pd.DataFrame({"challenge_id": ["C1"], "duration_days": [14]}), 7)
+    assert labelled.offers[["redeemed", "spend"]].values.tolist() == [[0, 0.0]]
+    report = join_report(labelled.events, labelled.offers, labelled.assignments, ts(11), 7)
+    assert report.decisions["open_windows"] == 2 and report.decisions["labelled"] == 1
+    out = report.outcomes
+    assert out["matched_by_decision_id"] == 3 and out["unmatched_item_not_in_decision"] == 2
+    assert out["outside_window"] == 2  # the day-10 redemption and purchase

@@ -239,9 +239,11 @@ def join_report(events: pd.DataFrame, offers: pd.DataFrame, assignments: pd.Data
     cols = ["decision_id", "source", "event_timestamp"]
     rows = pd.concat([f[cols].assign(end=closes_at(f)) for f in frames], ignore_index=True
                      ) if frames else pd.DataFrame(columns=[*cols, "end"])
-    per = rows.groupby("decision_id").agg(source=("source", "first"), end=("end", "max"))
+    per = rows.groupby("decision_id").agg(source=("source", "first"))
     service = per["source"] == "service"
-    open_ = per["end"] > as_of
+    # windows, not decisions: a decision's reward window may close a week before its
+    # challenge's, and the snapshot trains on the closed one meanwhile
+    open_ = rows["end"] > as_of
     report.decisions = {
         "service_logged": int(service.sum()),
         "imported": int((~service).sum()),
@@ -253,12 +255,33 @@ def join_report(events: pd.DataFrame, offers: pd.DataFrame, assignments: pd.Data
     }
     out = events[events["event_type"].isin(OUTCOME_TYPES)]
     known = out["decision_id"].isin(per.index)
-    by_id = known & (out["matched_by"] == "decision_id")
-    by_item = known & (out["matched_by"] == "member_item")
+    # the rows an event can label: its decision's reward rows (a purchase, or a redemption of
+    # a reward it offered) or the challenge it assigned; the window is those rows'
+    completion = (out["event_type"] == "challenge_completed").to_numpy()
+    key = out["decision_id"].astype(str) + "\x1f" + np.where(
+        completion, out["challenge_id"].fillna("").astype(str),
+        np.where(out["event_type"] == "redemption", out["reward_id"].fillna("").astype(str), ""))
+    windows = []
+    if len(offers):
+        reward_end = closes_at(offers)
+        windows.append(pd.Series(reward_end.to_numpy(), index=offers["decision_id"].astype(str)
+                                 + "\x1f").groupby(level=0).max())  # purchases
+        named = offers["reward_id"].fillna("").astype(str)
+        windows.append(pd.Series(reward_end.to_numpy(), index=offers["decision_id"].astype(str)
+                                 + "\x1f" + named)[named.to_numpy() != ""])
+    if len(assignments):
+        windows.append(pd.Series(closes_at(assignments).to_numpy(),
+                                 index=assignments["decision_id"].astype(str) + "\x1f"
+                                 + assignments["challenge_id"].astype(str)))
+    window = (pd.concat(windows).groupby(level=0).max() if windows
+              else pd.Series(dtype="datetime64[us, UTC]"))
+    end = key.map(window)
+    in_decision = known & end.notna()
+    by_id = in_decision & (out["matched_by"] == "decision_id")
+    by_item = in_decision & (out["matched_by"] == "member_item")
     carried = out["decision_id"].notna()
     start = out["decision_id"].map(rows.groupby("decision_id")["event_timestamp"].min())
-    end = out["decision_id"].map(per["end"])
-    outside = known & ((out["event_timestamp"] < start) | (out["event_timestamp"] >= end))
+    outside = in_decision & ((out["event_timestamp"] < start) | (out["event_timestamp"] >= end))
     late = pd.Series(False, index=out.index)
     if labelled_at is not None and len(labelled_at) and "received_at" in out:
         frozen = out["decision_id"].map(labelled_at)
@@ -269,12 +292,16 @@ def join_report(events: pd.DataFrame, offers: pd.DataFrame, assignments: pd.Data
         "matched_by_decision_id": int(by_id.sum()),
         "matched_by_member_and_item": int(by_item.sum()),
         "unmatched_unknown_decision_id": int((carried & ~known).sum()),
+        # a known id, but nothing of that decision for it to label: a redemption of a reward
+        # it did not offer, a completion of a challenge it did not assign, a purchase naming
+        # a decision that offered no reward row
+        "unmatched_item_not_in_decision": int((known & ~in_decision).sum()),
         "unmatched_no_decision_in_window": int((~carried & item_named).sum()),
         "purchases_without_decision_id": int((~carried & (out["event_type"] == "purchase")).sum()),
         "outside_window": int(outside.sum()),
         "late_after_labelling": int(late.sum()),
     }
-    keyed = out[known]
+    keyed = out[in_decision]
     item = keyed["reward_id"].fillna(keyed["challenge_id"]).fillna("")
     repeat = keyed.assign(item=item)[keyed["event_type"] != "purchase"].duplicated(
         ["decision_id", "event_type", "item"])
