@@ -303,7 +303,12 @@ class Recommender:
             arm=arm, experiment_id=experiment_id, model_versions=versions,
             items=reward_items + challenge_items,
             flags={"personalized": response.personalized, "cold_start": cold,
-                   "degraded": response.degraded, "no_offer": no_offer},
+                   "degraded": response.degraded, "no_offer": no_offer,
+                   # per family, its model chose its items: ``policy`` names the decision's
+                   # weakest family, and training weights each family's rows by its own
+                   "reward_model": reward_model is not None and "reward" not in fell_back,
+                   "difficulty_model": (difficulty_model is not None
+                                        and "difficulty" not in fell_back)},
             policy=policy, no_offer_probability=no_offer_p,
             ranking=context if context and reward_items else None)
         exposure = None

@@ -48,6 +48,20 @@ def _served(decisions: pd.DataFrame) -> pd.DataFrame:
                          for c in columns}, index=index, columns=columns)
 
 
+def _family_policy(decisions: pd.DataFrame, flag: str) -> pd.Series:
+    """Each decision's policy as one family saw it, by decision id: ``model`` where the
+    family's own model chose its items (its ``flag``: a decision whose other family was in
+    cold start or fell back still has model-chosen items, which training must weight), else
+    the decision's policy (also where the flag was not recorded)."""
+    policy = pd.Series(decisions["policy"].to_numpy(dtype=object, copy=True)  # not a view
+                       if "policy" in decisions else None,
+                       index=pd.Index(decisions["decision_id"], name="decision_id"), dtype=object)
+    if flag in decisions:
+        chosen = decisions[flag].astype("boolean").fillna(False).to_numpy(dtype=bool)
+        policy[chosen] = "model"
+    return policy
+
+
 def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """Reward decisions of the service's log: each reward slot an offer (propensity: the
     probability that reward was shown in that slot), each no-offer a control row (propensity:
@@ -60,6 +74,7 @@ def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFram
     and stay out.)
     """
     meta = _served(decisions)
+    meta["policy"] = _family_policy(decisions, "reward_model")
     rewards = items[(items["item_type"] == "reward") & items["decision_id"].isin(meta.index)]
     offered = pd.DataFrame({
         "decision_id": rewards["decision_id"].to_numpy(),
@@ -82,7 +97,8 @@ def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFram
         "event_timestamp": none["event_timestamp"].to_numpy(),
         "reward_id": "", "treated": False,
         "propensity": none["no_offer_probability"].astype("float64").to_numpy(),
-        "source": "service", "policy": none["policy"].to_numpy(), "slot": 0,
+        "source": "service", "policy": meta["policy"].reindex(none["decision_id"]).to_numpy(),
+        "slot": 0,
         "arm": meta["arm"].reindex(none["decision_id"]).to_numpy(),
         "model_versions": meta["model_versions"].reindex(none["decision_id"]).to_numpy(),
     })
@@ -94,6 +110,7 @@ def assignments_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.Dat
     """Challenge decisions of the service's log: template, target, and the probabilities the
     slot and the target were drawn with (experiments' arms included, as for rewards)."""
     meta = _served(decisions)
+    meta["policy"] = _family_policy(decisions, "difficulty_model")
     rows = items[(items["item_type"] == "challenge") & items["decision_id"].isin(meta.index)
                  & items["target"].notna()]
     target_p = (rows["target_probability"] if "target_probability" in rows
