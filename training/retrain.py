@@ -218,6 +218,7 @@ def earlier_arm_models(store: StoreSettings, name: str, champion: str | None,
     rows no longer carry, is left out, and so are the decisions it served."""
     from mlflow.exceptions import MlflowException
 
+    from serving.contract.model_meta import ModelRefused
     from serving.decisioning.candidates import REWARD_ITEM_COLUMNS
     from training.evaluation.gate import arm_versions
 
@@ -225,7 +226,7 @@ def earlier_arm_models(store: StoreSettings, name: str, champion: str | None,
     for version in sorted(arm_versions(rows, experiments, (name, champion))):
         try:
             model, meta = model_version(store, name, version)
-        except MlflowException:
+        except (MlflowException, ModelRefused):  # deleted, or its artifact refused
             continue
         if set(meta.service_features) - set(REWARD_ITEM_COLUMNS) <= set(rows.columns):
             out[version] = _as_policy(model, meta, version, data, margin)
@@ -340,7 +341,8 @@ def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSet
     promoted = False
     if trial_gate is not None and trial is not None and trial_gate.promote:
         trial["promoted"] = _promote(name, str(trial["reason"]), version=trial_before)
-    elif gate.promote:
+    if gate.promote and not (trial is not None and trial["promoted"]):
+        # (the trial first; a passing candidate still goes when the registry refused it)
         promoted = _promote(name, gate.reason)
     changed = promoted or bool(trial and trial["promoted"])
     on_trial = tracking.trial_version(name)
