@@ -122,8 +122,8 @@ def test_outcomes_join_by_id_then_by_member_and_item() -> None:
     assert offers.loc["d2", "converted"] == 1 and offers.loc["d2", "redeemed"] == 0
     assert labelled.assignments["completed"].tolist() == [1]
     matched = labelled.events["matched_by"].tolist()
-    assert matched == ["decision_id", "member_item", "member_item", None, "decision_id",
-                       "decision_id"]
+    # the unknown id matched nothing (a purchase names no item to fall back on)
+    assert matched == ["decision_id", "member_item", "member_item", None, "decision_id", None]
 
     report = join_report(labelled.events, labelled.offers, labelled.assignments,
                          as_of=ts(8), window_days=7)
@@ -366,3 +366,26 @@ def test_the_join_report_counts_windows_and_what_each_event_can_label() -> None:
     out = report.outcomes
     assert out["matched_by_decision_id"] == 3 and out["unmatched_item_not_in_decision"] == 2
     assert out["outside_window"] == 2  # the day-10 redemption and purchase
+
+
+def test_an_unknown_decision_id_falls_back_on_member_and_item() -> None:
+    """By decision id, else by member and item: an id no logged decision has (another
+    system's, mistyped) is no key, so a redemption naming an offered reward inside its window
+    still labels that offer; one that finds nothing keeps its id and is reported unknown."""
+    decisions, items = log_frames()
+    challenges = pd.DataFrame({"challenge_id": ["C1"], "duration_days": [14]})
+    events = event_frame([
+        {"member_id": "m1", "event_timestamp": ts(2), "event_type": "redemption",
+         "decision_id": "crm-123", "reward_id": "R1"},
+        {"member_id": "m1", "event_timestamp": ts(3), "event_type": "challenge_completed",
+         "decision_id": "crm-124", "challenge_id": "C1"},
+        {"member_id": "m2", "event_timestamp": ts(2), "event_type": "redemption",
+         "decision_id": "crm-125", "reward_id": "R1"}])  # m2 was offered no R1
+    labelled = labelled_decisions(events, decisions, items, challenges, window_days=7)
+    assert labelled.events["decision_id"].tolist() == ["d1", "d1", "crm-125"]
+    assert labelled.events["matched_by"].tolist() == ["member_item", "member_item", None]
+    assert labelled.offers.set_index("decision_id").loc["d1", "redeemed"] == 1
+    assert labelled.assignments["completed"].tolist() == [1]
+    report = join_report(labelled.events, labelled.offers, labelled.assignments, ts(15), 7)
+    assert report.outcomes["matched_by_member_and_item"] == 2
+    assert report.outcomes["unmatched_unknown_decision_id"] == 1

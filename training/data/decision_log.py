@@ -159,35 +159,43 @@ def combine(imported: pd.DataFrame, logged: pd.DataFrame) -> tuple[pd.DataFrame,
 def attribute_by_item(events: pd.DataFrame, offers: pd.DataFrame, assignments: pd.DataFrame,
                       window_days: int, durations: pd.Series) -> pd.DataFrame:
     """``events`` with a ``matched_by`` column ("decision_id" | "member_item" | None) and, for
-    redemptions and completions that carried no decision id, the id of the member's latest
-    decision offering the same item whose window (attribution window, or the challenge's
-    duration) was open at the event."""
+    redemptions and completions that carried no decision id, or one no logged decision has
+    (another system's, a typo), the id of the member's latest decision offering the same item
+    whose window (attribution window, or the challenge's duration) was open at the event. An
+    unknown id that finds no such decision is kept as it came (the join report counts it)."""
     out = events.copy()
-    has_id = out["decision_id"].notna() & out["event_type"].isin(OUTCOME_TYPES)
+    known = pd.Index(pd.concat([offers["decision_id"], assignments["decision_id"]]).unique()
+                     if len(offers) or len(assignments) else [])
+    outcome = out["event_type"].isin(OUTCOME_TYPES)
+    has_id = out["decision_id"].notna() & outcome
     matched = pd.Series([None] * len(out), index=out.index, dtype=object)
     matched[has_id] = "decision_id"
+    # the decision id is the first key; an id that names no decision is no key at all
+    orphan = outcome & (out["decision_id"].isna() | ~out["decision_id"].isin(known))
+    matched[orphan & out["decision_id"].notna()] = None
     windows = pd.Timedelta(days=window_days)
     treated = offers[offers["treated"].astype(bool)] if len(offers) else offers
     if len(treated):
         ends = treated["event_timestamp"] + windows
-        found = _latest_open(out, "redemption", "reward_id", treated, ends)
+        found = _latest_open(out, orphan, "redemption", "reward_id", treated, ends)
         out.loc[found.index, "decision_id"] = found.to_numpy()
         matched[found.index] = "member_item"
     if len(assignments):
         days = assignments["challenge_id"].map(durations).fillna(0).astype("int64")
         ends = assignments["event_timestamp"] + pd.to_timedelta(days.to_numpy(), unit="D")
-        found = _latest_open(out, "challenge_completed", "challenge_id", assignments, ends)
+        found = _latest_open(out, orphan, "challenge_completed", "challenge_id", assignments,
+                             ends)
         out.loc[found.index, "decision_id"] = found.to_numpy()
         matched[found.index] = "member_item"
     out["matched_by"] = matched
     return out
 
 
-def _latest_open(events: pd.DataFrame, kind: str, item: str, decisions: pd.DataFrame,
-                 ends: pd.Series) -> pd.Series:
-    """decision_id per orphan ``kind`` event (index: the event's), by member and item."""
-    orphan = events[(events["event_type"] == kind) & events["decision_id"].isna()
-                    & events[item].notna()]
+def _latest_open(events: pd.DataFrame, orphans: pd.Series, kind: str, item: str,
+                 decisions: pd.DataFrame, ends: pd.Series) -> pd.Series:
+    """decision_id per ``kind`` event among the ``orphans`` (index: the event's), by member
+    and item."""
+    orphan = events[orphans & (events["event_type"] == kind) & events[item].notna()]
     if orphan.empty:
         return pd.Series(dtype=object)
     left = pd.DataFrame({"row": orphan.index, "member_id": orphan["member_id"].astype(str),
