@@ -289,13 +289,19 @@ def test_two_workers_fetching_one_version_both_end_with_it(
     cache, uri = tmp_path / "models", mlflow.get_tracking_uri()
     real = mlflow.artifacts.download_artifacts
 
+    stale: set[Path] = set()
+
     def other_worker_first(**kwargs: object) -> str:
         out = real(**kwargs)
         monkeypatch.setattr(mlflow.artifacts, "download_artifacts", real)
         download_version(uri, name, "1", cache)  # lands while this one is downloading
+        stale.add(cache / name / "1")  # and this one's check for the folder comes too early
         return out
 
     monkeypatch.setattr(mlflow.artifacts, "download_artifacts", other_worker_first)
+    is_dir = Path.is_dir
+    monkeypatch.setattr(Path, "is_dir", lambda self: False if self in stale and not stale.discard(
+        self) else is_dir(self))
     path = download_version(uri, name, "1", cache)
     assert path == cache / name / "1" / "model.onnx"
     assert read_onnx_metadata(path).version == "1"
