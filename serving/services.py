@@ -25,6 +25,7 @@ from serving.experiments.registry import ExperimentCache
 from serving.stores.models import ChampionSource, ModelManager
 from serving.api.observability import Metrics
 from serving.stores.features import MemberRow, OnlineFeatureReader
+from serving.decisioning.catalog import Catalog
 from serving.decisioning.recommend import FAMILIES, Decision, MemberFacts, Recommender
 from serving.stores.catalog import (
     CatalogSettings, CatalogStore, open_catalog_store,
@@ -201,8 +202,11 @@ class Services:
                 return False
             catalog = self.catalog_store.catalog()
             self.recommender.set_catalog(catalog)
-            if len(catalog.rewards) or len(catalog.challenges):
+            problem = catalog_problem(catalog)
+            if problem is None:
                 self.problems.pop("catalog", None)
+            else:  # emptied since (every item deactivated): not ready again
+                self.problems["catalog"] = problem
         log.info("catalog reloaded", extra={"version": catalog.version,
                                             "rewards": len(catalog.rewards),
                                             "challenges": len(catalog.challenges)})
@@ -288,6 +292,14 @@ class Services:
             self.catalog_store.close()
 
 
+def catalog_problem(catalog: Catalog) -> str | None:
+    """What /readyz reports about the catalog: None when it has something to offer."""
+    if len(catalog.rewards) or len(catalog.challenges):
+        return None
+    return ("the catalog is empty: `rewards catalog import FILE` or "
+            "PUT /v1/catalog/rewards/{id} (served without a restart)")
+
+
 def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metrics) -> Services:
     """Open every dependency; record (not raise) what is unavailable."""
     from serving.stores.features import open_store, service_feature_names
@@ -302,9 +314,9 @@ def build_services(store: StoreSettings, settings: ServeSettings, metrics: Metri
     catalog_settings = CatalogSettings()
     catalog_store = open_catalog_store(settings.events(store))
     catalog = catalog_store.catalog()
-    if not (len(catalog.rewards) or len(catalog.challenges)):
-        problems.setdefault("catalog", "the catalog is empty: `rewards catalog import FILE` or "
-                                       "PUT /v1/catalog/rewards/{id} (served without a restart)")
+    problem = catalog_problem(catalog)
+    if problem is not None:
+        problems.setdefault("catalog", problem)
     try:
         feast_store = open_store(store)
         reader = OnlineFeatureReader(feast_store, MEMBER_VIEW)

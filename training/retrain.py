@@ -111,6 +111,7 @@ def retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings
 def _retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings,
              cut: pd.Timestamp, force: bool, progress: Progress) -> dict[str, Any]:
     from training.cli.data import build_store_features, materialize
+    from training.data.history import read_watermark
     from training.data.snapshots import read_latest, take_snapshot, write_latest
 
     started = time.perf_counter()
@@ -127,8 +128,10 @@ def _retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSetting
     snapshots_dir = store.data / SNAPSHOTS
     built = step("features and labelled decisions from the event store",
                  lambda: build_store_features(store, as_of=cut, progress=False))
+    read_at = read_watermark(store.features_dir)  # when the build read the store
     snap = step("snapshot (closed decisions, frozen labels)",
-                lambda: take_snapshot(store.features_dir, snapshots_dir, cut))
+                lambda: take_snapshot(store.features_dir, snapshots_dir, cut,
+                                      None if read_at is None else pd.Timestamp(read_at)))
     progress(f"  snapshot {snap.id}: {snap.offers:,} offers, {snap.assignments:,} assignments "
              f"({snap.newly_labelled:,} newly labelled, {snap.open_left_out:,} open windows "
              "left out)")
@@ -215,6 +218,7 @@ def earlier_arm_models(store: StoreSettings, name: str, champion: str | None,
     rows no longer carry, is left out, and so are the decisions it served."""
     from mlflow.exceptions import MlflowException
 
+    from serving.contract.model_meta import ModelRefused
     from serving.decisioning.candidates import REWARD_ITEM_COLUMNS
     from training.evaluation.gate import arm_versions
 
@@ -222,7 +226,7 @@ def earlier_arm_models(store: StoreSettings, name: str, champion: str | None,
     for version in sorted(arm_versions(rows, experiments, (name, champion))):
         try:
             model, meta = model_version(store, name, version)
-        except MlflowException:
+        except (MlflowException, ModelRefused):  # deleted, or its artifact refused
             continue
         if set(meta.service_features) - set(REWARD_ITEM_COLUMNS) <= set(rows.columns):
             out[version] = _as_policy(model, meta, version, data, margin)
@@ -337,7 +341,8 @@ def _gate_reward(store: StoreSettings, settings: TrainSettings, loop: RetrainSet
     promoted = False
     if trial_gate is not None and trial is not None and trial_gate.promote:
         trial["promoted"] = _promote(name, str(trial["reason"]), version=trial_before)
-    elif gate.promote:
+    if gate.promote and not (trial is not None and trial["promoted"]):
+        # (the trial first; a passing candidate still goes when the registry refused it)
         promoted = _promote(name, gate.reason)
     changed = promoted or bool(trial and trial["promoted"])
     on_trial = tracking.trial_version(name)
@@ -427,6 +432,12 @@ def _next_trial(trial_gate: Any, trial: dict[str, Any] | None, on_trial: str | N
     gain of +0.3 at -8.0 [-18.6, -0.3]). The trial measures it on its own traffic, where a
     version shown worse ends its trial at the next retrain: what a bad candidate can cost is
     the trial share of one period."""
+    if trial_gate is not None and trial is not None and not trial["promoted"] \
+            and trial_gate.difference is None and on_trial is not None:
+        # too few of its decisions labelled yet (a retrain more frequent than the attribution
+        # window): it has not been measured, so it is neither replaced nor ended
+        trial["reason"] += "; kept on trial until enough of its decisions are labelled"
+        return on_trial
     if trial_gate is not None and trial is not None and not trial["promoted"] \
             and promising(trial_gate, patience):
         need = trial_gate.difference.decisions_to_show(trial_gate.difference.dr)

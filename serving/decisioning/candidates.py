@@ -188,10 +188,12 @@ class MemberRows:
         self.base = base
         # a column that copies one member feature on every row is a broadcast assignment; the
         # rest (derived picks and shifts) a scatter-add at flat positions
-        whole = [j for j in range(base.shape[1]) if source[0, j] >= 0
+        # (no candidate at all, e.g. every template retired: nothing to place, and matrix
+        # returns the empty matrix)
+        whole = [j for j in range(base.shape[1]) if len(base) and source[0, j] >= 0
                  and (source[:, j] == source[0, j]).all() and not base[:, j].any()]
         self._broadcast_cols = np.array(whole, dtype=np.int64)
-        self._broadcast_source = source[0, whole]
+        self._broadcast_source = source[0, whole] if whole else np.zeros(0, dtype=np.int64)
         scattered = source.copy()
         scattered[:, whole] = -1
         self._flat = np.flatnonzero(scattered >= 0)

@@ -52,6 +52,11 @@ NO_OFFER_SHARE = 0.05
 EXPLORATION_FLOOR = 0.002
 TARGET_EXPLORATION = 0.05
 COLD_START_REASON = "cold start: uniform exploration until a first model is promoted"
+#: degraded_reasons of an answer asking for what the catalog has none of: a program that
+#: has not imported its catalog (or deactivated all of it) is told so in every answer, not
+#: only by /readyz, so an automation does not mistake "nothing" for "nothing suits"
+NO_REWARDS_REASON = "catalog: no active reward"
+NO_CHALLENGES_REASON = "catalog: no active challenge template"
 #: Default share of decisions served by a reward model on trial (ServeSettings.trial_share).
 TRIAL_SHARE = 0.3
 #: ``model_versions`` key of the version on trial in a decision it was drawn for:
@@ -218,6 +223,10 @@ class Recommender:
         loaded = self._loaded  # this request's catalog, whatever set_catalog does meanwhile
         vocabulary = loaded.catalog.vocabulary
         reasons = list(facts.degraded_reasons)
+        if k_rewards > 0 and not loaded.catalog.reward_cols["reward_id"].size:
+            reasons.append(NO_REWARDS_REASON)
+        if k_challenges > 0 and not loaded.catalog.target_cols["challenge_id"].size:
+            reasons.append(NO_CHALLENGES_REASON)
         cold = facts.unknown
         personalized = facts.consent or not self.rules.eligibility.respect_consent
         if facts.features is None or not personalized:
@@ -294,7 +303,12 @@ class Recommender:
             arm=arm, experiment_id=experiment_id, model_versions=versions,
             items=reward_items + challenge_items,
             flags={"personalized": response.personalized, "cold_start": cold,
-                   "degraded": response.degraded, "no_offer": no_offer},
+                   "degraded": response.degraded, "no_offer": no_offer,
+                   # per family, its model chose its items: ``policy`` names the decision's
+                   # weakest family, and training weights each family's rows by its own
+                   "reward_model": reward_model is not None and "reward" not in fell_back,
+                   "difficulty_model": (difficulty_model is not None
+                                        and "difficulty" not in fell_back)},
             policy=policy, no_offer_probability=no_offer_p,
             ranking=context if context and reward_items else None)
         exposure = None

@@ -98,10 +98,16 @@ def write_bundle(onnx_model: onnx.ModelProto, metadata: ModelMetadata, out_dir: 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / MODEL_FILE
-    onnx.save_model(stamped, path)
-    (out_dir / METADATA_FILE).write_text(metadata.model_dump_json(indent=2) + "\n",
-                                         encoding="utf-8")
-    (out_dir / CARD_FILE).write_text(model_card(metadata), encoding="utf-8")
+    # each file written beside and moved in (the model last): a server polling this folder
+    # (`rewards train` writes into the models folder it serves from) never reads half a file
+    for name, text in ((METADATA_FILE, metadata.model_dump_json(indent=2) + "\n"),
+                       (CARD_FILE, model_card(metadata))):
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out_dir / name)
+    tmp = out_dir / f".{MODEL_FILE}.tmp"
+    onnx.save_model(stamped, tmp)
+    os.replace(tmp, path)
     return path
 
 
@@ -152,10 +158,13 @@ def download_version(tracking_uri: str, name: str, version: str, dest_root: Path
         bundle = Path(staging) / "bundle"
         write_bundle(onnx.load(str(found)), metadata, bundle)
         if not target.is_dir():
-            bundle.rename(target)  # the version folder appears complete
-        else:
-            for file in (METADATA_FILE, CARD_FILE, MODEL_FILE):  # the model last
-                os.replace(bundle / file, target / file)
+            try:
+                bundle.rename(target)  # the version folder appears complete
+                return target / MODEL_FILE
+            except OSError:  # another worker moved its copy in first: replace file by file
+                pass
+        for file in (METADATA_FILE, CARD_FILE, MODEL_FILE):  # the model last
+            os.replace(bundle / file, target / file)
     return target / MODEL_FILE
 
 

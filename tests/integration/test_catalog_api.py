@@ -217,3 +217,67 @@ def test_operation_ids_are_the_function_names(api) -> None:  # noqa: ANN001
     assert ids == {"list_rewards", "upsert_reward", "retire_reward", "list_challenges",
                    "upsert_challenge", "retire_challenge", "list_vocabularies",
                    "append_vocabulary"}
+
+
+def test_a_program_without_a_catalog_is_told_in_every_answer_until_it_has_one(
+        copy_store, tmp_path, make_api_key) -> None:  # noqa: ANN001
+    """A service started on an empty event store (a new program, before its catalog import)
+    answers, and every answer says what the catalog lacks; /readyz lists the problem. Once the
+    program writes its vocabulary, a reward and a template through the admin routes, answers
+    are whole and the problem is gone; retiring them all brings both back."""
+    from serving.contract.vocabulary import VOCABULARY_KINDS
+    from serving.decisioning.recommend import NO_CHALLENGES_REASON, NO_REWARDS_REASON
+    from serving.main import create_app
+
+    store = copy_store(tmp_path)
+    source = open_catalog_store(f"sqlite:///{store.data / 'events.db'}")
+    vocabulary = source.vocabulary()
+    source.close()
+    settings = ServeSettings(events_url=f"sqlite:///{tmp_path / 'new_program.db'}",
+                             model_poll_seconds=0, seed=3)
+    key = make_api_key(settings.events_url, "recommend", "admin")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("REWARDS_CATALOG_REFRESH_SECONDS", str(REFRESH_SECONDS))
+        app = create_app(store, settings)
+        with TestClient(app, headers={"Authorization": f"Bearer {key}"}) as client:
+            asked = iter(range(1_000))
+
+            def answer() -> dict:  # a new member each time: no cooldown from an earlier offer
+                r = client.post("/v1/recommendations",
+                                json={"member_id": f"m-new-{next(asked)}",
+                                      "context": {"tier": vocabulary.tiers[-1]}})
+                assert r.status_code == 200, r.text
+                return r.json()
+
+            def lacks() -> list[str]:
+                return [r for r in answer()["degraded_reasons"] if r.startswith("catalog:")]
+
+            first = answer()
+            assert first["rewards"] == [] and first["challenges"] == [] and first["degraded"]
+            assert lacks() == [NO_REWARDS_REASON, NO_CHALLENGES_REASON]
+            assert "catalog" in client.get("/readyz").json()["problems"]
+
+            for kind in VOCABULARY_KINDS:
+                values = list(vocabulary.values(kind))
+                if values:
+                    r = client.put(f"/v1/catalog/vocabularies/{kind}", json={"values": values})
+                    assert r.status_code == 200, r.text
+            reward = {"name": "Coffee on us", "reward_type": vocabulary.reward_types[0],
+                      "category": vocabulary.categories[0], "cost": 1.0,
+                      "min_tier": vocabulary.tiers[0]}
+            assert client.put("/v1/catalog/rewards/R-1", json=reward).status_code == 201
+            assert lacks() == [NO_CHALLENGES_REASON]  # a reward to offer, no template yet
+            template = {"name": "Three visits", "kind": vocabulary.challenge_kinds[0],
+                        "unit": "visits", "duration_days": 7, "min_target": 1.0,
+                        "max_target": 5.0, "target_step": 1.0, "points": 50}
+            assert client.put("/v1/catalog/challenges/C-1", json=template).status_code == 201
+            whole = answer()
+            assert [r["reward_id"] for r in whole["rewards"]] == ["R-1"], whole
+            assert [c["challenge_id"] for c in whole["challenges"]] == ["C-1"]
+            assert lacks() == []
+            assert "catalog" not in client.get("/readyz").json()["problems"]
+
+            assert client.post("/v1/catalog/rewards/R-1/retire").status_code == 200
+            assert client.post("/v1/catalog/challenges/C-1/retire").status_code == 200
+            assert lacks() == [NO_REWARDS_REASON, NO_CHALLENGES_REASON]
+            assert "catalog" in client.get("/readyz").json()["problems"]

@@ -275,6 +275,42 @@ def test_download_champion_writes_a_stamped_copy(
     assert sorted(p.name for p in (cache / name).iterdir()) == ["1"]  # no staging left behind
 
 
+def test_two_workers_fetching_one_version_both_end_with_it(
+    name: str, tmp_path: Path, data: tuple[np.ndarray, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every worker refreshes at once after a reload: the other worker's copy may land between
+    this one's check and its move. Both must end with the complete version folder."""
+    import mlflow.artifacts
+
+    from serving.stores.registry import download_version
+
+    _, model = _train_and_register(name, tmp_path, data, **_metrics(0.70))
+    cache, uri = tmp_path / "models", mlflow.get_tracking_uri()
+    real = mlflow.artifacts.download_artifacts
+
+    stale: set[Path] = set()
+
+    def other_worker_first(**kwargs: object) -> str:
+        out = real(**kwargs)
+        monkeypatch.setattr(mlflow.artifacts, "download_artifacts", real)
+        download_version(uri, name, "1", cache)  # lands while this one is downloading
+        stale.add(cache / name / "1")  # and this one's check for the folder comes too early
+        return out
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", other_worker_first)
+    is_dir = Path.is_dir
+    monkeypatch.setattr(Path, "is_dir", lambda self: False if self in stale and not stale.discard(
+        self) else is_dir(self))
+    path = download_version(uri, name, "1", cache)
+    assert path == cache / name / "1" / "model.onnx"
+    assert read_onnx_metadata(path).version == "1"
+    assert check_parity(model, path, data[0]) <= 1e-5
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "MODEL_CARD.md", "metadata.json", "model.onnx"]  # no partial file left beside
+    assert sorted(p.name for p in (cache / name).iterdir()) == ["1"]
+
+
 def test_champion_source_downloads_with_its_own_uri_only(
     name: str, store: Path, tmp_path: Path, data: tuple[np.ndarray, np.ndarray],
     monkeypatch: pytest.MonkeyPatch,

@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 from scipy.stats import chisquare
 
+from serving.contract.events import DecisionRecord
 from serving.contract.model_meta import ModelMetadata
 from serving.contract.vocabulary import Vocabulary
 from serving.decisioning.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
@@ -31,7 +32,8 @@ from serving.decisioning.ranking import (
     uniform_targets,
 )
 from serving.decisioning.recommend import (
-    COLD_START_REASON, FAMILIES, TRIAL_SUFFIX, Decision, MemberFacts, Recommender,
+    COLD_START_REASON, FAMILIES, NO_CHALLENGES_REASON, NO_REWARDS_REASON, TRIAL_SUFFIX,
+    Decision, MemberFacts, Recommender,
 )
 from serving.decisioning.rules import Rules, select_slate
 from serving.stores.events.schema import feature_json, loads
@@ -442,6 +444,91 @@ def test_the_policy_tells_cold_start_from_a_broken_model() -> None:
     assert decide(rec, None, None, no_champion=("difficulty",)).record.policy == "fallback"
 
 
+def test_an_empty_catalog_degrades_every_answer_that_asks_for_what_it_lacks() -> None:
+    """No reward (or no template) to offer is the program's set-up, not a member's lot: the
+    answer says so, for what it asked, whatever the models and the no-offer draw do."""
+    rules = Rules.model_validate({"exploration": {"epsilon": 0.1}})
+    none = pd.DataFrame([reward("R1", "food", 1.0)]).iloc[:0]
+    templates = pd.DataFrame([challenge("C1", "streak", 2, 5, 1)])
+    no_rewards = Catalog.build(none, templates, vocabulary=VOCAB, version=2)
+    nothing = Catalog.build(none, templates.iloc[:0], vocabulary=VOCAB, version=3)
+    for cat, lacks in ((no_rewards, [NO_REWARDS_REASON]),
+                       (nothing, [NO_REWARDS_REASON, NO_CHALLENGES_REASON])):
+        rec = Recommender(cat, rules, seed=1, new_reward_epsilon=0.0, no_offer_share=0.5)
+        for models in ((RewardModel(), DifficultyModel()), (None, None)):
+            for _ in range(20):  # no-offer draws included
+                r = decide(rec, *models, no_champion=FAMILIES).response
+                assert r.rewards == [] and r.degraded and r.degraded_reasons == lacks
+        # asking for nothing it lacks: not degraded
+        r = decide(rec, RewardModel(), DifficultyModel(), k_rewards=0,
+                   k_challenges=0 if NO_CHALLENGES_REASON in lacks else 2).response
+        assert not r.degraded and r.degraded_reasons == []
+    # the full catalog: nothing said
+    r = decide(recommender(), RewardModel(), DifficultyModel()).response
+    assert r.rewards and not r.degraded
+
+
+def test_a_catalog_emptied_of_one_family_swaps_in_and_serves_the_other() -> None:
+    """Retiring every template (a rewards-only program) must not stop the catalog reload:
+    the swap compiles the candidate matrices of the models served so far, one of which now
+    has no candidate at all."""
+    rec = recommender(seed=4)
+    assert decide(rec, RewardModel(), DifficultyModel()).response.challenges  # compiled both
+    rewards_only = Catalog.build(
+        pd.DataFrame([reward("R1", "food", 1.0), reward("R3", "travel", 3.0)]),
+        pd.DataFrame([challenge("C1", "streak", 2, 5, 1)]).iloc[:0], vocabulary=VOCAB,
+        version=2)
+    rec.set_catalog(rewards_only)
+    assert rec.member_rows("difficulty", DifficultyModel.features).matrix(MEMBER).shape[0] == 0
+    r = decide(rec, RewardModel(), DifficultyModel()).response
+    assert [o.reward_id for o in r.rewards][:1] == ["R1"] and r.challenges == []
+    assert r.degraded_reasons == [NO_CHALLENGES_REASON]
+
+
+def test_each_familys_rows_are_weighted_when_its_own_model_chose_them(tmp_path: Path) -> None:
+    """After a first retrain the difficulty model may be promoted while the reward model is
+    not: the decision's policy is cold start, yet its targets were the model's choice and
+    training must weight them (and the other way round). Through the store and back."""
+    from serving.stores.events import open_event_store
+    from training.data.datasets import WEIGHT_CAP, logging_weights
+    from training.data.decision_log import assignments_from_log, offers_from_log
+
+    rec = recommender(seed=1, targets=0.05)
+    made = [decide(rec, None, DifficultyModel(), no_champion=("reward",), member="m-a"),
+            decide(rec, RewardModel(), None, no_champion=("difficulty",), member="m-b"),
+            decide(rec, RewardModel(), DifficultyModel(), member="m-c"),
+            decide(rec, RewardModel(broken=True), DifficultyModel(), member="m-d")]
+    assert [d.record.policy for d in made] == ["cold_start", "cold_start", "model", "fallback"]
+    store = open_event_store(f"sqlite:///{tmp_path / 'events.db'}")
+    try:
+        for d in made:
+            store.log_decision(DecisionRecord.model_validate(d.record))
+        decisions, items = store.decision_log()
+    finally:
+        store.close()
+    offers, assignments = offers_from_log(decisions, items), assignments_from_log(decisions,
+                                                                                  items)
+    by_member = lambda f: f.groupby("member_id")["policy"].agg(set).to_dict()  # noqa: E731
+    assert by_member(offers) == {"m-a": {"cold_start"}, "m-b": {"model"}, "m-c": {"model"},
+                                 "m-d": {"fallback"}}
+    assert by_member(assignments) == {"m-a": {"model"}, "m-b": {"cold_start"},  # uniform
+                                      "m-c": {"model"}, "m-d": {"model"}}
+    for frame, chosen in ((offers, {"m-b", "m-c"}), (assignments, {"m-a", "m-c", "m-d"})):
+        probability = "propensity" if frame is offers else "target_probability"
+        weight = logging_weights(frame, probability)
+        assert weight is not None
+        model_rows = frame["member_id"].isin(chosen).to_numpy()
+        assert (weight[~model_rows] == 1.0).all()
+        inverse = 1.0 / frame[probability].to_numpy()[model_rows]
+        inverse = np.minimum(inverse, WEIGHT_CAP * np.median(inverse))
+        np.testing.assert_allclose(weight[model_rows], inverse / inverse.mean())
+    assert np.ptp(logging_weights(offers)[offers["member_id"].isin({"m-b", "m-c"})]) > 1.0
+    # a decision logged before the family flags keeps its policy for both families
+    old = decisions.assign(reward_model=pd.NA, difficulty_model=pd.NA)
+    assert set(offers_from_log(old, items)["policy"]) == {"cold_start", "model", "fallback"}
+    assert by_member(offers_from_log(old, items))["m-b"] == {"cold_start"}
+
+
 def test_challenge_targets_explore_the_neighbours_of_the_flow_zone_pick() -> None:
     share = 0.1
     rec = recommender(epsilon=0.0, targets=share, seed=12)
@@ -488,7 +575,7 @@ def test_the_record_logs_the_features_the_models_were_given() -> None:
     names = ["tier_rank", "avg_basket_90d", "visits_30d"]  # the models' member inputs, once
     assert d.record.features == {n: MEMBER[n] for n in names}
     assert d.record.flags == {"personalized": True, "cold_start": False, "degraded": False,
-                              "no_offer": False}
+                              "no_offer": False, "reward_model": True, "difficulty_model": True}
     # without consent the models see a history-less member of the tier: that is what is logged
     anonymous = decide(rec, RewardModel(), DifficultyModel(), consent=False)
     assert anonymous.record.features == {"tier_rank": 0.0, "avg_basket_90d": 0.0,

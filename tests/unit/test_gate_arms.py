@@ -321,3 +321,31 @@ def test_a_trial_is_evaluated_on_its_own_traffic_and_the_interval_narrows() -> N
     assert alone.difference is not None
     ratio = gate.difference.half_width / alone.difference.half_width
     assert ratio < 0.6, (gate.difference.half_width, alone.difference.half_width, gain)
+
+
+def test_the_minimum_counts_the_decisions_the_gate_can_re_score() -> None:
+    """Decisions that logged a reward retired since cannot be re-scored and are left out; the
+    minimum applies to what is left, and the reason says how many went."""
+    d = _logged_with_trial(4_000, seed=5, share=0.0)
+    rows, items = _gate_rows(d)
+    retired = int((rows["reward_id"] == "R2").sum())
+    assert retired > 500
+    catalog = items[items["reward_id"] != "R2"].reset_index(drop=True)
+
+    def two(p: PolicyModel) -> PolicyModel:  # the same model, scoring the catalog it is given
+        def scorer(members: pd.DataFrame, items: pd.DataFrame) -> RewardScores:
+            s = p.scorer(members, items)
+            j = [int(r[1:]) for r in items["reward_id"]]
+            return RewardScores(propensity=s.propensity[:, j], p_convert=s.p_convert[:, j],
+                                p_control=s.p_control)
+        return PolicyModel(p.name, scorer, p.value_params)
+
+    ex = Exploration(no_offer_share=0.05, epsilon=0.07, floor=0.0)
+    champion, candidate = two(_policy("v1", np.array([1.0, -0.2, -1.5]))), two(_policy("v2", COEF))
+    short = evaluate_gate(rows, catalog, candidate, champion, ex, min_decisions=len(rows) - 10,
+                          n_bootstrap=50)
+    assert not short.promote and short.decisions == len(rows) - retired
+    assert f"{retired} more logged a reward retired since" in short.reason
+    enough = evaluate_gate(rows, catalog, candidate, champion, ex,
+                           min_decisions=len(rows) - retired, n_bootstrap=50)
+    assert enough.difference is not None and enough.decisions == len(rows) - retired

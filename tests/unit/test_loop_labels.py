@@ -122,8 +122,8 @@ def test_outcomes_join_by_id_then_by_member_and_item() -> None:
     assert offers.loc["d2", "converted"] == 1 and offers.loc["d2", "redeemed"] == 0
     assert labelled.assignments["completed"].tolist() == [1]
     matched = labelled.events["matched_by"].tolist()
-    assert matched == ["decision_id", "member_item", "member_item", None, "decision_id",
-                       "decision_id"]
+    # the unknown id matched nothing (a purchase names no item to fall back on)
+    assert matched == ["decision_id", "member_item", "member_item", None, "decision_id", None]
 
     report = join_report(labelled.events, labelled.offers, labelled.assignments,
                          as_of=ts(8), window_days=7)
@@ -262,3 +262,130 @@ def test_gate_reads_only_the_services_first_slot() -> None:
     # feature files written before the arm was recorded read as outside experiments
     rows["arm"] = ["", "", "random", "", ""]
     assert logged_rows(rows)["decision_id"].tolist() == ["a"]
+
+
+def test_assignments_are_labelled_before_any_challenge_was_ever_completed() -> None:
+    """A new program's first assignments, with no completion in the store yet (none at all,
+    or only other events): every one is labelled not completed at the end of its period."""
+    decisions, items = log_frames()
+    asg = assignments_from_log(decisions, items)
+    challenges = pd.DataFrame({"challenge_id": ["C1"], "duration_days": [14]})
+    purchase = event_frame([{"member_id": "m1", "event_timestamp": ts(1),
+                             "event_type": "purchase", "decision_id": "d1", "amount": 20.0}])
+    for events in (purchase, purchase.iloc[:0]):
+        labelled = label_assignments(asg, events, challenges)
+        assert labelled["completed"].tolist() == [0]
+        assert labelled["outcome_timestamp"].tolist() == [ts(14)]
+        assert str(labelled["outcome_timestamp"].dtype) == UTC_US
+
+
+def test_a_window_ending_at_the_cut_is_closed_for_the_snapshot_and_the_report(
+        tmp_path) -> None:  # noqa: ANN001
+    """Labels count events before the window's end and the store is read before the cut: a
+    window that ends exactly at the cut is final, for the snapshot as for the join report."""
+    decisions, items = log_frames()
+    decisions, items = decisions.iloc[:1], items.iloc[:1]  # d1's reward only
+    events = event_frame([{"member_id": "m1", "event_timestamp": ts(6.9),
+                           "event_type": "purchase", "decision_id": "d1", "amount": 5.0}])
+    labelled = labelled_decisions(events, decisions, items,
+                                  pd.DataFrame({"challenge_id": ["C1"], "duration_days": [14]}),
+                                  7)
+    assert labelled.offers["window_end"].tolist() == [ts(7)]
+    report = join_report(labelled.events, labelled.offers, labelled.assignments, ts(7), 7)
+    rows, counts = freeze("offers", labelled.offers, tmp_path, as_of=ts(7))
+    assert report.decisions["open_windows"] == 0 and report.decisions["labelled"] == 1
+    assert counts["newly_labelled"] == 1 and counts["open_left_out"] == 0
+    assert rows["spend"].tolist() == [5.0]
+    # a microsecond earlier, both wait
+    early = join_report(labelled.events, labelled.offers, labelled.assignments,
+                        ts(7) - pd.Timedelta(microseconds=1), 7)
+    _, counts = freeze("offers", labelled.offers, tmp_path / "other",
+                       as_of=ts(7) - pd.Timedelta(microseconds=1))
+    assert early.decisions["open_windows"] == 1 and counts["open_left_out"] == 1
+
+
+def test_an_outcome_received_while_the_build_ran_counts_as_late(tmp_path) -> None:  # noqa: ANN001
+    """The labels are what the build read from the store; the snapshot is taken minutes later.
+    Frozen at the read time, an outcome that arrived in between is reported late (kept, never
+    relabelling) instead of being in neither the label nor the late count."""
+    from training.data.snapshots import labelled_at
+
+    decisions, items = log_frames()
+    decisions, items = decisions.iloc[:1], items.iloc[:1]
+    read_at = pd.Timestamp("2026-03-09T12:00:00Z")
+    events = event_frame([{"member_id": "m1", "event_timestamp": ts(2), "event_type": "redemption",
+                           "decision_id": "d1", "reward_id": "R1",
+                           "received_at": read_at + pd.Timedelta(seconds=30)}])
+    labelled = labelled_decisions(events.iloc[:0], decisions, items,
+                                  pd.DataFrame({"challenge_id": ["C1"], "duration_days": [14]}),
+                                  7)  # the build read the store before the redemption came
+    rows, _ = freeze("offers", labelled.offers, tmp_path, as_of=ts(8), labelled_at=read_at)
+    assert rows["redeemed"].tolist() == [0]
+    frozen = labelled_at(tmp_path)
+    assert frozen.to_dict() == {"d1": read_at}
+    report = join_report(events.assign(matched_by="decision_id"), labelled.offers,
+                         labelled.assignments, ts(8), 7, labelled_at=frozen)
+    assert report.outcomes["late_after_labelling"] == 1
+
+
+def test_the_join_report_counts_windows_and_what_each_event_can_label() -> None:
+    """d1 offers R1 (a 7-day window) and assigns C1 (14 days), d2 only assigns C1. On day 11
+    the reward window is closed (the snapshot trains on it) and both challenge windows are
+    open; an outcome is outside the window of the rows it could label, and an id naming a
+    decision that has nothing for it to label is counted apart from the matches."""
+    decisions = pd.DataFrame({
+        "decision_id": ["d1", "d2"], "member_id": ["m1", "m2"],
+        "event_timestamp": pd.Series([ts(0), ts(0)]).astype(UTC_US), "channel": "app",
+        "arm": None, "experiment_id": None, "policy": "model", "no_offer": False,
+        "no_offer_probability": 0.05, "model_versions": "{}", "features": None})
+    items = pd.DataFrame({
+        "decision_id": ["d1", "d1", "d2"], "member_id": ["m1", "m1", "m2"],
+        "event_timestamp": pd.Series([ts(0)] * 3).astype(UTC_US),
+        "item_type": ["reward", "challenge", "challenge"], "item_id": ["R1", "C1", "C1"],
+        "item_rank": 0, "score": 1.0, "shown_probability": 0.5,
+        "target": [np.nan, 5.0, 5.0], "target_probability": [np.nan, 0.9, 0.9], "cost": 1.0})
+    events = event_frame([
+        # by id on day 10: past R1's 7-day window, though inside d1's challenge period
+        {"member_id": "m1", "event_timestamp": ts(10), "event_type": "redemption",
+         "decision_id": "d1", "reward_id": "R1"},
+        {"member_id": "m1", "event_timestamp": ts(10), "event_type": "purchase",
+         "decision_id": "d1", "amount": 30.0},
+        # by id, a reward d1 never offered: labels nothing
+        {"member_id": "m1", "event_timestamp": ts(1), "event_type": "redemption",
+         "decision_id": "d1", "reward_id": "R9"},
+        {"member_id": "m2", "event_timestamp": ts(2), "event_type": "challenge_completed",
+         "decision_id": "d2", "challenge_id": "C1"},
+        # by id, a purchase naming a challenge-only decision: labels nothing
+        {"member_id": "m2", "event_timestamp": ts(1), "event_type": "purchase",
+         "decision_id": "d2", "amount": 20.0}])
+    labelled = labelled_decisions(events, decisions, items,
+                                  pd.DataFrame({"challenge_id": ["C1"], "duration_days": [14]}), 7)
+    assert labelled.offers[["redeemed", "spend"]].values.tolist() == [[0, 0.0]]
+    report = join_report(labelled.events, labelled.offers, labelled.assignments, ts(11), 7)
+    assert report.decisions["open_windows"] == 2 and report.decisions["labelled"] == 1
+    out = report.outcomes
+    assert out["matched_by_decision_id"] == 3 and out["unmatched_item_not_in_decision"] == 2
+    assert out["outside_window"] == 2  # the day-10 redemption and purchase
+
+
+def test_an_unknown_decision_id_falls_back_on_member_and_item() -> None:
+    """By decision id, else by member and item: an id no logged decision has (another
+    system's, mistyped) is no key, so a redemption naming an offered reward inside its window
+    still labels that offer; one that finds nothing keeps its id and is reported unknown."""
+    decisions, items = log_frames()
+    challenges = pd.DataFrame({"challenge_id": ["C1"], "duration_days": [14]})
+    events = event_frame([
+        {"member_id": "m1", "event_timestamp": ts(2), "event_type": "redemption",
+         "decision_id": "crm-123", "reward_id": "R1"},
+        {"member_id": "m1", "event_timestamp": ts(3), "event_type": "challenge_completed",
+         "decision_id": "crm-124", "challenge_id": "C1"},
+        {"member_id": "m2", "event_timestamp": ts(2), "event_type": "redemption",
+         "decision_id": "crm-125", "reward_id": "R1"}])  # m2 was offered no R1
+    labelled = labelled_decisions(events, decisions, items, challenges, window_days=7)
+    assert labelled.events["decision_id"].tolist() == ["d1", "d1", "crm-125"]
+    assert labelled.events["matched_by"].tolist() == ["member_item", "member_item", None]
+    assert labelled.offers.set_index("decision_id").loc["d1", "redeemed"] == 1
+    assert labelled.assignments["completed"].tolist() == [1]
+    report = join_report(labelled.events, labelled.offers, labelled.assignments, ts(15), 7)
+    assert report.outcomes["matched_by_member_and_item"] == 2
+    assert report.outcomes["unmatched_unknown_decision_id"] == 1

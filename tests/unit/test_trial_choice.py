@@ -149,3 +149,15 @@ def test_keeping_promising_trials_costs_one_false_promotion_in_100_and_buys_powe
     assert abs(_promotion_rate(0.0, 4.0, reps, seed=5) - 0.049) < 0.005  # more patience, more
     assert abs(_promotion_rate(1.75, 0.0, reps // 4, seed=3) - 0.42) < 0.025
     assert abs(_promotion_rate(1.75, 2.0, reps // 4, seed=4) - 0.62) < 0.025
+
+
+def test_a_trial_not_measured_yet_stays_on_trial() -> None:
+    """A retrain more frequent than the attribution window finds too few of the trial's
+    decisions labelled (the gate stops before any estimate): replacing it then would leave
+    every trial unmeasured, so it stays, and the reason says why."""
+    unmeasured = Gate(None, 120)
+    waiting = trial()
+    assert _next_trial(unmeasured, waiting, "2", "3", True, 2.0) == "2"
+    assert "until enough of its decisions are labelled" in waiting["reason"]
+    # once measured, the usual rules: far from settled, the candidate takes its place
+    assert _next_trial(gate(0.28, -0.41, 0.94), trial(), "2", "3", True, 2.0) == "3"

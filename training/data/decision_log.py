@@ -48,6 +48,20 @@ def _served(decisions: pd.DataFrame) -> pd.DataFrame:
                          for c in columns}, index=index, columns=columns)
 
 
+def _family_policy(decisions: pd.DataFrame, flag: str) -> pd.Series:
+    """Each decision's policy as one family saw it, by decision id: ``model`` where the
+    family's own model chose its items (its ``flag``: a decision whose other family was in
+    cold start or fell back still has model-chosen items, which training must weight), else
+    the decision's policy (also where the flag was not recorded)."""
+    policy = pd.Series(decisions["policy"].to_numpy(dtype=object, copy=True)  # not a view
+                       if "policy" in decisions else None,
+                       index=pd.Index(decisions["decision_id"], name="decision_id"), dtype=object)
+    if flag in decisions:
+        chosen = decisions[flag].astype("boolean").fillna(False).to_numpy(dtype=bool)
+        policy[chosen] = "model"
+    return policy
+
+
 def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """Reward decisions of the service's log: each reward slot an offer (propensity: the
     probability that reward was shown in that slot), each no-offer a control row (propensity:
@@ -60,6 +74,7 @@ def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFram
     and stay out.)
     """
     meta = _served(decisions)
+    meta["policy"] = _family_policy(decisions, "reward_model")
     rewards = items[(items["item_type"] == "reward") & items["decision_id"].isin(meta.index)]
     offered = pd.DataFrame({
         "decision_id": rewards["decision_id"].to_numpy(),
@@ -82,7 +97,8 @@ def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFram
         "event_timestamp": none["event_timestamp"].to_numpy(),
         "reward_id": "", "treated": False,
         "propensity": none["no_offer_probability"].astype("float64").to_numpy(),
-        "source": "service", "policy": none["policy"].to_numpy(), "slot": 0,
+        "source": "service", "policy": meta["policy"].reindex(none["decision_id"]).to_numpy(),
+        "slot": 0,
         "arm": meta["arm"].reindex(none["decision_id"]).to_numpy(),
         "model_versions": meta["model_versions"].reindex(none["decision_id"]).to_numpy(),
     })
@@ -94,6 +110,7 @@ def assignments_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.Dat
     """Challenge decisions of the service's log: template, target, and the probabilities the
     slot and the target were drawn with (experiments' arms included, as for rewards)."""
     meta = _served(decisions)
+    meta["policy"] = _family_policy(decisions, "difficulty_model")
     rows = items[(items["item_type"] == "challenge") & items["decision_id"].isin(meta.index)
                  & items["target"].notna()]
     target_p = (rows["target_probability"] if "target_probability" in rows
@@ -142,35 +159,43 @@ def combine(imported: pd.DataFrame, logged: pd.DataFrame) -> tuple[pd.DataFrame,
 def attribute_by_item(events: pd.DataFrame, offers: pd.DataFrame, assignments: pd.DataFrame,
                       window_days: int, durations: pd.Series) -> pd.DataFrame:
     """``events`` with a ``matched_by`` column ("decision_id" | "member_item" | None) and, for
-    redemptions and completions that carried no decision id, the id of the member's latest
-    decision offering the same item whose window (attribution window, or the challenge's
-    duration) was open at the event."""
+    redemptions and completions that carried no decision id, or one no logged decision has
+    (another system's, a typo), the id of the member's latest decision offering the same item
+    whose window (attribution window, or the challenge's duration) was open at the event. An
+    unknown id that finds no such decision is kept as it came (the join report counts it)."""
     out = events.copy()
-    has_id = out["decision_id"].notna() & out["event_type"].isin(OUTCOME_TYPES)
+    known = pd.Index(pd.concat([offers["decision_id"], assignments["decision_id"]]).unique()
+                     if len(offers) or len(assignments) else [])
+    outcome = out["event_type"].isin(OUTCOME_TYPES)
+    has_id = out["decision_id"].notna() & outcome
     matched = pd.Series([None] * len(out), index=out.index, dtype=object)
     matched[has_id] = "decision_id"
+    # the decision id is the first key; an id that names no decision is no key at all
+    orphan = outcome & (out["decision_id"].isna() | ~out["decision_id"].isin(known))
+    matched[orphan & out["decision_id"].notna()] = None
     windows = pd.Timedelta(days=window_days)
     treated = offers[offers["treated"].astype(bool)] if len(offers) else offers
     if len(treated):
         ends = treated["event_timestamp"] + windows
-        found = _latest_open(out, "redemption", "reward_id", treated, ends)
+        found = _latest_open(out, orphan, "redemption", "reward_id", treated, ends)
         out.loc[found.index, "decision_id"] = found.to_numpy()
         matched[found.index] = "member_item"
     if len(assignments):
         days = assignments["challenge_id"].map(durations).fillna(0).astype("int64")
         ends = assignments["event_timestamp"] + pd.to_timedelta(days.to_numpy(), unit="D")
-        found = _latest_open(out, "challenge_completed", "challenge_id", assignments, ends)
+        found = _latest_open(out, orphan, "challenge_completed", "challenge_id", assignments,
+                             ends)
         out.loc[found.index, "decision_id"] = found.to_numpy()
         matched[found.index] = "member_item"
     out["matched_by"] = matched
     return out
 
 
-def _latest_open(events: pd.DataFrame, kind: str, item: str, decisions: pd.DataFrame,
-                 ends: pd.Series) -> pd.Series:
-    """decision_id per orphan ``kind`` event (index: the event's), by member and item."""
-    orphan = events[(events["event_type"] == kind) & events["decision_id"].isna()
-                    & events[item].notna()]
+def _latest_open(events: pd.DataFrame, orphans: pd.Series, kind: str, item: str,
+                 decisions: pd.DataFrame, ends: pd.Series) -> pd.Series:
+    """decision_id per ``kind`` event among the ``orphans`` (index: the event's), by member
+    and item."""
+    orphan = events[orphans & (events["event_type"] == kind) & events[item].notna()]
     if orphan.empty:
         return pd.Series(dtype=object)
     left = pd.DataFrame({"row": orphan.index, "member_id": orphan["member_id"].astype(str),
@@ -239,9 +264,11 @@ def join_report(events: pd.DataFrame, offers: pd.DataFrame, assignments: pd.Data
     cols = ["decision_id", "source", "event_timestamp"]
     rows = pd.concat([f[cols].assign(end=closes_at(f)) for f in frames], ignore_index=True
                      ) if frames else pd.DataFrame(columns=[*cols, "end"])
-    per = rows.groupby("decision_id").agg(source=("source", "first"), end=("end", "max"))
+    per = rows.groupby("decision_id").agg(source=("source", "first"))
     service = per["source"] == "service"
-    open_ = per["end"] > as_of
+    # windows, not decisions: a decision's reward window may close a week before its
+    # challenge's, and the snapshot trains on the closed one meanwhile
+    open_ = rows["end"] > as_of
     report.decisions = {
         "service_logged": int(service.sum()),
         "imported": int((~service).sum()),
@@ -253,12 +280,33 @@ def join_report(events: pd.DataFrame, offers: pd.DataFrame, assignments: pd.Data
     }
     out = events[events["event_type"].isin(OUTCOME_TYPES)]
     known = out["decision_id"].isin(per.index)
-    by_id = known & (out["matched_by"] == "decision_id")
-    by_item = known & (out["matched_by"] == "member_item")
+    # the rows an event can label: its decision's reward rows (a purchase, or a redemption of
+    # a reward it offered) or the challenge it assigned; the window is those rows'
+    completion = (out["event_type"] == "challenge_completed").to_numpy()
+    key = out["decision_id"].astype(str) + "\x1f" + np.where(
+        completion, out["challenge_id"].fillna("").astype(str),
+        np.where(out["event_type"] == "redemption", out["reward_id"].fillna("").astype(str), ""))
+    windows = []
+    if len(offers):
+        reward_end = closes_at(offers)
+        windows.append(pd.Series(reward_end.to_numpy(), index=offers["decision_id"].astype(str)
+                                 + "\x1f").groupby(level=0).max())  # purchases
+        named = offers["reward_id"].fillna("").astype(str)
+        windows.append(pd.Series(reward_end.to_numpy(), index=offers["decision_id"].astype(str)
+                                 + "\x1f" + named)[named.to_numpy() != ""])
+    if len(assignments):
+        windows.append(pd.Series(closes_at(assignments).to_numpy(),
+                                 index=assignments["decision_id"].astype(str) + "\x1f"
+                                 + assignments["challenge_id"].astype(str)))
+    window = (pd.concat(windows).groupby(level=0).max() if windows
+              else pd.Series(dtype="datetime64[us, UTC]"))
+    end = key.map(window)
+    in_decision = known & end.notna()
+    by_id = in_decision & (out["matched_by"] == "decision_id")
+    by_item = in_decision & (out["matched_by"] == "member_item")
     carried = out["decision_id"].notna()
     start = out["decision_id"].map(rows.groupby("decision_id")["event_timestamp"].min())
-    end = out["decision_id"].map(per["end"])
-    outside = known & ((out["event_timestamp"] < start) | (out["event_timestamp"] >= end))
+    outside = in_decision & ((out["event_timestamp"] < start) | (out["event_timestamp"] >= end))
     late = pd.Series(False, index=out.index)
     if labelled_at is not None and len(labelled_at) and "received_at" in out:
         frozen = out["decision_id"].map(labelled_at)
@@ -269,12 +317,16 @@ def join_report(events: pd.DataFrame, offers: pd.DataFrame, assignments: pd.Data
         "matched_by_decision_id": int(by_id.sum()),
         "matched_by_member_and_item": int(by_item.sum()),
         "unmatched_unknown_decision_id": int((carried & ~known).sum()),
+        # a known id, but nothing of that decision for it to label: a redemption of a reward
+        # it did not offer, a completion of a challenge it did not assign, a purchase naming
+        # a decision that offered no reward row
+        "unmatched_item_not_in_decision": int((known & ~in_decision).sum()),
         "unmatched_no_decision_in_window": int((~carried & item_named).sum()),
         "purchases_without_decision_id": int((~carried & (out["event_type"] == "purchase")).sum()),
         "outside_window": int(outside.sum()),
         "late_after_labelling": int(late.sum()),
     }
-    keyed = out[known]
+    keyed = out[in_decision]
     item = keyed["reward_id"].fillna(keyed["challenge_id"]).fillna("")
     repeat = keyed.assign(item=item)[keyed["event_type"] != "purchase"].duplicated(
         ["decision_id", "event_type", "item"])

@@ -201,8 +201,9 @@ def label_assignments(asg: pd.DataFrame, events: pd.DataFrame,
     done = done[(done["event_timestamp"] >= done["event_timestamp_asg"])]
     first = done.groupby(["decision_id", "challenge_id"])["event_timestamp"].min()
     key = pd.MultiIndex.from_frame(asg[["decision_id", "challenge_id"]])
-    finished = first.reindex(key).to_numpy()
-    finished_ts = pd.Series(finished, index=asg.index).astype(TS_DTYPE)
+    # .array keeps the time zone (.to_numpy() gives objects, read back naive when every
+    # value is NaT: a store where no assignment has been completed yet)
+    finished_ts = pd.Series(first.reindex(key).array, index=asg.index).astype(TS_DTYPE)
     completed = finished_ts.notna() & (finished_ts < end)
     asg["completed"] = completed.astype(np.int8)
     asg["outcome_timestamp"] = finished_ts.where(completed, end)
@@ -277,6 +278,8 @@ def read_history(events_store: EventStore, rewards: pd.DataFrame, challenges: pd
     members = events_store.members_frame()
     if as_of is not None:
         as_of = pd.Timestamp(as_of)
+        if as_of.tzinfo is not None:  # days are UTC days, however --as-of was written
+            as_of = as_of.tz_convert("UTC")
         end = as_of.ceil("D") if end is None else min(pd.Timestamp(end), as_of.ceil("D"))
     cut = as_of if as_of is not None else end
     until = None if cut is None else pd.Timestamp(cut).to_pydatetime()

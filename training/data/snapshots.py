@@ -47,11 +47,15 @@ class Snapshot:
 
 
 def _closed(frame: pd.DataFrame, as_of: pd.Timestamp) -> pd.Series:
-    return closes_at(frame) < as_of
+    """Rows whose label is final as of ``as_of``: labels count events before the end of the
+    window and the store is read before ``as_of``, so a window ending at ``as_of`` is closed
+    (the join report counts it labelled too)."""
+    return closes_at(frame) <= as_of
 
 
 def freeze(kind: str, frame: pd.DataFrame, ledger_dir: Path,
-           as_of: pd.Timestamp) -> tuple[pd.DataFrame, dict[str, int]]:
+           as_of: pd.Timestamp, labelled_at: pd.Timestamp | None = None
+           ) -> tuple[pd.DataFrame, dict[str, int]]:
     """The closed rows of ``frame`` with their labels frozen: rows the ledger already holds
     take the ledger's labels; newly closed rows are added to the ledger (labelled at
     ``as_of``, at the wall-clock time). Open rows are left out. Returns the rows and counts."""
@@ -69,10 +73,12 @@ def freeze(kind: str, frame: pd.DataFrame, ledger_dir: Path,
         stored = ledger.set_index(keys)[labels].reindex(index[frozen])
         for col in labels:
             out.loc[out.index[frozen], col] = stored[col].to_numpy()
-    # labelled_at: when the label was frozen (wall clock, what "late" compares receipts with);
+    # labelled_at: when the store was read for the labels (wall clock, what "late" compares
+    # receipts with: an outcome received after it is not in the label; now when not given);
     # as_of: the instant the snapshot read the store as of (a simulation's clock may differ)
     new = closed[~frozen][[*keys, *labels]].assign(
-        labelled_at=pd.Timestamp.now(tz="UTC"), as_of=pd.Timestamp(as_of))
+        labelled_at=pd.Timestamp.now(tz="UTC") if labelled_at is None
+        else pd.Timestamp(labelled_at), as_of=pd.Timestamp(as_of))
     if len(new):
         merged = pd.concat([ledger, new], ignore_index=True) if len(ledger) else new
         ledger_dir.mkdir(parents=True, exist_ok=True)
@@ -109,15 +115,18 @@ def content_hash(frames: dict[str, pd.DataFrame]) -> str:
     return h.hexdigest()[:16]
 
 
-def take_snapshot(features_dir: Path, snapshots_dir: Path, as_of: pd.Timestamp) -> Snapshot:
+def take_snapshot(features_dir: Path, snapshots_dir: Path, as_of: pd.Timestamp,
+                  labelled_at: pd.Timestamp | None = None) -> Snapshot:
     """Freeze the labels of the decisions in ``features_dir`` closed at ``as_of``, rewrite its
     ``offers.parquet``/``assignments.parquet`` with only those rows (what training reads), and
-    keep a copy under ``snapshots_dir/<id>/``."""
+    keep a copy under ``snapshots_dir/<id>/``. ``labelled_at``: when the build read the
+    store (its refresh watermark), so that an outcome received while the build ran counts
+    as late rather than as neither labelled nor late."""
     as_of = pd.Timestamp(as_of)
     frames, totals = {}, {"newly_labelled": 0, "frozen_reused": 0, "open_left_out": 0}
     for kind in KEYS:
         frame = pd.read_parquet(features_dir / f"{kind}.parquet")
-        frames[kind], counts = freeze(kind, frame, snapshots_dir, as_of)
+        frames[kind], counts = freeze(kind, frame, snapshots_dir, as_of, labelled_at)
         for k, v in counts.items():
             totals[k] += v
     snap_id = content_hash(frames)

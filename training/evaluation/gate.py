@@ -305,10 +305,6 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
     :func:`arm_versions` names them)."""
     arm_models = dict(arm_models or {})
     own = logged_rows(rows, experiments, served, readable=arm_models)
-    n = len(own)
-    if n < min_decisions:
-        return GateResult(False, f"only {n} logged decisions in the evaluation period, "
-                                 f"{min_decisions} needed (REWARDS_RETRAIN_MIN_DECISIONS)", n)
     margin = float(candidate.value_params["margin"])
     cost = items["reward_cost"].to_numpy(dtype=np.float64)
     reward_index = {r: i for i, r in enumerate(items["reward_id"])}
@@ -317,6 +313,12 @@ def evaluate_gate(rows: pd.DataFrame, items: pd.DataFrame, candidate: PolicyMode
     action = np.where(treated, own["reward_id"].map(reward_index).fillna(-1).to_numpy(int), m)
     known = action >= 0  # a reward retired from the catalog: its rows cannot be re-scored
     own, action, treated = own[known].reset_index(drop=True), action[known], treated[known]
+    n = len(own)  # the minimum counts the decisions the estimates are made on
+    if n < min_decisions:
+        retired = (f" ({int((~known).sum())} more logged a reward retired since)"
+                   if (~known).any() else "")
+        return GateResult(False, f"only {n} logged decisions in the evaluation period{retired}, "
+                                 f"{min_decisions} needed (REWARDS_RETRAIN_MIN_DECISIONS)", n)
     r_idx = np.arange(len(own))
     realized = margin * own["spend"].to_numpy(dtype=np.float64) - np.where(
         treated, own["redeemed"].to_numpy(dtype=np.float64) * cost[np.minimum(action, m - 1)],

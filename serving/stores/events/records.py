@@ -40,13 +40,23 @@ FRAME_COLUMNS: dict[str, str] = {
 DECISION_LOG_COLUMNS = ("decision_id", "member_id", "event_timestamp", "channel", "arm",
                         "experiment_id", "policy", "no_offer", "no_offer_probability",
                         "model_versions", "features", "personalized", "cold_start", "degraded",
-                        "ranking")
+                        "ranking", "reward_model", "difficulty_model")
 DECISION_ITEM_COLUMNS = ("decision_id", "member_id", "event_timestamp", "item_type", "item_id",
                          "item_rank", "score", "shown_probability", "target",
                          "target_probability", "cost")
 #: the flags stored as canonical JSON (schema.dumps) that decision_log spreads into columns
 _DECISION_FLAGS = ("no_offer", "personalized", "cold_start", "degraded")
+#: per family, whether its model chose the family's items (spread as nullable booleans: NA in
+#: decisions logged before the flag existed, whose ``policy`` then says it for both)
+_FAMILY_FLAGS = ("reward_model", "difficulty_model")
 _REQUIRED = ("event_id", "event_type", "member_id", "event_timestamp")
+
+
+def _family_flag(flag_text: pd.Series, flag: str) -> pd.array:
+    """A family flag of the canonical flags JSON: True, False, or NA where not recorded."""
+    present = flag_text.str.contains(f'"{flag}":', regex=False).to_numpy(dtype=bool)
+    value = flag_text.str.contains(f'"{flag}":true', regex=False).to_numpy(dtype=bool)
+    return pd.array(np.where(present, value, None), dtype="boolean")
 #: Optional columns of an import frame, stored only for the event types that carry a value.
 _OPTIONAL = ("decision_id", *FIELD_COLUMNS, "properties")
 _MEMBER_CHANGED = " OR ".join(f"members.{c} IS DISTINCT FROM excluded.{c}" for c in (
@@ -321,6 +331,7 @@ class RecordStore(SqlStore):
                 # canonical JSON (sorted keys, no spaces): a substring test per flag, no parse
                 **{flag: flag_text.str.contains(f'"{flag}":true', regex=False)
                    .to_numpy(dtype=bool) for flag in _DECISION_FLAGS},
+                **{flag: _family_flag(flag_text, flag) for flag in _FAMILY_FLAGS},
             }, columns=list(DECISION_LOG_COLUMNS))
             if member_ids is not None:  # read member by member: back in time, then id order
                 decisions = decisions.sort_values(["event_timestamp", "decision_id"],
