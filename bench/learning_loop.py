@@ -296,7 +296,7 @@ def main() -> None:
             as_of = start + timedelta(days=args.round_days)
             t1 = time.perf_counter()
             out = rewards_cli("retrain", "--as-of", as_of.isoformat(), "--json")
-            record = json.loads(out.strip().splitlines()[-1])
+            record = json.loads(out)  # stdout is the JSON alone
             retrain_s = time.perf_counter() - t1
             life.covered(as_of)  # the retrain rebuilt every member's features as of then
             fam = record["families"][0]

@@ -138,7 +138,8 @@ def _retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSetting
     last = read_latest(snapshots_dir)
     if last is not None and last.get("snapshot") == snap.id and not force:
         progress(f"  nothing new since the last retrain (snapshot {snap.id}): models unchanged")
-        return {"status": "unchanged", "snapshot": snap.as_dict(), "last": last}
+        return {"status": "unchanged", "snapshot": snap.id, "snapshot_detail": snap.as_dict(),
+                "last": last}
     step("online store (apply, materialize)", lambda: materialize(store, apply=True, echo=False))
 
     from training.pipeline import Publish, train_difficulty, train_reward

@@ -57,6 +57,9 @@ COLD_START_REASON = "cold start: uniform exploration until a first model is prom
 #: only by /readyz, so an automation does not mistake "nothing" for "nothing suits"
 NO_REWARDS_REASON = "catalog: no active reward"
 NO_CHALLENGES_REASON = "catalog: no active challenge template"
+#: degraded_reasons of a member whose tier the catalog's vocabulary does not know (a new tier
+#: not appended yet, or no tier at all): served as a member of the lowest tier
+UNKNOWN_TIER_REASON = "member tier unknown to the catalog: served as the lowest tier"
 #: Default share of decisions served by a reward model on trial (ServeSettings.trial_share).
 TRIAL_SHARE = 0.3
 #: ``model_versions`` key of the version on trial in a decision it was drawn for:
@@ -233,12 +236,16 @@ class Recommender:
             # New member, failed read, or no consent: score a history-less member of the tier.
             tier = (tier_hint if facts.features is None
                     else _tier_of(facts.features, vocabulary.tiers))
-            features = cold_start_features(_member_names(reward_model, difficulty_model), tier,
-                                           vocabulary)
+            # (a version on trial reads its own inputs: they get the history-less values too)
+            features = cold_start_features(
+                _member_names(reward_model, difficulty_model, reward_trial), tier, vocabulary)
         else:
             features = facts.features
         history = facts.features is not None and personalized
         tier_rank = features.get("tier_rank", 0.0)
+        if not (math.isfinite(tier_rank) and tier_rank >= 0):  # -1: a tier the vocabulary
+            reasons.append(UNKNOWN_TIER_REASON)  # lacks; NaN: none read. Eligibility would
+            tier_rank = 0.0  # refuse every reward: the lowest tier's are what it may have
         reward_cold = reward_model is None and "reward" in no_champion
         difficulty_cold = difficulty_model is None and "difficulty" in no_champion
         fell_back: list[str] = []  # families whose model failed in this decision
@@ -337,7 +344,8 @@ class Recommender:
 
         ``cold``: no reward model was ever promoted, the rewards are drawn uniformly.
         ``offer_share``: the probability that this decision offers rewards at all (1 - the
-        no-offer share), a factor of every shown probability. ``trial``: a version on trial
+        no-offer share), a factor of the first slot's shown probability (later slots are
+        given the earlier ones: an offer is certain there). ``trial``: a version on trial
         (``recommend``); ``versions`` (the decision's model versions) then names it and the
         version that served. ``context`` receives the ranking's context (the decision log's
         ``ranking``: cost multiplier, blocked rewards, novelty factors).
@@ -446,7 +454,8 @@ class Recommender:
                 reason = "exploring a reward new to the model: no history to rank it by yet"
             else:
                 reason = _reward_reason(scores, i, value[i], history, consent, model)
-            p *= offer_share
+            if rank == 0:  # P(an offer at all) x P(item | offer); later slots are given
+                p *= offer_share  # the earlier ones, so an offer is certain there
             out.append(_item_out(RewardOut,
                 reward_id=reward_id, name=cat["name"][j], type=cat["reward_type"][j],
                 category=cat["category"][j], propensity=_f(scores["propensity"][i]),
@@ -461,12 +470,13 @@ class Recommender:
                          ) -> tuple[list[RewardOut], list[dict[str, Any]], None]:
         """Cold start: up to k of the eligible rewards ``idx`` drawn uniformly without
         replacement (diversity caps do not apply, as in an experiment's random arm: every
-        eligible reward equally likely), each shown with offer_share / (n - rank)."""
+        eligible reward equally likely), the first shown with offer_share / n, each later one
+        with 1 / (n - rank) given those before it."""
         slate = uniform_slate(len(idx), k, self.rng)
         out, items = [], []
         for rank, (i, p) in enumerate(zip(slate.index.tolist(), slate.probability.tolist(),
                                           strict=True)):
-            j, p = int(idx[i]), p * offer_share
+            j, p = int(idx[i]), p * offer_share if rank == 0 else p  # (later: given the first)
             reward_id, item_cost = cat["reward_id"][j], float(cost[i])
             out.append(_item_out(RewardOut,
                 reward_id=reward_id, name=cat["name"][j], type=cat["reward_type"][j],
@@ -639,9 +649,11 @@ def _member_names(*models: ScoringModel | None) -> list[str]:
 
 
 def _tier_of(features: dict[str, float] | None, tiers: Sequence[str]) -> str:
+    """The member's tier by its rank; the lowest when the rank is unknown (-1, NaN)."""
     if not tiers:
         return ""
-    rank = int((features or {}).get("tier_rank", 0))
+    value = float((features or {}).get("tier_rank", 0))
+    rank = int(value) if math.isfinite(value) else 0
     return tiers[min(max(rank, 0), len(tiers) - 1)]
 
 

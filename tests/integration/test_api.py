@@ -169,6 +169,30 @@ def test_events_are_idempotent(app_client: TestClient) -> None:
         "imp-1", "imp-2"]
 
 
+def test_an_event_store_that_cannot_commit_is_a_503_and_the_retry_is_stored(
+        app_client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing acknowledged is lost: a batch the store could not commit is refused whole with a
+    503 the client retries on (not an unexplained 500), and the retry is stored once."""
+    import sqlite3
+
+    writer = services(app_client).event_writer
+    ev = {"event_id": "imp-503", "event_type": "impression", "member_id": "3",
+          "reward_id": "R01", "timestamp": "2026-11-23T10:00:00+00:00"}
+
+    async def down(items: list) -> list:  # noqa: ARG001
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with monkeypatch.context() as m:
+        m.setattr(writer, "write", down)
+        r = app_client.post("/v1/events", json={"events": [ev]})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    assert "nothing of this batch was acknowledged" in r.json()["errors"][0]["reason"]
+    assert not [e for e in services(app_client).events.member_events("3")
+                if e["event_id"] == "imp-503"]
+    again = app_client.post("/v1/events", json={"events": [ev]})
+    assert again.status_code == 200 and again.json()["accepted"] == 1
+
+
 def test_every_event_type_is_taken_and_stored(app_client: TestClient) -> None:
     """One event of each type, for a member named as a real program names them: each is
     stored with its own columns, and a replay of the batch adds nothing."""

@@ -136,10 +136,10 @@ def test_cold_start_answers_from_uniform_exploration_and_logs_it(
         want = 1.0 / targets[challenges["item_id"]].to_numpy()
         np.testing.assert_allclose(challenges["target_probability"], want)
         rewards = mine[mine["item_type"] == "reward"]
-        if len(rewards):  # (1 - share) / (eligible - rank): the eligible count is the same
-            n = 0.8 / rewards["shown_probability"].iloc[0]
+        if len(rewards):  # (1 - share) / eligible, then 1 / (eligible - rank) given the
+            n = 0.8 / rewards["shown_probability"].iloc[0]  # earlier slots (an offer is made)
             np.testing.assert_allclose(rewards["shown_probability"],
-                                       0.8 / (n - np.arange(len(rewards))))
+                                       [0.8 / n, *(1.0 / (n - np.arange(1, len(rewards))))])
 
 
 def test_model_decisions_log_the_features_the_models_were_given(
@@ -165,7 +165,9 @@ def test_model_decisions_log_the_features_the_models_were_given(
             assert value == float(f"{online.get(name, 0.0):.6g}"), name
         assert_items_match(a, items)
         rewards = [r["shown_probability"] for r in a["rewards"]]
-        assert all(p <= 0.75 + 1e-6 for p in rewards)  # each times (1 - no-offer share)
+        if rewards:  # the first slot times (1 - the no-offer share); the later ones are given
+            assert rewards[0] <= 0.75 + 1e-6  # the earlier slots, where an offer is certain
+            assert all(0 < p <= 1 for p in rewards[1:])
     challenges = items[items["item_type"] == "challenge"]
     # with a 0.3 share per neighbour: picks (0.4 or 0.7 at an end) and neighbours (0.3)
     assert set(challenges["target_probability"].round(9)) <= {0.3, 0.4, 0.7, 1.0}

@@ -126,7 +126,7 @@ def test_cold_start_then_retrain_from_own_decisions(loop_world, monkeypatch) -> 
 
     # cron-ready: the same closed decisions, nothing to do
     again = retrain(store, train, loop, as_of=as_of)
-    assert again["status"] == "unchanged" and again["snapshot"]["id"] == record["snapshot"]
+    assert again["status"] == "unchanged" and again["snapshot"] == record["snapshot"]
 
     report = join_report_for(store, pd.Timestamp(as_of))
     assert report.decisions["service_logged"] == 1_500

@@ -99,6 +99,40 @@ def test_table_without_context_has_no_dr(tmp_path: Path) -> None:
     assert out["max_weight"] <= 2.0 and out["clipped"] > 0
 
 
+def test_keys_written_from_float_columns_and_float32_probabilities_are_taken(
+        tmp_path: Path) -> None:
+    """A CSV written from a float column says 3.0 where the other file says 3 (pandas does
+    that), and a float32 softmax may sum to 1 with a member at 1.0000004: both are the same
+    estimate as the clean files, not an error."""
+    log, target = _frames(400)
+    log = log.assign(action=log["action"].str.removeprefix("offer-").astype(int),
+                     decision_id=log["decision_id"].str.removeprefix("D-").astype(int))
+    target = target.assign(action=target["action"].str.removeprefix("offer-").astype(int),
+                           decision_id=target["decision_id"].str.removeprefix("D-").astype(int))
+    clean = runner.invoke(app, ["ope", "--log", str(_write(log, tmp_path / "log.csv")),
+                                "--target", str(_write(target, tmp_path / "target.csv")),
+                                "--json", "--bootstrap", "50", "--folds", "2"])
+    assert clean.exit_code == 0, clean.output
+    floats = log.astype({"action": float, "slot": float, "decision_id": float})
+    first = target.groupby(["decision_id", "slot"]).cumcount().to_numpy() == 0
+    certain = target.assign(probability=np.where(first, 1.0000004, 0.0),
+                            action=target["action"].astype(float))
+    # a certain action (1.0000004 then zeros) where the logged one is: probability 1 there
+    same = runner.invoke(app, ["ope", "--log", str(_write(floats, tmp_path / "logf.csv")),
+                               "--target", str(_write(target, tmp_path / "t2.csv")),
+                               "--json", "--bootstrap", "50", "--folds", "2"])
+    assert same.exit_code == 0, same.output
+    assert json.loads(same.stdout)["ips"] == pytest.approx(json.loads(clean.stdout)["ips"],
+                                                          abs=1e-12)
+    tiny_over = runner.invoke(app, ["ope", "--log", str(_write(floats, tmp_path / "logg.csv")),
+                                    "--target", str(_write(certain, tmp_path / "t3.csv")),
+                                    "--json", "--bootstrap", "50", "--folds", "2"])
+    assert tiny_over.exit_code == 0, tiny_over.output
+    expected = _textbook_ips(log, certain.assign(action=target["action"], probability=np.where(
+        first, 1.0, 0.0)))
+    assert json.loads(tiny_over.stdout)["ips"] == pytest.approx(expected, abs=1e-9)
+
+
 @pytest.mark.parametrize(("which", "break_it", "needle"), [
     ("log", lambda f: f.assign(propensity=f["propensity"].where(f.index != 6, 1.7)),
      "column 'propensity' has 1 values outside (0, 1] (first at row 7)"),

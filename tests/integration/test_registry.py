@@ -386,6 +386,20 @@ def test_a_trial_is_set_loaded_beside_the_champion_and_ended_by_its_promotion(
     assert tracking.history(name)[-1]["action"] == "end trial"
 
 
+def test_a_rollback_onto_the_version_on_trial_ends_the_trial(
+    name: str, tmp_path: Path, data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """The champion never runs on trial beside itself: a rollback that makes the version on
+    trial champion again ends its trial, as a promotion does."""
+    for auc in (0.70, 0.71):
+        _train_and_register(name, tmp_path, data, **_metrics(auc))
+    assert tracking.promote(name, GATE, version="2", reason="better").promoted
+    tracking.set_trial(name, "1", reason="its gain was not shown")
+    tracking.rollback(name, reason="v2 misbehaves")
+    assert tracking.champion_version(name) == "1" and tracking.trial_version(name) is None
+    assert [e["action"] for e in tracking.history(name)][-2:] == ["rollback", "end trial"]
+
+
 # --- the gate on its own ----------------------------------------------------------------------
 
 

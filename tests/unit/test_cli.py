@@ -154,3 +154,49 @@ def test_simulate_and_build_from_the_command_line(tmp_path: Path) -> None:
     assert train.returncode == 2 and "`rewards features apply`" in train.stderr
     bad = rewards("simulate", "--members", "-1")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_retrain_json_is_the_only_thing_on_stdout_and_is_strict_json(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cron and pipes parse `rewards retrain --json`: libraries that print progress on stdout
+    (Feast's materialize does) go to stderr, and a NaN metric is null, not bare NaN."""
+    import json
+
+    import training.retrain
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "events.db").touch()  # an event store to read (the retrain itself is faked)
+
+    def fake(store, settings, loop, *, as_of, force, progress):  # noqa: ANN001, ANN202, ARG001
+        print("Materializing 1 feature views to 2026-03-01 00:00:00+00:00")  # as Feast does
+        progress("- reward model ...")
+        return {"status": "trained", "snapshot": "abc", "families": [],
+                "metrics": {"auc": float("nan"), "ok": 0.5, "worst": float("-inf")}}
+
+    monkeypatch.setattr(training.retrain, "retrain", fake)
+    result = runner.invoke(app, ["retrain", "--as-of", "2026-03-01T00:00:00Z", "--json",
+                                 "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["metrics"] == {"auc": None, "ok": 0.5, "worst": None}
+    assert "Materializing" in result.stderr and "reward model" in result.stderr
+
+
+def test_retrain_refuses_an_as_of_in_the_future(tmp_path: Path) -> None:
+    """Windows still open at a future instant would count as closed, and their partial labels
+    would be frozen for good: refused before anything is read."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "events.db").touch()
+    line = _one_clear_line(runner.invoke(app, ["retrain", "--as-of", "2099-01-01T00:00:00Z",
+                                               "--data-dir", str(data)]))
+    assert "--as-of" in line and "future" in line
+
+
+@pytest.mark.parametrize("version", ["abc", "v", "1.5", "v-2"])
+def test_a_trial_version_that_is_no_number_is_one_clear_error(version: str,
+                                                              tmp_path: Path) -> None:
+    line = _one_clear_line(runner.invoke(app, ["models", "trial", "reward", version,
+                                               "--data-dir", str(tmp_path)]))
+    assert "VERSION" in line

@@ -23,7 +23,7 @@ from scipy.stats import chisquare
 
 from serving.contract.events import DecisionRecord
 from serving.contract.model_meta import ModelMetadata
-from serving.contract.vocabulary import Vocabulary
+from serving.contract.vocabulary import MISSING_RATE, NEVER_DAYS, Vocabulary
 from serving.decisioning.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
 from serving.decisioning.catalog import Catalog
 from serving.decisioning.ranking import (
@@ -33,6 +33,7 @@ from serving.decisioning.ranking import (
 )
 from serving.decisioning.recommend import (
     COLD_START_REASON, FAMILIES, NO_CHALLENGES_REASON, NO_REWARDS_REASON, TRIAL_SUFFIX,
+    UNKNOWN_TIER_REASON,
     Decision, MemberFacts, Recommender,
 )
 from serving.decisioning.rules import Rules, select_slate
@@ -311,6 +312,8 @@ def test_a_share_of_decisions_offers_no_reward_and_every_one_logs_it() -> None:
     withheld = 0
     slot0: Counter[str] = Counter()
     pairs: list[tuple[Hashable, float]] = []
+    slot1: Counter[str] = Counter()
+    pairs1: list[tuple[Hashable, float]] = []
     for _ in range(draws):
         d = decide(rec, *models)
         record = d.record
@@ -323,16 +326,22 @@ def test_a_share_of_decisions_offers_no_reward_and_every_one_logs_it() -> None:
             slot0["no offer"] += 1
             pairs.append(("no offer", share))
         else:
-            first = items_of(d, "reward")[0]
+            first, second = items_of(d, "reward")[:2]
             slot0[first["item_id"]] += 1
             pairs.append((first["item_id"], first["shown_probability"]))
             # the response shows the logged probability (rounded)
             assert d.response.rewards[0].shown_probability == round(
                 first["shown_probability"], 6)
+            if first["item_id"] == "R1":  # the next slot, given the first: no share in it
+                slot1[second["item_id"]] += 1
+                pairs1.append((second["item_id"], second["shown_probability"]))
     logged = logged_once(pairs)
     # slot 0 over every action it can take, the no-offer draw included: sums to 1
     assert logged["R1"] == pytest.approx((1 - share) * (0.7 + 0.3 / 6))
     assert_frequencies_match(slot0, logged)
+    logged1 = logged_once(pairs1)  # given R1 (food), the cap leaves R3-R6: R3 is the best
+    assert logged1["R3"] == pytest.approx(0.7 + 0.3 / 4)
+    assert_frequencies_match(slot1, logged1)
     assert abs(withheld / draws - share) < 4 * np.sqrt(share * (1 - share) / draws)
 
 
@@ -375,6 +384,8 @@ def test_cold_start_explores_rewards_uniformly_over_the_eligible_ones() -> None:
     eligible = ["R1", "R2", "R3", "R4", "R5", "R6"]  # GOLD is above a Bronze member's tier
     slot0: Counter[str] = Counter()
     pairs: list[tuple[Hashable, float]] = []
+    after_r1: Counter[str] = Counter()  # the second slot, given R1 in the first
+    pairs_after_r1: list[tuple[Hashable, float]] = []
     same_category = 0
     for _ in range(6_000):
         d = decide(rec, no_champion=FAMILIES)
@@ -390,14 +401,20 @@ def test_cold_start_explores_rewards_uniformly_over_the_eligible_ones() -> None:
             pairs.append(("no offer", share))
             continue
         assert all(o.reason == COLD_START_REASON for o in r.rewards)
+        # the no-offer share is a factor of the first slot only: the later ones are given the
+        # earlier ones, where an offer is certain
         assert [i["shown_probability"] for i in rewards] == pytest.approx(
-            [(1 - share) / 6, (1 - share) / 5, (1 - share) / 4])
+            [(1 - share) / 6, 1 / 5, 1 / 4])
+        if rewards[0]["item_id"] == "R1":
+            after_r1[rewards[1]["item_id"]] += 1
+            pairs_after_r1.append((rewards[1]["item_id"], rewards[1]["shown_probability"]))
         assert {i["item_id"] for i in rewards} <= set(eligible)
         categories = [o.category for o in r.rewards]
         same_category += len(set(categories)) < len(categories)
         slot0[rewards[0]["item_id"]] += 1
         pairs.append((rewards[0]["item_id"], rewards[0]["shown_probability"]))
     assert_frequencies_match(slot0, logged_once(pairs))
+    assert_frequencies_match(after_r1, logged_once(pairs_after_r1))
     assert same_category > 0  # uniform over every eligible reward: no diversity cap
 
 
@@ -865,3 +882,45 @@ def test_the_gate_re_runs_a_trial_and_the_champion_as_they_served_together() -> 
     np.testing.assert_allclose(mixed.to_numpy(), read["p_logging"].to_numpy(), atol=1e-9)
     weights = read["p_candidate"] / read["p_logging"]
     assert weights.max() <= 1 / share + 1e-9  # the trial's own traffic bounds its weights
+
+
+def test_a_tier_unknown_or_unread_serves_the_lowest_tier_and_says_so() -> None:
+    """tier_rank -1 (a tier the vocabulary lacks) or NaN (not read) would refuse every reward
+    by eligibility, or crash the tier lookup: the member is served as the lowest tier, the
+    answer flagged, with consent or without, inside an experiment or not."""
+    rec = recommender(seed=21)
+    lowest = decide(rec, RewardModel(), DifficultyModel()).response
+    for rank in (-1.0, float("nan"), float("inf")):
+        features = {**MEMBER, "tier_rank": rank}
+        for consent in (True, False):
+            for arm in (None, "model", "holdout"):
+                r = decide(rec, RewardModel(), DifficultyModel(), features=features,
+                           consent=consent, arm=arm, experiment_id="e1" if arm else None)
+                if arm != "holdout":
+                    assert r.response.rewards, (rank, consent, arm)
+                    assert {o.reward_id for o in r.response.rewards} <= {
+                        "R1", "R2", "R3", "R4", "R5", "R6"}  # GOLD is above the lowest tier
+                if consent:  # without consent the service scores the lowest tier anyway
+                    assert UNKNOWN_TIER_REASON in r.response.degraded_reasons
+    assert not lowest.degraded and lowest.rewards
+
+
+def test_a_trial_reads_history_less_values_for_a_member_without_history() -> None:
+    """A new member (or one without consent) is scored as a history-less member of the tier:
+    a version on trial that reads inputs the champion does not must get those values too,
+    not zeros (what it is given is what the decision logs)."""
+    class WiderTrial(TrialRewardModel):
+        features = [*RewardModel.features, "days_since_last_visit", "redemption_rate"]
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.meta = self.meta.model_copy(update={"service_features": self.features})
+
+    rec = trial_recommender(0.5, seed=3)
+    trial = WiderTrial()
+    for features, consent in ((None, True), (MEMBER, False)):
+        d = decide(rec, RewardModel(), DifficultyModel(), features=features, consent=consent,
+                   reward_trial=trial)
+        logged = d.record.features
+        assert logged["days_since_last_visit"] == NEVER_DAYS
+        assert logged["redemption_rate"] == MISSING_RATE

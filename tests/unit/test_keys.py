@@ -61,7 +61,15 @@ def test_malformed_keys_have_no_id(raw: str) -> None:
     assert parse_key_id(raw) is None
 
 
-def test_authenticate_checks_the_secret_and_revocation(keys: KeyStore) -> None:
+def test_authenticate_checks_the_secret_and_revocation(keys: KeyStore,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import serving.api.auth
+
+    from types import SimpleNamespace
+
+    clock = [1_000.0]  # the cache's clock, moved by hand: the machine's load cannot expire it
+    monkeypatch.setattr(serving.api.auth, "time",
+                        SimpleNamespace(monotonic=lambda: clock[0], time=time.time))
     record, raw = keys.create("crm", ["recommend"])
     auth = auth_for(keys, ttl=0.2)
     principal = asyncio.run(auth.authenticate(raw))
@@ -75,8 +83,9 @@ def test_authenticate_checks_the_secret_and_revocation(keys: KeyStore) -> None:
         auth.authorize(principal, "admin")
     assert err.value.status == 403
     keys.revoke(record.key_id)
+    clock[0] += 0.15
     asyncio.run(auth.authenticate(raw))  # still cached: revocation waits for the TTL
-    time.sleep(0.25)
+    clock[0] += 0.1
     with pytest.raises(ApiError):
         asyncio.run(auth.authenticate(raw))
 

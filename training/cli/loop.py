@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+import sys
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -31,6 +34,17 @@ def _as_of(value: str | None) -> Any:
     if when.tzinfo is None:
         raise UserError(f"--as-of: {value!r} has no time zone (add Z or +00:00)")
     return when
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, infinity) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def join_report_for(store: Any, as_of: Any) -> Any:
@@ -89,16 +103,23 @@ def retrain(
     from training.retrain import RetrainSettings
     from training.retrain import retrain as run
 
+    import pandas as pd
+
     store = _settings(data_dir)
     require_event_store(store)
     when = _as_of(as_of)
-    try:
-        record = run(store, get_train_settings(), RetrainSettings(), as_of=when.to_pydatetime(),
-                     force=force, progress=echo_err)
+    if when > pd.Timestamp(datetime.now(UTC)) + pd.Timedelta(minutes=5):
+        # windows still open then would count as closed, and their partial labels be frozen
+        raise UserError(f"--as-of: {as_of!r} is in the future; a retrain reads the store as "
+                        "of an instant that has passed")
+    try:  # libraries print progress on stdout (Feast's materialize): stdout is the answer's
+        with contextlib.redirect_stdout(sys.stderr):
+            record = run(store, get_train_settings(), RetrainSettings(),
+                         as_of=when.to_pydatetime(), force=force, progress=echo_err)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    if as_json:
-        typer.echo(json.dumps(record, default=str))
+    if as_json:  # strict JSON: NaN and infinities as null, for jq and every parser
+        typer.echo(json.dumps(_finite(record), default=str, allow_nan=False))
     else:
         for fam in record.get("families", []):
             verdict = "promoted" if fam["promoted"] else "kept the champion"
@@ -112,4 +133,4 @@ def retrain(
                 typer.echo(f"{fam['name']} v{fam['on_trial']} is on trial: serving runs it on "
                            "REWARDS_TRIAL_SHARE of decisions until the next retrain")
         if record["status"] == "unchanged":
-            typer.echo(f"unchanged: no decision closed since snapshot {record['snapshot']['id']}")
+            typer.echo(f"unchanged: no decision closed since snapshot {record['snapshot']}")

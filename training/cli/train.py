@@ -211,6 +211,11 @@ def models_trial(
         raise UserError(f"NAME: only the reward model runs trials, not {name!r}")
     if (version is None) == (not end):
         raise UserError("VERSION: give a version to put on trial, or --end to end the trial")
+    if version is not None:  # "5" or "v5", as versions are printed
+        number = version[1:] if version[:1] in ("v", "V") else version
+        if not number.isdigit():
+            raise UserError(f"VERSION: a version number such as 5 (or v5), got {version!r}")
+        version = str(int(number))
     _registry(data_dir)
     _registered(name)
     event = tracking.set_trial(name, None if end else version, reason=reason)

@@ -337,7 +337,9 @@ def _check_target(target: pd.DataFrame) -> tuple[pd.DataFrame, FloatArray]:
                             f"{PROB_SUM_TOL:g}) for {n_bad} (decision_id, slot) pairs, e.g. "
                             f"{_describe(keys, row - 1)} sums to {totals[row - 1]:.6g} "
                             f"(first at row {row})")
-    return keys, probability
+    # a distribution summing to 1 within the tolerance may hold 1.0000004 (float32 softmax):
+    # valid, and the estimators take probabilities in [0, 1]
+    return keys, np.minimum(probability, 1.0)
 
 
 def _keys(frame: pd.DataFrame, source: str, names: tuple[str, ...]) -> pd.DataFrame:
@@ -361,7 +363,9 @@ def _keys(frame: pd.DataFrame, source: str, names: tuple[str, ...]) -> pd.DataFr
                                 f"(first at row {_first(null)})")
         if pd.api.types.is_float_dtype(values) and (values % 1 == 0).all():
             values = values.astype(np.int64)  # 3.0 and "3" name the same action
-        out[name] = values.astype(str)
+        text = values.astype(str)
+        # and so does the text "3.0" (a CSV written from a float column: keys are read as text)
+        out[name] = text.str.replace(r"^(-?\d+)\.0+$", r"\1", regex=True)
     return pd.DataFrame(out)
 
 

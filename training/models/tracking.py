@@ -514,7 +514,10 @@ def rollback(name: str, reason: str = "", actor: str | None = None) -> HistoryEv
     if not stack:
         raise RegistryError(f"{name} has no earlier champion to roll back to")
     client.set_registered_model_alias(name, CHAMPION, stack[-1])
-    return _record(client, model, "rollback", stack[-1], current, actor=actor, reason=reason)
+    event = _record(client, model, "rollback", stack[-1], current, actor=actor, reason=reason)
+    if _alias(model, TRIAL) == stack[-1]:  # the champion serves every decision now
+        set_trial(name, None, reason="rolled back to champion", actor=actor)
+    return event
 
 
 def download_champion(name: str, dest_root: Path) -> Path:
