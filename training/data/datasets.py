@@ -54,7 +54,8 @@ class TimeSplit:
         valid_days = max(1, round(span * valid_share))
         if test_days + valid_days >= span:
             raise ValueError(f"decisions span {span} days: too short to split into "
-                             "train/valid/test; simulate more days")
+                             "train/valid/test: wait for more decisions or import more history "
+                             "(a simulated world: simulate more days)")
         test_from = first + pd.Timedelta(days=span - test_days)
         split = cls(start, test_from - pd.Timedelta(days=valid_days), test_from, end)
         if set(split.part(decisions)) == {"train", "valid", "test"}:
@@ -68,7 +69,8 @@ class TimeSplit:
         valid_day = after[after >= test_share + valid_share].index.max()
         if not (days.index.min() < valid_day < test_day):
             raise ValueError(f"decisions on {len(days)} days: too few to split into "
-                             "train/valid/test; simulate more days")
+                             "train/valid/test: wait for more decisions or import more history "
+                             "(a simulated world: simulate more days)")
         return cls(start, valid_day, test_day, end)
 
     def part(self, ts: pd.Series) -> np.ndarray:
