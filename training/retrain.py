@@ -433,18 +433,17 @@ def _next_trial(trial_gate: Any, trial: dict[str, Any] | None, on_trial: str | N
     gain of +0.3 at -8.0 [-18.6, -0.3]). The trial measures it on its own traffic, where a
     version shown worse ends its trial at the next retrain: what a bad candidate can cost is
     the trial share of one period."""
-    if trial_gate is not None and trial is not None and not trial["promoted"] \
-            and trial_gate.difference is None and on_trial is not None:
-        # too few of its decisions labelled yet (a retrain more frequent than the attribution
-        # window): it has not been measured, so it is neither replaced nor ended
-        trial["reason"] += "; kept on trial until enough of its decisions are labelled"
-        return on_trial
-    if trial_gate is not None and trial is not None and not trial["promoted"] \
-            and promising(trial_gate, patience):
-        need = trial_gate.difference.decisions_to_show(trial_gate.difference.dr)
-        trial["reason"] += (f"; kept on trial: its estimated gain would be shown on about "
-                            f"{need:,.0f} decisions")
-        return on_trial
+    if trial_gate is not None and trial is not None and not trial["promoted"]:
+        if trial_gate.difference is None and on_trial is not None:
+            # too few of its decisions labelled yet (a retrain more frequent than the
+            # attribution window): it has not been measured, so neither replaced nor ended
+            trial["reason"] += "; kept on trial until enough of its decisions are labelled"
+            return on_trial
+        if promising(trial_gate, patience):
+            need = trial_gate.difference.decisions_to_show(trial_gate.difference.dr)
+            trial["reason"] += (f"; kept on trial: its estimated gain would be shown on about "
+                                f"{need:,.0f} decisions")
+            return on_trial
     if has_champion and candidate is not None:
         return candidate
     if trial_gate is not None and trial_gate.difference is not None \

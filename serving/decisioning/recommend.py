@@ -242,10 +242,10 @@ class Recommender:
         else:
             features = facts.features
         history = facts.features is not None and personalized
-        tier_rank = features.get("tier_rank", 0.0)
-        if not (math.isfinite(tier_rank) and tier_rank >= 0):  # -1: a tier the vocabulary
-            reasons.append(UNKNOWN_TIER_REASON)  # lacks; NaN: none read. Eligibility would
-            tier_rank = 0.0  # refuse every reward: the lowest tier's are what it may have
+        known_rank = _known_rank(features)
+        if known_rank is None:  # eligibility would refuse every reward: the lowest tier's are
+            reasons.append(UNKNOWN_TIER_REASON)  # what such a member may have
+        tier_rank = known_rank or 0.0
         reward_cold = reward_model is None and "reward" in no_champion
         difficulty_cold = difficulty_model is None and "difficulty" in no_champion
         fell_back: list[str] = []  # families whose model failed in this decision
@@ -648,13 +648,18 @@ def _member_names(*models: ScoringModel | None) -> list[str]:
     return names or ["tier_rank"]
 
 
+def _known_rank(features: dict[str, float] | None) -> float | None:
+    """The member's tier rank; None when unknown (-1: a tier the vocabulary lacks; NaN or
+    infinite: none read)."""
+    value = float((features or {}).get("tier_rank", 0.0))
+    return value if math.isfinite(value) and value >= 0 else None
+
+
 def _tier_of(features: dict[str, float] | None, tiers: Sequence[str]) -> str:
-    """The member's tier by its rank; the lowest when the rank is unknown (-1, NaN)."""
+    """The member's tier by its rank; the lowest when the rank is unknown."""
     if not tiers:
         return ""
-    value = float((features or {}).get("tier_rank", 0))
-    rank = int(value) if math.isfinite(value) else 0
-    return tiers[min(max(rank, 0), len(tiers) - 1)]
+    return tiers[min(int(_known_rank(features) or 0), len(tiers) - 1)]
 
 
 def _days_since(ids: np.ndarray, recent: dict[str, datetime], now: datetime) -> np.ndarray:

@@ -39,27 +39,21 @@ ASSIGNMENT_COLUMNS = ["decision_id", "member_id", "event_timestamp", "challenge_
                       "propensity", "target_probability", "source", "policy", "slot", "arm"]
 
 
-def _served(decisions: pd.DataFrame) -> pd.DataFrame:
-    """The policy that served each decision, its experiment arm and model versions, by
-    decision id (None where the log predates a column)."""
+def _served(decisions: pd.DataFrame, family_flag: str) -> pd.DataFrame:
+    """The policy that served each decision as one family saw it, its experiment arm and model
+    versions, by decision id (None where the log predates a column). The policy is ``model``
+    where the family's own model chose its items (its ``family_flag``: a decision whose other
+    family was in cold start or fell back still has model-chosen items, which training must
+    weight), else the decision's (also where the flag was not recorded)."""
     columns = ["policy", "arm", "model_versions"]
     index = pd.Index(decisions["decision_id"], name="decision_id")
-    return pd.DataFrame({c: decisions[c].to_numpy() if c in decisions else None
-                         for c in columns}, index=index, columns=columns)
-
-
-def _family_policy(decisions: pd.DataFrame, flag: str) -> pd.Series:
-    """Each decision's policy as one family saw it, by decision id: ``model`` where the
-    family's own model chose its items (its ``flag``: a decision whose other family was in
-    cold start or fell back still has model-chosen items, which training must weight), else
-    the decision's policy (also where the flag was not recorded)."""
-    policy = pd.Series(decisions["policy"].to_numpy(dtype=object, copy=True)  # not a view
-                       if "policy" in decisions else None,
-                       index=pd.Index(decisions["decision_id"], name="decision_id"), dtype=object)
-    if flag in decisions:
-        chosen = decisions[flag].astype("boolean").fillna(False).to_numpy(dtype=bool)
-        policy[chosen] = "model"
-    return policy
+    out = pd.DataFrame({c: decisions[c].to_numpy(dtype=object, copy=True)  # not views
+                        if c in decisions else None for c in columns}, index=index,
+                       columns=columns)
+    if family_flag in decisions:
+        chosen = decisions[family_flag].astype("boolean").fillna(False).to_numpy(dtype=bool)
+        out.loc[chosen, "policy"] = "model"
+    return out
 
 
 def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
@@ -73,8 +67,7 @@ def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFram
     offer. (Holdout decisions logged before their no-offer probability was recorded have none
     and stay out.)
     """
-    meta = _served(decisions)
-    meta["policy"] = _family_policy(decisions, "reward_model")
+    meta = _served(decisions, "reward_model")
     rewards = items[(items["item_type"] == "reward") & items["decision_id"].isin(meta.index)]
     offered = pd.DataFrame({
         "decision_id": rewards["decision_id"].to_numpy(),
@@ -109,8 +102,7 @@ def offers_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFram
 def assignments_from_log(decisions: pd.DataFrame, items: pd.DataFrame) -> pd.DataFrame:
     """Challenge decisions of the service's log: template, target, and the probabilities the
     slot and the target were drawn with (experiments' arms included, as for rewards)."""
-    meta = _served(decisions)
-    meta["policy"] = _family_policy(decisions, "difficulty_model")
+    meta = _served(decisions, "difficulty_model")
     rows = items[(items["item_type"] == "challenge") & items["decision_id"].isin(meta.index)
                  & items["target"].notna()]
     target_p = (rows["target_probability"] if "target_probability" in rows
@@ -237,6 +229,27 @@ class JoinReport:
         return json.dumps(self.as_dict(), indent=2)
 
 
+def _windows(offers: pd.DataFrame, assignments: pd.DataFrame) -> pd.Series:
+    """The end of the window of what an outcome can label, by (decision id, item): item ""
+    for a purchase (the decision's reward rows, control included), a reward id for a
+    redemption, a challenge id for a completion."""
+    parts = []
+    if len(offers):
+        end = closes_at(offers).to_numpy()
+        parts += [pd.DataFrame({"decision_id": offers["decision_id"], "item": "", "end": end}),
+                  pd.DataFrame({"decision_id": offers["decision_id"],
+                                "item": offers["reward_id"].fillna(""), "end": end})]
+    if len(assignments):
+        parts.append(pd.DataFrame({"decision_id": assignments["decision_id"],
+                                   "item": assignments["challenge_id"],
+                                   "end": closes_at(assignments).to_numpy()}))
+    if not parts:
+        return pd.Series(dtype=TS_DTYPE, index=pd.MultiIndex.from_arrays(
+            [[], []], names=["decision_id", "item"]))
+    frame = pd.concat(parts, ignore_index=True).astype({"decision_id": str, "item": str})
+    return frame.groupby(["decision_id", "item"])["end"].max()
+
+
 def closes_at(decisions: pd.DataFrame) -> pd.Series:
     """When each decision's label became final: the end of its window (``window_end``).
 
@@ -282,25 +295,11 @@ def join_report(events: pd.DataFrame, offers: pd.DataFrame, assignments: pd.Data
     known = out["decision_id"].isin(per.index)
     # the rows an event can label: its decision's reward rows (a purchase, or a redemption of
     # a reward it offered) or the challenge it assigned; the window is those rows'
-    completion = (out["event_type"] == "challenge_completed").to_numpy()
-    key = out["decision_id"].astype(str) + "\x1f" + np.where(
-        completion, out["challenge_id"].fillna("").astype(str),
-        np.where(out["event_type"] == "redemption", out["reward_id"].fillna("").astype(str), ""))
-    windows = []
-    if len(offers):
-        reward_end = closes_at(offers)
-        windows.append(pd.Series(reward_end.to_numpy(), index=offers["decision_id"].astype(str)
-                                 + "\x1f").groupby(level=0).max())  # purchases
-        named = offers["reward_id"].fillna("").astype(str)
-        windows.append(pd.Series(reward_end.to_numpy(), index=offers["decision_id"].astype(str)
-                                 + "\x1f" + named)[named.to_numpy() != ""])
-    if len(assignments):
-        windows.append(pd.Series(closes_at(assignments).to_numpy(),
-                                 index=assignments["decision_id"].astype(str) + "\x1f"
-                                 + assignments["challenge_id"].astype(str)))
-    window = (pd.concat(windows).groupby(level=0).max() if windows
-              else pd.Series(dtype="datetime64[us, UTC]"))
-    end = key.map(window)
+    item = np.where(out["event_type"] == "challenge_completed", out["challenge_id"],
+                    np.where(out["event_type"] == "redemption", out["reward_id"], ""))
+    key = pd.MultiIndex.from_arrays([out["decision_id"].astype(str),
+                                     pd.Series(item, index=out.index).fillna("").astype(str)])
+    end = pd.Series(_windows(offers, assignments).reindex(key).to_numpy(), index=out.index)
     in_decision = known & end.notna()
     by_id = in_decision & (out["matched_by"] == "decision_id")
     by_item = in_decision & (out["matched_by"] == "member_item")
