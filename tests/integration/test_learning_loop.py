@@ -184,7 +184,8 @@ def _tree_digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_a_back_dated_retrain_leaves_serving_features_alone(loop_world) -> None:  # noqa: ANN001
+def test_a_back_dated_retrain_leaves_serving_features_alone(  # noqa: ANN001
+        loop_world, monkeypatch) -> None:
     """`rewards retrain --as-of LAST_WEEK` on a live program trains on features as of then,
     but campaigns (score-batch), materialize and the online store keep today's features."""
     from fastapi.testclient import TestClient
@@ -203,7 +204,8 @@ def test_a_back_dated_retrain_leaves_serving_features_alone(loop_world) -> None:
     events = open_event_store(ServeSettings().events(store))
     logged = len(events.decision_log()[0])
     events.close()
-    if logged == 0:  # run on its own: one cold-start round to learn from
+    if logged == 0:  # run on its own: one cold-start round to learn from, as the test above
+        monkeypatch.setenv("REWARDS_NO_OFFER_SHARE", "0.1")
         truth = Truth(store.world_dir)
         rng = np.random.default_rng(1)
         settings = ServeSettings(auth_disabled=True, model_poll_seconds=0, seed=1)

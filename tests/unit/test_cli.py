@@ -168,7 +168,8 @@ def test_retrain_json_is_the_only_thing_on_stdout_and_is_strict_json(
     data.mkdir()
     (data / "events.db").touch()  # an event store to read (the retrain itself is faked)
 
-    def fake(store, settings, loop, *, as_of, force, as_present, progress):  # noqa: ANN001, ANN202, ARG001
+    def fake(store, settings, loop, *, as_of, force,  # noqa: ANN001, ANN202, ARG001
+             as_present, progress):  # noqa: ANN001, ARG001
         print("Materializing 1 feature views to 2026-03-01 00:00:00+00:00")  # as Feast does
         progress("- reward model ...")
         return {"status": "trained", "snapshot": "abc", "families": [],
@@ -198,7 +199,8 @@ def test_only_a_run_as_of_the_present_refreshes_serving_features(
     (data / "events.db").touch()
     seen: dict[str, object] = {}
 
-    def fake(store, settings, loop, *, as_of, force, as_present, progress):  # noqa: ANN001, ANN202, ARG001
+    def fake(store, settings, loop, *, as_of, force,  # noqa: ANN001, ANN202, ARG001
+             as_present, progress):  # noqa: ANN001, ARG001
         seen["as_present"] = as_present
         return {"status": "unchanged", "snapshot": "abc"}
 
