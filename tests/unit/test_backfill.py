@@ -74,3 +74,16 @@ def test_a_nested_lock_does_not_undo_a_running_backfill(tmp_path: Path) -> None:
         with exclusive(tmp_path, "rewards features build"):
             assert (features / "member_features.parquet").read_bytes() == b"last week"
     assert (features / "member_features.parquet").read_bytes() == b"today"
+
+
+def test_campaign_scoring_reads_the_live_folder_while_a_backfill_runs(tmp_path: Path) -> None:
+    from training.data.backfill import live_features
+
+    features = _live(tmp_path)
+    assert live_features(features) == features
+    with live_features_kept(features):
+        features.mkdir()
+        (features / "member_features.parquet").write_bytes(b"last week")
+        assert (live_features(features) / "member_features.parquet").read_bytes() == b"today"
+    assert live_features(features) == features
+

@@ -25,6 +25,13 @@ def aside_path(features_dir: Path) -> Path:
     return features_dir.with_name(features_dir.name + ASIDE_SUFFIX)
 
 
+def live_features(features_dir: Path) -> Path:
+    """The live feature folder, for readers that do not take the lock (campaign scoring): the
+    one aside while a back-dated run (or what a killed one left) has the usual place."""
+    aside = aside_path(features_dir)
+    return aside if aside.is_dir() else features_dir
+
+
 def restore_leftover(features_dir: Path) -> bool:
     """Put back a live folder a killed back-dated run left aside; whether there was one.
 
