@@ -295,7 +295,7 @@ def main() -> None:
                 f"{shares.get('consenting_policy_share_of_oracle', float('nan')):.3f}")
             as_of = start + timedelta(days=args.round_days)
             t1 = time.perf_counter()
-            out = rewards_cli("retrain", "--as-of", as_of.isoformat(), "--json")
+            out = rewards_cli("retrain", "--as-of", as_of.isoformat(), "--as-present", "--json")
             record = json.loads(out)  # stdout is the JSON alone
             retrain_s = time.perf_counter() - t1
             life.covered(as_of)  # the retrain rebuilt every member's features as of then

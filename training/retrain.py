@@ -94,22 +94,36 @@ def _quiet(_: str) -> None:
 
 
 def retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings, *,
-            as_of: datetime | None = None, force: bool = False,
+            as_of: datetime | None = None, force: bool = False, as_present: bool | None = None,
             progress: Progress = _quiet) -> dict[str, Any]:
     """Run the loop once; returns what happened (also written to ``snapshots/latest.json``).
     Raises ``DataFolderBusy`` when another job writes to the data folder (an overlapping cron
-    run): it changes nothing then."""
+    run): it changes nothing then.
+
+    ``as_present`` says whether ``as_of`` is the program's present (default: only when no
+    ``as_of`` is given). Then the online store is refreshed from the run's features and they
+    stay the feature folder's. Otherwise (a backfill) the run builds and trains on features as
+    of then, and serving's online store and the live feature folder are left as they were.
+    A simulation whose clock is not the wall clock passes True."""
+    from training.data.backfill import live_features_kept
     from training.data.job_lock import exclusive
 
     cut = pd.Timestamp(as_of or datetime.now(UTC))
     if cut.tzinfo is None:
         raise ValueError(f"--as-of: give a time zone (e.g. {cut.isoformat()}Z)")
+    present = as_of is None if as_present is None else as_present
     with exclusive(store.data, "rewards retrain"):
-        return _retrain(store, settings, loop, cut, force, progress)
+        if present:
+            return _retrain(store, settings, loop, cut, force, progress, present=True)
+        progress(f"a back-dated run (as of {cut.isoformat()}): the live features are kept "
+                 "aside, the online store is left alone")
+        with live_features_kept(store.features_dir):
+            return _retrain(store, settings, loop, cut, force, progress, present=False)
 
 
 def _retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings,
-             cut: pd.Timestamp, force: bool, progress: Progress) -> dict[str, Any]:
+             cut: pd.Timestamp, force: bool, progress: Progress, *, present: bool
+             ) -> dict[str, Any]:
     from training.cli.data import build_store_features, materialize
     from training.data.history import read_watermark
     from training.data.snapshots import read_latest, take_snapshot, write_latest
@@ -139,8 +153,14 @@ def _retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSetting
     if last is not None and last.get("snapshot") == snap.id and not force:
         progress(f"  nothing new since the last retrain (snapshot {snap.id}): models unchanged")
         return {"status": "unchanged", "snapshot": snap.id, "snapshot_detail": snap.as_dict(),
-                "last": last}
-    step("online store (apply, materialize)", lambda: materialize(store, apply=True, echo=False))
+                "last": last, "online_store": "unchanged"}
+    if present:
+        step("online store (apply, materialize)",
+             lambda: materialize(store, apply=True, echo=False))
+    else:  # the registry only: training reads the offline sources through it
+        from training.data.feast_ops import apply_repo
+
+        step("feature registry (apply)", lambda: apply_repo(store))
 
     from training.pipeline import Publish, train_difficulty, train_reward
 
@@ -171,6 +191,7 @@ def _retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSetting
         "status": "trained", "as_of": cut.isoformat(), "snapshot": snap.id,
         "snapshot_detail": snap.as_dict(), "rows": built.get("rows", {}),
         "families": [o.__dict__ for o in outcomes], "reloads": reloads,
+        "online_store": "refreshed" if present else "unchanged (back-dated run)",
         "timings": timings, "seconds": round(time.perf_counter() - started, 1),
     }
     _log_run(store, settings, record)

@@ -80,7 +80,7 @@ def test_cold_start_then_retrain_from_own_decisions(loop_world, monkeypatch) -> 
     as_of = start + timedelta(days=14)
     train = TrainSettings(policy_eval_members=500, min_child_samples=40, num_leaves=15)
     loop = RetrainSettings(min_decisions=100, min_assignments=50, bootstrap=200)
-    record = retrain(store, train, loop, as_of=as_of)
+    record = retrain(store, train, loop, as_of=as_of, as_present=True)
     assert record["status"] == "trained"
     snap = record["snapshot_detail"]
     assert snap["offers"] == 1_500  # one reward or the no-offer draw each, all windows closed
@@ -125,7 +125,7 @@ def test_cold_start_then_retrain_from_own_decisions(loop_world, monkeypatch) -> 
     assert truth.greedy_share(gate, "p_candidate") == pytest.approx(expected)
 
     # cron-ready: the same closed decisions, nothing to do
-    again = retrain(store, train, loop, as_of=as_of)
+    again = retrain(store, train, loop, as_of=as_of, as_present=True)
     assert again["status"] == "unchanged" and again["snapshot"] == record["snapshot"]
 
     report = join_report_for(store, pd.Timestamp(as_of))
@@ -149,7 +149,7 @@ def test_cold_start_then_retrain_from_own_decisions(loop_world, monkeypatch) -> 
         return frame
 
     serve_round(as_of)
-    second = retrain(store, train, loop, as_of=as_of + timedelta(days=14))
+    second = retrain(store, train, loop, as_of=as_of + timedelta(days=14), as_present=True)
     fam = second["families"][0]
     assert fam["candidate"] == "2" and fam["trial"] is None  # nothing was on trial yet
     if fam["promoted"]:
@@ -162,7 +162,7 @@ def test_cold_start_then_retrain_from_own_decisions(loop_world, monkeypatch) -> 
     by_trial = tags[offered].map(lambda v: v["reward"] == "2").mean()
     assert 0.2 < by_trial < 0.4  # REWARDS_TRIAL_SHARE 0.3
 
-    third = retrain(store, train, loop, as_of=as_of + timedelta(days=28))
+    third = retrain(store, train, loop, as_of=as_of + timedelta(days=28), as_present=True)
     fam = third["families"][0]
     trial = fam["trial"]
     assert trial is not None and trial["version"] == "2"
@@ -175,3 +175,61 @@ def test_cold_start_then_retrain_from_own_decisions(loop_world, monkeypatch) -> 
     np.testing.assert_allclose(0.7 * read["p_champion"] + 0.3 * read["p_candidate"],
                                read["p_logging"], rtol=1e-6)
     assert (read["p_candidate"] / read["p_logging"]).max() <= 1 / 0.3 + 1e-6
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_back_dated_retrain_leaves_serving_features_alone(  # noqa: ANN001
+        loop_world, monkeypatch) -> None:
+    """`rewards retrain --as-of LAST_WEEK` on a live program trains on features as of then,
+    but campaigns (score-batch), materialize and the online store keep today's features."""
+    from fastapi.testclient import TestClient
+
+    from serving.config import ServeSettings
+    from serving.main import create_app
+    from serving.stores.events import open_event_store
+    from serving.stores.features import open_store
+    from training.config import TrainSettings
+    from training.retrain import RetrainSettings, retrain
+    from training.simulate.loop import Truth, answer_round, run_round
+
+    store = loop_world
+    world = json.loads((store.world_dir / "world.json").read_text())
+    start = pd.Timestamp(world["end"], tz="UTC").to_pydatetime()
+    events = open_event_store(ServeSettings().events(store))
+    logged = len(events.decision_log()[0])
+    events.close()
+    if logged == 0:  # run on its own: one cold-start round to learn from, as the test above
+        monkeypatch.setenv("REWARDS_NO_OFFER_SHARE", "0.1")
+        truth = Truth(store.world_dir)
+        rng = np.random.default_rng(1)
+        settings = ServeSettings(auth_disabled=True, model_poll_seconds=0, seed=1)
+        with TestClient(create_app(store, settings)) as client:
+            frame, times = run_round(client, client.app.state.services,
+                                     truth.world.members.index.to_numpy(), start, 7.0, rng)
+            answer_round(client, store.world_dir, frame, times, 7, truth.rewards, rng)
+
+    members = [str(m) for m in range(1, 40)]
+
+    def online() -> pd.DataFrame:
+        return open_store(store).get_online_features(
+            features=["member_daily:purchases_30d", "member_daily:days_since_last_visit"],
+            entity_rows=[{"member_id": m} for m in members]).to_df()
+
+    live_files, live_online = _tree_digest(store.features_dir), online()
+    train = TrainSettings(policy_eval_members=500, min_child_samples=40, num_leaves=15)
+    loop = RetrainSettings(min_decisions=100, min_assignments=50, bootstrap=200)
+    record = retrain(store, train, loop, as_of=start + timedelta(days=14), force=True,
+                     as_present=False)
+    assert record["status"] == "trained"
+    assert record["online_store"].startswith("unchanged")
+    # it learnt from the first round only, as the store stood then
+    assert record["snapshot_detail"]["offers"] == 1_500
+    assert _tree_digest(store.features_dir) == live_files
+    assert not store.features_dir.with_name("features.live").exists()
+    pd.testing.assert_frame_equal(online(), live_online)

@@ -168,7 +168,8 @@ def test_retrain_json_is_the_only_thing_on_stdout_and_is_strict_json(
     data.mkdir()
     (data / "events.db").touch()  # an event store to read (the retrain itself is faked)
 
-    def fake(store, settings, loop, *, as_of, force, progress):  # noqa: ANN001, ANN202, ARG001
+    def fake(store, settings, loop, *, as_of, force,  # noqa: ANN001, ANN202, ARG001
+             as_present, progress):  # noqa: ANN001, ARG001
         print("Materializing 1 feature views to 2026-03-01 00:00:00+00:00")  # as Feast does
         progress("- reward model ...")
         return {"status": "trained", "snapshot": "abc", "families": [],
@@ -181,6 +182,32 @@ def test_retrain_json_is_the_only_thing_on_stdout_and_is_strict_json(
     record = json.loads(result.stdout)
     assert record["metrics"] == {"auc": None, "ok": 0.5, "worst": None}
     assert "Materializing" in result.stderr and "reward model" in result.stderr
+
+
+@pytest.mark.parametrize(("args", "present"), [
+    ([], True),  # a cron run: now is the present
+    (["--as-of", "2026-03-01T00:00:00Z"], False),  # a backfill leaves serving's features
+    (["--as-of", "2026-03-01T00:00:00Z", "--as-present"], True),  # a simulation's clock
+])
+def test_only_a_run_as_of_the_present_refreshes_serving_features(
+        args: list[str], present: bool, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.retrain
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "events.db").touch()
+    seen: dict[str, object] = {}
+
+    def fake(store, settings, loop, *, as_of, force,  # noqa: ANN001, ANN202, ARG001
+             as_present, progress):  # noqa: ANN001, ARG001
+        seen["as_present"] = as_present
+        return {"status": "unchanged", "snapshot": "abc"}
+
+    monkeypatch.setattr(training.retrain, "retrain", fake)
+    result = runner.invoke(app, ["retrain", *args, "--json", "--data-dir", str(data)])
+    assert result.exit_code == 0, result.output
+    assert seen == {"as_present": present}
 
 
 def test_retrain_refuses_an_as_of_in_the_future(tmp_path: Path) -> None:

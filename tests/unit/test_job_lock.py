@@ -86,3 +86,19 @@ def test_retrain_during_another_job_exits_75_and_changes_nothing(
     assert "rewards features build" in lines[0] and "Traceback" not in result.output
     assert sorted(p.name for p in data.iterdir()) == before
     assert json.loads((data / LOCK_FILE).read_text())["pid"] == held.pid
+
+
+def test_materialize_during_another_job_exits_75(
+        tmp_path: Path, held: subprocess.Popen[str]) -> None:
+    """During a back-dated retrain the feature folder holds last week's features:
+    materialize would load them into the online store, so it waits its turn too."""
+    from training.cli.common import FEATURE_FILES
+
+    features = tmp_path / "data" / "features"
+    features.mkdir(parents=True)
+    for name in FEATURE_FILES:
+        (features / name).write_bytes(b"")
+    result = CliRunner().invoke(app, ["features", "materialize",
+                                      "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == BUSY_EXIT, result.output
+    assert "rewards features build" in result.output and "Traceback" not in result.output

@@ -256,17 +256,21 @@ def features_materialize(
 
 def materialize(settings: StoreSettings, apply: bool = True, echo: bool = True
                 ) -> dict[str, Any]:
-    """Load the world's latest features into the online store (applying the repo first)."""
+    """Load the world's latest features into the online store (applying the repo first).
+
+    Holds the data folder's lock: the folder it reads is a backfill's while one runs."""
     from training.data.feast_ops import apply_repo, materialize_world
     from training.data.history import read_history_meta
+    from training.data.job_lock import exclusive
 
     require_pipeline(settings, through="features" if apply else "feast")
-    meta = read_history_meta(settings.features_dir)
-    start = meta.start_ts.to_pydatetime()
-    t0 = time.perf_counter()
-    if apply:
-        apply_repo(settings)
-    materialize_world(settings, start, meta.days)
+    with exclusive(settings.data, "rewards features materialize"):
+        meta = read_history_meta(settings.features_dir)
+        start = meta.start_ts.to_pydatetime()
+        t0 = time.perf_counter()
+        if apply:
+            apply_repo(settings)
+        materialize_world(settings, start, meta.days)
     result = {"materialized_through": str(meta.end_ts.date()),
               "seconds": round(time.perf_counter() - t0, 1)}
     if echo:

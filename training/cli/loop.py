@@ -89,6 +89,11 @@ def retrain(
     as_of: AsOfOpt = None,
     force: Annotated[bool, typer.Option(
         help="Train even when no decision closed since the last retrain.")] = False,
+    as_present: Annotated[bool, typer.Option(
+        "--as-present", help="Treat --as-of as the program's present (a simulation's clock): "
+        "refresh the online store from this run's features and keep them. Without it, an "
+        "--as-of run is a backfill: it trains on features as of then and leaves serving's "
+        "online store and the live feature folder as they were.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -115,7 +120,8 @@ def retrain(
     try:  # libraries print progress on stdout (Feast's materialize): stdout is the answer's
         with contextlib.redirect_stdout(sys.stderr):
             record = run(store, get_train_settings(), RetrainSettings(),
-                         as_of=when.to_pydatetime(), force=force, progress=echo_err)
+                         as_of=when.to_pydatetime(), force=force,
+                         as_present=as_of is None or as_present, progress=echo_err)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if as_json:  # strict JSON: NaN and infinities as null, for jq and every parser
