@@ -91,29 +91,68 @@ def flow_zone_targets(p_complete: np.ndarray, layout: np.ndarray,
     return layout[np.arange(len(layout)), nearest]
 
 
-def first_slot_probability(value: np.ndarray, pick: int, k: int, max_per_category: int,
-                           epsilon: float, new: np.ndarray, new_epsilon: float,
-                           floor: float = 0.0) -> float:
-    """The probability that :func:`select_slate_exploring_new`, given the same arguments,
-    shows item ``pick`` in the slate's first slot: what a policy that did not serve the
-    decision would have shown there, so a decision served by one of two policies drawn at
-    random (a trial beside the champion) logs the first slot's probability over the draw.
+def slate_probabilities(value: np.ndarray, category: np.ndarray, picks: Sequence[int], k: int,
+                        max_per_category: int, epsilon: float, new: np.ndarray,
+                        new_epsilon: float, floor: float = 0.0) -> np.ndarray:
+    """Per slot j, the probability that :func:`select_slate_exploring_new`, given the same
+    arguments, shows ``picks[j]`` in slot j given ``picks[:j]`` in the slots before: what it
+    logs when it drew this slate itself, computed without drawing. For a policy that did not
+    serve the decision it is what that policy would have logged, so a decision served by one
+    of two policies drawn at random (a trial beside the champion) can log every slot's
+    probability over the draw. 0 for a pick the policy could not show there.
 
-    The first slot is :func:`select_slate`'s first slot, or, for a one-item slate with new
-    items eligible, that slot with the new-item exploration mixed in."""
+    Slots 0..k-2 (all k without new items eligible) are :func:`select_slate`'s: the best
+    allowed item with probability 1 - e, else a uniform allowed one; the last slot mixes in
+    the new-item draw."""
     n = len(value)
-    if k <= 0 or n == 0 or max_per_category <= 0:
-        return 0.0
-    # best first, equal values by index, NaN last: select_slate's order
-    best = int(np.argsort(-np.asarray(value, dtype=np.float64), kind="stable")[0])
+    out = np.zeros(len(picks), dtype=np.float64)
+    if n == 0 or max_per_category <= 0:
+        return out
+    category = np.asarray(category)
+    if category.dtype.kind not in "iu":  # labels: integer codes, as select_slate does
+        category = np.unique(category, return_inverse=True)[1]
+    cat_code = category.tolist()
     new = np.asarray(new, dtype=bool)
-    explores_new = k == 1 and new_epsilon > 0 and bool(new.any())
-    share = 1.0 - new_epsilon if explores_new else 1.0
-    e = slot_epsilon(epsilon, n, floor / share if explores_new and share > 0 else floor)
-    p = (1.0 - e) * (pick == best) + e / n
-    if explores_new:
-        p = share * p + new_epsilon * bool(new[pick]) / int(new.sum())
-    return float(p)
+    explores_new = new_epsilon > 0 and bool(new.any())
+    # best first, equal values by index, NaN last: select_slate's order
+    order = np.argsort(-np.asarray(value, dtype=np.float64), kind="stable").tolist()
+    remaining = [True] * n
+    per_cat: dict[int, int] = {}
+    for j, pick in enumerate(picks):
+        if j >= k:
+            break
+        candidates = [i for i in range(n)
+                      if remaining[i] and per_cat.get(cat_code[i], 0) < max_per_category]
+        if pick not in candidates:
+            break  # the policy could not show it there (nor, given it, anything after)
+        best = next(i for i in order if i in candidates)
+        fresh = [i for i in candidates if new[i]] if explores_new and j == k - 1 else []
+        share = 1.0 - new_epsilon if fresh else 1.0  # left to the epsilon-greedy choice
+        e = slot_epsilon(epsilon, len(candidates), floor / share if share > 0 else floor)
+        p = (1.0 - e) * (pick == best) + e / len(candidates)
+        if fresh:
+            p = share * p + new_epsilon * bool(new[pick]) / len(fresh)
+        out[j] = p
+        remaining[pick] = False
+        per_cat[cat_code[pick]] = per_cat.get(cat_code[pick], 0) + 1
+    return out
+
+
+def mixture_slot_probabilities(served: np.ndarray, other: np.ndarray, served_share: float
+                               ) -> np.ndarray:
+    """Per slot, the probability of a slate's item given the earlier ones when the slate was
+    drawn by one of two policies, the served one with probability ``served_share``: the
+    conditional probabilities of each (``served``, ``other``) weighted by how likely each
+    policy is to have shown the slots before:
+
+        P(slot j | slots < j) = [s P_a(slots <= j) + (1 - s) P_b(slots <= j)]
+                                / [s P_a(slots < j) + (1 - s) P_b(slots < j)]
+
+    Slot 0 is the plain mixture s p_a + (1 - s) p_b."""
+    a = np.cumprod(np.concatenate([[1.0], np.asarray(served, dtype=np.float64)]))
+    b = np.cumprod(np.concatenate([[1.0], np.asarray(other, dtype=np.float64)]))
+    joint = served_share * a + (1.0 - served_share) * b
+    return joint[1:] / joint[:-1]
 
 
 def select_slate_exploring_new(value: np.ndarray, category: np.ndarray, k: int,

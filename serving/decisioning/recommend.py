@@ -34,8 +34,9 @@ from serving.decisioning.candidates import (
 from serving.contract.events import DecisionRecord, ExposureRecord, Policy
 from serving.decisioning.ids import new_decision_id
 from serving.decisioning.ranking import (
-    explore_targets, first_slot_probability, flow_zone_choice, flow_zone_targets, member_basket,
-    select_slate_exploring_new, target_neighbours, uniform_slate, uniform_targets,
+    explore_targets, flow_zone_choice, flow_zone_targets, member_basket,
+    mixture_slot_probabilities, select_slate_exploring_new, slate_probabilities,
+    target_neighbours, uniform_slate, uniform_targets,
 )
 from serving.decisioning.catalog import Catalog, model_cutoff_us
 from serving.decisioning.scoring import ScoringModel, scores_from_proba
@@ -219,8 +220,8 @@ class Recommender:
         serves a ``trial_share`` of the decisions that offer rewards; both are scored, and the
         first slot logs its probability over the draw, (1 - share) x the champion's + share x
         the trial's, so the next off-policy gate can evaluate the trial on its own traffic.
-        Later slots log their probability under the version that served (as before: given
-        the first slot). The log names both (``model_versions``: the serving one under the
+        Later slots log theirs over the draw too, given the earlier slots
+        (ranking.mixture_slot_probabilities). The log names both (``model_versions``: the serving one under the
         model's name, the trial under ``name@trial``).
         """
         loaded = self._loaded  # this request's catalog, whatever set_catalog does meanwhile
@@ -399,7 +400,7 @@ class Recommender:
             value, scores = _reward_values(proba, model, features, cost, lam)
         ranked = _decayed(value, novelty)
         # A version on trial (REWARDS_TRIAL_SHARE): scored too, and drawn to serve with
-        # probability trial_share; the first slot then logs its probability over that draw.
+        # probability trial_share; every slot then logs its probability over that draw.
         on_trial: tuple[ScoringModel, np.ndarray] | None = None
         if trial is not None and model is not None and self.trial_share > 0:
             try:
@@ -427,15 +428,16 @@ class Recommender:
             self.new_rewards(catalog, serving)[idx], self.new_reward_epsilon,
             self.exploration_floor)
         if other is not None and len(slate.index):
-            # the first slot's probability over the draw of the serving version
-            pick = int(slate.index[0])
-            p_other = first_slot_probability(
-                other[1], pick, k, cap, epsilon, self.new_rewards(catalog, other[0])[idx],
-                self.new_reward_epsilon, self.exploration_floor)
-            p_served = float(slate.probability[0])
+            # every slot's probability over the draw of the serving version: what the other
+            # would have logged for the same slate, mixed by how likely each is to have
+            # shown the slots before
+            p_other = slate_probabilities(
+                other[1], category, slate.index.tolist(), k, cap, epsilon,
+                self.new_rewards(catalog, other[0])[idx], self.new_reward_epsilon,
+                self.exploration_floor)
             s = self.trial_share
-            slate.probability[0] = ((1 - s) * p_served + s * p_other if serving is model
-                                    else (1 - s) * p_other + s * p_served)
+            slate.probability[:] = mixture_slot_probabilities(
+                slate.probability, p_other, 1 - s if serving is model else s)
         model = serving
         model_uplift = None
         if model is not None and len(slate.index):

@@ -27,7 +27,8 @@ from serving.contract.vocabulary import MISSING_RATE, NEVER_DAYS, Vocabulary
 from serving.decisioning.candidates import DIFFICULTY_DERIVED, REWARD_DERIVED
 from serving.decisioning.catalog import Catalog
 from serving.decisioning.ranking import (
-    explore_targets, first_slot_probability, select_slate_exploring_new, target_layout,
+    explore_targets, mixture_slot_probabilities, select_slate_exploring_new,
+    slate_probabilities, target_layout,
     target_neighbours, uniform_slate,
     uniform_targets,
 )
@@ -629,36 +630,71 @@ def test_never_promoted_is_what_the_registry_said_at_the_last_refresh(tmp_path: 
 
 # -- a reward model on trial beside the champion -------------------------------------------------
 
-def test_first_slot_probability_is_what_the_slate_logs() -> None:
-    """For any slate, the probability the other policy would have shown the first item
-    with equals what select_slate_exploring_new logs when it is that policy: the same
-    formula, computed without drawing."""
+def test_slate_probabilities_are_what_the_slate_logs() -> None:
+    """For any slate, the probability a policy would have shown each item in its slot, given
+    the slots before, equals what select_slate_exploring_new logs when it is that policy:
+    the same formulas, computed without drawing, in every slot."""
     rng = np.random.default_rng(3)
     checked = 0
-    for case in range(400):
+    for case in range(600):
         n = int(rng.integers(1, 9))
         value = rng.normal(size=n).round(1)  # rounded: ties happen and go to the lower index
         if case % 7 == 0:
             value[rng.integers(n)] = np.nan
         category = rng.integers(0, 3, size=n)
         new = rng.random(n) < 0.3
-        k, cap = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        k, cap = int(rng.integers(1, 5)), int(rng.integers(1, 3))
         epsilon, floor = float(rng.choice([0.0, 0.1, 0.3])), float(rng.choice([0.0, 0.05]))
         new_epsilon = float(rng.choice([0.0, 0.1, 0.5]))
         slate, _ = select_slate_exploring_new(value, category, k, cap, epsilon, rng, new,
                                               new_epsilon, floor)
-        if len(slate.index):
-            assert first_slot_probability(value, int(slate.index[0]), k, cap, epsilon, new,
-                                          new_epsilon, floor) == pytest.approx(
-                slate.probability[0], abs=1e-12), case
-            checked += 1
-    assert checked > 350
-    # and over every item, the first slot's probabilities sum to 1
-    value, new = np.array([3.0, 1.0, 2.0, 0.5]), np.array([False, False, True, True])
-    for k in (1, 2):
-        total = sum(first_slot_probability(value, i, k, 1, 0.2, new, 0.1, 0.0)
-                    for i in range(4))
-        assert total == pytest.approx(1.0)
+        got = slate_probabilities(value, category, slate.index.tolist(), k, cap, epsilon, new,
+                                  new_epsilon, floor)
+        np.testing.assert_allclose(got, slate.probability, rtol=0, atol=1e-12, err_msg=case)
+        checked += len(slate.index) > 1
+    assert checked > 300  # slates of several slots, not only first slots
+    # and in each slot, over every item it could show there, the probabilities sum to 1
+    value, new = np.array([3.0, 1.0, 2.0, 0.5, 0.7]), np.array([False, False, True, True, False])
+    category = np.array([0, 0, 1, 1, 2])
+    for k in (1, 2, 3):
+        for prefix in ([], [0], [2], [0, 4]):
+            if len(prefix) >= k:
+                continue
+            total = sum(slate_probabilities(value, category, [*prefix, i], k, 1, 0.2, new, 0.1,
+                                            0.01)[len(prefix)] for i in range(5))
+            assert total == pytest.approx(1.0), (k, prefix)
+
+
+def test_a_slate_drawn_by_one_of_two_policies_logs_each_slot_over_the_draw() -> None:
+    """A trial beside the champion: the slate comes from one of them, drawn with probability
+    s. Every slot's logged probability, given the slots before, must be that of the mixture,
+    which is what the draws show when counted."""
+    rng = np.random.default_rng(5)
+    champion, trial = np.array([3.0, 2.0, 1.0, 0.0]), np.array([0.0, 1.0, 2.0, 3.0])
+    category, new = np.zeros(4, dtype=int), np.zeros(4, dtype=bool)
+    s, k, eps = 0.3, 2, 0.2
+    counts: dict[tuple[int, ...], int] = {}
+    logged: dict[tuple[int, ...], np.ndarray] = {}
+    for _ in range(40_000):
+        mine, theirs = (trial, champion) if rng.random() < s else (champion, trial)
+        slate, _ = select_slate_exploring_new(mine, category, k, 4, eps, rng, new, 0.0)
+        other = slate_probabilities(theirs, category, slate.index.tolist(), k, 4, eps, new,
+                                    0.0)
+        key = tuple(slate.index.tolist())
+        counts[key] = counts.get(key, 0) + 1
+        logged[key] = mixture_slot_probabilities(
+            slate.probability, other, s if mine is trial else 1 - s)
+    total = sum(counts.values())
+    for key, p in logged.items():
+        first = sum(c for kk, c in counts.items() if kk[0] == key[0])
+        # slot 0: how often this item came first; slot 1: how often, after it, this one
+        assert p[0] == pytest.approx(first / total, abs=0.01), key
+        if first > 2_000:
+            assert p[1] == pytest.approx(counts[key] / first, abs=0.03), key
+    # the served policy's own slot-1 probability would be off (the textbook error this avoids)
+    served = slate_probabilities(champion, category, [0, 3], k, 4, eps, new, 0.0)
+    assert abs(served[1] - counts[(0, 3)] / sum(c for kk, c in counts.items() if kk[0] == 0)) \
+        > 0.02
 
 
 class TrialRewardModel(RewardModel):
@@ -683,7 +719,7 @@ def trial_recommender(share: float, seed: int) -> Recommender:
                        exploration_floor=0.0, target_exploration=0.0, trial_share=share)
 
 
-def test_a_trial_serves_its_share_and_the_first_slot_logs_the_probability_over_the_draw(
+def test_a_trial_serves_its_share_and_each_slot_logs_the_probability_over_the_draw(
         ) -> None:
     share, draws = 0.3, 6_000
     rec = trial_recommender(share, seed=11)
@@ -691,6 +727,8 @@ def test_a_trial_serves_its_share_and_the_first_slot_logs_the_probability_over_t
     slot0: Counter[str] = Counter()
     pairs: list[tuple[Hashable, float]] = []
     served_by: Counter[str] = Counter()
+    slot1: dict[Hashable, Counter[Hashable]] = {}  # the second item, by the first
+    pairs1: dict[Hashable, list[tuple[Hashable, float]]] = {}
     for _ in range(draws):
         d = decide(rec, champion, DifficultyModel(), k_rewards=2, reward_trial=trial)
         versions = d.record.model_versions
@@ -701,9 +739,12 @@ def test_a_trial_serves_its_share_and_the_first_slot_logs_the_probability_over_t
             pairs.append(("no offer", 0.1))
             continue
         served_by[versions["reward"]] += 1
-        first = items_of(d, "reward")[0]
+        first, second = items_of(d, "reward")[:2]
         slot0[str(first["item_id"])] += 1
         pairs.append((first["item_id"], first["shown_probability"]))
+        slot1.setdefault(first["item_id"], Counter())[second["item_id"]] += 1
+        pairs1.setdefault(first["item_id"], []).append(
+            (second["item_id"], second["shown_probability"]))
         # the trial's inputs are logged with the champion's
         assert set(d.record.features or {}) >= set(trial.meta.service_features) - {"reward_cost"}
     logged = logged_once(pairs)
@@ -712,6 +753,18 @@ def test_a_trial_serves_its_share_and_the_first_slot_logs_the_probability_over_t
     assert logged["R6"] == pytest.approx(0.9 * ((1 - share) * e + share * (0.9 + e)))
     assert logged["R3"] == pytest.approx(0.9 * e)
     assert_frequencies_match(slot0, logged)
+    # the second slot, given the first: over the draw too. A first R6 came from the trial
+    # 96 % of the time; logging the champion's own probability for the second slot when the
+    # champion served it would give the same slate two probabilities (logged_once fails)
+    for head in ("R1", "R6"):
+        given = logged_once(pairs1[head])
+        observed = slot1[head]
+        keys = [*given, "unseen"]
+        expected = np.array([*given.values(), 1 - sum(given.values())]) * sum(observed.values())
+        counts = np.array([observed.get(k, 0) for k in keys], dtype=np.float64)
+        assert 0 <= expected[-1] < 0.02 * expected.sum()
+        assert chisquare(counts[:-1], expected[:-1] * counts[:-1].sum()
+                         / expected[:-1].sum()).pvalue > P_MIN, (head, observed, given)
     offered = sum(served_by.values())
     assert set(served_by) == {"7", "8"}
     assert abs(served_by["8"] / offered - share) < 4 * np.sqrt(share * (1 - share) / offered)
