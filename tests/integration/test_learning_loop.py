@@ -233,3 +233,18 @@ def test_a_back_dated_retrain_leaves_serving_features_alone(  # noqa: ANN001
     assert _tree_digest(store.features_dir) == live_files
     assert not store.features_dir.with_name("features.live").exists()
     pd.testing.assert_frame_equal(online(), live_online)
+
+    # cron-ready: nothing changed, nothing to do; history imported since changes the dataset
+    again = retrain(store, train, loop, as_of=start + timedelta(days=14), as_present=False)
+    assert again["status"] == "unchanged" and again["snapshot"] == record["snapshot"]
+    events = open_event_store(ServeSettings().events(store))
+    try:
+        assert events.import_events(pd.DataFrame({
+            "event_id": ["imported-late-1"], "event_type": ["purchase"], "member_id": ["1"],
+            "event_timestamp": [pd.Timestamp(start) - pd.Timedelta(days=3)],
+            "amount": [25.0], "category": ["grocery"]})) == 1
+    finally:
+        events.close()
+    third = retrain(store, train, loop, as_of=start + timedelta(days=14), as_present=False)
+    assert third["status"] == "trained" and third["snapshot"] != record["snapshot"]
+    assert third["snapshot_detail"]["offers"] == 1_500  # the same decisions, other features

@@ -389,3 +389,49 @@ def test_an_unknown_decision_id_falls_back_on_member_and_item() -> None:
     report = join_report(labelled.events, labelled.offers, labelled.assignments, ts(15), 7)
     assert report.outcomes["matched_by_member_and_item"] == 2
     assert report.outcomes["unmatched_unknown_decision_id"] == 1
+
+
+def test_the_dataset_hash_follows_what_the_features_derive_from(tmp_path) -> None:  # noqa: ANN001
+    """An import of older history changes the training rows' features, so the dataset is
+    another (a cron retrain trains instead of reporting nothing new); events after the last
+    decision, which no training row's features can see yet, leave it as it was."""
+    from training.data.snapshots import input_digest, take_snapshot, write_input_digest
+
+    offers = pd.DataFrame({
+        "decision_id": ["a"], "reward_id": ["R1"], "member_id": ["m1"],
+        "event_timestamp": pd.Series([ts(5)]).astype(UTC_US), "propensity": [0.5],
+        "redeemed": [0], "converted": [0], "spend": [0.0],
+        "outcome_timestamp": pd.Series([ts(12)]).astype(UTC_US)})
+    assignments = pd.DataFrame({
+        "decision_id": ["a"], "challenge_id": ["C1"], "member_id": ["m1"],
+        "event_timestamp": pd.Series([ts(5)]).astype(UTC_US), "propensity": [0.5],
+        "completed": [0], "outcome_timestamp": pd.Series([ts(19)]).astype(UTC_US)})
+    members = pd.DataFrame({"member_id": ["m1", "m2"], "tier": ["gold", "silver"],
+                            "attributes": [{"city": "Lyon"}, None]})
+    catalog = {"rewards": pd.DataFrame({"reward_id": ["R1"], "cost": [2.0]})}
+    history = event_frame([
+        {"member_id": "m1", "event_timestamp": ts(1), "event_type": "purchase", "amount": 9.0},
+        {"member_id": "m2", "event_timestamp": ts(3), "event_type": "visit"}])
+
+    def snapshot_id(events: pd.DataFrame, who: pd.DataFrame = members) -> str:
+        features = tmp_path / "features"
+        features.mkdir(exist_ok=True)
+        offers.to_parquet(features / "offers.parquet")
+        assignments.to_parquet(features / "assignments.parquet")
+        write_input_digest(features, input_digest(who, events, catalog))
+        return take_snapshot(features, tmp_path / "snapshots", ts(20)).id
+
+    base = snapshot_id(history)
+    assert snapshot_id(history) == base  # the same inputs, the same dataset
+    older = event_frame([{"member_id": "m1", "event_timestamp": ts(-20),
+                          "event_type": "purchase", "amount": 40.0}])
+    assert snapshot_id(pd.concat([history, older], ignore_index=True)) != base
+    amended = history.copy()
+    amended.loc[0, "amount"] = 10.0
+    assert snapshot_id(amended) != base
+    later = event_frame([{"member_id": "m1", "event_timestamp": ts(6), "event_type": "visit"}])
+    assert snapshot_id(pd.concat([history, later], ignore_index=True)) == base
+    upgraded = members.assign(tier=["platinum", "silver"])
+    assert snapshot_id(history, upgraded) != base
+    # the order events were read in does not matter
+    assert snapshot_id(history.iloc[::-1].reset_index(drop=True)) == base

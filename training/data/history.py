@@ -29,6 +29,7 @@ from training.data.decision_log import (
     offers_from_log,
 )
 from training.data.features import World, build_features
+from training.data.snapshots import input_digest, write_input_digest
 
 if TYPE_CHECKING:
     from serving.contract.vocabulary import Vocabulary
@@ -325,6 +326,8 @@ def build_from_store(events_store: EventStore, rewards: pd.DataFrame,
                        members=len(world.members), events=len(world.events), margin=margin,
                        attribution_window_days=window_days,
                        as_of=None if as_of is None else pd.Timestamp(as_of).isoformat())
+    write_input_digest(out_dir, input_digest(world.members, world.events, {
+        "rewards": world.rewards, "challenges": world.challenges}))
     write_history_meta(out_dir, meta)
     # The build counted every event received before it read the store: `features refresh`
     # starts from there (members with later events), not from the history's end.

@@ -19,6 +19,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from training.data.decision_log import closes_at
@@ -27,6 +28,8 @@ KEYS = {"offers": ["decision_id", "reward_id"], "assignments": ["decision_id", "
 LABELS = {"offers": ["redeemed", "converted", "spend", "outcome_timestamp"],
           "assignments": ["completed", "outcome_timestamp"]}
 LATEST = "latest.json"
+#: Per-day digests of what a build read (training/data/history.py writes it with the features)
+INPUT_DIGEST = "input_digest.json"
 
 
 @dataclass(frozen=True)
@@ -102,8 +105,9 @@ def labelled_at(ledger_dir: Path) -> pd.Series:
     return both.groupby("decision_id")["labelled_at"].min()
 
 
-def content_hash(frames: dict[str, pd.DataFrame]) -> str:
-    """A hash of the rows and labels (order-independent): the dataset hash MLflow records."""
+def content_hash(frames: dict[str, pd.DataFrame], inputs: str = "") -> str:
+    """A hash of the rows and labels (order-independent) and of ``inputs`` (what their
+    features derive from, :func:`inputs_through`): the dataset hash MLflow records."""
     h = hashlib.sha256()
     for kind in sorted(frames):
         frame = frames[kind]
@@ -112,7 +116,68 @@ def content_hash(frames: dict[str, pd.DataFrame]) -> str:
         h.update(kind.encode())
         h.update(json.dumps(cols).encode())
         h.update(pd.util.hash_pandas_object(part, index=False).to_numpy().tobytes())
+    if inputs:
+        h.update(b"inputs" + inputs.encode())
     return h.hexdigest()[:16]
+
+
+def _row_hashes(frame: pd.DataFrame) -> np.ndarray:
+    """One uint64 per row over every column (in name order); values pandas cannot hash (a
+    member's attributes dict) hashed as their sorted JSON."""
+    cols = sorted(frame.columns)
+    part = frame[cols].copy()
+    for c in cols:
+        if part[c].dtype == object:
+            try:
+                pd.util.hash_array(part[c].to_numpy())
+            except TypeError:
+                part[c] = [json.dumps(v, sort_keys=True, default=str) for v in part[c]]
+    return pd.util.hash_pandas_object(part, index=False).to_numpy()
+
+
+def _sum_hex(hashes: np.ndarray) -> str:
+    """An order-independent digest: the wrapping sum of the row hashes."""
+    return f"{int(hashes.sum(dtype=np.uint64)):016x}"
+
+
+def input_digest(members: pd.DataFrame, events: pd.DataFrame,
+                 catalog: dict[str, pd.DataFrame]) -> dict[str, object]:
+    """What a build's features derive from: the members, the catalog, and the events per UTC
+    day (count, digest). A snapshot keeps the days up to its last decision
+    (:func:`inputs_through`): a history import changes the dataset's hash (a cron retrain
+    trains on it instead of reporting nothing new), events after the last decision do not."""
+    day = events["event_timestamp"].dt.tz_convert("UTC").dt.strftime("%Y-%m-%d")
+    rows = pd.DataFrame({"day": day.to_numpy(),
+                         "h": _row_hashes(events.drop(columns=["received_at"],
+                                                      errors="ignore"))})
+    days = {str(d): [len(g), _sum_hex(g["h"].to_numpy())] for d, g in rows.groupby("day")}
+    return {"members": _sum_hex(_row_hashes(members)),
+            "catalog": {name: _sum_hex(_row_hashes(frame)) for name, frame in sorted(
+                catalog.items())},
+            "days": days}
+
+
+def inputs_through(digest: dict[str, object] | None, last: pd.Timestamp | None) -> str:
+    """The part of a build's :func:`input_digest` that the features of rows decided up to
+    ``last`` can depend on, as one string ('' without a digest: an older build)."""
+    if not digest:
+        return ""
+    days = dict(digest["days"])  # type: ignore[call-overload]
+    through = "" if last is None else pd.Timestamp(last).tz_convert("UTC").strftime("%Y-%m-%d")
+    kept = {d: v for d, v in sorted(days.items()) if d <= through}
+    return json.dumps({"members": digest["members"], "catalog": digest["catalog"],
+                       "days": kept}, sort_keys=True)
+
+
+def write_input_digest(features_dir: Path, digest: dict[str, object]) -> None:
+    path = features_dir / INPUT_DIGEST
+    path.with_suffix(".tmp").write_text(json.dumps(digest, sort_keys=True))
+    path.with_suffix(".tmp").replace(path)
+
+
+def read_input_digest(features_dir: Path) -> dict[str, object] | None:
+    path = features_dir / INPUT_DIGEST
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def take_snapshot(features_dir: Path, snapshots_dir: Path, as_of: pd.Timestamp,
@@ -129,7 +194,9 @@ def take_snapshot(features_dir: Path, snapshots_dir: Path, as_of: pd.Timestamp,
         frames[kind], counts = freeze(kind, frame, snapshots_dir, as_of, labelled_at)
         for k, v in counts.items():
             totals[k] += v
-    snap_id = content_hash(frames)
+    stamps = [f["event_timestamp"] for f in frames.values() if len(f)]
+    last = max(pd.Timestamp(t.max()) for t in stamps) if stamps else None
+    snap_id = content_hash(frames, inputs_through(read_input_digest(features_dir), last))
     out = snapshots_dir / snap_id
     out.mkdir(parents=True, exist_ok=True)
     for kind, frame in frames.items():
