@@ -14,7 +14,8 @@
 
 Cron-ready: a run that finds the same dataset as the last one (same snapshot id: closed
 decisions, labels and the inputs of their features) does nothing and says so; `--force` trains
-anyway. Every step is logged to MLflow with the dataset hash. Nothing on this path reads a simulator's hidden truth.
+anyway. Every step is logged to MLflow with the dataset hash. Nothing on this path reads a
+simulator's hidden truth.
 """
 
 from __future__ import annotations
