@@ -132,15 +132,20 @@ def train_reward(store: StoreSettings, settings: TrainSettings,
     plot_dir = store.data / "reports" / settings.reward_model_name
     with timer.step("plots"):
         pngs = {
-            "calibration_propensity.png": plots.calibration_plot(
-                ev.curves["propensity_calibration"], "P(redeem) calibration, test period",
-                plot_dir / "calibration_propensity.png"),
-            "qini.png": plots.qini_plot(ev.curves["qini_model"], ev.curves.get("qini_oracle"),
-                                        plot_dir / "qini.png"),
             "feature_importance.png": plots.importance_plot(
                 data.input_names, model.booster_.feature_importance("gain"),
                 "Reward model: feature importance", plot_dir / "feature_importance.png"),
         }
+        if "propensity_calibration" in ev.curves:
+            pngs["calibration_propensity.png"] = plots.calibration_plot(
+                ev.curves["propensity_calibration"], "P(redeem) calibration, test period",
+                plot_dir / "calibration_propensity.png")
+        if "qini_model" in ev.curves:
+            pngs["qini.png"] = plots.qini_plot(ev.curves["qini_model"],
+                                               ev.curves.get("qini_oracle"),
+                                               plot_dir / "qini.png")
+        for stale in {"calibration_propensity.png", "qini.png"} - set(pngs):
+            (plot_dir / stale).unlink(missing_ok=True)  # an earlier model's, not this one's
     return _publish(settings.reward_model_name, model, data, split, ev, pngs, REWARD_CLASSES,
                     service, store, settings, timer, publish, value_params)
 
@@ -218,6 +223,8 @@ def _publish(name: str, model, data: Dataset, split: TimeSplit, ev: Evaluation, 
             onnx_path=onnx_path, tags={"rows.train": str(int((data.part == "train").sum())),
                                        "weighted": str(data.weight is not None).lower(),
                                        "logging_weights": settings.logging_weights,
+                                       **({"evaluation.skipped": json.dumps(ev.skipped)}
+                                          if ev.skipped else {}),
                                        **publish.tags})
         version = tracking.register_model(name, run_id,
                                           first_is_champion=publish.first_is_champion)

@@ -63,7 +63,11 @@ def evaluate_difficulty(model: lgb.LGBMClassifier, data: Dataset, split: TimeSpl
     rows = data.rows[mask].reset_index(drop=True)
     p = predict_proba(model, data.X[mask])[:, 1]
     y = rows["completed"].to_numpy()
-    ev.metrics["difficulty.auc"] = metrics.auc(y, p)
+    if len(np.unique(y)) == 2:
+        ev.metrics["difficulty.auc"] = metrics.auc(y, p)
+    else:
+        ev.skipped["difficulty.auc"] = ("the test period's challenges were all completed or "
+                                        "none was")
     ev.metrics["difficulty.ece"] = metrics.expected_calibration_error(y, p)
     ev.curves["difficulty_calibration"] = metrics.calibration_curve(y, p, 10, "quantile")
     ev.metrics.update(flow_zone_calibration(y, p, flow_zone))

@@ -32,6 +32,9 @@ class Evaluation:
 
     metrics: dict[str, float] = field(default_factory=dict)
     curves: dict[str, Any] = field(default_factory=dict)
+    #: metrics the test period cannot measure, and why (a program without a control group has
+    #: no Qini): left out rather than made up; the run's ``evaluation.skipped`` tag says so
+    skipped: dict[str, str] = field(default_factory=dict)
     #: The family's record of scored rows and choices (``RewardHoldout``/``DifficultyHoldout``).
     holdout: Any = None
 

@@ -64,10 +64,17 @@ def evaluate_reward(model: lgb.LGBMClassifier, data: Dataset, split: TimeSplit,
 
     y_redeem = rows["redeemed"].to_numpy()[treated]
     p_redeem = proba[treated, 2]
-    ev.metrics["propensity.auc"] = metrics.auc(y_redeem, p_redeem)
-    ev.metrics["propensity.ece"] = metrics.expected_calibration_error(y_redeem, p_redeem)
-    ev.curves["propensity_calibration"] = metrics.calibration_curve(y_redeem, p_redeem, 10,
-                                                                    "quantile")
+    if len(np.unique(y_redeem)) == 2:
+        ev.metrics["propensity.auc"] = metrics.auc(y_redeem, p_redeem)
+    else:
+        ev.skipped["propensity.auc"] = ("the test period's offers were all redeemed or none "
+                                        "was")
+    if len(y_redeem):
+        ev.metrics["propensity.ece"] = metrics.expected_calibration_error(y_redeem, p_redeem)
+        ev.curves["propensity_calibration"] = metrics.calibration_curve(y_redeem, p_redeem, 10,
+                                                                        "quantile")
+    else:
+        ev.skipped["propensity.ece"] = "no offer in the test period (only no-offer draws)"
     ev.metrics["conversion.ece"] = metrics.expected_calibration_error(
         rows["converted"].to_numpy(), proba[:, 1] + proba[:, 2])
 
@@ -90,9 +97,15 @@ def evaluate_reward(model: lgb.LGBMClassifier, data: Dataset, split: TimeSplit,
                                      n).uplift[:, 0]
     converted = rows["converted"].to_numpy()
     t = treated.astype(float)
-    ev.metrics["uplift.qini"] = metrics.qini_auc_score(converted, t, model_uplift)
-    ev.metrics["uplift.at_30"] = metrics.uplift_at_k(converted, t, model_uplift, k=0.3)
-    ev.curves["qini_model"] = metrics.qini_curve(converted, t, model_uplift)
+    if treated.all() or not treated.any():
+        why = ("no control group in the test period: no decision drew no offer "
+               "(REWARDS_NO_OFFER_SHARE, an experiment's holdout)" if treated.all()
+               else "no offer in the test period (only no-offer draws)")
+        ev.skipped.update({"uplift.qini": why, "uplift.at_30": why})
+    else:
+        ev.metrics["uplift.qini"] = metrics.qini_auc_score(converted, t, model_uplift)
+        ev.metrics["uplift.at_30"] = metrics.uplift_at_k(converted, t, model_uplift, k=0.3)
+        ev.curves["qini_model"] = metrics.qini_curve(converted, t, model_uplift)
 
     members = policy_members(features_dir, split.test_from, n_policy_members, rng)
     ope_metrics, logged = off_policy(model, data.service_features, rows, items, value_params, rng,

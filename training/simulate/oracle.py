@@ -145,8 +145,9 @@ def add_reward_figures(ev: Evaluation, model: lgb.LGBMClassifier, service_featur
     true_uplift = (tr["p_convert_offer"][r_idx, hold.pair]
                    - tr["p_convert_control"][r_idx, hold.pair])
     converted, t = rows["converted"].to_numpy(), treated.astype(float)
-    ev.metrics["uplift.oracle_qini"] = metrics.qini_auc_score(converted, t, true_uplift)
-    ev.curves["qini_oracle"] = metrics.qini_curve(converted, t, true_uplift)
+    if "uplift.qini" in ev.metrics:  # else no control group: nothing to compare with
+        ev.metrics["uplift.oracle_qini"] = metrics.qini_auc_score(converted, t, true_uplift)
+        ev.curves["qini_oracle"] = metrics.qini_curve(converted, t, true_uplift)
 
     policy_values(ev, model, service_features, world, hold, value_params)
     _true_ope_value(ev, world, hold)
