@@ -133,6 +133,28 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         shutil.rmtree(base / "redis", ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def own_mlflow(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A tracking server of the module's own, over a new backend database: its registry
+    starts empty whatever the session registered before (a module that counts versions from
+    1). The process-wide MLflow URIs are put back afterwards."""
+    import mlflow
+
+    backend = servers.database("mlflow_module").replace("postgresql://",
+                                                        "postgresql+psycopg://")
+    folder = tmp_path_factory.mktemp("mlflow_module")
+    env = {"REWARDS_SERVICES_DIR": str(folder), "REWARDS_MLFLOW_BACKEND_URI": backend}
+    uri = _ensure("mlflow_server.sh", "REWARDS_MLFLOW_PORT", env, [], fresh=True)[
+        "REWARDS_MLFLOW_TRACKING_URI"]
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+        _script("mlflow_server.sh", "stop", {"REWARDS_SERVICES_DIR": str(folder)})
+
+
 def production_settings(servers: Servers, root: Path):  # noqa: ANN201
     """StoreSettings for the production profile, data and model cache under ``root``."""
     from serving.config import StoreSettings
