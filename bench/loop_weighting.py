@@ -82,7 +82,7 @@ def main() -> None:
                         "model_policy_rows": chosen, "rounds": int(model.best_iteration_ or 0),
                         "policy_value": round(v, 4),
                         "share_of_oracle": round(v / ev.metrics["policy.value_oracle"], 4),
-                        "auc": round(float(ev.metrics["propensity.auc"]), 4)})
+                        "auc": round(float(ev.metrics.get("propensity.auc", np.nan)), 4)})
     if "difficulty" in args.families:
         service = base.difficulty_service
         data = difficulty_dataset(store, store.features_dir, shares, service,
@@ -103,7 +103,7 @@ def main() -> None:
                         "target_true_mean": round(float(true_p.mean()), 4),
                         "target_mean_abs_error": round(
                             float(np.abs(true_p - settings.flow_zone).mean()), 4),
-                        "auc": round(float(ev.metrics["difficulty.auc"]), 4)})
+                        "auc": round(float(ev.metrics.get("difficulty.auc", np.nan)), 4)})
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
 

@@ -34,6 +34,10 @@ class StoreSettings(BaseSettings):
 
     home: Path = Field(default_factory=default_home)
     data_dir: Path | None = None
+    feature_root: Path | None = Field(
+        None, description="where the feature folder and Feast's registry and local online "
+        "store live (default: the data folder); a backfill retrain points it at a folder of its "
+        "own so that serving's features stay as they are")
     feature_repo: Path | None = None
     models_dir: Path | None = None
     mlflow_tracking_uri: str | None = Field(
@@ -100,8 +104,13 @@ class StoreSettings(BaseSettings):
         return self.data / "world"
 
     @property
+    def feast_root(self) -> Path:
+        """REWARDS_DATA_DIR as Feast's config and sources read it: feast/, features/."""
+        return (self.feature_root or self.data).resolve()
+
+    @property
     def features_dir(self) -> Path:
-        return self.data / "features"
+        return self.feast_root / "features"
 
 
 @lru_cache

@@ -103,10 +103,12 @@ def retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings
 
     ``as_present`` says whether ``as_of`` is the program's present (default: only when no
     ``as_of`` is given). Then the online store is refreshed from the run's features and they
-    stay the feature folder's. Otherwise (a backfill) the run builds and trains on features as
-    of then, and serving's online store and the live feature folder are left as they were.
+    become the feature folder's. Otherwise (a backfill) the run builds and trains on features
+    as of then in a folder of its own (training.data.backfill), and serving's feature folder
+    and online store are left as they were; unless serving has no features yet (a program's
+    first run after importing its history), which then become these.
     A simulation whose clock is not the wall clock passes True."""
-    from training.data.backfill import live_features_kept
+    from training.data.backfill import backfill_store, has_live_features
     from training.data.job_lock import exclusive
 
     cut = pd.Timestamp(as_of or datetime.now(UTC))
@@ -114,12 +116,15 @@ def retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings
         raise ValueError(f"--as-of: give a time zone (e.g. {cut.isoformat()}Z)")
     present = as_of is None if as_present is None else as_present
     with exclusive(store.data, "rewards retrain"):
+        if not present and not has_live_features(store):
+            progress("no features yet: this run's, as of its --as-of, become serving's")
+            present = True
         if present:
             return _retrain(store, settings, loop, cut, force, progress, present=True)
-        progress(f"a back-dated run (as of {cut.isoformat()}): the live features are kept "
-                 "aside, the online store is left alone")
-        with live_features_kept(store.features_dir):
-            return _retrain(store, settings, loop, cut, force, progress, present=False)
+        progress(f"a back-dated run (as of {cut.isoformat()}): features built apart, "
+                 "serving's feature folder and online store left as they are")
+        with backfill_store(store, cut.to_pydatetime()) as scratch:
+            return _retrain(scratch, settings, loop, cut, force, progress, present=False)
 
 
 def _retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings,

@@ -45,10 +45,10 @@ def open_store(settings: StoreSettings) -> FeatureStore:
     from feast import FeatureStore
     from feast.repo_config import load_repo_config
 
-    os.environ["REWARDS_DATA_DIR"] = str(settings.data)
+    os.environ["REWARDS_DATA_DIR"] = str(settings.feast_root)
     if settings.redis_url is not None:  # read by feature_store.production.yaml
         os.environ["REWARDS_REDIS_URL"] = settings.redis_url
-    (settings.data / "feast").mkdir(parents=True, exist_ok=True)
+    (settings.feast_root / "feast").mkdir(parents=True, exist_ok=True)
     config = load_repo_config(settings.repo, feature_store_yaml(settings))
     return FeatureStore(config=config)
 

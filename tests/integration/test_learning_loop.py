@@ -231,7 +231,7 @@ def test_a_back_dated_retrain_leaves_serving_features_alone(  # noqa: ANN001
     # it learnt from the first round only, as the store stood then
     assert record["snapshot_detail"]["offers"] == 1_500
     assert _tree_digest(store.features_dir) == live_files
-    assert not store.features_dir.with_name("features.live").exists()
+    assert not any((store.data / "backfills").iterdir())  # its scratch folder is gone
     pd.testing.assert_frame_equal(online(), live_online)
 
     # cron-ready: nothing changed, nothing to do; history imported since changes the dataset

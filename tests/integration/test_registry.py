@@ -409,7 +409,8 @@ def test_metric_gate_rules() -> None:
     assert gate({"auc": 0.695, "ece": 0.02, "new": 1.0}, champion) == []
     assert gate({"auc": 0.68, "ece": 0.02}, champion)[0].startswith("auc: 0.68 vs champion 0.7")
     assert gate({"auc": 0.70, "ece": 0.021}, champion)[0].startswith("ece: 0.021")
-    assert gate({"auc": 0.70}, champion) == ["ece: missing on the challenger (champion 0.02)"]
+    assert gate({"auc": 0.70}, champion) == [
+        "ece: missing on the challenger (champion 0.02; its run's evaluation.skipped tag says why)"]
     with pytest.raises(ValueError, match="tolerance >= 0"):
         tracking.metric_gate({"auc": ("higher", -0.1)})
     with pytest.raises(ValueError, match="'higher'/'lower'"):

@@ -1,89 +1,74 @@
-"""A back-dated run's scratch feature folder never outlives it (training/data/backfill.py)."""
+"""A back-dated retrain builds and trains in a scratch feature root of its own; serving's
+feature folder is never moved or rewritten (training/data/backfill.py, training/retrain.py)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from training.data.backfill import aside_path, live_features_kept
-from training.data.job_lock import exclusive
+from serving.config import StoreSettings
+from training.data.backfill import BACKFILLS, backfill_store, has_live_features
+
+AS_OF = datetime(2026, 3, 1, tzinfo=UTC)
 
 
-def _live(data: Path) -> Path:
-    features = data / "features"
-    features.mkdir(parents=True)
-    (features / "member_features.parquet").write_bytes(b"today")
-    (features / "watermark.json").write_text("{}")
-    return features
+def _store(tmp_path: Path) -> StoreSettings:
+    return StoreSettings(data_dir=tmp_path / "data", models_dir=tmp_path / "models")
 
 
-def _files(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir()}
+def test_the_scratch_root_holds_features_and_registry_and_nothing_else(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    with backfill_store(store, AS_OF) as scratch:
+        # features and Feast's files move; events, ledger, MLflow and models stay the program's
+        assert scratch.features_dir.parent.parent == store.data / BACKFILLS
+        assert scratch.feast_root != store.feast_root
+        assert (scratch.data, scratch.tracking_uri, scratch.models) == (
+            store.data, store.tracking_uri, store.models)
+        scratch.features_dir.mkdir()
+        (scratch.features_dir / "member_features.parquet").write_bytes(b"last week")
+    assert not any((store.data / BACKFILLS).iterdir())  # removed after the run
 
 
-def test_the_live_folder_comes_back_after_the_run(tmp_path: Path) -> None:
-    features = _live(tmp_path)
-    before = _files(features)
-    with live_features_kept(features):
-        assert not features.exists()  # the run builds its own
-        features.mkdir()
-        (features / "member_features.parquet").write_bytes(b"last week")
-    assert _files(features) == before
-    assert not aside_path(features).exists()
-
-
-def test_the_live_folder_comes_back_when_the_run_fails(tmp_path: Path) -> None:
-    features = _live(tmp_path)
-    before = _files(features)
-    with pytest.raises(RuntimeError, match="training failed"), live_features_kept(features):
-        features.mkdir()
-        (features / "member_features.parquet").write_bytes(b"last week")
+def test_the_scratch_root_goes_when_the_run_fails_and_a_killed_runs_with_the_next(
+        tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    with pytest.raises(RuntimeError, match="training failed"), \
+            backfill_store(store, AS_OF) as scratch:
+        scratch.features_dir.mkdir()
         raise RuntimeError("training failed")
-    assert _files(features) == before
+    assert not any((store.data / BACKFILLS).iterdir())
+    killed = store.data / BACKFILLS / "20260201T000000-123" / "features"
+    killed.mkdir(parents=True)  # what a SIGKILLed run leaves behind
+    with backfill_store(store, AS_OF):
+        assert not killed.exists()
 
 
-def test_a_program_without_features_yet_keeps_none(tmp_path: Path) -> None:
-    features = tmp_path / "features"
-    with live_features_kept(features):
-        features.mkdir()
-        (features / "member_features.parquet").write_bytes(b"last week")
-    assert not features.exists() and not aside_path(features).exists()
+def test_a_program_without_features_gets_this_runs_and_one_with_keeps_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first retrain after importing a history, --as-of its end: serving has nothing yet,
+    so the run's features become serving's (else a champion would serve from no features)."""
+    import training.retrain
+    from training.config import TrainSettings
+    from training.retrain import RetrainSettings, retrain
 
+    store = _store(tmp_path)
+    runs: list[tuple[Path, bool]] = []
 
-def test_the_next_job_puts_back_what_a_killed_run_left_aside(tmp_path: Path) -> None:
-    """A run killed between the two renames (no `finally`) leaves the live folder aside and
-    its own back-dated one in place: the next holder of the data folder's lock repairs it."""
-    features = _live(tmp_path)
-    before = _files(features)
-    features.rename(aside_path(features))  # what the killed run had done ...
-    features.mkdir()
-    (features / "member_features.parquet").write_bytes(b"last week")  # ... and built
-    with exclusive(tmp_path, "rewards features build"):
-        assert _files(features) == before
-    assert not aside_path(features).exists()
+    def fake(used: StoreSettings, *args: Any, present: bool) -> dict[str, Any]:
+        runs.append((used.features_dir, present))
+        return {"status": "unchanged"}
 
-
-def test_a_nested_lock_does_not_undo_a_running_backfill(tmp_path: Path) -> None:
-    """The retrain's own feature build re-enters its lock: that must not put the live folder
-    back in the middle of the run."""
-    features = _live(tmp_path)
-    with exclusive(tmp_path, "rewards retrain"), live_features_kept(features):
-        features.mkdir()
-        (features / "member_features.parquet").write_bytes(b"last week")
-        with exclusive(tmp_path, "rewards features build"):
-            assert (features / "member_features.parquet").read_bytes() == b"last week"
-    assert (features / "member_features.parquet").read_bytes() == b"today"
-
-
-def test_campaign_scoring_reads_the_live_folder_while_a_backfill_runs(tmp_path: Path) -> None:
-    from training.data.backfill import live_features
-
-    features = _live(tmp_path)
-    assert live_features(features) == features
-    with live_features_kept(features):
-        features.mkdir()
-        (features / "member_features.parquet").write_bytes(b"last week")
-        assert (live_features(features) / "member_features.parquet").read_bytes() == b"today"
-    assert live_features(features) == features
-
+    monkeypatch.setattr(training.retrain, "_retrain", fake)
+    assert not has_live_features(store)
+    retrain(store, TrainSettings(), RetrainSettings(), as_of=AS_OF)
+    assert runs[-1] == (store.features_dir, True)
+    store.features_dir.mkdir(parents=True)
+    (store.features_dir / "history.json").write_text("{}")
+    assert has_live_features(store)
+    retrain(store, TrainSettings(), RetrainSettings(), as_of=AS_OF)
+    assert runs[-1][1] is False and runs[-1][0] != store.features_dir
+    retrain(store, TrainSettings(), RetrainSettings(), as_of=AS_OF, as_present=True)
+    assert runs[-1] == (store.features_dir, True)

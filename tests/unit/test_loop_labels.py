@@ -407,7 +407,9 @@ def test_the_dataset_hash_follows_what_the_features_derive_from(tmp_path) -> Non
         "event_timestamp": pd.Series([ts(5)]).astype(UTC_US), "propensity": [0.5],
         "completed": [0], "outcome_timestamp": pd.Series([ts(19)]).astype(UTC_US)})
     members = pd.DataFrame({"member_id": ["m1", "m2"], "tier": ["gold", "silver"],
-                            "attributes": [{"city": "Lyon"}, None]})
+                            "joined_at": pd.Series([ts(-90), ts(-30)]).astype(UTC_US),
+                            "consent": pd.array([True, None], dtype="boolean"),
+                            "attributes": [{"city": "Lyon", "age": 41}, None]})
     catalog = {"rewards": pd.DataFrame({"reward_id": ["R1"], "cost": [2.0]})}
     history = event_frame([
         {"member_id": "m1", "event_timestamp": ts(1), "event_type": "purchase", "amount": 9.0},
@@ -433,5 +435,13 @@ def test_the_dataset_hash_follows_what_the_features_derive_from(tmp_path) -> Non
     assert snapshot_id(pd.concat([history, later], ignore_index=True)) == base
     upgraded = members.assign(tier=["platinum", "silver"])
     assert snapshot_id(history, upgraded) != base
-    # the order events were read in does not matter
+    joined_later = pd.concat([members, pd.DataFrame({
+        "member_id": ["m3"], "tier": ["bronze"], "joined_at": pd.Series([ts(9)]).astype(UTC_US),
+        "consent": pd.array([True], dtype="boolean"), "attributes": [None]})],
+        ignore_index=True)
+    assert snapshot_id(history, joined_later) == base  # no row of the dataset can see them
+    # the order rows were read in, a dict's key order and a time's unit do not matter
     assert snapshot_id(history.iloc[::-1].reset_index(drop=True)) == base
+    assert snapshot_id(history, members.assign(
+        attributes=[{"age": 41, "city": "Lyon"}, None],
+        joined_at=members["joined_at"].astype("datetime64[ns, UTC]"))) == base

@@ -134,7 +134,7 @@ def feast_registry(store: StoreSettings) -> Path | None:
         registry = registry.get("path")
     if not isinstance(registry, str) or "://" in registry:
         return None
-    path = Path(registry.replace("${REWARDS_DATA_DIR}", str(store.data)))
+    path = Path(registry.replace("${REWARDS_DATA_DIR}", str(store.feast_root)))
     return path if path.is_absolute() else store.repo / path
 
 

@@ -258,7 +258,8 @@ def materialize(settings: StoreSettings, apply: bool = True, echo: bool = True
                 ) -> dict[str, Any]:
     """Load the world's latest features into the online store (applying the repo first).
 
-    Holds the data folder's lock: the folder it reads is a backfill's while one runs."""
+    Holds the data folder's lock: a build or retrain running meanwhile rewrites the folder
+    it reads."""
     from training.data.feast_ops import apply_repo, materialize_world
     from training.data.history import read_history_meta
     from training.data.job_lock import exclusive

@@ -236,7 +236,6 @@ def score_batch_cmd(
     from serving.stores.catalog import open_catalog_store
     from serving.stores.features import open_store, service_feature_names
     from serving.stores.models import ChampionSource, ModelRefused, load_onnx
-    from training.data.backfill import live_features
 
     serve_settings, names = get_serve_settings(), get_model_settings()
     feast_store = open_store(store)
@@ -259,7 +258,7 @@ def score_batch_cmd(
                 report.setdefault("compile_seconds", {})[name] = round(
                     models[name].compile_seconds, 1)
         reward, difficulty = models[names.reward_model_name], models[names.difficulty_model_name]
-        features = live_features(store.features_dir) / "member_features.parquet"
+        features = store.features_dir / "member_features.parquet"
         catalog_store = open_catalog_store(serve_settings.events(store))
         try:
             if catalog_store.is_empty():

@@ -1,64 +1,47 @@
-"""A back-dated run (`rewards retrain --as-of` in the past) must not leave its features behind.
+"""A back-dated run (`rewards retrain --as-of` in the past) builds and trains in a folder of its
+own, never in serving's.
 
 The feature folder is more than a training input: `rewards score-batch` scores campaigns from
 it, `rewards features materialize` loads it into the online store and the refresher keeps its
-watermark there. A retrain as of last week rebuilds it as of last week (Feast's offline sources
-point at it, so training has to read it there). Left in place, the next campaign would be scored
-on week-old features. So the live folder is moved aside for the run (a rename: instant, whatever
-its size) and put back afterwards, whatever happened. A run killed in between leaves the live
-folder aside; the next job to take the data folder's lock puts it back
-(:func:`restore_leftover`, called by ``job_lock.exclusive``).
+watermark there. A retrain as of last week needs features as of last week, and Feast reads
+them through its registry, whose sources name a folder. So a backfill gets a feature root of its
+own (``StoreSettings.feature_root``: its features, its Feast registry, a local online store it
+never fills) under ``<data>/backfills/``; the events, the ledger of frozen labels, the model
+registry and the reports stay the program's. Nothing of serving's is moved or rewritten, so a
+reader that does not take the data folder's lock (the refresher, campaign scoring) never
+notices, and a run killed half-way leaves only a scratch folder, removed by the next backfill.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from datetime import datetime
 
-#: The live feature folder's name while a back-dated run has it aside.
-ASIDE_SUFFIX = ".live"
+from serving.config import StoreSettings
 
-
-def aside_path(features_dir: Path) -> Path:
-    return features_dir.with_name(features_dir.name + ASIDE_SUFFIX)
+#: Under the data folder: one scratch feature root per back-dated run.
+BACKFILLS = "backfills"
 
 
-def live_features(features_dir: Path) -> Path:
-    """The live feature folder, for readers that do not take the lock (campaign scoring): the
-    one aside while a back-dated run (or what a killed one left) has the usual place."""
-    aside = aside_path(features_dir)
-    return aside if aside.is_dir() else features_dir
+def has_live_features(store: StoreSettings) -> bool:
+    """Whether serving has features yet: a complete build (its history.json is written last)."""
+    from training.data.history import META_FILE
 
-
-def restore_leftover(features_dir: Path) -> bool:
-    """Put back a live folder a killed back-dated run left aside; whether there was one.
-
-    Only the holder of the data folder's lock may call this: a running back-dated job has
-    its live folder aside on purpose."""
-    aside = aside_path(features_dir)
-    if not aside.is_dir():
-        return False
-    if features_dir.exists():
-        shutil.rmtree(features_dir)
-    aside.rename(features_dir)
-    return True
+    return (store.features_dir / META_FILE).is_file()
 
 
 @contextmanager
-def live_features_kept(features_dir: Path) -> Iterator[None]:
-    """Run the body on a scratch feature folder at ``features_dir``; the live one comes back
-    after it, byte for byte, whether the body returned or raised."""
-    aside = aside_path(features_dir)
-    restore_leftover(features_dir)
-    had_live = features_dir.is_dir()
-    if had_live:
-        features_dir.rename(aside)
+def backfill_store(store: StoreSettings, as_of: datetime) -> Iterator[StoreSettings]:
+    """Settings like ``store``'s with a scratch feature root, removed afterwards whatever
+    happened. Call it holding the data folder's lock: it also clears what killed runs left."""
+    folder = store.data / BACKFILLS
+    shutil.rmtree(folder, ignore_errors=True)  # earlier runs' (the lock says none is running)
+    root = folder / f"{as_of:%Y%m%dT%H%M%S}-{os.getpid()}"
+    root.mkdir(parents=True)
     try:
-        yield
+        yield store.model_copy(update={"feature_root": root})
     finally:
-        if features_dir.exists():
-            shutil.rmtree(features_dir)
-        if had_live:
-            aside.rename(features_dir)
+        shutil.rmtree(root, ignore_errors=True)

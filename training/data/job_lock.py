@@ -25,7 +25,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from training.data.backfill import restore_leftover
 
 LOCK_FILE = "jobs.lock"
 #: The exit code of a command that found another job holding the folder (EX_TEMPFAIL: cron
@@ -88,9 +87,6 @@ def exclusive(data_dir: Path, job: str) -> Iterator[None]:
         with _guard:
             _held[path] = 1
         try:
-            # a back-dated retrain killed mid-run left the live features aside: put them back
-            # before this job reads or rewrites them (StoreSettings.features_dir)
-            restore_leftover(data_dir / "features")
             yield
         finally:
             with _guard:

@@ -122,16 +122,25 @@ def content_hash(frames: dict[str, pd.DataFrame], inputs: str = "") -> str:
 
 
 def _row_hashes(frame: pd.DataFrame) -> np.ndarray:
-    """One uint64 per row over every column (in name order); values pandas cannot hash (a
-    member's attributes dict) hashed as their sorted JSON."""
+    """One uint64 per row over every column (in name order). Times hash as integer
+    microseconds and numbers as float64, whatever their dtype's unit or nullability (a
+    pandas or parquet upgrade must not change every digest); values pandas cannot hash (a
+    member's attributes dict) hash as their sorted JSON."""
     cols = sorted(frame.columns)
     part = frame[cols].copy()
     for c in cols:
-        if part[c].dtype == object:
+        column = part[c]
+        if isinstance(column.dtype, pd.DatetimeTZDtype) or column.dtype.kind == "M":
+            utc = pd.to_datetime(column, utc=True).dt.tz_localize(None)
+            part[c] = utc.to_numpy(dtype="datetime64[us]").view("int64")  # NaT: int64 min
+        elif pd.api.types.is_bool_dtype(column.dtype) or pd.api.types.is_numeric_dtype(
+                column.dtype):
+            part[c] = column.astype("Float64").to_numpy(dtype="float64", na_value=np.nan)
+        elif column.dtype == object:
             try:
-                pd.util.hash_array(part[c].to_numpy())
+                pd.util.hash_array(column.to_numpy())
             except TypeError:
-                part[c] = [json.dumps(v, sort_keys=True, default=str) for v in part[c]]
+                part[c] = [json.dumps(v, sort_keys=True, default=str) for v in column]
     return pd.util.hash_pandas_object(part, index=False).to_numpy()
 
 
@@ -140,21 +149,26 @@ def _sum_hex(hashes: np.ndarray) -> str:
     return f"{int(hashes.sum(dtype=np.uint64)):016x}"
 
 
+def _by_day(times: pd.Series, hashes: np.ndarray) -> dict[str, list[object]]:
+    """{UTC day: [rows, digest]} ('' for rows without a time)."""
+    utc = pd.to_datetime(times, utc=True)
+    day = utc.dt.strftime("%Y-%m-%d").fillna("").to_numpy()
+    rows = pd.DataFrame({"day": day, "h": hashes})
+    return {str(d): [len(g), _sum_hex(g["h"].to_numpy())] for d, g in rows.groupby("day")}
+
+
 def input_digest(members: pd.DataFrame, events: pd.DataFrame,
                  catalog: dict[str, pd.DataFrame]) -> dict[str, object]:
-    """What a build's features derive from: the members, the catalog, and the events per UTC
-    day (count, digest). A snapshot keeps the days up to its last decision
-    (:func:`inputs_through`): a history import changes the dataset's hash (a cron retrain
-    trains on it instead of reporting nothing new), events after the last decision do not."""
-    day = events["event_timestamp"].dt.tz_convert("UTC").dt.strftime("%Y-%m-%d")
-    rows = pd.DataFrame({"day": day.to_numpy(),
-                         "h": _row_hashes(events.drop(columns=["received_at"],
-                                                      errors="ignore"))})
-    days = {str(d): [len(g), _sum_hex(g["h"].to_numpy())] for d, g in rows.groupby("day")}
-    return {"members": _sum_hex(_row_hashes(members)),
+    """What a build's features derive from: the members by the UTC day they joined, the
+    catalog, and the events by UTC day (rows, digest). A snapshot keeps the days up to its
+    last decision's (:func:`inputs_through`): a history import changes the dataset's hash (a
+    cron retrain trains on it instead of reporting nothing new); events of later days, and
+    members who joined after, do not."""
+    return {"members": _by_day(members["joined_at"], _row_hashes(members)),
             "catalog": {name: _sum_hex(_row_hashes(frame)) for name, frame in sorted(
                 catalog.items())},
-            "days": days}
+            "days": _by_day(events["event_timestamp"], _row_hashes(
+                events.drop(columns=["received_at"], errors="ignore")))}
 
 
 def inputs_through(digest: dict[str, object] | None, last: pd.Timestamp | None) -> str:
@@ -162,11 +176,14 @@ def inputs_through(digest: dict[str, object] | None, last: pd.Timestamp | None) 
     ``last`` can depend on, as one string ('' without a digest: an older build)."""
     if not digest:
         return ""
-    days = dict(digest["days"])  # type: ignore[call-overload]
     through = "" if last is None else pd.Timestamp(last).tz_convert("UTC").strftime("%Y-%m-%d")
-    kept = {d: v for d, v in sorted(days.items()) if d <= through}
-    return json.dumps({"members": digest["members"], "catalog": digest["catalog"],
-                       "days": kept}, sort_keys=True)
+
+    def upto(by_day: object) -> dict[str, object]:
+        return {d: v for d, v in sorted(dict(by_day).items())  # type: ignore[call-overload]
+                if d <= through}
+
+    return json.dumps({"members": upto(digest["members"]), "catalog": digest["catalog"],
+                       "days": upto(digest["days"])}, sort_keys=True)
 
 
 def write_input_digest(features_dir: Path, digest: dict[str, object]) -> None:

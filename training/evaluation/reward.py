@@ -97,10 +97,11 @@ def evaluate_reward(model: lgb.LGBMClassifier, data: Dataset, split: TimeSplit,
                                      n).uplift[:, 0]
     converted = rows["converted"].to_numpy()
     t = treated.astype(float)
-    if treated.all() or not treated.any():
+    if treated.all() or not treated.any() or len(np.unique(converted)) < 2:
         why = ("no control group in the test period: no decision drew no offer "
                "(REWARDS_NO_OFFER_SHARE, an experiment's holdout)" if treated.all()
-               else "no offer in the test period (only no-offer draws)")
+               else "no offer in the test period (only no-offer draws)" if not treated.any()
+               else "no conversion in the test period (or only conversions)")
         ev.skipped.update({"uplift.qini": why, "uplift.at_30": why})
     else:
         ev.metrics["uplift.qini"] = metrics.qini_auc_score(converted, t, model_uplift)

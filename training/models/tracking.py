@@ -410,7 +410,8 @@ def metric_gate(rules: Mapping[str, MetricRule]) -> Gate:
                 continue
             new = challenger.get(metric, math.nan)
             if not math.isfinite(new):
-                failures.append(f"{metric}: missing on the challenger (champion {old:.4g})")
+                failures.append(f"{metric}: missing on the challenger (champion {old:.4g}; "
+                                "its run's evaluation.skipped tag says why)")
                 continue
             worse_by = old - new if direction == "higher" else new - old
             if worse_by > tolerance:

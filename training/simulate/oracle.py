@@ -137,8 +137,9 @@ def add_reward_figures(ev: Evaluation, model: lgb.LGBMClassifier, service_featur
     rows = hold.rows
     treated = rows["treated"].to_numpy(dtype=bool)
     true_p_redeem = world.logged_truth("offers", "offer_id", rows["decision_id"], "p_redeem")
-    ev.metrics["propensity.oracle_auc"] = metrics.auc(rows["redeemed"].to_numpy()[treated],
-                                                      true_p_redeem[treated])
+    if "propensity.auc" in ev.metrics:  # else one class only: no AUC to compare with
+        ev.metrics["propensity.oracle_auc"] = metrics.auc(
+            rows["redeemed"].to_numpy()[treated], true_p_redeem[treated])
 
     tr = world.reward_response(rows["member_id"].to_numpy())
     r_idx = np.arange(len(rows))
@@ -197,10 +198,11 @@ def add_difficulty_figures(ev: Evaluation, world_dir: Path, flow_zone: float) ->
     hold: DifficultyHoldout = ev.holdout
     world = WorldTruth.load(world_dir)
     rows = hold.rows
-    ev.metrics["difficulty.oracle_auc"] = metrics.auc(
-        rows["completed"].to_numpy(),
-        world.logged_truth("assignments", "assignment_id", rows["decision_id"],
-                           "p_complete"))
+    if "difficulty.auc" in ev.metrics:  # else one class only: no AUC to compare with
+        ev.metrics["difficulty.oracle_auc"] = metrics.auc(
+            rows["completed"].to_numpy(),
+            world.logged_truth("assignments", "assignment_id", rows["decision_id"],
+                               "p_complete"))
     chosen = hold.chosen
     true_p = world.completion(chosen["member_id"].to_numpy(), chosen["challenge_id"].to_numpy(),
                               chosen["target"].to_numpy())
