@@ -227,3 +227,58 @@ def test_a_trial_version_that_is_no_number_is_one_clear_error(version: str,
     line = _one_clear_line(runner.invoke(app, ["models", "trial", "reward", version,
                                                "--data-dir", str(tmp_path)]))
     assert "VERSION" in line
+
+
+def test_a_watching_refresher_outlives_a_failed_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rewards features refresh --watch N` runs for weeks: a round that fails (a retrain
+    rewriting the feature folder under it) is reported and the next one runs."""
+    import threading
+
+    import training.cli.data as data
+
+    calls: list[str] = []
+
+    def flaky(settings, every, stop=None):  # noqa: ANN001, ANN202, ARG001
+        calls.append("round")
+        if len(calls) == 1:
+            raise FileNotFoundError("history.json missing: a build is rewriting the folder")
+        yield {"members": 3}
+        stop.set()
+
+    monkeypatch.setattr(data, "refresh_loop", flaky)
+    errors: list[Exception] = []
+    stop = threading.Event()
+    out = list(data.refresh_forever(None, 0.01, stop, on_error=errors.append))  # type: ignore[arg-type]
+    assert out == [{"members": 3}] and calls == ["round", "round"]
+    assert len(errors) == 1 and "history.json" in str(errors[0])
+
+
+def test_the_servers_refresher_thread_logs_a_failed_round_and_goes_on(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import threading
+
+    import training.cli.data as data
+    import training.cli.serve as serve
+
+    done = threading.Event()
+
+    def flaky(settings, every, stop=None):  # noqa: ANN001, ANN202, ARG001
+        if not getattr(flaky, "failed", False):
+            flaky.failed = True  # type: ignore[attr-defined]
+            raise OSError("event store unreachable")
+        yield {"members": 2}
+        done.set()
+        stop.wait()
+
+    monkeypatch.setattr(data, "refresh_loop", flaky)
+    monkeypatch.setattr(serve, "require_pipeline", lambda store, through: None)
+    with caplog.at_level(logging.INFO, logger="rewards.refresh"):
+        stop = serve._start_refresher(None, 0.01)  # type: ignore[arg-type]
+        try:
+            assert done.wait(5)
+        finally:
+            stop.set()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("feature refresh failed" in m for m in messages)
+    assert "features refreshed" in messages

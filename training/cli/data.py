@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,6 +17,7 @@ from training.cli.common import (
     DataDirOpt,
     UserError,
     _settings,
+    echo_err,
     friendly,
     require_event_store,
     require_pipeline,
@@ -154,8 +156,29 @@ def features_refresh(
     at the next request."""
     settings = _settings(data_dir)
     require_pipeline(settings, through="feast")
-    for result in refresh_loop(settings, watch):
+    rounds = refresh_loop(settings, watch) if watch <= 0 else refresh_forever(
+        settings, watch, on_error=lambda exc: echo_err(
+            f"refresh failed ({type(exc).__name__}: {exc}); retrying in {watch:g} s"))
+    for result in rounds:
         typer.echo(json.dumps(result))
+
+
+def refresh_forever(settings: StoreSettings, every: float, stop: Any = None, *,
+                    on_error: Callable[[Exception], None]) -> Iterator[dict[str, Any]]:
+    """:func:`refresh_loop` that outlives a failed round: a retrain or `features build`
+    rewriting the feature folder, a store that is briefly down. ``on_error`` hears of it and
+    the next round runs ``every`` seconds later (``stop``, an Event, ends the wait)."""
+    while True:
+        try:
+            yield from refresh_loop(settings, every, stop)
+            return
+        except Exception as exc:  # noqa: BLE001 - a long-running refresher keeps going
+            on_error(exc)
+            if stop is not None:
+                if stop.wait(every):
+                    return
+            else:
+                time.sleep(every)
 
 
 def refresh_loop(settings: StoreSettings, every: float,

@@ -100,22 +100,19 @@ def serve(
 def _start_refresher(store: StoreSettings, every: float) -> threading.Event:
     """The feature refresher as a daemon thread of the serve command (one per server, not per
     worker): a failed round is logged and retried at the next one, never fatal to serving."""
-    from training.cli.data import refresh_loop
+    from training.cli.data import refresh_forever
 
     require_pipeline(store, through="feast")
     stop = threading.Event()
     log = logging.getLogger("rewards.refresh")
 
+    def failed(exc: Exception) -> None:
+        log.error("feature refresh failed; retrying in %s s", every, exc_info=exc)
+
     def run() -> None:
-        while not stop.is_set():
-            try:
-                for result in refresh_loop(store, every, stop):
-                    if result["members"]:
-                        log.info("features refreshed", extra=result)
-                return
-            except Exception:  # noqa: BLE001 - keep refreshing; the server must not care
-                log.exception("feature refresh failed; retrying in %s s", every)
-                stop.wait(every)
+        for result in refresh_forever(store, every, stop, on_error=failed):
+            if result["members"]:
+                log.info("features refreshed", extra=result)
 
     threading.Thread(target=run, name="feature-refresh", daemon=True).start()
     return stop
