@@ -1,4 +1,5 @@
-"""Parquet sources written by `rewards features build` under $REWARDS_DATA_DIR/features."""
+"""Parquet sources written by `rewards features build` under $REWARDS_FEAST_ROOT/features (the
+data folder; a backfill retrain's own folder while it runs)."""
 
 import os
 from pathlib import Path
@@ -6,7 +7,8 @@ from pathlib import Path
 from feast import FileSource
 
 FEATURES_DIR = (
-    Path(os.environ.get("REWARDS_DATA_DIR", Path(__file__).resolve().parent.parent / "data"))
+    Path(os.environ.get("REWARDS_FEAST_ROOT") or os.environ.get(
+        "REWARDS_DATA_DIR", Path(__file__).resolve().parent.parent / "data"))
     / "features"
 )
 

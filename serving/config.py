@@ -105,7 +105,8 @@ class StoreSettings(BaseSettings):
 
     @property
     def feast_root(self) -> Path:
-        """REWARDS_DATA_DIR as Feast's config and sources read it: feast/, features/."""
+        """REWARDS_FEAST_ROOT, as Feast's config and the repo's sources read it: feast/ and
+        features/ live there."""
         return (self.feature_root or self.data).resolve()
 
     @property

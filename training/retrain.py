@@ -124,12 +124,13 @@ def retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings
         progress(f"a back-dated run (as of {cut.isoformat()}): features built apart, "
                  "serving's feature folder and online store left as they are")
         with backfill_store(store, cut.to_pydatetime()) as scratch:
-            return _retrain(scratch, settings, loop, cut, force, progress, present=False)
+            return _retrain(scratch, settings, loop, cut, force, progress, present=False,
+                            serving=store)
 
 
 def _retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSettings,
-             cut: pd.Timestamp, force: bool, progress: Progress, *, present: bool
-             ) -> dict[str, Any]:
+             cut: pd.Timestamp, force: bool, progress: Progress, *, present: bool,
+             serving: StoreSettings | None = None) -> dict[str, Any]:
     from training.cli.data import build_store_features, materialize
     from training.data.history import read_watermark
     from training.data.snapshots import read_latest, take_snapshot, write_latest
@@ -167,6 +168,8 @@ def _retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSetting
         from training.data.feast_ops import apply_repo
 
         step("feature registry (apply)", lambda: apply_repo(store))
+        if serving is not None:
+            same_inputs_as_serving(store, serving, settings)
 
     from training.pipeline import Publish, train_difficulty, train_reward
 
@@ -203,6 +206,27 @@ def _retrain(store: StoreSettings, settings: TrainSettings, loop: RetrainSetting
     _log_run(store, settings, record)
     write_latest(snapshots_dir, record)
     return record
+
+
+def same_inputs_as_serving(scratch: StoreSettings, serving: StoreSettings,
+                           settings: TrainSettings) -> None:
+    """A backfill's models must read the features serving has. The member view's columns
+    follow the catalog's vocabulary as it is at build time; serving's registry has them as of
+    its last build. If a category, reward type or challenge kind came since, a model of the
+    backfill would be promoted and then refused by every service (its inputs are not online):
+    stop before training and say what to run."""
+    from serving.stores.features import open_store, service_feature_names
+
+    for service in (settings.reward_service, settings.difficulty_service):
+        ours = service_feature_names(open_store(scratch), service)
+        theirs = service_feature_names(open_store(serving), service)
+        if ours != theirs:
+            new, gone = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+            raise ValueError(
+                f"backfill refused: feature service {service!r} would read other features "
+                f"than serving's (new: {new[:5]}, gone: {gone[:5]}): the catalog changed "
+                "since the last build; run `rewards retrain` (as of now) first so that "
+                "serving has them too")
 
 
 def model_version(store: StoreSettings, name: str, version: str) -> tuple[Any, Any]:

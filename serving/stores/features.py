@@ -40,12 +40,30 @@ def feature_store_yaml(settings: StoreSettings) -> Path:
     return path
 
 
+def registry_file(settings: StoreSettings) -> Path | None:
+    """The Feast registry file named by the environment's feature_store yaml; None when the
+    registry is not a local file (a SQL or object-store registry: nothing to look at)."""
+    import yaml
+
+    registry = yaml.safe_load(feature_store_yaml(settings).read_text()).get("registry")
+    if isinstance(registry, dict):
+        registry = registry.get("path")
+    if not isinstance(registry, str) or "://" in registry:
+        return None
+    path = Path(registry.replace("${REWARDS_FEAST_ROOT}", str(settings.feast_root)))
+    return path if path.is_absolute() else settings.repo / path
+
+
 def open_store(settings: StoreSettings) -> FeatureStore:
     """A FeatureStore whose paths resolve under the settings' data folder."""
     from feast import FeatureStore
     from feast.repo_config import load_repo_config
 
-    os.environ["REWARDS_DATA_DIR"] = str(settings.feast_root)
+    # Feast's config and the repo's sources read REWARDS_FEAST_ROOT; REWARDS_DATA_DIR stays the
+    # data folder (it is also StoreSettings' own variable: settings built later must not
+    # inherit a backfill's scratch folder)
+    os.environ["REWARDS_DATA_DIR"] = str(settings.data)
+    os.environ["REWARDS_FEAST_ROOT"] = str(settings.feast_root)
     if settings.redis_url is not None:  # read by feature_store.production.yaml
         os.environ["REWARDS_REDIS_URL"] = settings.redis_url
     (settings.feast_root / "feast").mkdir(parents=True, exist_ok=True)

@@ -248,3 +248,18 @@ def test_a_back_dated_retrain_leaves_serving_features_alone(  # noqa: ANN001
     third = retrain(store, train, loop, as_of=start + timedelta(days=14), as_present=False)
     assert third["status"] == "trained" and third["snapshot"] != record["snapshot"]
     assert third["snapshot_detail"]["offers"] == 1_500  # the same decisions, other features
+
+    # a reward type new since serving's build: a backfill's model would read a feature serving
+    # has not got, so it stops before training, and says what to run
+    from serving.stores.catalog import open_catalog_store
+
+    catalog = open_catalog_store(ServeSettings().events(store))
+    try:
+        catalog.append_vocabulary([("reward_type", "mystery_box")])
+    finally:
+        catalog.close()
+    with pytest.raises(ValueError, match="backfill refused.*mystery_box.*rewards retrain"):
+        retrain(store, train, loop, as_of=start + timedelta(days=14), as_present=False,
+                force=True)
+    assert _tree_digest(store.features_dir) == live_files
+    assert not any((store.data / "backfills").iterdir())

@@ -57,7 +57,7 @@ def test_a_program_without_features_gets_this_runs_and_one_with_keeps_its_own(
     store = _store(tmp_path)
     runs: list[tuple[Path, bool]] = []
 
-    def fake(used: StoreSettings, *args: Any, present: bool) -> dict[str, Any]:
+    def fake(used: StoreSettings, *args: Any, present: bool, **_: Any) -> dict[str, Any]:
         runs.append((used.features_dir, present))
         return {"status": "unchanged"}
 
@@ -65,8 +65,11 @@ def test_a_program_without_features_gets_this_runs_and_one_with_keeps_its_own(
     assert not has_live_features(store)
     retrain(store, TrainSettings(), RetrainSettings(), as_of=AS_OF)
     assert runs[-1] == (store.features_dir, True)
+    # serving's registry exists (the first materialize applied it); a killed build took the
+    # folder's history.json with it: serving's features are still serving's
+    (store.data / "feast").mkdir(parents=True)
+    (store.data / "feast" / "registry.db").write_bytes(b"")
     store.features_dir.mkdir(parents=True)
-    (store.features_dir / "history.json").write_text("{}")
     assert has_live_features(store)
     retrain(store, TrainSettings(), RetrainSettings(), as_of=AS_OF)
     assert runs[-1][1] is False and runs[-1][0] != store.features_dir

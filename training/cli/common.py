@@ -123,19 +123,10 @@ def require_features(store: StoreSettings) -> None:
 
 
 def feast_registry(store: StoreSettings) -> Path | None:
-    """The Feast registry file named by the environment's feature_store yaml; None when the
-    registry is not a local file (a SQL or object-store registry: nothing to look at)."""
-    import yaml
+    """The Feast registry file (serving.stores.features.registry_file)."""
+    from serving.stores.features import registry_file
 
-    from serving.stores.features import feature_store_yaml
-
-    registry = yaml.safe_load(feature_store_yaml(store).read_text()).get("registry")
-    if isinstance(registry, dict):
-        registry = registry.get("path")
-    if not isinstance(registry, str) or "://" in registry:
-        return None
-    path = Path(registry.replace("${REWARDS_DATA_DIR}", str(store.feast_root)))
-    return path if path.is_absolute() else store.repo / path
+    return registry_file(store)
 
 
 def require_feast(store: StoreSettings) -> None:

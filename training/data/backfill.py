@@ -27,10 +27,13 @@ BACKFILLS = "backfills"
 
 
 def has_live_features(store: StoreSettings) -> bool:
-    """Whether serving has features yet: a complete build (its history.json is written last)."""
-    from training.data.history import META_FILE
+    """Whether serving has features yet: its Feast registry exists (applied by the first
+    materialize; a killed build, which removes the folder's history.json first, leaves it).
+    A registry that is no local file (SQL, object store) is assumed to."""
+    from serving.stores.features import registry_file
 
-    return (store.features_dir / META_FILE).is_file()
+    registry = registry_file(store)
+    return registry is None or registry.is_file()
 
 
 @contextmanager
@@ -41,7 +44,12 @@ def backfill_store(store: StoreSettings, as_of: datetime) -> Iterator[StoreSetti
     shutil.rmtree(folder, ignore_errors=True)  # earlier runs' (the lock says none is running)
     root = folder / f"{as_of:%Y%m%dT%H%M%S}-{os.getpid()}"
     root.mkdir(parents=True)
+    before = os.environ.get("REWARDS_FEAST_ROOT")  # open_store points it at the scratch root
     try:
         yield store.model_copy(update={"feature_root": root})
     finally:
         shutil.rmtree(root, ignore_errors=True)
+        if before is None:
+            os.environ.pop("REWARDS_FEAST_ROOT", None)
+        else:
+            os.environ["REWARDS_FEAST_ROOT"] = before

@@ -49,7 +49,7 @@ def apply_repo(settings: StoreSettings) -> dict[str, int]:
     """`feast apply` equivalent: register every definition of the repo in the registry."""
     from feast import Entity, FeatureService, FeatureView
 
-    store = open_store(settings)  # sets REWARDS_DATA_DIR before the sources are imported
+    store = open_store(settings)  # sets REWARDS_FEAST_ROOT before the sources are imported
     objects = load_definitions(settings.repo)
     store.apply(objects)
     return {

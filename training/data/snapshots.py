@@ -122,10 +122,11 @@ def content_hash(frames: dict[str, pd.DataFrame], inputs: str = "") -> str:
 
 
 def _row_hashes(frame: pd.DataFrame) -> np.ndarray:
-    """One uint64 per row over every column (in name order). Times hash as integer
-    microseconds and numbers as float64, whatever their dtype's unit or nullability (a
-    pandas or parquet upgrade must not change every digest); values pandas cannot hash (a
-    member's attributes dict) hash as their sorted JSON."""
+    """One uint64 per row over every column (in name order). Times and durations hash as
+    integer microseconds and numbers as float64, whatever their dtype's unit or nullability (a
+    pandas or parquet upgrade must not change every digest; integers beyond 2^53, which no
+    amount or count reaches, would share a hash); values pandas cannot hash (a member's
+    attributes dict) hash as their sorted JSON."""
     cols = sorted(frame.columns)
     part = frame[cols].copy()
     for c in cols:
@@ -133,6 +134,8 @@ def _row_hashes(frame: pd.DataFrame) -> np.ndarray:
         if isinstance(column.dtype, pd.DatetimeTZDtype) or column.dtype.kind == "M":
             utc = pd.to_datetime(column, utc=True).dt.tz_localize(None)
             part[c] = utc.to_numpy(dtype="datetime64[us]").view("int64")  # NaT: int64 min
+        elif column.dtype.kind == "m":  # durations: microseconds too
+            part[c] = column.to_numpy(dtype="timedelta64[us]").view("int64")
         elif pd.api.types.is_bool_dtype(column.dtype) or pd.api.types.is_numeric_dtype(
                 column.dtype):
             part[c] = column.astype("Float64").to_numpy(dtype="float64", na_value=np.nan)
