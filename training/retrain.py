@@ -217,9 +217,10 @@ def same_inputs_as_serving(scratch: StoreSettings, serving: StoreSettings,
     stop before training and say what to run."""
     from serving.stores.features import open_store, service_feature_names
 
+    backfill, live = open_store(scratch), open_store(serving)
     for service in (settings.reward_service, settings.difficulty_service):
-        ours = service_feature_names(open_store(scratch), service)
-        theirs = service_feature_names(open_store(serving), service)
+        ours = service_feature_names(backfill, service)
+        theirs = service_feature_names(live, service)
         if ours != theirs:
             new, gone = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
             raise ValueError(

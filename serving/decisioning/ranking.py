@@ -123,9 +123,10 @@ def slate_probabilities(value: np.ndarray, category: np.ndarray, picks: Sequence
             break
         candidates = [i for i in range(n)
                       if remaining[i] and per_cat.get(cat_code[i], 0) < max_per_category]
-        if pick not in candidates:
+        allowed = set(candidates)
+        if pick not in allowed:
             break  # the policy could not show it there (nor, given it, anything after)
-        best = next(i for i in order if i in candidates)
+        best = next(i for i in order if i in allowed)
         fresh = [i for i in candidates if new[i]] if explores_new and j == k - 1 else []
         share = 1.0 - new_epsilon if fresh else 1.0  # left to the epsilon-greedy choice
         e = slot_epsilon(epsilon, len(candidates), floor / share if share > 0 else floor)

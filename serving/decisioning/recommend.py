@@ -217,12 +217,12 @@ class Recommender:
         else it falls back to the rules (its model is broken: degraded).
 
         ``reward_trial``: a reward model on trial beside the champion. Outside experiments it
-        serves a ``trial_share`` of the decisions that offer rewards; both are scored, and the
-        first slot logs its probability over the draw, (1 - share) x the champion's + share x
-        the trial's, so the next off-policy gate can evaluate the trial on its own traffic.
-        Later slots log theirs over the draw too, given the earlier slots
-        (ranking.mixture_slot_probabilities). The log names both (``model_versions``: the serving one under the
-        model's name, the trial under ``name@trial``).
+        serves a ``trial_share`` of the decisions that offer rewards; both are scored, and every
+        slot logs its probability over the draw given the earlier slots (the first: (1 - share)
+        x the champion's + share x the trial's; ranking.mixture_slot_probabilities), so the
+        next off-policy gate can evaluate the trial on its own traffic. The log names both
+        (``model_versions``: the serving one under the model's name, the trial under
+        ``name@trial``).
         """
         loaded = self._loaded  # this request's catalog, whatever set_catalog does meanwhile
         vocabulary = loaded.catalog.vocabulary

@@ -122,16 +122,11 @@ def require_features(store: StoreSettings) -> None:
                         "missing): run `rewards features build` again")
 
 
-def feast_registry(store: StoreSettings) -> Path | None:
-    """The Feast registry file (serving.stores.features.registry_file)."""
-    from serving.stores.features import registry_file
-
-    return registry_file(store)
-
-
 def require_feast(store: StoreSettings) -> None:
     """Feature services are read from the registry: training and scoring need it applied."""
-    registry = feast_registry(store)
+    from serving.stores.features import registry_file
+
+    registry = registry_file(store)
     if registry is not None and not registry.is_file():
         raise UserError(f"no Feast registry at {registry}: run `rewards features apply` "
                         "(or `rewards features materialize`) first")

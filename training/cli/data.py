@@ -4,6 +4,7 @@ loading them into Feast."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import date
@@ -168,17 +169,15 @@ def refresh_forever(settings: StoreSettings, every: float, stop: Any = None, *,
     """:func:`refresh_loop` that outlives a failed round: a retrain or `features build`
     rewriting the feature folder, a store that is briefly down. ``on_error`` hears of it and
     the next round runs ``every`` seconds later (``stop``, an Event, ends the wait)."""
+    stop = stop if stop is not None else threading.Event()  # never set: run until killed
     while True:
         try:
             yield from refresh_loop(settings, every, stop)
             return
         except Exception as exc:  # noqa: BLE001 - a long-running refresher keeps going
             on_error(exc)
-            if stop is not None:
-                if stop.wait(every):
-                    return
-            else:
-                time.sleep(every)
+            if stop.wait(every):
+                return
 
 
 def refresh_loop(settings: StoreSettings, every: float,

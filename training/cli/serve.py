@@ -24,7 +24,6 @@ from training.cli.common import (
     check_engine,
     check_runtime,
     echo_err,
-    feast_registry,
     friendly,
     model_registry,
     require_features,
@@ -61,7 +60,9 @@ def _require_servable(store: StoreSettings) -> None:
         raise UserError(f"no business rules at {rules}: restore config/rules.toml or set "
                         "REWARDS_RULES_FILE")
     settings.keys(store)  # ValueError when the profile lacks the database URL
-    feast = feast_registry(store)
+    from serving.stores.features import registry_file
+
+    feast = registry_file(store)
     if feast is not None and not feast.is_file():
         echo_err(f"note: no Feast registry at {feast}: members' features unavailable (cold "
                  "start) until `rewards features materialize`")

@@ -26,6 +26,9 @@ from training.data.feast_ops import historical_features
 #: Reward-model classes: P(redeem) = p[2]; P(convert) = p[1] + p[2].
 REWARD_CLASSES = ["no_conversion", "converted_not_redeemed", "redeemed"]
 DIFFICULTY_CLASSES = ["not_completed", "completed"]
+#: What to do when there is too little to train on (every such error ends with it).
+MORE_DATA = ("wait for more decisions or import more history (a simulated world: simulate more "
+             "days)")
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,7 @@ class TimeSplit:
         valid_days = max(1, round(span * valid_share))
         if test_days + valid_days >= span:
             raise ValueError(f"decisions span {span} days: too short to split into "
-                             "train/valid/test: wait for more decisions or import more history "
-                             "(a simulated world: simulate more days)")
+                             f"train/valid/test: {MORE_DATA}")
         test_from = first + pd.Timedelta(days=span - test_days)
         split = cls(start, test_from - pd.Timedelta(days=valid_days), test_from, end)
         if set(split.part(decisions)) == {"train", "valid", "test"}:
@@ -69,8 +71,7 @@ class TimeSplit:
         valid_day = after[after >= test_share + valid_share].index.max()
         if not (days.index.min() < valid_day < test_day):
             raise ValueError(f"decisions on {len(days)} days: too few to split into "
-                             "train/valid/test: wait for more decisions or import more history "
-                             "(a simulated world: simulate more days)")
+                             f"train/valid/test: {MORE_DATA}")
         return cls(start, valid_day, test_day, end)
 
     def part(self, ts: pd.Series) -> np.ndarray:

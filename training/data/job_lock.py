@@ -25,7 +25,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-
 LOCK_FILE = "jobs.lock"
 #: The exit code of a command that found another job holding the folder (EX_TEMPFAIL: cron
 #: wrappers retry later instead of paging).

@@ -20,7 +20,7 @@ import lightgbm as lgb
 import numpy as np
 
 from training.config import TrainSettings
-from training.data.datasets import Dataset
+from training.data.datasets import MORE_DATA, Dataset
 from training.models.params import lgbm_params
 
 
@@ -43,8 +43,7 @@ def fit_classifier_dask(data: Dataset, settings: TrainSettings, objective: str,
     train_rows = np.flatnonzero(data.part == "train")
     X_valid, y_valid = data.subset("valid")
     if len(train_rows) == 0 or len(X_valid) == 0:
-        raise ValueError("empty train or validation period: wait for more decisions or import "
-                         "more history (a simulated world: simulate more days)")
+        raise ValueError(f"empty train or validation period: {MORE_DATA}")
     workers = list(client.nthreads())
     params = lgbm_params(data, settings, objective, monotone_decreasing)
     params["num_threads"] = worker_threads(client)  # per worker: no oversubscription

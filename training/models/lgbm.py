@@ -9,7 +9,7 @@ import lightgbm as lgb
 import numpy as np
 
 from training.config import TrainSettings
-from training.data.datasets import Dataset
+from training.data.datasets import MORE_DATA, Dataset
 from training.models.params import lgbm_params
 
 
@@ -28,8 +28,7 @@ def fit_classifier(data: Dataset, settings: TrainSettings, objective: str,
     X_train, y_train = data.subset("train")
     X_valid, y_valid = data.subset("valid")
     if len(X_train) == 0 or len(X_valid) == 0:
-        raise ValueError("empty train or validation period: wait for more decisions or import "
-                         "more history (a simulated world: simulate more days)")
+        raise ValueError(f"empty train or validation period: {MORE_DATA}")
     model = lgb.LGBMClassifier(**lgbm_params(data, settings, objective, monotone_decreasing))
     model.fit(X_train, y_train, sample_weight=data.weights("train"), eval_X=(X_valid,),
               eval_y=(y_valid,), eval_sample_weight=_eval_weights(data),
